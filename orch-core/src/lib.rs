@@ -1,0 +1,3 @@
+//! orch's object model: Kubernetes' own types (from `k8s-openapi`).
+
+pub mod object;

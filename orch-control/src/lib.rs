@@ -1,1 +1,1 @@
-//! orch-control
+//! orch-control: API server, store, scheduler and controllers (being built).

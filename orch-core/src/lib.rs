@@ -1,3 +1,11 @@
-//! orch's object model: Kubernetes' own types (from `k8s-openapi`).
+//! orch's object model: Kubernetes' own types (from `k8s-openapi`), quantities,
+//! label selectors, names, validation, defaulting and manifest parsing.
 
+pub mod defaults;
+pub mod fields;
+pub mod manifest;
+pub mod names;
 pub mod object;
+pub mod quantity;
+pub mod selector;
+pub mod validation;

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: the one command CI runs.
 
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use crate::{cargo, ebpf, run_command, setup};
 
@@ -21,14 +23,75 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     ]))?;
     // Default members: everything but orch-ebpf, whose only real target is
     // the kernel (clippy above already checked it).
-    run_command(
-        cargo()
-            .args(["test", "--no-fail-fast", "--"])
-            .args(cargo_test_args),
-    )?;
+    let totals = cargo_test(cargo_test_args)?;
     eprintln!(
-        "xtask test: all passed in {:.0} s",
+        "xtask test: done in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    // One closing line for the whole run (cargo's last line is usually an
+    // empty doc-test binary's).
+    println!(
+        "xtask test: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    if totals.failed > 0 || !totals.success {
+        bail!("tests failed");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    success: bool,
+}
+
+/// Runs `cargo test`, echoing its output and adding up its result lines.
+fn cargo_test(args: &[String]) -> Result<Totals> {
+    let mut command = cargo();
+    command
+        .args(["test", "--no-fail-fast", "--"])
+        .args(args)
+        .stdout(Stdio::piped());
+    eprintln!("+ cargo test --no-fail-fast -- {}", args.join(" "));
+    let mut child = command.spawn().context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            totals.passed += count_before(rest, " passed");
+            totals.failed += count_before(rest, " failed");
+        }
+    }
+    totals.success = child.wait().context("waiting for cargo test")?.success();
+    Ok(totals)
+}
+
+/// The number just before `label` in `ok. 3 passed; 0 failed; ...`.
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| part.trim().strip_suffix(label))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_result_lines() {
+        let line =
+            "ok. 89 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.34s";
+        assert_eq!(count_before(line, " passed"), 89);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("FAILED. 1 passed; 3 failed;", " failed"), 3);
+    }
 }

@@ -1,1 +1,127 @@
-fn main() {}
+//! `orchctl`: the kubectl-shaped command line of orch. Commands that talk to
+//! a cluster arrive with the API server; what works offline works now.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use orch_core::manifest::{self, Document, ManifestErrors};
+use orch_core::object::Kind;
+
+#[derive(Parser)]
+#[command(name = "orchctl", version, about = "Command line for orch clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check manifests offline, as `kubectl apply --dry-run=client` would:
+    /// decode, default and validate; print warnings for ignored fields.
+    Validate {
+        /// Manifest file, directory (its .yaml/.yml/.json files) or `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        filenames: Vec<PathBuf>,
+        /// Print the defaulted objects as YAML.
+        #[arg(short, long, value_parser = ["yaml", "name"])]
+        output: Option<String>,
+    },
+    /// List the kinds orch serves.
+    ApiResources,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { filenames, output } => validate(&filenames, output.as_deref()),
+        Command::ApiResources => {
+            api_resources();
+            Ok(true)
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Returns whether every manifest was valid.
+fn validate(filenames: &[PathBuf], output: Option<&str>) -> Result<bool> {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for filename in filenames {
+        let loaded = if filename.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading manifests from stdin")?;
+            manifest::load_str(&text, "<stdin>")
+        } else {
+            manifest::load_path(filename)
+        };
+        match loaded {
+            Ok(mut docs) => documents.append(&mut docs),
+            Err(ManifestErrors(mut errs)) => errors.append(&mut errs),
+        }
+    }
+    for warning in documents.iter().flat_map(|d| &d.warnings) {
+        eprintln!("Warning: {warning}");
+    }
+    if !errors.is_empty() {
+        for error in &errors {
+            eprintln!("error: {error}");
+        }
+        return Ok(false);
+    }
+    print_documents(&documents, output)?;
+    Ok(true)
+}
+
+fn print_documents(documents: &[Document], output: Option<&str>) -> Result<()> {
+    match output {
+        Some("yaml") => {
+            for document in documents {
+                println!("---");
+                print!("{}", serde_yaml_ng::to_string(&document.object)?);
+            }
+        }
+        _ => {
+            for document in documents {
+                let kind = document.object.kind();
+                let name = document.object.metadata().name.as_deref().unwrap_or("");
+                let group = kind.group();
+                let resource = if group.is_empty() {
+                    kind.plural().to_string()
+                } else {
+                    format!("{}.{group}", kind.plural())
+                };
+                println!("{resource}/{name} valid");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn api_resources() {
+    println!(
+        "{:<16} {:<11} {:<24} {:<11} KIND",
+        "NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED"
+    );
+    for kind in Kind::ALL {
+        println!(
+            "{:<16} {:<11} {:<24} {:<11} {}",
+            kind.plural(),
+            kind.short_names().join(","),
+            kind.api_version(),
+            kind.namespaced(),
+            kind.name()
+        );
+    }
+}

@@ -60,15 +60,7 @@ pub(super) fn validate_containers(
         if !seen.insert(ctr.name.as_str()) {
             errs.duplicate(&p.child("name"), q(&ctr.name));
         }
-        if let Some(lifecycle) = &ctr.lifecycle {
-            super::probe::validate_lifecycle(
-                lifecycle,
-                ctx.grace_period,
-                &p.child("lifecycle"),
-                errs,
-            );
-        }
-        super::probe::validate_probes(ctr, &p, errs);
+        validate_lifecycle_and_probes(ctr, ctx, &p, errs);
         if ctr.restart_policy.is_some() {
             errs.forbidden(
                 &p.child("restartPolicy"),
@@ -77,6 +69,25 @@ pub(super) fn validate_containers(
         }
         check_host_ports(ctr, &mut ctx.host_ports, &p, errs);
     }
+}
+
+/// Lifecycle hooks and probes, which regular containers and sidecar init
+/// containers share.
+fn validate_lifecycle_and_probes(
+    ctr: &Container,
+    ctx: &PodContext<'_>,
+    path: &Path,
+    errs: &mut Errors,
+) {
+    if let Some(lifecycle) = &ctr.lifecycle {
+        super::probe::validate_lifecycle(
+            lifecycle,
+            ctx.grace_period,
+            &path.child("lifecycle"),
+            errs,
+        );
+    }
+    super::probe::validate_probes(ctr, path, errs);
 }
 
 /// Init containers (`spec.initContainers`); names must also differ from
@@ -108,15 +119,7 @@ pub(super) fn validate_init_containers(
         // Init containers run one by one: only conflicts within one count.
         check_host_ports(ctr, &mut HashSet::new(), &p, errs);
         if sidecar {
-            if let Some(lifecycle) = &ctr.lifecycle {
-                super::probe::validate_lifecycle(
-                    lifecycle,
-                    ctx.grace_period,
-                    &p.child("lifecycle"),
-                    errs,
-                );
-            }
-            super::probe::validate_probes(ctr, &p, errs);
+            validate_lifecycle_and_probes(ctr, ctx, &p, errs);
             continue;
         }
         let forbidden = "may not be set for init containers without restartPolicy=Always";

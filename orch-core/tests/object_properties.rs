@@ -149,3 +149,77 @@ proptest! {
         }
     }
 }
+
+/// One deliberate defect and the field path validation must name for it.
+#[derive(Clone, Debug)]
+enum Defect {
+    UppercaseName,
+    NegativeReplicas(i32),
+    PortOutOfRange(i32),
+    SelectorMismatch,
+    BadQuantity,
+}
+
+fn defect() -> impl Strategy<Value = Defect> {
+    prop_oneof![
+        Just(Defect::UppercaseName),
+        (i32::MIN..0).prop_map(Defect::NegativeReplicas),
+        prop_oneof![i32::MIN..1, 65536..i32::MAX].prop_map(Defect::PortOutOfRange),
+        Just(Defect::SelectorMismatch),
+        Just(Defect::BadQuantity),
+    ]
+}
+
+fn break_deployment(object: &mut Object, defect: &Defect) -> &'static str {
+    let Object::Deployment(deployment) = object else {
+        unreachable!("the generator makes Deployments");
+    };
+    let spec = deployment.spec.as_mut().expect("generated with a spec");
+    let pod = spec
+        .template
+        .spec
+        .as_mut()
+        .expect("generated with a pod spec");
+    match defect {
+        Defect::UppercaseName => {
+            deployment.metadata.name = Some("Web".into());
+            "metadata.name: Invalid value: \"Web\""
+        }
+        Defect::NegativeReplicas(n) => {
+            spec.replicas = Some(*n);
+            "spec.replicas: Invalid value"
+        }
+        Defect::PortOutOfRange(port) => {
+            if let Some(ports) = pod.containers[0].ports.as_mut() {
+                ports[0].container_port = *port;
+            }
+            "spec.template.spec.containers[0].ports[0].containerPort: Invalid value"
+        }
+        Defect::SelectorMismatch => {
+            spec.selector.match_labels =
+                Some([("orch-test".into(), "never-in-template".into())].into());
+            "spec.template.metadata.labels: Invalid value"
+        }
+        Defect::BadQuantity => {
+            pod.containers[0].resources = Some(ResourceRequirements {
+                limits: Some([("memory".to_string(), Quantity("12Qi".into()))].into()),
+                ..Default::default()
+            });
+            "spec.template.spec.containers[0].resources.limits[memory]: Invalid value: \"12Qi\""
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn validation_names_the_broken_field(mut object in deployment(), defect in defect()) {
+        prop_assert!(orch_core::validation::validate(&object).is_ok());
+        let expected = break_deployment(&mut object, &defect);
+        let errors = orch_core::validation::validate(&object)
+            .expect_err("a broken object must not validate")
+            .to_string();
+        prop_assert!(errors.contains(expected), "{:?}: `{}` not in {}", defect, expected, errors);
+    }
+}

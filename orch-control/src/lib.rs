@@ -1,1 +1,4 @@
-//! orch-control: API server, store, scheduler and controllers (being built).
+//! orch-control: the control plane. Today: the store's state machine; the
+//! API server, Raft replication, scheduler and controllers follow.
+
+pub mod store;

@@ -2,11 +2,16 @@
 //!
 //! - `types`: the data model (keys, revisions, transactions, leases, events)
 //! - `mvcc`: the replicated state machine's storage in redb
+//! - `snapshot`: consistent snapshot files with a checksum, and restore
+//! - `raft`: openraft storage v2 over these: the log store (its own redb
+//!   file) and the state machine
 //!
-//! The Raft layer (openraft: log store, batcher, transport, snapshots) is
-//! built on these next.
+//! Still to come: the request batcher in front of `client_write`, the gRPC
+//! transport between replicas, the watch hub and the API server.
 
 pub mod mvcc;
+pub mod raft;
+pub mod snapshot;
 pub mod types;
 
 pub use mvcc::{MvccStore, StoreError};

@@ -18,23 +18,23 @@ use super::types::{
     Outcome, RangeResult, Request, Response, Revision, Txn,
 };
 
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub(super) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// Revision -> the events of that revision, in order.
-const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_bytes");
-const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+pub(super) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_bytes");
+pub(super) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 /// (lease, key) for every key attached to a lease.
-const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
+pub(super) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 /// Request id -> its response, for de-duplicating retries.
-const REQUESTS: TableDefinition<u128, &[u8]> = TableDefinition::new("requests");
+pub(super) const REQUESTS: TableDefinition<u128, &[u8]> = TableDefinition::new("requests");
 /// (revision applied at, request id): prunes `REQUESTS` with the history.
-const REQUESTS_BY_REVISION: TableDefinition<(u64, u128), ()> =
+pub(super) const REQUESTS_BY_REVISION: TableDefinition<(u64, u128), ()> =
     TableDefinition::new("requests_by_revision");
 
 const REVISION: &str = "revision";
 const COMPACT_REVISION: &str = "compact_revision";
-const RAFT_STATE: &str = "raft_state";
+pub(super) const RAFT_STATE: &str = "raft_state";
 
 /// Errors of the store's storage. Deterministic refusals of a request are
 /// not errors: they are [`Outcome::Rejected`].
@@ -45,6 +45,12 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: redb::DatabaseError,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("store storage: {0}")]
     Storage(#[from] redb::Error),
@@ -91,7 +97,7 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
 
 /// The keys, their history and the leases of one replica.
 pub struct MvccStore {
-    db: Database,
+    pub(super) db: Database,
     durability: Durability,
 }
 

@@ -13,7 +13,8 @@ use crate::{cargo, output, run_command};
 
 /// Debian packages: bpftool to inspect maps, iproute2 for test namespaces,
 /// pkg-config + libseccomp-dev for libcontainer's seccomp support,
-/// busybox-static for test images and test traffic (ping), procps (sysctl).
+/// busybox-static for test images and test traffic (ping), procps (sysctl),
+/// protobuf-compiler (protoc, for the gRPC definitions).
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
@@ -21,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libseccomp-dev",
     "pkg-config",
     "procps",
+    "protobuf-compiler",
 ];
 
 /// bpf-linker links the kernel programs; pinned so builds don't move.

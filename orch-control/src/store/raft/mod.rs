@@ -3,7 +3,9 @@
 //! fsyncs and applies overlap.
 
 pub mod log_store;
+pub mod node;
 pub mod state_machine;
+pub mod transport;
 
 use openraft::{AnyError, BasicNode, StorageError, StorageIOError};
 

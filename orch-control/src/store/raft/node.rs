@@ -1,0 +1,177 @@
+//! One control-plane replica's store: the Raft instance over the redb log
+//! and state machine, and the write path in front of it.
+//!
+//! Writes go through a batcher: requests that arrive while a Raft write is
+//! being committed are grouped into the next log entry, so many concurrent
+//! clients share one fsync of the leader's log instead of paying one each.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft};
+use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::log_store::LogStore;
+use super::state_machine::{SharedStore, StateMachine};
+use super::transport::GrpcNetworkFactory;
+use super::{NodeId, TypeConfig};
+use crate::store::types::{MAX_VALUE_BYTES, Op, Request, Response};
+use crate::store::{MvccStore, StoreError};
+
+/// Most requests in one log entry.
+const MAX_BATCH: usize = 1024;
+/// Log entries being committed at once; later requests queue and batch up.
+const MAX_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Fatal(#[from] openraft::error::Fatal<NodeId>),
+}
+
+/// Why a write was not acknowledged. Apart from `Rejected`, the write may or
+/// may not have been committed: retry with the same request id.
+#[derive(Clone, Debug, Error)]
+pub enum WriteError {
+    #[error("not the leader; the leader is {}", leader.as_ref().map_or("unknown (election in progress)".to_string(), |(id, node)| format!("node {id} at {}", node.addr)))]
+    NotLeader { leader: Option<(NodeId, BasicNode)> },
+    #[error(
+        "no quorum: the write was not committed within {0:?} (a majority of replicas is unreachable)"
+    )]
+    NoQuorum(Duration),
+    #[error("request refused before replication: {0}")]
+    Rejected(String),
+    #[error("replica is shutting down: {0}")]
+    Stopped(String),
+}
+
+type Pending = (Request, oneshot::Sender<Result<Response, WriteError>>);
+
+/// A running replica.
+pub struct RaftNode {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    store: SharedStore,
+    writes: mpsc::Sender<Pending>,
+}
+
+impl RaftNode {
+    /// Opens the replica kept in `data_dir` (`log.redb`, `state/`) and starts
+    /// its Raft. `write_timeout` bounds how long a write waits for a quorum.
+    pub async fn open(
+        id: NodeId,
+        data_dir: &Path,
+        config: Config,
+        write_timeout: Duration,
+    ) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let log = LogStore::open(&data_dir.join("log.redb"))?;
+        let state_machine = StateMachine::open(&data_dir.join("state"))?;
+        let store = state_machine.shared_store();
+        let config = Arc::new(config.validate()?);
+        let raft = Raft::new(id, config, GrpcNetworkFactory, log, state_machine).await?;
+        let (writes, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
+        tokio::spawn(run_batcher(raft.clone(), queue, write_timeout));
+        Ok(Self {
+            id,
+            raft,
+            store,
+            writes,
+        })
+    }
+
+    /// The replica's state machine store, for local reads.
+    pub fn store(&self) -> Arc<MvccStore> {
+        self.store.current()
+    }
+
+    /// Submits one request; it is committed in a batch with whatever else is
+    /// waiting. Oversized values are refused here, before they reach Raft.
+    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        check_size(&request)?;
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send((request, reply))
+            .await
+            .map_err(|_| WriteError::Stopped("write queue closed".into()))?;
+        answer
+            .await
+            .map_err(|_| WriteError::Stopped("write dropped".into()))?
+    }
+}
+
+fn check_size(request: &Request) -> Result<(), WriteError> {
+    if let crate::store::types::Command::Txn(txn) = &request.command {
+        for op in txn.success.iter().chain(&txn.failure) {
+            if let Op::Put { value, .. } = op
+                && value.len() > MAX_VALUE_BYTES
+            {
+                return Err(WriteError::Rejected(format!(
+                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+                    value.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes whatever is queued (up to `MAX_BATCH`) as one log entry, with up to
+/// `MAX_IN_FLIGHT` entries being committed at once.
+async fn run_batcher(
+    raft: Raft<TypeConfig>,
+    mut queue: mpsc::Receiver<Pending>,
+    write_timeout: Duration,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+            let result = tokio::time::timeout(write_timeout, raft.client_write(requests)).await;
+            let outcome = match result {
+                Err(_) => Err(WriteError::NoQuorum(write_timeout)),
+                Ok(Ok(written)) => Ok(written.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                    Err(WriteError::NotLeader {
+                        leader: forward.leader_id.zip(forward.leader_node),
+                    })
+                }
+                Ok(Err(other)) => Err(WriteError::Stopped(other.to_string())),
+            };
+            match outcome {
+                Ok(responses) => {
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                Err(error) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,274 @@
+//! Raft RPCs between replicas over tonic gRPC: the server side hands
+//! requests to the local [`Raft`], the client side is openraft's network.
+//! Snapshots stream from file to file in chunks, never whole in memory.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, Snapshot, SnapshotMeta, Vote};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{NodeId, TypeConfig};
+
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("orch.raft.v1");
+}
+
+use proto::raft_transport_client::RaftTransportClient;
+use proto::raft_transport_server::{RaftTransport, RaftTransportServer};
+use proto::{RaftMessage, SnapshotChunk};
+
+/// Snapshot chunk size on the wire.
+const CHUNK_BYTES: usize = 1 << 20;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    postcard::to_stdvec(value).map_err(|e| Status::internal(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
+}
+
+/// The server half: serves one replica's Raft to its peers.
+pub struct TransportService {
+    raft: Raft<TypeConfig>,
+}
+
+impl TransportService {
+    pub fn server(raft: Raft<TypeConfig>) -> RaftTransportServer<Self> {
+        RaftTransportServer::new(Self { raft })
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+type SnapshotHeader = (Vote<NodeId>, SnapshotMeta<NodeId, BasicNode>);
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data)?;
+        let result = self.raft.append_entries(rpc).await;
+        Ok(Response::new(RaftMessage {
+            data: encode(&result)?,
+        }))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(&request.into_inner().data)?;
+        let result = self.raft.vote(rpc).await;
+        Ok(Response::new(RaftMessage {
+            data: encode(&result)?,
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut chunks = request.into_inner();
+        let header = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let (vote, meta): SnapshotHeader = decode(&header.data)?;
+        let mut file = self
+            .raft
+            .begin_receiving_snapshot()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        while let Some(chunk) = chunks.message().await? {
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
+        let result = self
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: file,
+                },
+            )
+            .await;
+        Ok(Response::new(RaftMessage {
+            data: encode(&result)?,
+        }))
+    }
+}
+
+/// The client half: openraft asks it for a connection to each peer.
+#[derive(Clone, Default)]
+pub struct GrpcNetworkFactory;
+
+pub struct GrpcNetwork {
+    target: NodeId,
+    client: Result<RaftTransportClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
+    type Network = GrpcNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        // Connects lazily: an unreachable peer fails RPCs, not construction.
+        let client = Endpoint::from_shared(format!("http://{}", node.addr))
+            .map(|endpoint| {
+                RaftTransportClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20)
+            })
+            .map_err(|e| format!("bad address {:?} of node {target}: {e}", node.addr));
+        GrpcNetwork { target, client }
+    }
+}
+
+type RpcResult<T> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId>>>;
+
+/// A peer that is down or refusing connections is `Unreachable` (openraft
+/// backs off); anything else is a network error to retry.
+fn status_to_rpc_error(status: &Status) -> RPCError<NodeId, BasicNode, RaftError<NodeId>> {
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
+        _ => RPCError::Network(NetworkError::new(status)),
+    }
+}
+
+impl GrpcNetwork {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, NetworkError> {
+        self.client
+            .clone()
+            .map_err(|e| NetworkError::new(&std::io::Error::other(e)))
+    }
+
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        rpc: &Req,
+        option: &RPCOption,
+        send: F,
+    ) -> RpcResult<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<Response<RaftMessage>, Status>>,
+    {
+        let client = self.client()?;
+        let data = encode(rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        let reply = tokio::time::timeout(option.hard_ttl(), send(client, RaftMessage { data }))
+            .await
+            .map_err(|elapsed| RPCError::Unreachable(Unreachable::new(&elapsed)))?
+            .map_err(|status| status_to_rpc_error(&status))?;
+        let result: Result<Resp, RaftError<NodeId>> = decode(&reply.into_inner().data)
+            .map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call(&rpc, &option, |mut client, message| async move {
+            client.append_entries(message).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.call(&rpc, &option, |mut client, message| async move {
+            client.vote(message).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let network_error = |e: &dyn std::error::Error| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        };
+        let mut client = self.client().map_err(StreamingError::Network)?;
+        let header = encode(&(vote, snapshot.meta.clone())).map_err(|e| network_error(&e))?;
+        let mut file = *snapshot.snapshot;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        // Feed the stream from the file while the RPC runs.
+        let feeder = tokio::spawn(async move {
+            if tx.send(SnapshotChunk { data: header }).await.is_err() {
+                return Ok(());
+            }
+            let mut buffer = vec![0u8; CHUNK_BYTES];
+            loop {
+                let n = file.read(&mut buffer).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                if tx
+                    .send(SnapshotChunk {
+                        data: buffer[..n].to_vec(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let send: Pin<Box<dyn Future<Output = Result<Response<RaftMessage>, Status>> + Send>> =
+            Box::pin(async move { client.install_snapshot(stream).await });
+        let reply = tokio::select! {
+            reply = send => reply,
+            closed = cancel => {
+                feeder.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        match feeder.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(network_error(&e)),
+            Err(e) => return Err(network_error(&e)),
+        }
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&status)),
+            _ => network_error(&status),
+        })?;
+        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            decode(&reply.into_inner().data).map_err(|s| network_error(&s))?;
+        result.map_err(|fatal| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(format!(
+                "node {}: {fatal}",
+                self.target
+            ))))
+        })
+    }
+}

@@ -148,7 +148,7 @@ pub enum Outcome {
 }
 
 /// A page of keys.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
     /// More keys match after the last one returned: continue from

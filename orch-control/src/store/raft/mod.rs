@@ -2,8 +2,10 @@
 //! redb file, the state machine ([`super::MvccStore`]) in another, so log
 //! fsyncs and applies overlap.
 
+pub mod client;
 pub mod log_store;
 pub mod node;
+pub mod service;
 pub mod state_machine;
 pub mod transport;
 

@@ -38,7 +38,7 @@ pub enum NodeError {
 
 /// Why a write was not acknowledged. Apart from `Rejected`, the write may or
 /// may not have been committed: retry with the same request id.
-#[derive(Clone, Debug, Error)]
+#[derive(Clone, Debug, Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error("not the leader; the leader is {}", leader.as_ref().map_or("unknown (election in progress)".to_string(), |(id, node)| format!("node {id} at {}", node.addr)))]
     NotLeader { leader: Option<(NodeId, BasicNode)> },

@@ -1,0 +1,150 @@
+//! A client of the store's replicas: finds the leader, follows `NotLeader`
+//! hints, fails over when a replica dies, and retries a write with the same
+//! request id (the state machine answers a retry from its record, so a
+//! write is applied once even when an acknowledgement was lost).
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+use super::node::WriteError;
+use super::service::{RangeQuery, RangeReply, WriteReply};
+use super::transport::proto::RaftMessage;
+use super::transport::proto::store_client::StoreClient as GrpcStoreClient;
+use crate::store::types::{RangeResult, Request, Response};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("no replica acknowledged within {timeout:?}; last error: {last}")]
+    Unavailable { timeout: Duration, last: String },
+    #[error(transparent)]
+    Refused(WriteError),
+}
+
+pub struct StoreClient {
+    replicas: Vec<(String, GrpcStoreClient<Channel>)>,
+    /// Index of the replica to try first: the last one that answered.
+    preferred: usize,
+    timeout: Duration,
+}
+
+impl StoreClient {
+    /// A client of the replicas at `addrs` (`host:port`), giving up on a
+    /// call after `timeout`.
+    pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, ClientError> {
+        let replicas = addrs
+            .iter()
+            .map(|addr| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .map(|endpoint| {
+                        let endpoint = endpoint.connect_timeout(Duration::from_millis(500));
+                        (addr.clone(), GrpcStoreClient::new(endpoint.connect_lazy()))
+                    })
+                    .map_err(|e| ClientError::Unavailable {
+                        timeout,
+                        last: format!("bad address {addr}: {e}"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            replicas,
+            preferred: 0,
+            timeout,
+        })
+    }
+
+    /// The replica that answered last (after a write: the leader).
+    pub fn last_answered(&self) -> &str {
+        &self.replicas[self.preferred].0
+    }
+
+    pub async fn write(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let data = postcard::to_stdvec(request).map_err(|e| ClientError::Unavailable {
+            timeout: self.timeout,
+            last: e.to_string(),
+        })?;
+        self.call(
+            |mut client, message| async move { client.write(message).await },
+            data,
+            |bytes| postcard::from_bytes::<WriteReply>(bytes).map_err(|e| e.to_string()),
+        )
+        .await
+    }
+
+    pub async fn range(&mut self, query: &RangeQuery) -> Result<RangeResult, ClientError> {
+        let data = postcard::to_stdvec(query).map_err(|e| ClientError::Unavailable {
+            timeout: self.timeout,
+            last: e.to_string(),
+        })?;
+        self.call(
+            |mut client, message| async move { client.range(message).await },
+            data,
+            |bytes| postcard::from_bytes::<RangeReply>(bytes).map_err(|e| e.to_string()),
+        )
+        .await
+    }
+
+    /// Tries replicas, preferred first, until one answers or time runs out.
+    async fn call<T, F, Fut, D>(
+        &mut self,
+        send: F,
+        data: Vec<u8>,
+        decode: D,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(GrpcStoreClient<Channel>, RaftMessage) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+        D: Fn(&[u8]) -> Result<Result<T, WriteError>, String>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut last = String::from("no replica tried");
+        let mut attempt = 0usize;
+        while Instant::now() < deadline {
+            let index = (self.preferred + attempt) % self.replicas.len();
+            let (addr, client) = &self.replicas[index];
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let reply = tokio::time::timeout(
+                remaining,
+                send(client.clone(), RaftMessage { data: data.clone() }),
+            )
+            .await;
+            match reply {
+                Err(_) => last = format!("{addr}: timed out"),
+                Ok(Err(status)) => last = format!("{addr}: {}", status.message()),
+                Ok(Ok(reply)) => match decode(&reply.into_inner().data) {
+                    Err(e) => last = format!("{addr}: {e}"),
+                    Ok(Ok(value)) => {
+                        self.preferred = index;
+                        return Ok(value);
+                    }
+                    Ok(Err(WriteError::Rejected(reason))) => {
+                        return Err(ClientError::Refused(WriteError::Rejected(reason)));
+                    }
+                    Ok(Err(WriteError::NotLeader { leader })) => {
+                        last = format!("{addr}: not the leader");
+                        if let Some((_, node)) = leader
+                            && let Some(position) =
+                                self.replicas.iter().position(|(a, _)| *a == node.addr)
+                        {
+                            self.preferred = position;
+                            attempt = 0;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(Err(other)) => last = format!("{addr}: {other}"),
+                },
+            }
+            attempt += 1;
+            if attempt.is_multiple_of(self.replicas.len()) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(ClientError::Unavailable {
+            timeout: self.timeout,
+            last,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! The store's services for other orch processes: membership changes
+//! (join/leave) and the store client protocol (writes, ranges).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+
+use super::NodeId;
+use super::node::{RaftNode, WriteError};
+use super::transport::proto::membership_client::MembershipClient;
+use super::transport::proto::membership_server::{Membership, MembershipServer};
+use super::transport::proto::store_server::{Store, StoreServer};
+use super::transport::proto::{JoinRequest, JoinResponse, LeaveRequest, RaftMessage};
+use crate::store::types::{RangeResult, Request as StoreRequest, Response as StoreResponse};
+
+/// What `Store.Range` asks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RangeQuery {
+    pub prefix: Vec<u8>,
+    pub start: Option<Vec<u8>>,
+    pub limit: usize,
+    /// Read-index check with the leader first (the default for clients);
+    /// false serves the replica's local state (serializable).
+    pub linearizable: bool,
+}
+
+pub type WriteReply = Result<StoreResponse, WriteError>;
+pub type RangeReply = Result<RangeResult, WriteError>;
+
+fn encode<T: Serialize>(value: &T) -> Result<RaftMessage, Status> {
+    postcard::to_stdvec(value)
+        .map(|data| RaftMessage { data })
+        .map_err(|e| Status::internal(format!("encoding: {e}")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(message: &RaftMessage) -> Result<T, Status> {
+    postcard::from_bytes(&message.data)
+        .map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
+}
+
+pub struct MembershipService {
+    node: Arc<RaftNode>,
+}
+
+pub struct StoreService {
+    node: Arc<RaftNode>,
+}
+
+pub fn membership_server(node: Arc<RaftNode>) -> MembershipServer<MembershipService> {
+    MembershipServer::new(MembershipService { node })
+}
+
+pub fn store_server(node: Arc<RaftNode>) -> StoreServer<StoreService> {
+    StoreServer::new(StoreService { node })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+impl MembershipService {
+    /// The leader's address when this replica is not the leader.
+    async fn leader_elsewhere(&self) -> Result<Option<String>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == self.node.id => Ok(None),
+            Some(leader) => metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|node| Some(node.addr.clone()))
+                .ok_or_else(|| Status::unavailable("leader address unknown")),
+            None => Err(Status::unavailable("no leader (election in progress)")),
+        }
+    }
+
+    fn members(&self) -> Vec<String> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| format!("{id}={}", node.addr))
+            .collect()
+    }
+}
+
+async fn membership_client(
+    addr: &str,
+) -> Result<MembershipClient<tonic::transport::Channel>, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
+    Ok(MembershipClient::new(channel))
+}
+
+#[tonic::async_trait]
+impl Membership for MembershipService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let join = request.into_inner();
+        if let Some(leader) = self.leader_elsewhere().await? {
+            return membership_client(&leader).await?.join(join).await;
+        }
+        if join.addr.is_empty() {
+            return Err(Status::invalid_argument("addr: required"));
+        }
+        let raft = &self.node.raft;
+        let node = BasicNode { addr: join.addr };
+        // Blocking: returns once the learner has caught up with the log.
+        raft.add_learner(join.node_id, node, true)
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!("adding learner {}: {e}", join.node_id))
+            })?;
+        raft.change_membership(
+            ChangeMembers::AddVoterIds(BTreeSet::from([join.node_id])),
+            false,
+        )
+        .await
+        .map_err(|e| Status::failed_precondition(format!("promoting {}: {e}", join.node_id)))?;
+        tracing::info!(node = join.node_id, "joined as voter");
+        Ok(Response::new(JoinResponse {
+            members: self.members(),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
+        let leave = request.into_inner();
+        if let Some(leader) = self.leader_elsewhere().await? {
+            return membership_client(&leader).await?.leave(leave).await;
+        }
+        let ids: BTreeSet<NodeId> = BTreeSet::from([leave.node_id]);
+        self.node
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing {}: {e}", leave.node_id)))?;
+        self.node
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing {}: {e}", leave.node_id)))?;
+        Ok(Response::new(JoinResponse {
+            members: self.members(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Store for StoreService {
+    async fn write(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let store_request: StoreRequest = decode(request.get_ref())?;
+        let reply: WriteReply = self.node.write(store_request).await;
+        Ok(Response::new(encode(&reply)?))
+    }
+
+    async fn range(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let query: RangeQuery = decode(request.get_ref())?;
+        let reply: RangeReply = async {
+            if query.linearizable {
+                self.node.raft.ensure_linearizable().await.map_err(|e| {
+                    match e.forward_to_leader() {
+                        Some(forward) => WriteError::NotLeader {
+                            leader: forward.leader_id.zip(forward.leader_node.clone()),
+                        },
+                        None => WriteError::Stopped(e.to_string()),
+                    }
+                })?;
+            }
+            self.node
+                .store()
+                .range(&query.prefix, query.start.as_deref(), query.limit)
+                .map_err(|e| WriteError::Stopped(e.to_string()))
+        }
+        .await;
+        Ok(Response::new(encode(&reply)?))
+    }
+}

@@ -1,147 +1,23 @@
 //! Three real `orch-control` processes on loopback: bootstrap and join,
 //! concurrent clients, kill -9 of the leader mid-stream, no acknowledged
-//! write lost, no revision reused, and a restarted replica catching up.
+//! write lost, no revision reused, a restarted replica catching up; a
+//! stopped follower doesn't stop writes; losing the majority fails writes
+//! with "no quorum" in bounded time; a full restart keeps identical state.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use orch_control::store::raft::client::StoreClient;
-use orch_control::store::raft::service::RangeQuery;
-use orch_control::store::types::{Command as StoreCommand, Op, Outcome, Request, RequestId, Txn};
-
-const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
-
-struct Replica {
-    id: u64,
-    addr: String,
-    dir: std::path::PathBuf,
-    process: Option<Child>,
-}
-
-impl Replica {
-    fn start(&mut self, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.with_extension("log")).expect("log file");
-        let child = Command::new(ORCH_CONTROL)
-            .args([
-                "--data-dir",
-                &self.dir.to_string_lossy(),
-                "--node-id",
-                &self.id.to_string(),
-            ])
-            .args([
-                "--listen",
-                &self.addr,
-                "--heartbeat-ms",
-                "50",
-                "--election-timeout-ms",
-                "300",
-            ])
-            .args(["--write-timeout-ms", "2000"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start orch-control");
-        self.process = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn put(id: u128, key: &str) -> Request {
-    Request {
-        id: RequestId(id),
-        command: StoreCommand::Txn(Txn {
-            success: vec![Op::Put {
-                key: key.as_bytes().to_vec(),
-                value: id.to_le_bytes().to_vec(),
-                lease: None,
-            }],
-            ..Txn::default()
-        }),
-    }
-}
-
-async fn local_state(addr: &str) -> Option<(u64, BTreeMap<Vec<u8>, u64>)> {
-    let mut client = StoreClient::new(&[addr.to_string()], Duration::from_secs(2)).ok()?;
-    let query = RangeQuery {
-        prefix: b"/registry/".to_vec(),
-        start: None,
-        limit: 0,
-        linearizable: false,
-    };
-    let page = client.range(&query).await.ok()?;
-    Some((
-        page.revision,
-        page.kvs
-            .into_iter()
-            .map(|kv| (kv.key, kv.mod_revision))
-            .collect(),
-    ))
-}
+use common::{Replica, put};
+use orch_control::store::raft::client::{ClientError, StoreClient};
+use orch_control::store::types::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replicas: Vec<Replica> = (1..=3)
-        .map(|id| Replica {
-            id,
-            addr: format!("127.0.0.1:{}", free_port()),
-            dir: dir.path().join(format!("replica-{id}")),
-            process: None,
-        })
-        .collect();
-    let seed = replicas[0].addr.clone();
-    replicas[0].start(&["--init"]);
-    replicas[1].start(&["--join", &seed]);
-    replicas[2].start(&["--join", &seed]);
-    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
-
-    // Writes work once the cluster is up (joins are blocking on the leader).
+    let (mut replicas, addrs) = common::cluster(dir.path(), 3).await;
     let mut probe = StoreClient::new(&addrs, Duration::from_secs(30)).expect("client");
-    probe
-        .write(&put(1, "/registry/probe"))
-        .await
-        .expect("first write");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seen = 0;
-        for addr in &addrs {
-            if local_state(addr)
-                .await
-                .is_some_and(|(_, keys)| keys.contains_key(&b"/registry/probe"[..]))
-            {
-                seen += 1;
-            }
-        }
-        if seen == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not all join within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // 8 clients write continuously; the leader is killed while they do.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -225,22 +101,7 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
         .find(|r| r.addr == leader_addr)
         .expect("killed replica");
     killed.start(&[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let states = loop {
-        let mut states = Vec::new();
-        for addr in &addrs {
-            states.push(local_state(addr).await);
-        }
-        if states.iter().all(Option::is_some) && states.windows(2).all(|w| w[0] == w[1]) {
-            break states;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not converge after restart within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let (_, keys) = states.into_iter().next().flatten().expect("state");
+    let (_, keys) = common::converged(&addrs).await;
     for (key, revision) in &acked {
         assert_eq!(
             keys.get(key.as_bytes()),
@@ -248,4 +109,76 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
             "acknowledged write {key} lost"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopped_follower_quorum_loss_and_full_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    client.write(&put(10, "/registry/a")).await.expect("write");
+    let leader = client.last_answered().to_string();
+
+    // SIGSTOP one follower: the other two still make a quorum.
+    let follower = replicas
+        .iter()
+        .position(|r| r.addr != leader)
+        .expect("a follower");
+    replicas[follower].signal("STOP");
+    let started = Instant::now();
+    for i in 0..50u128 {
+        client
+            .write(&put(100 + i, &format!("/registry/while-stopped/{i}")))
+            .await
+            .expect("write with a stopped follower");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "writes stalled: {:?}",
+        started.elapsed()
+    );
+    replicas[follower].signal("CONT");
+
+    // Lose the majority: writes fail with "no quorum", within a bound.
+    let mut lost: Vec<&mut Replica> = replicas.iter_mut().filter(|r| r.addr != leader).collect();
+    for replica in lost.iter_mut() {
+        replica.kill();
+    }
+    let mut lonely =
+        // 9 s: each attempt may take 3 s, longer than the replica's 2 s write
+        // timeout, so its "no quorum" answer arrives.
+        StoreClient::new(std::slice::from_ref(&leader), Duration::from_secs(9)).expect("client");
+    let started = Instant::now();
+    match lonely.write(&put(999, "/registry/no-quorum")).await {
+        Err(ClientError::Unavailable { last, .. }) => {
+            assert!(last.contains("no quorum"), "{last}")
+        }
+        other => panic!("a write without quorum must fail, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failing took {:?}",
+        started.elapsed()
+    );
+
+    // Restart everything: same state everywhere, nothing acknowledged lost.
+    for replica in replicas.iter_mut() {
+        replica.kill();
+    }
+    for replica in replicas.iter_mut() {
+        replica.start(&[]);
+    }
+    let (_, keys) = common::converged(&addrs).await;
+    assert!(keys.contains_key(&b"/registry/a"[..]));
+    for i in 0..50 {
+        assert!(
+            keys.contains_key(format!("/registry/while-stopped/{i}").as_bytes()),
+            "write {i} lost"
+        );
+    }
+    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    client
+        .write(&put(5000, "/registry/after-restart"))
+        .await
+        .expect("write after full restart");
 }

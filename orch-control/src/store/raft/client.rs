@@ -99,11 +99,17 @@ impl StoreClient {
     {
         let deadline = Instant::now() + self.timeout;
         let mut last = String::from("no replica tried");
+        // The last answer a replica gave: more telling than a later timeout.
+        let mut said: Option<String> = None;
         let mut attempt = 0usize;
         while Instant::now() < deadline {
             let index = (self.preferred + attempt) % self.replicas.len();
             let (addr, client) = &self.replicas[index];
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            // One unresponsive replica (stopped, partitioned) must not use
+            // up the whole budget: bound each attempt.
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .min((self.timeout / 3).max(Duration::from_millis(500)));
             let reply = tokio::time::timeout(
                 remaining,
                 send(client.clone(), RaftMessage { data: data.clone() }),
@@ -134,7 +140,10 @@ impl StoreClient {
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Ok(Err(other)) => last = format!("{addr}: {other}"),
+                    Ok(Err(other)) => {
+                        last = format!("{addr}: {other}");
+                        said = Some(last.clone());
+                    }
                 },
             }
             attempt += 1;
@@ -144,7 +153,10 @@ impl StoreClient {
         }
         Err(ClientError::Unavailable {
             timeout: self.timeout,
-            last,
+            last: match said {
+                Some(said) if said != last => format!("{said}; last try: {last}"),
+                _ => last,
+            },
         })
     }
 }

@@ -14,7 +14,9 @@ use super::node::{RaftNode, WriteError};
 use super::transport::proto::membership_client::MembershipClient;
 use super::transport::proto::membership_server::{Membership, MembershipServer};
 use super::transport::proto::store_server::{Store, StoreServer};
-use super::transport::proto::{JoinRequest, JoinResponse, LeaveRequest, RaftMessage};
+use super::transport::proto::{
+    JoinRequest, JoinResponse, LeaveRequest, RaftMessage, StatusRequest, StatusResponse,
+};
 use crate::store::types::{RangeResult, Request as StoreRequest, Response as StoreResponse};
 
 /// What `Store.Range` asks.
@@ -150,6 +152,23 @@ impl Membership for MembershipService {
             .map_err(|e| Status::failed_precondition(format!("removing {}: {e}", leave.node_id)))?;
         Ok(Response::new(JoinResponse {
             members: self.members(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        Ok(Response::new(StatusResponse {
+            node_id: self.node.id,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            voters,
+            learners,
+            last_applied_index: metrics.last_applied.map_or(0, |id| id.index),
         }))
     }
 }

@@ -1,0 +1,205 @@
+//! Harness for tests that run real `orch-control` processes on loopback.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch_control::store::raft::client::StoreClient;
+use orch_control::store::raft::service::RangeQuery;
+use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+use orch_control::store::raft::transport::proto::{StatusRequest, StatusResponse};
+use orch_control::store::types::{Command as StoreCommand, Op, Request, RequestId, Txn};
+
+const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
+
+pub struct Replica {
+    pub id: u64,
+    pub addr: String,
+    pub dir: std::path::PathBuf,
+    pub process: Option<Child>,
+}
+
+impl Replica {
+    pub fn start(&mut self, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.with_extension("log")).expect("log file");
+        let child = Command::new(ORCH_CONTROL)
+            .args([
+                "--data-dir",
+                &self.dir.to_string_lossy(),
+                "--node-id",
+                &self.id.to_string(),
+            ])
+            .args([
+                "--listen",
+                &self.addr,
+                "--heartbeat-ms",
+                "50",
+                "--election-timeout-ms",
+                "300",
+            ])
+            .args(["--write-timeout-ms", "2000"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start orch-control");
+        self.process = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn put(id: u128, key: &str) -> Request {
+    Request {
+        id: RequestId(id),
+        command: StoreCommand::Txn(Txn {
+            success: vec![Op::Put {
+                key: key.as_bytes().to_vec(),
+                value: id.to_le_bytes().to_vec(),
+                lease: None,
+            }],
+            ..Txn::default()
+        }),
+    }
+}
+
+pub async fn local_state(addr: &str) -> Option<(u64, BTreeMap<Vec<u8>, u64>)> {
+    let mut client = StoreClient::new(&[addr.to_string()], Duration::from_secs(2)).ok()?;
+    let query = RangeQuery {
+        prefix: b"/registry/".to_vec(),
+        start: None,
+        limit: 0,
+        linearizable: false,
+    };
+    let page = client.range(&query).await.ok()?;
+    Some((
+        page.revision,
+        page.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect(),
+    ))
+}
+
+impl Replica {
+    /// Sends a signal (SIGSTOP / SIGCONT) to the running process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.process {
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{signal} failed");
+        }
+    }
+}
+
+/// `n` replicas in `dir`: the first bootstraps, the others join it. Returns
+/// once every replica has applied a first write.
+pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String>) {
+    let mut replicas: Vec<Replica> = (1..=n)
+        .map(|id| Replica {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir: dir.join(format!("replica-{id}")),
+            process: None,
+        })
+        .collect();
+    let seed = replicas[0].addr.clone();
+    replicas[0].start(&["--init"]);
+    for replica in replicas.iter_mut().skip(1) {
+        replica.start(&["--join", &seed]);
+    }
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    // Joins promote learners to voters one by one: wait for all of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut voters = Vec::new();
+        for addr in &addrs {
+            voters.push(status(addr).await.map(|s| s.voters.len()));
+        }
+        if voters.iter().all(|v| *v == Some(addrs.len())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all replicas became voters within 30 s: {voters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut probe = StoreClient::new(&addrs, Duration::from_secs(30)).expect("client");
+    probe
+        .write(&put(1, "/registry/probe"))
+        .await
+        .expect("first write");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = 0;
+        for addr in &addrs {
+            if local_state(addr)
+                .await
+                .is_some_and(|(_, keys)| keys.contains_key(&b"/registry/probe"[..]))
+            {
+                seen += 1;
+            }
+        }
+        if seen == addrs.len() {
+            return (replicas, addrs);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not all join within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replica's own view of the cluster.
+pub async fn status(addr: &str) -> Option<StatusResponse> {
+    let mut client = MembershipClient::connect(format!("http://{addr}"))
+        .await
+        .ok()?;
+    client
+        .status(StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Waits until every replica at `addrs` holds the same keys; returns them.
+pub async fn converged(addrs: &[String]) -> (u64, BTreeMap<Vec<u8>, u64>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut states = Vec::new();
+        for addr in addrs {
+            states.push(local_state(addr).await);
+        }
+        if states.iter().all(Option::is_some) && states.windows(2).all(|w| w[0] == w[1]) {
+            return states.into_iter().next().flatten().expect("state");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

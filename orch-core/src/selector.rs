@@ -9,6 +9,7 @@ use std::str::FromStr;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::names;
+use crate::validation::{Errors, FieldError, Path, q, render_list, validate_label_selector};
 
 mod parse;
 
@@ -55,38 +56,6 @@ impl fmt::Display for Operator {
     }
 }
 
-/// One field-level problem, printed like Go's `field.Error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path of the offending field, e.g. `matchExpressions[0].operator`.
-    pub field: String,
-    /// What is wrong, e.g. `Invalid value: "x": ...`.
-    pub detail: String,
-}
-
-impl FieldError {
-    fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
-        Self {
-            field: field.into(),
-            detail: format!("Invalid value: {value:?}: {detail}"),
-        }
-    }
-
-    fn invalid_list(field: &str, values: &[String], detail: &str) -> Self {
-        let list = serde_json::to_string(values).unwrap_or_else(|_| format!("{values:?}"));
-        Self {
-            field: field.to_owned(),
-            detail: format!("Invalid value: {list}: {detail}"),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.detail)
-    }
-}
-
 /// Go's aggregate error text: one error alone, several in brackets.
 fn join_errors(errs: &[FieldError]) -> String {
     let texts: Vec<String> = errs.iter().map(ToString::to_string).collect();
@@ -117,10 +86,10 @@ pub struct Requirement {
     values: Vec<String>,
 }
 
-fn check_key(key: &str, field: &str, errs: &mut Vec<FieldError>) {
+fn check_key(key: &str, field: &str, errs: &mut Errors) {
     let msgs = names::is_qualified_name(key);
     if !msgs.is_empty() {
-        errs.push(FieldError::invalid(field, key, &msgs.join("; ")));
+        errs.invalid(&Path::new(field), q(key), &msgs.join("; "));
     }
 }
 
@@ -134,7 +103,7 @@ impl Requirement {
         values: Vec<String>,
     ) -> Result<Self, SelectorError> {
         let key = key.into();
-        let mut errs = Vec::new();
+        let mut errs = Errors::default();
         check_key(&key, "key", &mut errs);
         let count_error = match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
@@ -152,31 +121,27 @@ impl Requirement {
             _ => None,
         };
         if let Some(detail) = count_error {
-            errs.push(FieldError::invalid_list("values", &values, detail));
+            errs.invalid(&Path::new("values"), render_list(&values), detail);
         }
         if matches!(operator, Operator::Gt | Operator::Lt) {
             for (i, v) in values.iter().enumerate() {
                 if v.parse::<i64>().is_err() {
-                    errs.push(FieldError::invalid(
-                        format!("values[{i}]"),
-                        v,
+                    errs.invalid(
+                        &Path::new("values").index(i),
+                        q(v),
                         "for 'Gt', 'Lt' operators, the value must be an integer",
-                    ));
+                    );
                 }
             }
         }
         for (i, v) in values.iter().enumerate() {
             let msgs = names::is_label_value(v);
             if !msgs.is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("values[{i}]"),
-                    v,
-                    &msgs.join("; "),
-                ));
+                errs.invalid(&Path::new("values").index(i), q(v), &msgs.join("; "));
             }
         }
-        if !errs.is_empty() {
-            return Err(SelectorError::Invalid(errs));
+        if errs.len() > 0 {
+            return Err(SelectorError::Invalid(errs.0));
         }
         Ok(Self::unchecked(key, operator, values))
     }
@@ -361,22 +326,17 @@ impl fmt::Display for Selector {
 impl TryFrom<&LabelSelector> for Selector {
     type Error = SelectorError;
 
-    /// Checks as Go's `ValidateLabelSelector` (errors name the field path),
-    /// then converts as `LabelSelectorAsSelector`.
+    /// Checks with the same validation as every object's selectors (Go's
+    /// `ValidateLabelSelector`; errors name the field path), then converts
+    /// as `LabelSelectorAsSelector`.
     fn try_from(selector: &LabelSelector) -> Result<Self, SelectorError> {
-        let mut errs = Vec::new();
+        let mut errs = Errors::default();
+        validate_label_selector(selector, &Path::new(""), &mut errs);
+        if errs.len() > 0 {
+            return Err(SelectorError::Invalid(errs.0));
+        }
         let mut requirements = Vec::new();
         for (key, value) in selector.match_labels.iter().flatten() {
-            for msg in names::is_qualified_name(key) {
-                errs.push(FieldError::invalid("matchLabels", key, &msg));
-            }
-            for msg in names::is_label_value(value) {
-                errs.push(FieldError::invalid(
-                    format!("matchLabels[{key}]"),
-                    value,
-                    &msg,
-                ));
-            }
             requirements.push(Requirement::unchecked(
                 key.clone(),
                 Operator::Equals,
@@ -384,63 +344,22 @@ impl TryFrom<&LabelSelector> for Selector {
             ));
         }
         for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
-            let path = format!("matchExpressions[{i}]");
-            let values = expr.values.clone().unwrap_or_default();
             let operator = match expr.operator.as_str() {
-                "In" => Some(Operator::In),
-                "NotIn" => Some(Operator::NotIn),
-                "Exists" => Some(Operator::Exists),
-                "DoesNotExist" => Some(Operator::DoesNotExist),
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                // Validation refused any other operator above; stay total.
                 other => {
-                    errs.push(FieldError {
-                        field: format!("{path}.operator"),
-                        detail: format!(
-                            "Unsupported value: {other:?}: supported values: \
-                             \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
-                        ),
-                    });
-                    None
+                    let path = Path::new("matchExpressions").index(i).child("operator");
+                    errs.invalid(&path, q(other), "not a valid selector operator");
+                    return Err(SelectorError::Invalid(errs.0));
                 }
             };
-            match operator {
-                Some(Operator::In | Operator::NotIn) if values.is_empty() => {
-                    errs.push(FieldError {
-                        field: format!("{path}.values"),
-                        detail:
-                            "Required value: must be specified when `operator` is 'In' or 'NotIn'"
-                                .to_owned(),
-                    });
-                }
-                Some(Operator::Exists | Operator::DoesNotExist) if !values.is_empty() => {
-                    errs.push(FieldError {
-                        field: format!("{path}.values"),
-                        detail: "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
-                            .to_owned(),
-                    });
-                }
-                _ => {}
-            }
-            for msg in names::is_qualified_name(&expr.key) {
-                errs.push(FieldError::invalid(format!("{path}.key"), &expr.key, &msg));
-            }
-            for (j, value) in values.iter().enumerate() {
-                for msg in names::is_label_value(value) {
-                    errs.push(FieldError::invalid(
-                        format!("{path}.values[{j}]"),
-                        value,
-                        &msg,
-                    ));
-                }
-            }
-            if let Some(operator) = operator {
-                requirements.push(Requirement::unchecked(expr.key.clone(), operator, values));
-            }
+            let values = expr.values.clone().unwrap_or_default();
+            requirements.push(Requirement::unchecked(expr.key.clone(), operator, values));
         }
-        if errs.is_empty() {
-            Ok(Self::new(requirements))
-        } else {
-            Err(SelectorError::Invalid(errs))
-        }
+        Ok(Self::new(requirements))
     }
 }
 

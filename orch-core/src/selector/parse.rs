@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::{Operator, Requirement, SelectorError, check_key, join_errors};
+use crate::validation::Errors;
 
 /// The requirements of `s`, in written order.
 pub(super) fn parse(s: &str) -> Result<Vec<Requirement>, SelectorError> {
@@ -206,12 +207,12 @@ impl<'a> Parser<'a> {
         if item.tok != Tok::Identifier {
             return Err(syntax(item, "identifier"));
         }
-        let mut errs = Vec::new();
+        let mut errs = Errors::default();
         check_key(item.lit, "key", &mut errs);
-        if !errs.is_empty() {
+        if errs.len() > 0 {
             return Err(SelectorError::Parse {
                 offset: item.offset,
-                message: join_errors(&errs),
+                message: join_errors(&errs.0),
             });
         }
         let next = self.lookahead(Context::Values).tok;

@@ -193,6 +193,12 @@ pub(crate) fn validate_annotations(
 
 /// `metav1.LabelSelector` syntax (`ValidateLabelSelector`).
 pub(crate) fn validate_label_selector(selector: &LabelSelector, path: &Path, errs: &mut Errors) {
+    // Go's order: matchLabels, then each expression.
+    validate_labels(
+        selector.match_labels.as_ref(),
+        &path.child("matchLabels"),
+        errs,
+    );
     let exprs_path = path.child("matchExpressions");
     for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
         let p = exprs_path.index(i);
@@ -222,11 +228,6 @@ pub(crate) fn validate_label_selector(selector: &LabelSelector, path: &Path, err
             );
         }
     }
-    validate_labels(
-        selector.match_labels.as_ref(),
-        &path.child("matchLabels"),
-        errs,
-    );
 }
 
 /// Whether a selector selects `labels`; `None` when it cannot be compiled

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Replica, put};
 use orch_control::store::raft::client::{ClientError, StoreClient};
-use orch_control::store::types::Outcome;
+use orch_control::store::types::{Outcome, Request, RequestId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
@@ -181,4 +181,118 @@ async fn stopped_follower_quorum_loss_and_full_restart() {
         .write(&put(5000, "/registry/after-restart"))
         .await
         .expect("write after full restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_replays_then_follows_live_in_order() {
+    use orch_control::store::raft::service::{WatchBatch, WatchError, WatchQuery};
+    use orch_control::store::raft::transport::proto::RaftMessage;
+    use orch_control::store::raft::transport::proto::store_client::StoreClient as GrpcStore;
+    use orch_control::store::types::Command as StoreCommand;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut revisions_written = Vec::new();
+    for i in 0..50u128 {
+        let response = client
+            .write(&put(10_000 + i, &format!("/registry/w/{i:03}")))
+            .await
+            .expect("write");
+        revisions_written.push(response.revision);
+    }
+    // Watch on every replica (followers included) from the first write.
+    let mut streams = Vec::new();
+    for addr in &addrs {
+        let mut grpc = GrpcStore::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let query = WatchQuery {
+            prefix: b"/registry/w/".to_vec(),
+            start: revisions_written[0],
+        };
+        let data = postcard::to_stdvec(&query).expect("encode");
+        streams.push(
+            grpc.watch(RaftMessage { data })
+                .await
+                .expect("watch")
+                .into_inner(),
+        );
+    }
+    for i in 50..100u128 {
+        let response = client
+            .write(&put(10_000 + i, &format!("/registry/w/{i:03}")))
+            .await
+            .expect("write");
+        revisions_written.push(response.revision);
+        // Writes outside the prefix are not delivered.
+        client
+            .write(&put(20_000 + i, &format!("/registry/other/{i}")))
+            .await
+            .expect("write");
+    }
+    for (addr, stream) in addrs.iter().zip(streams.iter_mut()) {
+        let mut seen = Vec::new();
+        while seen.len() < 100 {
+            let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("{addr}: watch stalled after {} events", seen.len()))
+                .expect("stream")
+                .expect("stream open");
+            let batch: WatchBatch = postcard::from_bytes(&message.data).expect("decode");
+            for event in batch.expect("events") {
+                seen.push((
+                    String::from_utf8_lossy(&event.kv.key).into_owned(),
+                    event.kv.mod_revision,
+                ));
+            }
+        }
+        let expected: Vec<(String, u64)> = (0..100)
+            .map(|i| format!("/registry/w/{i:03}"))
+            .zip(revisions_written.iter().copied())
+            .collect();
+        assert_eq!(
+            seen, expected,
+            "{addr}: watch out of order, gapped or duplicated"
+        );
+    }
+
+    // After compaction, a watch from before it is refused: relist.
+    let compact = Request {
+        id: RequestId(77),
+        command: StoreCommand::Compact {
+            revision: revisions_written[40],
+        },
+    };
+    assert_eq!(
+        client.write(&compact).await.expect("compact").outcome,
+        Outcome::Compacted
+    );
+    let mut grpc = GrpcStore::connect(format!("http://{}", addrs[0]))
+        .await
+        .expect("connect");
+    let query = WatchQuery {
+        prefix: b"/registry/w/".to_vec(),
+        start: revisions_written[10],
+    };
+    let data = postcard::to_stdvec(&query).expect("encode");
+    let mut stream = grpc
+        .watch(RaftMessage { data })
+        .await
+        .expect("watch")
+        .into_inner();
+    let message = stream.message().await.expect("stream").expect("a message");
+    let batch: WatchBatch = postcard::from_bytes(&message.data).expect("decode");
+    match batch {
+        Err(WatchError::Compacted {
+            requested,
+            compacted,
+        }) => {
+            assert_eq!(
+                (requested, compacted),
+                (revisions_written[10], revisions_written[40])
+            );
+        }
+        other => panic!("expected a compacted error, got {other:?}"),
+    }
 }

@@ -6,12 +6,15 @@
 //! - `raft`: openraft storage v2 over these: the log store (its own redb
 //!   file) and the state machine
 //!
-//! Still to come: the request batcher in front of `client_write`, the gRPC
-//! transport between replicas, the watch hub and the API server.
+//! - `watch`: prefix watches from a revision, replayed then live
+//!
+//! Still to come: lease expiry timers, TLS, snapshot save/restore commands
+//! and the API server.
 
 pub mod mvcc;
 pub mod raft;
 pub mod snapshot;
 pub mod types;
+pub mod watch;
 
 pub use mvcc::{MvccStore, StoreError};

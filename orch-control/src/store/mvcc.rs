@@ -225,12 +225,20 @@ impl MvccStore {
     /// order. Fails with [`StoreError::Compacted`] when `start` is older than
     /// the kept history.
     pub fn events_since(&self, prefix: &[u8], start: Revision) -> Result<Vec<Event>, StoreError> {
+        Ok(self.read_events(prefix, start)?.0)
+    }
+
+    /// [`Self::events_since`], plus the store's revision at the read: every
+    /// event up to it has been seen, so a watcher continues after it.
+    pub fn read_events(
+        &self,
+        prefix: &[u8],
+        start: Revision,
+    ) -> Result<(Vec<Event>, Revision), StoreError> {
         let txn = self.db.begin_read()?;
-        let compacted = txn
-            .open_table(META)?
-            .get(COMPACT_REVISION)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let meta = txn.open_table(META)?;
+        let compacted = meta.get(COMPACT_REVISION)?.map(|v| v.value()).unwrap_or(0);
+        let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
         if start < compacted {
             return Err(StoreError::Compacted {
                 requested: start,
@@ -244,7 +252,7 @@ impl MvccStore {
             let batch: Vec<Event> = decode("history", value.value())?;
             events.extend(batch.into_iter().filter(|e| e.kv.key.starts_with(prefix)));
         }
-        Ok(events)
+        Ok((events, revision))
     }
 
     /// Every granted lease (the leader rebuilds its expiry timers from

@@ -95,6 +95,15 @@ impl RaftNode {
         self.store.current()
     }
 
+    /// Watches `prefix` from revision `start` (0: from now).
+    pub fn watch(
+        &self,
+        prefix: Vec<u8>,
+        start: crate::store::types::Revision,
+    ) -> Result<crate::store::watch::Watcher, StoreError> {
+        crate::store::watch::Watcher::new(self.store.clone(), prefix, start)
+    }
+
     /// Submits one request; it is committed in a batch with whatever else is
     /// waiting. Oversized values are refused here, before they reach Raft.
     pub async fn write(&self, request: Request) -> Result<Response, WriteError> {

@@ -17,7 +17,10 @@ use super::transport::proto::store_server::{Store, StoreServer};
 use super::transport::proto::{
     JoinRequest, JoinResponse, LeaveRequest, RaftMessage, StatusRequest, StatusResponse,
 };
-use crate::store::types::{RangeResult, Request as StoreRequest, Response as StoreResponse};
+use crate::store::StoreError;
+use crate::store::types::{
+    Event, RangeResult, Request as StoreRequest, Response as StoreResponse, Revision,
+};
 
 /// What `Store.Range` asks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,6 +32,29 @@ pub struct RangeQuery {
     /// false serves the replica's local state (serializable).
     pub linearizable: bool,
 }
+
+/// What `Store.Watch` asks: changes under `prefix` from `start` (0: now).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchQuery {
+    pub prefix: Vec<u8>,
+    pub start: Revision,
+}
+
+/// Why a watch ended.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum WatchError {
+    #[error(
+        "required revision {requested} has been compacted (oldest kept: {compacted}): relist and watch from the list's revision"
+    )]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("watch failed: {0}")]
+    Failed(String),
+}
+
+pub type WatchBatch = Result<Vec<Event>, WatchError>;
 
 pub type WriteReply = Result<StoreResponse, WriteError>;
 pub type RangeReply = Result<RangeResult, WriteError>;
@@ -173,8 +199,52 @@ impl Membership for MembershipService {
     }
 }
 
+fn watch_error(error: StoreError) -> WatchError {
+    match error {
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => WatchError::Compacted {
+            requested,
+            compacted,
+        },
+        other => WatchError::Failed(other.to_string()),
+    }
+}
+
+type WatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Store for StoreService {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<RaftMessage>) -> Result<Response<WatchStream>, Status> {
+        let query: WatchQuery = decode(request.get_ref())?;
+        let first = self.node.watch(query.prefix, query.start);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RaftMessage, Status>>(16);
+        tokio::spawn(async move {
+            let mut watcher = match first {
+                Ok(watcher) => watcher,
+                Err(error) => {
+                    let batch: WatchBatch = Err(watch_error(error));
+                    let _ = tx.send(encode(&batch)).await;
+                    return;
+                }
+            };
+            loop {
+                let batch: WatchBatch = watcher.next_batch().await.map_err(watch_error);
+                let ended = batch.as_ref().map_or(true, Vec::is_empty);
+                if tx.send(encode(&batch)).await.is_err() || ended {
+                    return; // client gone, or the watch ended
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn write(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let store_request: StoreRequest = decode(request.get_ref())?;
         let reply: WriteReply = self.node.write(store_request).await;

@@ -29,20 +29,41 @@ struct AppliedState {
 }
 
 /// The replica's current store. Replaced whole when a snapshot is
-/// installed; readers take the `Arc` they need.
+/// installed; readers take the `Arc` they need. Announces each new revision
+/// to watchers.
 #[derive(Clone)]
-pub struct SharedStore(Arc<RwLock<Arc<MvccStore>>>);
+pub struct SharedStore {
+    store: Arc<RwLock<Arc<MvccStore>>>,
+    revision: Arc<tokio::sync::watch::Sender<u64>>,
+}
 
 impl SharedStore {
+    fn new(store: MvccStore) -> Result<Self, StoreError> {
+        let revision = store.revision()?;
+        Ok(Self {
+            store: Arc::new(RwLock::new(Arc::new(store))),
+            revision: Arc::new(tokio::sync::watch::Sender::new(revision)),
+        })
+    }
+
+    /// Revision announcements, for watchers.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    fn announce(&self, revision: u64) {
+        self.revision.send_replace(revision);
+    }
+
     pub fn current(&self) -> Arc<MvccStore> {
-        match self.0.read() {
+        match self.store.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
     fn replace(&self, store: MvccStore) {
-        let mut guard = match self.0.write() {
+        let mut guard = match self.store.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -74,7 +95,7 @@ impl StateMachine {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
-            store: SharedStore(Arc::new(RwLock::new(Arc::new(store)))),
+            store: SharedStore::new(store)?,
             applied,
             snapshots_built: 0,
         })
@@ -184,12 +205,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = postcard::to_stdvec(&applied)
             .map_err(|e| StorageIOError::write_state_machine(any_error(e)))?;
         let store = self.store.current();
-        let mut responses = blocking(StorageIOError::write_state_machine, move || {
+        let responses = blocking(StorageIOError::write_state_machine, move || {
             store.apply(&requests, Some(&state)).map_err(any_error)
         })
-        .await?
-        .into_iter();
+        .await?;
         self.applied = applied;
+        if let Some(last) = responses.last() {
+            self.store.announce(last.revision);
+        }
+        let mut responses = responses.into_iter();
         Ok(counts
             .into_iter()
             .map(|count| responses.by_ref().take(count).collect())
@@ -251,7 +275,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(restored)
         })
         .await?;
+        let revision = store
+            .revision()
+            .map_err(|e| StorageIOError::read_state_machine(any_error(e)))?;
         self.store.replace(store);
+        self.store.announce(revision);
         self.applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),

@@ -296,3 +296,80 @@ async fn watch_replays_then_follows_live_in_order() {
         other => panic!("expected a compacted error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_live_while_kept_alive_and_their_keys_go_when_they_expire() {
+    use orch_control::store::types::{Command as StoreCommand, Op, Txn};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let grant = Request {
+        id: RequestId(500),
+        command: StoreCommand::LeaseGrant {
+            id: 7,
+            ttl_seconds: 2,
+        },
+    };
+    assert_eq!(
+        client.write(&grant).await.expect("grant").outcome,
+        Outcome::LeaseGranted
+    );
+    let heartbeat = Request {
+        id: RequestId(501),
+        command: StoreCommand::Txn(Txn {
+            success: vec![Op::Put {
+                key: b"/registry/leases/node-a".to_vec(),
+                value: b"alive".to_vec(),
+                lease: Some(7),
+            }],
+            ..Txn::default()
+        }),
+    };
+    client.write(&heartbeat).await.expect("put with lease");
+
+    // Kept alive well past its TTL: the key stays.
+    let kept_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < kept_until {
+        assert_eq!(client.keep_alive(7).await.expect("keep alive"), 2);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let present = |state: Option<(u64, std::collections::BTreeMap<Vec<u8>, u64>)>| {
+        state.is_some_and(|(_, keys)| keys.contains_key(&b"/registry/leases/node-a"[..]))
+    };
+    assert!(
+        present(common::local_state(&addrs[0]).await),
+        "key deleted while kept alive"
+    );
+
+    // Left alone, the lease expires and every replica deletes the key.
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(10);
+    loop {
+        let mut gone = 0;
+        for addr in &addrs {
+            if !present(common::local_state(addr).await) {
+                gone += 1;
+            }
+        }
+        if gone == addrs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired lease's key still present after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1500),
+        "lease expired early: {:?} after the last keep-alive",
+        stopped.elapsed()
+    );
+    match client.keep_alive(7).await {
+        Err(orch_control::store::raft::client::ClientError::Refused(error)) => {
+            assert!(error.to_string().contains("lease 7 not found"), "{error}")
+        }
+        other => panic!("keep-alive of a revoked lease must be refused, got {other:?}"),
+    }
+}

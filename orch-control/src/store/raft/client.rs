@@ -9,7 +9,7 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use super::node::WriteError;
-use super::service::{RangeQuery, RangeReply, WriteReply};
+use super::service::{KeepAliveReply, RangeQuery, RangeReply, WriteReply};
 use super::transport::proto::RaftMessage;
 use super::transport::proto::store_client::StoreClient as GrpcStoreClient;
 use crate::store::types::{RangeResult, Request, Response};
@@ -68,6 +68,23 @@ impl StoreClient {
             |mut client, message| async move { client.write(message).await },
             data,
             |bytes| postcard::from_bytes::<WriteReply>(bytes).map_err(|e| e.to_string()),
+        )
+        .await
+    }
+
+    /// Refreshes a lease at the leader; returns its TTL in seconds.
+    pub async fn keep_alive(
+        &mut self,
+        lease: crate::store::types::LeaseId,
+    ) -> Result<i64, ClientError> {
+        let data = postcard::to_stdvec(&lease).map_err(|e| ClientError::Unavailable {
+            timeout: self.timeout,
+            last: e.to_string(),
+        })?;
+        self.call(
+            |mut client, message| async move { client.keep_alive(message).await },
+            data,
+            |bytes| postcard::from_bytes::<KeepAliveReply>(bytes).map_err(|e| e.to_string()),
         )
         .await
     }

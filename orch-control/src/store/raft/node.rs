@@ -14,6 +14,7 @@ use openraft::{BasicNode, Config, Raft};
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::lessor::Lessor;
 use super::log_store::LogStore;
 use super::state_machine::{SharedStore, StateMachine};
 use super::transport::GrpcNetworkFactory;
@@ -60,6 +61,7 @@ pub struct RaftNode {
     pub raft: Raft<TypeConfig>,
     store: SharedStore,
     writes: mpsc::Sender<Pending>,
+    lessor: Arc<Lessor>,
 }
 
 impl RaftNode {
@@ -82,17 +84,44 @@ impl RaftNode {
         let raft = Raft::new(id, config, GrpcNetworkFactory, log, state_machine).await?;
         let (writes, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(run_batcher(raft.clone(), queue, write_timeout));
+        let lessor = Arc::new(Lessor::default());
+        tokio::spawn(super::lessor::run(
+            lessor.clone(),
+            raft.clone(),
+            id,
+            store.clone(),
+        ));
         Ok(Self {
             id,
             raft,
             store,
             writes,
+            lessor,
         })
     }
 
     /// The replica's state machine store, for local reads.
     pub fn store(&self) -> Arc<MvccStore> {
         self.store.current()
+    }
+
+    /// Refreshes a lease on the leader; returns its TTL in seconds.
+    pub fn keep_alive(&self, lease: crate::store::types::LeaseId) -> Result<i64, WriteError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id) {
+            let leader = metrics.current_leader.and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|node| (id, node.clone()))
+            });
+            return Err(WriteError::NotLeader { leader });
+        }
+        self.lessor
+            .keep_alive(lease, &self.store)
+            .map(|ttl| ttl.as_secs() as i64)
+            .ok_or_else(|| WriteError::Rejected(format!("lease {lease} not found")))
     }
 
     /// Watches `prefix` from revision `start` (0: from now).

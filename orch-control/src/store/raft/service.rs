@@ -57,6 +57,7 @@ pub enum WatchError {
 pub type WatchBatch = Result<Vec<Event>, WatchError>;
 
 pub type WriteReply = Result<StoreResponse, WriteError>;
+pub type KeepAliveReply = Result<i64, WriteError>;
 pub type RangeReply = Result<RangeResult, WriteError>;
 
 fn encode<T: Serialize>(value: &T) -> Result<RaftMessage, Status> {
@@ -243,6 +244,15 @@ impl Store for StoreService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let lease: crate::store::types::LeaseId = decode(request.get_ref())?;
+        let reply: KeepAliveReply = self.node.keep_alive(lease);
+        Ok(Response::new(encode(&reply)?))
     }
 
     async fn write(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

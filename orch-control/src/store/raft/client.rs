@@ -9,7 +9,7 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use super::node::WriteError;
-use super::service::{KeepAliveReply, RangeQuery, RangeReply, WriteReply};
+use super::service::RangeQuery;
 use super::transport::proto::RaftMessage;
 use super::transport::proto::store_client::StoreClient as GrpcStoreClient;
 use crate::store::types::{RangeResult, Request, Response};
@@ -60,15 +60,9 @@ impl StoreClient {
     }
 
     pub async fn write(&mut self, request: &Request) -> Result<Response, ClientError> {
-        let data = postcard::to_stdvec(request).map_err(|e| ClientError::Unavailable {
-            timeout: self.timeout,
-            last: e.to_string(),
-        })?;
-        self.call(
-            |mut client, message| async move { client.write(message).await },
-            data,
-            |bytes| postcard::from_bytes::<WriteReply>(bytes).map_err(|e| e.to_string()),
-        )
+        self.rpc(request, |mut client, message| async move {
+            client.write(message).await
+        })
         .await
     }
 
@@ -77,28 +71,35 @@ impl StoreClient {
         &mut self,
         lease: crate::store::types::LeaseId,
     ) -> Result<i64, ClientError> {
-        let data = postcard::to_stdvec(&lease).map_err(|e| ClientError::Unavailable {
-            timeout: self.timeout,
-            last: e.to_string(),
-        })?;
-        self.call(
-            |mut client, message| async move { client.keep_alive(message).await },
-            data,
-            |bytes| postcard::from_bytes::<KeepAliveReply>(bytes).map_err(|e| e.to_string()),
-        )
+        self.rpc(&lease, |mut client, message| async move {
+            client.keep_alive(message).await
+        })
         .await
     }
 
     pub async fn range(&mut self, query: &RangeQuery) -> Result<RangeResult, ClientError> {
+        self.rpc(query, |mut client, message| async move {
+            client.range(message).await
+        })
+        .await
+    }
+
+    /// Encodes `query`, sends it with `send`, decodes the replica's
+    /// `Result<T, WriteError>`.
+    async fn rpc<Q, T, F, Fut>(&mut self, query: &Q, send: F) -> Result<T, ClientError>
+    where
+        Q: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+        F: Fn(GrpcStoreClient<Channel>, RaftMessage) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
         let data = postcard::to_stdvec(query).map_err(|e| ClientError::Unavailable {
             timeout: self.timeout,
             last: e.to_string(),
         })?;
-        self.call(
-            |mut client, message| async move { client.range(message).await },
-            data,
-            |bytes| postcard::from_bytes::<RangeReply>(bytes).map_err(|e| e.to_string()),
-        )
+        self.call(send, data, |bytes| {
+            postcard::from_bytes::<Result<T, WriteError>>(bytes).map_err(|e| e.to_string())
+        })
         .await
     }
 

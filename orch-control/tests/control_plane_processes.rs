@@ -373,3 +373,107 @@ async fn leases_live_while_kept_alive_and_their_keys_go_when_they_expire() {
         other => panic!("keep-alive of a revoked lease must be refused, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    for i in 0..100u128 {
+        client
+            .write(&put(
+                30_000 + i,
+                &format!("/registry/configmaps/default/cm-{i}"),
+            ))
+            .await
+            .expect("write");
+    }
+    let source = common::converged(&addrs).await;
+
+    let file = dir.path().join("backup.snap");
+    let save = std::process::Command::new(env!("CARGO_BIN_EXE_orchctl"))
+        .args([
+            "snapshot",
+            "save",
+            &file.to_string_lossy(),
+            "--server",
+            &addrs.join(","),
+        ])
+        .output()
+        .expect("run orchctl");
+    assert!(
+        save.status.success(),
+        "{}",
+        String::from_utf8_lossy(&save.stderr)
+    );
+    assert!(String::from_utf8_lossy(&save.stdout).contains("snapshot saved to"));
+
+    let restore = |file: &std::path::Path, data_dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orch-control"))
+            .args([
+                "restore",
+                &file.to_string_lossy(),
+                "--data-dir",
+                &data_dir.to_string_lossy(),
+            ])
+            .output()
+            .expect("run orch-control restore")
+    };
+    // A damaged snapshot is refused and leaves nothing behind.
+    let mut bytes = std::fs::read(&file).expect("read snapshot");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    let damaged = dir.path().join("damaged.snap");
+    std::fs::write(&damaged, &bytes).expect("write damaged copy");
+    let refused_dir = dir.path().join("refused");
+    let refused = restore(&damaged, &refused_dir);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("damaged.snap"), "{stderr}");
+    assert!(
+        !refused_dir.exists(),
+        "a failed restore left {}",
+        refused_dir.display()
+    );
+
+    let new_dir = dir.path().join("restored");
+    let restored = restore(&file, &new_dir);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    // Restoring over an existing replica is refused.
+    let again = restore(&file, &new_dir);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let mut replica = Replica {
+        id: 1,
+        addr: format!("127.0.0.1:{}", common::free_port()),
+        dir: new_dir,
+        process: None,
+    };
+    replica.start(&["--init"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(state) = common::local_state(&replica.addr).await
+            && state == source
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored cluster does not hold the source's data"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it is a working cluster.
+    let mut client = StoreClient::new(std::slice::from_ref(&replica.addr), Duration::from_secs(20))
+        .expect("client");
+    let response = client
+        .write(&put(40_000, "/registry/after-restore"))
+        .await
+        .expect("write");
+    assert_eq!(response.revision, source.0 + 1);
+}

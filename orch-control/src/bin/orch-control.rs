@@ -18,14 +18,40 @@ use orch_control::store::raft::transport::proto::JoinRequest;
 use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
 
 #[derive(Parser)]
-#[command(name = "orch-control", version, about = "orch's control plane replica")]
+#[command(
+    name = "orch-control",
+    version,
+    about = "orch's control plane replica",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Subcommand {
+    /// Build a data directory for a new cluster from a snapshot file
+    /// (`orchctl snapshot save`); then start it with --init.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The new replica's data directory; must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
     /// Where this replica keeps its log, state and snapshots.
-    #[arg(long, env = "ORCH_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "ORCH_DATA_DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// This replica's id, unique in the cluster and stable across restarts.
-    #[arg(long)]
-    node_id: u64,
+    #[arg(long, required = true)]
+    node_id: Option<u64>,
     /// Address to serve replication and the store on (also advertised to peers).
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
@@ -56,6 +82,43 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match cli.command {
+        Some(Subcommand::Restore { file, data_dir }) => restore(&file, &data_dir),
+        None => run(cli.run).await,
+    }
+}
+
+/// Like `etcdutl snapshot restore`: the data, without the old cluster's
+/// membership; nothing is written unless the snapshot verifies.
+fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
+    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!(
+            "--data-dir {}: not empty; refusing to overwrite a replica's data",
+            data_dir.display()
+        );
+    }
+    let state_dir = data_dir.join("state");
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let store =
+        orch_control::store::MvccStore::restore_snapshot(file, &state_dir.join("state.redb"))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(data_dir);
+            })?;
+    store.clear_raft_state()?;
+    println!(
+        "restored revision {} into {}; start it with: orch-control --data-dir {} --node-id ID --listen ADDR --init",
+        store.revision()?,
+        data_dir.display(),
+        data_dir.display()
+    );
+    Ok(())
+}
+
+async fn run(cli: RunArgs) -> Result<()> {
+    let (Some(data_dir), Some(node_id)) = (cli.data_dir.clone(), cli.node_id) else {
+        bail!("--data-dir and --node-id are required");
+    };
     if cli.election_timeout_ms <= cli.heartbeat_ms {
         bail!("--election-timeout-ms must be greater than --heartbeat-ms");
     }
@@ -68,13 +131,13 @@ async fn main() -> Result<()> {
     };
     let node = Arc::new(
         RaftNode::open(
-            cli.node_id,
-            &cli.data_dir,
+            node_id,
+            &data_dir,
             config,
             Duration::from_millis(cli.write_timeout_ms),
         )
         .await
-        .with_context(|| format!("opening the store in {}", cli.data_dir.display()))?,
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?,
     );
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
@@ -91,7 +154,7 @@ async fn main() -> Result<()> {
     let initialized = node.raft.is_initialized().await?;
     if cli.init && !initialized {
         let members = BTreeMap::from([(
-            cli.node_id,
+            node_id,
             BasicNode {
                 addr: cli.listen.to_string(),
             },
@@ -100,18 +163,18 @@ async fn main() -> Result<()> {
             .initialize(members)
             .await
             .context("bootstrapping the cluster")?;
-        tracing::info!(node = cli.node_id, "bootstrapped a new cluster");
+        tracing::info!(node = node_id, "bootstrapped a new cluster");
     } else if let Some(seed) = &cli.join
         && !initialized
     {
-        join(seed, cli.node_id, &cli.listen.to_string()).await?;
+        join(seed, node_id, &cli.listen.to_string()).await?;
     } else if !initialized {
         bail!(
             "{} holds no cluster: start with --init (new cluster) or --join ADDR",
-            cli.data_dir.display()
+            data_dir.display()
         );
     }
-    tracing::info!(node = cli.node_id, listen = %cli.listen, "serving");
+    tracing::info!(node = node_id, listen = %cli.listen, "serving");
     server.await.context("server task")??;
     node.raft.shutdown().await.ok();
     Ok(())

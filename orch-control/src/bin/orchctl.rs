@@ -31,6 +31,23 @@ enum Command {
     },
     /// List the kinds orch serves.
     ApiResources,
+    /// Save or inspect store snapshots.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Stream a consistent snapshot of the store to FILE (checksum verified
+    /// before FILE is written); restore it with `orch-control restore`.
+    Save {
+        file: PathBuf,
+        /// Control-plane replicas (`host:port`), tried in order.
+        #[arg(long = "server", required = true, value_delimiter = ',')]
+        servers: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +58,9 @@ fn main() -> ExitCode {
             api_resources();
             Ok(true)
         }
+        Command::Snapshot {
+            command: SnapshotCommand::Save { file, servers },
+        } => save_snapshot(&file, &servers).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -124,4 +144,47 @@ fn api_resources() {
             kind.name()
         );
     }
+}
+
+fn save_snapshot(file: &std::path::Path, servers: &[String]) -> Result<()> {
+    use orch_control::store::raft::transport::proto::SnapshotRequest;
+    use orch_control::store::raft::transport::proto::store_client::StoreClient;
+    use tokio::io::AsyncWriteExt as _;
+
+    let partial = file.with_extension("partial");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut failures = Vec::new();
+    for server in servers {
+        let attempt = runtime.block_on(async {
+            let mut client = StoreClient::connect(format!("http://{server}")).await?;
+            let mut stream = client.snapshot(SnapshotRequest {}).await?.into_inner();
+            let mut out = tokio::fs::File::create(&partial).await?;
+            let mut bytes = 0u64;
+            while let Some(chunk) = stream.message().await? {
+                out.write_all(&chunk.data).await?;
+                bytes += chunk.data.len() as u64;
+            }
+            out.sync_all().await?;
+            anyhow::Ok(bytes)
+        });
+        match attempt {
+            Ok(bytes) => {
+                orch_control::store::snapshot::verify_file(&partial)?;
+                std::fs::rename(&partial, file)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                println!(
+                    "snapshot saved to {} ({bytes} bytes, from {server})",
+                    file.display()
+                );
+                return Ok(());
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&partial);
+                failures.push(format!("{server}: {error:#}"));
+            }
+        }
+    }
+    anyhow::bail!("no replica gave a snapshot: {}", failures.join("; "))
 }

@@ -170,6 +170,16 @@ impl MvccStore {
         Ok(meta.get(COMPACT_REVISION)?.map(|v| v.value()).unwrap_or(0))
     }
 
+    /// Forgets the Raft layer's record (applied log id, membership): what
+    /// `orch-control restore` does so the data can seed a new cluster.
+    pub fn clear_raft_state(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(self.durability)?;
+        txn.open_table(META_BYTES)?.remove(RAFT_STATE)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// What the Raft layer stored with the last applied batch.
     pub fn raft_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;

@@ -267,6 +267,48 @@ impl MvccStore {
     }
 }
 
+/// Checks a snapshot file's header and checksum without loading it.
+pub fn verify_file(path: &Path) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    if total < (MAGIC.len() + 4 + 1 + 32) as u64 {
+        return Err(SnapshotError::Format {
+            path: path.to_path_buf(),
+            reason: "too short".into(),
+        });
+    }
+    let mut input = HashingReader {
+        inner: BufReader::new(file).take(total - 32),
+        hash: Sha256::new(),
+    };
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(io)?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::Format {
+            path: path.to_path_buf(),
+            reason: "bad magic".into(),
+        });
+    }
+    std::io::copy(&mut input, &mut std::io::sink()).map_err(io)?;
+    let digest = input.hash.finalize();
+    let mut expected = [0u8; 32];
+    input
+        .inner
+        .into_inner()
+        .read_exact(&mut expected)
+        .map_err(io)?;
+    if digest.as_slice() != expected {
+        return Err(SnapshotError::Checksum {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 fn read_part(input: &mut impl Read, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len)?;

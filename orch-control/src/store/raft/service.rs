@@ -15,7 +15,8 @@ use super::transport::proto::membership_client::MembershipClient;
 use super::transport::proto::membership_server::{Membership, MembershipServer};
 use super::transport::proto::store_server::{Store, StoreServer};
 use super::transport::proto::{
-    JoinRequest, JoinResponse, LeaveRequest, RaftMessage, StatusRequest, StatusResponse,
+    JoinRequest, JoinResponse, LeaveRequest, RaftMessage, SnapshotChunk, SnapshotRequest,
+    StatusRequest, StatusResponse,
 };
 use crate::store::StoreError;
 use crate::store::types::{
@@ -216,9 +217,58 @@ fn watch_error(error: StoreError) -> WatchError {
 type WatchStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RaftMessage, Status>> + Send>>;
 
+type SnapshotStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Store for StoreService {
     type WatchStream = WatchStream;
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        // Written to a temporary file from one read transaction, then
+        // streamed from it: consistent, and never whole in memory.
+        let store = self.node.store();
+        let dir = tempfile::tempdir().map_err(|e| Status::internal(format!("temp dir: {e}")))?;
+        let path = dir.path().join("save.snap");
+        let file_path = path.clone();
+        tokio::task::spawn_blocking(move || store.save_snapshot(&file_path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<SnapshotChunk, Status>>(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let _dir = dir; // removed once the stream is done
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                match file.read(&mut buffer).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = SnapshotChunk {
+                            data: buffer[..n].to_vec(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn watch(&self, request: Request<RaftMessage>) -> Result<Response<WatchStream>, Status> {
         let query: WatchQuery = decode(request.get_ref())?;

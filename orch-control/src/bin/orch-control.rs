@@ -97,13 +97,19 @@ fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
             data_dir.display()
         );
     }
+    let created = !data_dir.exists();
     let state_dir = data_dir.join("state");
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let store =
         orch_control::store::MvccStore::restore_snapshot(file, &state_dir.join("state.redb"))
             .inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(data_dir);
+                // Remove only what this command made: the directory may be a
+                // mount point the operator prepared.
+                let _ = std::fs::remove_dir_all(&state_dir);
+                if created {
+                    let _ = std::fs::remove_dir(data_dir);
+                }
             })?;
     store.clear_raft_state()?;
     println!(

@@ -253,6 +253,35 @@ impl Errors {
         );
     }
 
+    /// Go's "exactly one of" rule for union fields (volume sources, probe
+    /// and lifecycle handlers): each field set after the first is
+    /// Forbidden, none set is Required. Returns the first field set.
+    pub(crate) fn one_of(
+        &mut self,
+        path: &Path,
+        fields: &[(&'static str, bool)],
+        kind: &str,
+    ) -> Option<&'static str> {
+        let mut first = None;
+        for &(field, present) in fields {
+            if !present {
+                continue;
+            }
+            if first.is_some() {
+                self.forbidden(
+                    &path.child(field),
+                    &format!("may not specify more than 1 {kind}"),
+                );
+            } else {
+                first = Some(field);
+            }
+        }
+        if first.is_none() {
+            self.required(path, &format!("must specify a {kind}"));
+        }
+        first
+    }
+
     /// One `Invalid` error per message of a syntax check.
     pub(crate) fn each_invalid(&mut self, path: &Path, value: &str, messages: Vec<String>) {
         for msg in messages {

@@ -243,22 +243,7 @@ fn validate_volume_source(volume: &Volume, path: &Path, errs: &mut Errors) {
         ("ephemeral", volume.ephemeral.is_some()),
         ("image", volume.image.is_some()),
     ];
-    let mut first = None;
-    for (field, present) in sources {
-        if !present {
-            continue;
-        }
-        if first.is_some() {
-            errs.forbidden(
-                &path.child(field),
-                "may not specify more than 1 volume type",
-            );
-        } else {
-            first = Some(field);
-        }
-    }
-    match first {
-        None => errs.required(path, "must specify a volume type"),
+    match errs.one_of(path, &sources, "volume type") {
         Some("emptyDir") => {
             let limit = volume
                 .empty_dir
@@ -306,7 +291,7 @@ fn validate_volume_source(volume: &Volume, path: &Path, errs: &mut Errors) {
                 validate_projection(secret.default_mode, secret.items.as_deref(), &p, errs);
             }
         }
-        Some(_) => {}
+        Some(_) | None => {}
     }
 }
 

@@ -42,41 +42,34 @@ pub(super) fn validate_probes(ctr: &Container, path: &Path, errs: &mut Errors) {
 }
 
 fn validate_probe(probe: &Probe, path: &Path, errs: &mut Errors) {
-    let mut handlers = 0;
-    let mut one = |field: &str, errs: &mut Errors| -> bool {
-        if handlers > 0 {
-            errs.forbidden(
-                &path.child(field),
-                "may not specify more than 1 handler type",
-            );
-            false
-        } else {
-            handlers += 1;
-            true
+    let handlers = [
+        ("exec", probe.exec.is_some()),
+        ("httpGet", probe.http_get.is_some()),
+        ("tcpSocket", probe.tcp_socket.is_some()),
+        ("grpc", probe.grpc.is_some()),
+    ];
+    match errs.one_of(path, &handlers, "handler type") {
+        Some("exec") => {
+            if let Some(exec) = &probe.exec {
+                validate_exec(exec, &path.child("exec"), errs);
+            }
         }
-    };
-    if let Some(exec) = &probe.exec
-        && one("exec", errs)
-    {
-        validate_exec(exec, &path.child("exec"), errs);
-    }
-    if let Some(http) = &probe.http_get
-        && one("httpGet", errs)
-    {
-        validate_http_get(http, &path.child("httpGet"), errs);
-    }
-    if let Some(tcp) = &probe.tcp_socket
-        && one("tcpSocket", errs)
-    {
-        validate_port_num_or_name(&tcp.port, &path.child("tcpSocket").child("port"), errs);
-    }
-    if let Some(grpc) = &probe.grpc
-        && one("grpc", errs)
-    {
-        validate_port_num(grpc.port, &path.child("grpc").child("port"), errs);
-    }
-    if handlers == 0 {
-        errs.required(path, "must specify a handler type");
+        Some("httpGet") => {
+            if let Some(http) = &probe.http_get {
+                validate_http_get(http, &path.child("httpGet"), errs);
+            }
+        }
+        Some("tcpSocket") => {
+            if let Some(tcp) = &probe.tcp_socket {
+                validate_port_num_or_name(&tcp.port, &path.child("tcpSocket").child("port"), errs);
+            }
+        }
+        Some(_) => {
+            if let Some(grpc) = &probe.grpc {
+                validate_port_num(grpc.port, &path.child("grpc").child("port"), errs);
+            }
+        }
+        None => {}
     }
     nonnegative(
         probe.initial_delay_seconds.map(i64::from),
@@ -168,22 +161,7 @@ fn validate_lifecycle_handler(
         ("tcpSocket", handler.tcp_socket.is_some()),
         ("sleep", handler.sleep.is_some()),
     ];
-    let mut first = None;
-    for (field, present) in set {
-        if !present {
-            continue;
-        }
-        if first.is_some() {
-            errs.forbidden(
-                &path.child(field),
-                "may not specify more than 1 handler type",
-            );
-        } else {
-            first = Some(field);
-        }
-    }
-    match first {
-        None => errs.required(path, "must specify a handler type"),
+    match errs.one_of(path, &set, "handler type") {
         Some("exec") => {
             if let Some(exec) = &handler.exec {
                 validate_exec(exec, &path.child("exec"), errs);
@@ -212,5 +190,6 @@ fn validate_lifecycle_handler(
                 );
             }
         }
+        None => {}
     }
 }

@@ -448,12 +448,7 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
-    let mut replica = Replica {
-        id: 1,
-        addr: format!("127.0.0.1:{}", common::free_port()),
-        dir: new_dir,
-        process: None,
-    };
+    let mut replica = Replica::new(1, new_dir);
     replica.start(&["--init"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

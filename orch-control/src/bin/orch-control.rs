@@ -52,7 +52,8 @@ struct RunArgs {
     /// This replica's id, unique in the cluster and stable across restarts.
     #[arg(long, required = true)]
     node_id: Option<u64>,
-    /// Address to serve replication and the store on (also advertised to peers).
+    /// Address to serve replication and the store on (also advertised to
+    /// peers); port 0 picks a free port, printed on stdout.
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
     /// Bootstrap a new cluster of this one replica.
@@ -148,6 +149,12 @@ async fn run(cli: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("--listen {}", cli.listen))?;
+    // With port 0 the kernel picks the port: peers and clients need the real
+    // address, and whoever started this replica learns it from this line.
+    let listen = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    println!("orch-control listening on {listen}");
     let server = tonic::transport::Server::builder()
         .add_service(TransportService::server(node.raft.clone()))
         .add_service(membership_server(node.clone()))
@@ -162,7 +169,7 @@ async fn run(cli: RunArgs) -> Result<()> {
         let members = BTreeMap::from([(
             node_id,
             BasicNode {
-                addr: cli.listen.to_string(),
+                addr: listen.to_string(),
             },
         )]);
         node.raft
@@ -173,14 +180,14 @@ async fn run(cli: RunArgs) -> Result<()> {
     } else if let Some(seed) = &cli.join
         && !initialized
     {
-        join(seed, node_id, &cli.listen.to_string()).await?;
+        join(seed, node_id, &listen.to_string()).await?;
     } else if !initialized {
         bail!(
             "{} holds no cluster: start with --init (new cluster) or --join ADDR",
             data_dir.display()
         );
     }
-    tracing::info!(node = node_id, listen = %cli.listen, "serving");
+    tracing::info!(node = node_id, %listen, "serving");
     server.await.context("server task")??;
     node.raft.shutdown().await.ok();
     Ok(())

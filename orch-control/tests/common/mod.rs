@@ -15,9 +15,25 @@ const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
 
 pub struct Replica {
     pub id: u64,
+    /// `127.0.0.1:0` until first started; then the port the replica got
+    /// (kept for restarts: the cluster knows it by that address).
     pub addr: String,
     pub dir: std::path::PathBuf,
     pub process: Option<Child>,
+    /// Held open so the replica never writes to a closed pipe.
+    pub stdout: Option<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Replica {
+    pub fn new(id: u64, dir: std::path::PathBuf) -> Self {
+        Self {
+            id,
+            addr: "127.0.0.1:0".into(),
+            dir,
+            process: None,
+            stdout: None,
+        }
+    }
 }
 
 impl Replica {
@@ -40,10 +56,31 @@ impl Replica {
             ])
             .args(["--write-timeout-ms", "2000"])
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("start orch-control");
+        // The first line says where it listens (no port picked and then
+        // lost to another test in the meantime).
+        let mut child = child;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        let read = stdout
+            .read_line(&mut line)
+            .expect("read orch-control's stdout");
+        let log = self.dir.with_extension("log");
+        assert!(
+            read > 0,
+            "orch-control exited before listening: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.addr = line
+            .trim()
+            .strip_prefix("orch-control listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        self.stdout = Some(stdout);
         self.process = Some(child);
     }
 
@@ -52,6 +89,7 @@ impl Replica {
             let _ = child.kill(); // SIGKILL
             let _ = child.wait();
         }
+        self.stdout = None;
     }
 }
 
@@ -59,13 +97,6 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 pub fn put(id: u128, key: &str) -> Request {
@@ -117,15 +148,10 @@ impl Replica {
 /// once every replica has applied a first write.
 pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String>) {
     let mut replicas: Vec<Replica> = (1..=n)
-        .map(|id| Replica {
-            id,
-            addr: format!("127.0.0.1:{}", free_port()),
-            dir: dir.join(format!("replica-{id}")),
-            process: None,
-        })
+        .map(|id| Replica::new(id, dir.join(format!("replica-{id}"))))
         .collect();
-    let seed = replicas[0].addr.clone();
     replicas[0].start(&["--init"]);
+    let seed = replicas[0].addr.clone();
     for replica in replicas.iter_mut().skip(1) {
         replica.start(&["--join", &seed]);
     }

@@ -1,7 +1,7 @@
 //! Probes and lifecycle handlers.
 
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, Probe,
+    Container, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, Probe, TCPSocketAction,
 };
 
 use super::{Errors, Path, nonnegative, q, validate_port_num, validate_port_num_or_name};
@@ -48,28 +48,18 @@ fn validate_probe(probe: &Probe, path: &Path, errs: &mut Errors) {
         ("tcpSocket", probe.tcp_socket.is_some()),
         ("grpc", probe.grpc.is_some()),
     ];
-    match errs.one_of(path, &handlers, "handler type") {
-        Some("exec") => {
-            if let Some(exec) = &probe.exec {
-                validate_exec(exec, &path.child("exec"), errs);
-            }
-        }
-        Some("httpGet") => {
-            if let Some(http) = &probe.http_get {
-                validate_http_get(http, &path.child("httpGet"), errs);
-            }
-        }
-        Some("tcpSocket") => {
-            if let Some(tcp) = &probe.tcp_socket {
-                validate_port_num_or_name(&tcp.port, &path.child("tcpSocket").child("port"), errs);
-            }
-        }
-        Some(_) => {
-            if let Some(grpc) = &probe.grpc {
-                validate_port_num(grpc.port, &path.child("grpc").child("port"), errs);
-            }
-        }
-        None => {}
+    if let Some(field) = errs.one_of(path, &handlers, "handler type")
+        && !validate_shared_handler(
+            field,
+            probe.exec.as_ref(),
+            probe.http_get.as_ref(),
+            probe.tcp_socket.as_ref(),
+            path,
+            errs,
+        )
+        && let Some(grpc) = &probe.grpc
+    {
+        validate_port_num(grpc.port, &path.child("grpc").child("port"), errs);
     }
     nonnegative(
         probe.initial_delay_seconds.map(i64::from),
@@ -98,6 +88,37 @@ fn validate_probe(probe: &Probe, path: &Path, errs: &mut Errors) {
             "must be greater than 0",
         );
     }
+}
+
+/// The handler kinds probes and lifecycle hooks share (`exec`, `httpGet`,
+/// `tcpSocket`); false when `field` names another kind.
+fn validate_shared_handler(
+    field: &str,
+    exec: Option<&ExecAction>,
+    http_get: Option<&HTTPGetAction>,
+    tcp_socket: Option<&TCPSocketAction>,
+    path: &Path,
+    errs: &mut Errors,
+) -> bool {
+    match field {
+        "exec" => {
+            if let Some(exec) = exec {
+                validate_exec(exec, &path.child("exec"), errs);
+            }
+        }
+        "httpGet" => {
+            if let Some(http) = http_get {
+                validate_http_get(http, &path.child("httpGet"), errs);
+            }
+        }
+        "tcpSocket" => {
+            if let Some(tcp) = tcp_socket {
+                validate_port_num_or_name(&tcp.port, &path.child("tcpSocket").child("port"), errs);
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 fn validate_exec(exec: &ExecAction, path: &Path, errs: &mut Errors) {
@@ -161,35 +182,22 @@ fn validate_lifecycle_handler(
         ("tcpSocket", handler.tcp_socket.is_some()),
         ("sleep", handler.sleep.is_some()),
     ];
-    match errs.one_of(path, &set, "handler type") {
-        Some("exec") => {
-            if let Some(exec) = &handler.exec {
-                validate_exec(exec, &path.child("exec"), errs);
-            }
-        }
-        Some("httpGet") => {
-            if let Some(http) = &handler.http_get {
-                validate_http_get(http, &path.child("httpGet"), errs);
-            }
-        }
-        Some("tcpSocket") => {
-            if let Some(tcp) = &handler.tcp_socket {
-                validate_port_num_or_name(&tcp.port, &path.child("tcpSocket").child("port"), errs);
-            }
-        }
-        Some(_) => {
-            if let (Some(sleep), Some(grace)) = (&handler.sleep, grace_period)
-                && (sleep.seconds < 0 || sleep.seconds > grace)
-            {
-                errs.invalid(
-                    &path.child("sleep"),
-                    sleep.seconds,
-                    &format!(
-                        "must be non-negative and less than terminationGracePeriodSeconds ({grace})"
-                    ),
-                );
-            }
-        }
-        None => {}
+    if let Some(field) = errs.one_of(path, &set, "handler type")
+        && !validate_shared_handler(
+            field,
+            handler.exec.as_ref(),
+            handler.http_get.as_ref(),
+            handler.tcp_socket.as_ref(),
+            path,
+            errs,
+        )
+        && let (Some(sleep), Some(grace)) = (&handler.sleep, grace_period)
+        && (sleep.seconds < 0 || sleep.seconds > grace)
+    {
+        errs.invalid(
+            &path.child("sleep"),
+            sleep.seconds,
+            &format!("must be non-negative and less than terminationGracePeriodSeconds ({grace})"),
+        );
     }
 }

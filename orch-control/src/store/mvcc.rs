@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::types::{
-    Command, Compare, CompareOp, Event, EventKind, KeyValue, Lease, LeaseId, MAX_VALUE_BYTES, Op,
-    Outcome, RangeResult, Request, Response, Revision, Txn,
+    Command, Compare, CompareOp, Event, EventKind, KeyValue, Lease, LeaseId, Op, Outcome,
+    RangeResult, Request, Response, Revision, Txn, oversized,
 };
 
 pub(super) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -393,11 +393,8 @@ impl<'txn> Tables<'txn> {
         for op in ops {
             let key = match op {
                 Op::Put { key, value, lease } => {
-                    if value.len() > MAX_VALUE_BYTES {
-                        return Ok(Some(format!(
-                            "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
-                            value.len()
-                        )));
+                    if let Some(reason) = oversized(value) {
+                        return Ok(Some(reason));
                     }
                     if let Some(lease) = lease
                         && self.leases.get(*lease)?.is_none()

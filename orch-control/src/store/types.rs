@@ -14,6 +14,17 @@ pub type LeaseId = i64;
 /// Largest value the store accepts (Kubernetes' object limit, 1.5 MiB).
 pub const MAX_VALUE_BYTES: usize = 1_572_864;
 
+/// Why a value may not be stored: the one size rule, checked by the write
+/// path before Raft and again, deterministically, by the state machine.
+pub fn oversized(value: &[u8]) -> Option<String> {
+    (value.len() > MAX_VALUE_BYTES).then(|| {
+        format!(
+            "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+            value.len()
+        )
+    })
+}
+
 /// A key as stored, with its revisions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {

@@ -19,7 +19,7 @@ use super::log_store::LogStore;
 use super::state_machine::{SharedStore, StateMachine};
 use super::transport::GrpcNetworkFactory;
 use super::{NodeId, TypeConfig};
-use crate::store::types::{MAX_VALUE_BYTES, Op, Request, Response};
+use crate::store::types::{Op, Request, Response, oversized};
 use crate::store::{MvccStore, StoreError};
 
 /// Most requests in one log entry.
@@ -152,12 +152,9 @@ fn check_size(request: &Request) -> Result<(), WriteError> {
     if let crate::store::types::Command::Txn(txn) = &request.command {
         for op in txn.success.iter().chain(&txn.failure) {
             if let Op::Put { value, .. } = op
-                && value.len() > MAX_VALUE_BYTES
+                && let Some(reason) = oversized(value)
             {
-                return Err(WriteError::Rejected(format!(
-                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
-                    value.len()
-                )));
+                return Err(WriteError::Rejected(reason));
             }
         }
     }

@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config};
+use orch_control::store::identity::{ClusterId, Identity};
 use orch_control::store::raft::NodeId;
-use orch_control::store::raft::node::{RaftNode, WriteError};
+use orch_control::store::raft::node::{NodeOptions, RaftNode, WriteError};
 use orch_control::store::raft::transport::TransportService;
 use orch_control::store::types::{Command, Op, Outcome, Request, RequestId, Txn};
 use tokio::task::JoinHandle;
+
+const CLUSTER: ClusterId = ClusterId(0x0c1);
 
 struct Replica {
     node: Arc<RaftNode>,
@@ -33,11 +36,18 @@ impl Replica {
             max_in_snapshot_log_to_keep: 0,
             ..Config::default()
         };
+        let identity = Identity {
+            cluster: CLUSTER,
+            node: id,
+        };
         let node = RaftNode::open(
-            id,
+            identity,
             &dir.join(format!("node-{id}")),
             config,
-            Duration::from_secs(3),
+            NodeOptions {
+                write_timeout: Duration::from_secs(3),
+                compaction_retention: 0,
+            },
         )
         .await
         .expect("open replica");
@@ -45,7 +55,7 @@ impl Replica {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let service = TransportService::server(node.raft.clone());
+        let service = TransportService::server(node.raft.clone(), CLUSTER);
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()

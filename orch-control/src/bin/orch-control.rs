@@ -4,18 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use openraft::{BasicNode, Config};
-use orch_control::store::raft::node::RaftNode;
+use orch_control::store::identity::{ClusterId, Identity};
+use orch_control::store::raft::node::{NodeOptions, RaftNode};
 use orch_control::store::raft::service::{membership_server, store_server};
 use orch_control::store::raft::transport::TransportService;
-use orch_control::store::raft::transport::proto::JoinRequest;
 use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+use orch_control::store::raft::transport::proto::{JoinRequest, StatusRequest};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +63,10 @@ struct RunArgs {
     /// Join the cluster that the replica at this address belongs to.
     #[arg(long)]
     join: Option<String>,
+    /// With --join: the id of the cluster to join (`orchctl member list`
+    /// shows it); a seed that belongs to another cluster is refused.
+    #[arg(long, requires = "join")]
+    cluster_id: Option<ClusterId>,
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -71,6 +76,11 @@ struct RunArgs {
     /// How long a write waits for a quorum before failing with "no quorum".
     #[arg(long, default_value_t = 5000)]
     write_timeout_ms: u64,
+    /// Revisions of history kept for watches to replay (like etcd's
+    /// --auto-compaction-retention in revision mode); the leader compacts
+    /// older history away. 0 keeps everything.
+    #[arg(long, default_value_t = 10_000)]
+    compaction_retention: u64,
 }
 
 #[tokio::main]
@@ -136,12 +146,17 @@ async fn run(cli: RunArgs) -> Result<()> {
         election_timeout_max: cli.election_timeout_ms * 2,
         ..Config::default()
     };
+    let identity = resolve_identity(&cli, &data_dir, node_id).await?;
+    tracing::info!(cluster = %identity.cluster, node = node_id, "starting replica");
     let node = Arc::new(
         RaftNode::open(
-            node_id,
+            identity,
             &data_dir,
             config,
-            Duration::from_millis(cli.write_timeout_ms),
+            NodeOptions {
+                write_timeout: Duration::from_millis(cli.write_timeout_ms),
+                compaction_retention: cli.compaction_retention,
+            },
         )
         .await
         .with_context(|| format!("opening the store in {}", data_dir.display()))?,
@@ -156,7 +171,10 @@ async fn run(cli: RunArgs) -> Result<()> {
         .context("reading the listen address")?;
     println!("orch-control listening on {listen}");
     let server = tonic::transport::Server::builder()
-        .add_service(TransportService::server(node.raft.clone()))
+        .add_service(TransportService::server(
+            node.raft.clone(),
+            identity.cluster,
+        ))
         .add_service(membership_server(node.clone()))
         .add_service(store_server(node.clone()))
         .serve_with_incoming_shutdown(
@@ -180,7 +198,7 @@ async fn run(cli: RunArgs) -> Result<()> {
     } else if let Some(seed) = &cli.join
         && !initialized
     {
-        join(seed, node_id, &listen.to_string()).await?;
+        join(seed, identity, &listen.to_string()).await?;
     } else if !initialized {
         bail!(
             "{} holds no cluster: start with --init (new cluster) or --join ADDR",
@@ -193,17 +211,95 @@ async fn run(cli: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Which cluster this replica belongs to, decided before anything is
+/// written: the data directory's record, else a new cluster (--init), else
+/// the seed's cluster (--join). Refuses another node id, a seed of another
+/// cluster, and a data directory without a cluster and without either flag.
+async fn resolve_identity(cli: &RunArgs, data_dir: &Path, node_id: u64) -> Result<Identity> {
+    if let Some(identity) = Identity::load(data_dir)? {
+        identity.check_node(data_dir, node_id)?;
+        if let Some(expected) = cli.cluster_id
+            && expected != identity.cluster
+        {
+            bail!(
+                "--cluster-id {expected}: {} belongs to cluster {}",
+                data_dir.display(),
+                identity.cluster
+            );
+        }
+        if let Some(seed) = &cli.join {
+            // A restart may keep --join in its command line while the seed
+            // is down: check when it answers, don't wait for it.
+            match seed_cluster(seed, Duration::from_secs(5)).await {
+                Ok(found) => identity.check_cluster(data_dir, seed, found)?,
+                Err(error) => {
+                    tracing::warn!(%error, seed, "could not ask the seed for its cluster id")
+                }
+            }
+        }
+        return Ok(identity);
+    }
+    let cluster = if cli.init {
+        ClusterId::random().context("drawing a cluster id")?
+    } else if let Some(seed) = &cli.join {
+        let found = seed_cluster(seed, Duration::from_secs(60)).await?;
+        if let Some(expected) = cli.cluster_id
+            && expected != found
+        {
+            bail!(
+                "--cluster-id {expected}: the replica at {seed} belongs to cluster {found}; refusing to join it"
+            );
+        }
+        found
+    } else {
+        bail!(
+            "{} holds no cluster: start with --init (new cluster) or --join ADDR",
+            data_dir.display()
+        );
+    };
+    let identity = Identity {
+        cluster,
+        node: node_id,
+    };
+    identity.store(data_dir)?;
+    Ok(identity)
+}
+
+/// The cluster id of the replica at `seed`, retrying until `patience` runs out.
+async fn seed_cluster(seed: &str, patience: Duration) -> Result<ClusterId> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = async {
+            let mut client = MembershipClient::connect(format!("http://{seed}")).await?;
+            let status = client.status(StatusRequest {}).await?.into_inner();
+            status
+                .cluster_id
+                .parse::<ClusterId>()
+                .map_err(|e| anyhow::anyhow!("the replica at {seed} sent a bad cluster id: {e}"))
+        };
+        match attempt.await {
+            Ok(cluster) => return Ok(cluster),
+            Err(error) if Instant::now() < deadline => {
+                tracing::warn!(%error, seed, "asking the seed for its cluster id; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context(format!("asking {seed} for its cluster id")),
+        }
+    }
+}
+
 /// Asks the cluster at `seed` to add this replica, retrying while it elects
 /// a leader or while this replica's server comes up.
-async fn join(seed: &str, node_id: u64, addr: &str) -> Result<()> {
+async fn join(seed: &str, identity: Identity, addr: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = async {
             let mut client = MembershipClient::connect(format!("http://{seed}")).await?;
             let reply = client
                 .join(JoinRequest {
-                    node_id,
+                    node_id: identity.node,
                     addr: addr.to_string(),
+                    cluster_id: identity.cluster.to_string(),
                 })
                 .await?;
             anyhow::Ok(reply.into_inner().members)

@@ -36,6 +36,29 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// The control plane's replicas (like `etcdctl member`).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// List the replicas, the leader, and the cluster id.
+    List {
+        /// Control-plane replicas (`host:port`), tried in order.
+        #[arg(long = "server", required = true, value_delimiter = ',')]
+        servers: Vec<String>,
+    },
+    /// Remove replica ID from the cluster (it stops receiving the log; stop
+    /// its process and delete its data directory afterwards).
+    Remove {
+        id: u64,
+        /// Control-plane replicas (`host:port`), tried in order.
+        #[arg(long = "server", required = true, value_delimiter = ',')]
+        servers: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,6 +84,7 @@ fn main() -> ExitCode {
         Command::Snapshot {
             command: SnapshotCommand::Save { file, servers },
         } => save_snapshot(&file, &servers).map(|()| true),
+        Command::Member { command } => member(command).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -187,4 +211,75 @@ fn save_snapshot(file: &std::path::Path, servers: &[String]) -> Result<()> {
         }
     }
     anyhow::bail!("no replica gave a snapshot: {}", failures.join("; "))
+}
+
+/// Runs `call` against each server in turn until one answers.
+fn with_membership<T>(
+    servers: &[String],
+    call: impl AsyncFn(
+        &mut orch_control::store::raft::transport::proto::membership_client::MembershipClient<
+            tonic::transport::Channel,
+        >,
+    ) -> Result<T, tonic::Status>,
+) -> Result<T> {
+    use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut failures = Vec::new();
+    for server in servers {
+        let attempt = runtime.block_on(async {
+            match MembershipClient::connect(format!("http://{server}")).await {
+                Ok(mut client) => Ok(call(&mut client).await),
+                Err(error) => Err(error),
+            }
+        });
+        match attempt {
+            Ok(Ok(value)) => return Ok(value),
+            // Down or without a leader: the next replica may do better.
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                failures.push(format!("{server}: {}", status.message()))
+            }
+            Ok(Err(status)) => anyhow::bail!("{server}: {}", status.message()),
+            Err(error) => failures.push(format!("{server}: {error}")),
+        }
+    }
+    anyhow::bail!("no replica answered: {}", failures.join("; "))
+}
+
+fn member(command: MemberCommand) -> Result<()> {
+    use orch_control::store::raft::transport::proto::{LeaveRequest, StatusRequest};
+    match command {
+        MemberCommand::List { servers } => {
+            let status = with_membership(&servers, async |client| {
+                Ok(client.status(StatusRequest {}).await?.into_inner())
+            })?;
+            println!("CLUSTER ID: {}", status.cluster_id);
+            println!("{:<6} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
+            for member in &status.members {
+                let (id, addr) = member.split_once('=').unwrap_or((member, ""));
+                let id: u64 = id.parse().unwrap_or(0);
+                let role = if status.voters.contains(&id) {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                let leader = if id == status.leader_id { "yes" } else { "" };
+                println!("{id:<6} {addr:<24} {role:<8} {leader}");
+            }
+        }
+        MemberCommand::Remove { id, servers } => {
+            let reply = with_membership(&servers, async |client| {
+                Ok(client
+                    .leave(LeaveRequest { node_id: id })
+                    .await?
+                    .into_inner())
+            })?;
+            println!(
+                "removed member {id}; members now: {}",
+                reply.members.join(", ")
+            );
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The cluster's store (the etcd of orch). Only the API server uses it.
 //!
+//! - `identity`: which cluster a data directory belongs to, as which node
 //! - `types`: the data model (keys, revisions, transactions, leases, events)
 //! - `mvcc`: the replicated state machine's storage in redb
 //! - `snapshot`: consistent snapshot files with a checksum, and restore
@@ -8,9 +9,9 @@
 //!
 //! - `watch`: prefix watches from a revision, replayed then live
 //!
-//! Still to come: lease expiry timers, TLS, snapshot save/restore commands
-//! and the API server.
+//! Still to come: TLS between replicas and the API server.
 
+pub mod identity;
 pub mod mvcc;
 pub mod raft;
 pub mod snapshot;

@@ -125,6 +125,20 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RequestId(pub u128);
 
+impl RequestId {
+    /// An id nobody else uses (wall-clock nanoseconds mixed with a process
+    /// counter), for requests a process makes itself: lease expiry,
+    /// compaction, the API server's writes.
+    pub fn unique() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self((nanos << 20) ^ u128::from(COUNTER.fetch_add(1, Ordering::Relaxed)) ^ (1 << 127))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: RequestId,

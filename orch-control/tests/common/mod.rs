@@ -229,3 +229,106 @@ pub async fn converged(addrs: &[String]) -> (u64, BTreeMap<Vec<u8>, u64>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Runs `orch-control` with `args` where it must refuse to start: waits
+/// for it to exit (at most 30 s) and returns its stderr.
+pub fn refused(args: &[&str]) -> String {
+    let mut child = Command::new(ORCH_CONTROL)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start orch-control");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for orch-control") {
+            let mut stderr = String::new();
+            use std::io::Read as _;
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            assert!(
+                !status.success(),
+                "orch-control {args:?} should have refused to start: {stderr}"
+            );
+            return stderr;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("orch-control {args:?} did not refuse within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file under `dir` with its bytes, to show nothing was written.
+pub fn dir_contents(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
+/// Opens a watch of `prefix` from revision `start` on the replica at `addr`.
+pub async fn watch(
+    addr: &str,
+    prefix: &[u8],
+    start: u64,
+) -> tonic::Streaming<orch_control::store::raft::transport::proto::RaftMessage> {
+    use orch_control::store::raft::service::WatchQuery;
+    use orch_control::store::raft::transport::proto::RaftMessage;
+    use orch_control::store::raft::transport::proto::store_client::StoreClient as GrpcStore;
+    let mut grpc = GrpcStore::connect(format!("http://{addr}"))
+        .await
+        .expect("connect for a watch");
+    let query = WatchQuery {
+        prefix: prefix.to_vec(),
+        start,
+    };
+    let data = postcard::to_stdvec(&query).expect("encode");
+    grpc.watch(RaftMessage { data })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next batch of a watch stream (at most 20 s away).
+pub async fn next_batch(
+    stream: &mut tonic::Streaming<orch_control::store::raft::transport::proto::RaftMessage>,
+) -> orch_control::store::raft::service::WatchBatch {
+    let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("watch stalled")
+        .expect("watch stream")
+        .expect("watch stream open");
+    postcard::from_bytes(&message.data).expect("decode watch batch")
+}
+
+/// The id of the replica the cluster at `addrs` says leads it.
+pub async fn leader_id(addrs: &[String]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for addr in addrs {
+            if let Some(status) = status(addr).await
+                && status.leader_id != 0
+            {
+                return status.leader_id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -5,9 +5,8 @@
 //! clock afresh, so a failover never expires a lease early.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::Raft;
 
@@ -83,15 +82,6 @@ impl Lessor {
     }
 }
 
-/// A request id nobody else uses: wall-clock nanoseconds and a counter.
-fn unique_request_id() -> RequestId {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    RequestId((nanos << 20) ^ u128::from(COUNTER.fetch_add(1, Ordering::Relaxed)) ^ (1 << 127))
-}
-
 /// Runs while the replica runs: on the leader, revokes expired leases.
 pub async fn run(lessor: Arc<Lessor>, raft: Raft<TypeConfig>, id: NodeId, store: SharedStore) {
     let mut leading = false;
@@ -110,7 +100,7 @@ pub async fn run(lessor: Arc<Lessor>, raft: Raft<TypeConfig>, id: NodeId, store:
         leading = true;
         for lease in expired {
             let request = Request {
-                id: unique_request_id(),
+                id: RequestId::unique(),
                 command: Command::LeaseRevoke { id: lease },
             };
             match raft.client_write(vec![request]).await {

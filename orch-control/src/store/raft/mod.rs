@@ -3,6 +3,7 @@
 //! fsyncs and applies overlap.
 
 pub mod client;
+pub mod compactor;
 pub mod lessor;
 pub mod log_store;
 pub mod node;

@@ -19,7 +19,8 @@ use super::log_store::LogStore;
 use super::state_machine::{SharedStore, StateMachine};
 use super::transport::GrpcNetworkFactory;
 use super::{NodeId, TypeConfig};
-use crate::store::types::{Op, Request, Response, oversized};
+use crate::store::identity::{ClusterId, Identity};
+use crate::store::types::{Op, Request, Response, Revision, oversized};
 use crate::store::{MvccStore, StoreError};
 
 /// Most requests in one log entry.
@@ -53,11 +54,32 @@ pub enum WriteError {
     Stopped(String),
 }
 
+/// How a replica behaves, beyond Raft's own configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeOptions {
+    /// How long a write waits for a quorum before failing with "no quorum".
+    pub write_timeout: Duration,
+    /// Revisions of history kept for watchers; older ones are compacted
+    /// away by the leader. 0 keeps everything.
+    pub compaction_retention: Revision,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(5),
+            compaction_retention: 10_000,
+        }
+    }
+}
+
 type Pending = (Request, oneshot::Sender<Result<Response, WriteError>>);
 
 /// A running replica.
 pub struct RaftNode {
     pub id: NodeId,
+    /// The cluster this replica belongs to (its data directory's identity).
+    pub cluster: ClusterId,
     pub raft: Raft<TypeConfig>,
     store: SharedStore,
     writes: mpsc::Sender<Pending>,
@@ -66,12 +88,12 @@ pub struct RaftNode {
 
 impl RaftNode {
     /// Opens the replica kept in `data_dir` (`log.redb`, `state/`) and starts
-    /// its Raft. `write_timeout` bounds how long a write waits for a quorum.
+    /// its Raft as `identity.node` of `identity.cluster`.
     pub async fn open(
-        id: NodeId,
+        identity: Identity,
         data_dir: &Path,
         config: Config,
-        write_timeout: Duration,
+        options: NodeOptions,
     ) -> Result<Self, NodeError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             path: data_dir.to_path_buf(),
@@ -81,9 +103,19 @@ impl RaftNode {
         let state_machine = StateMachine::open(&data_dir.join("state"))?;
         let store = state_machine.shared_store();
         let config = Arc::new(config.validate()?);
-        let raft = Raft::new(id, config, GrpcNetworkFactory, log, state_machine).await?;
+        let id = identity.node;
+        let network = GrpcNetworkFactory {
+            cluster: identity.cluster,
+        };
+        let raft = Raft::new(id, config, network, log, state_machine).await?;
         let (writes, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
-        tokio::spawn(run_batcher(raft.clone(), queue, write_timeout));
+        tokio::spawn(run_batcher(raft.clone(), queue, options.write_timeout));
+        tokio::spawn(super::compactor::run(
+            raft.clone(),
+            id,
+            store.clone(),
+            options.compaction_retention,
+        ));
         let lessor = Arc::new(Lessor::default());
         tokio::spawn(super::lessor::run(
             lessor.clone(),
@@ -93,6 +125,7 @@ impl RaftNode {
         ));
         Ok(Self {
             id,
+            cluster: identity.cluster,
             raft,
             store,
             writes,

@@ -139,6 +139,13 @@ impl Membership for MembershipService {
         if join.addr.is_empty() {
             return Err(Status::invalid_argument("addr: required"));
         }
+        let cluster = self.node.cluster.to_string();
+        if !join.cluster_id.is_empty() && join.cluster_id != cluster {
+            return Err(Status::failed_precondition(format!(
+                "cluster_id: node {} asked to join cluster {}, but this is cluster {cluster}",
+                join.node_id, join.cluster_id
+            )));
+        }
         let raft = &self.node.raft;
         let node = BasicNode { addr: join.addr };
         // Blocking: returns once the learner has caught up with the log.
@@ -156,6 +163,7 @@ impl Membership for MembershipService {
         tracing::info!(node = join.node_id, "joined as voter");
         Ok(Response::new(JoinResponse {
             members: self.members(),
+            cluster_id: cluster,
         }))
     }
 
@@ -178,8 +186,10 @@ impl Membership for MembershipService {
             .change_membership(ChangeMembers::RemoveNodes(ids), false)
             .await
             .map_err(|e| Status::failed_precondition(format!("removing {}: {e}", leave.node_id)))?;
+        tracing::info!(node = leave.node_id, "removed from the cluster");
         Ok(Response::new(JoinResponse {
             members: self.members(),
+            cluster_id: self.node.cluster.to_string(),
         }))
     }
 
@@ -197,6 +207,8 @@ impl Membership for MembershipService {
             voters,
             learners,
             last_applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            cluster_id: self.node.cluster.to_string(),
+            members: self.members(),
         }))
     }
 }

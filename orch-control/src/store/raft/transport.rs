@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{NodeId, TypeConfig};
+use crate::store::identity::ClusterId;
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
@@ -34,6 +35,12 @@ use proto::{RaftMessage, SnapshotChunk};
 /// Snapshot chunk size on the wire.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// The gRPC metadata key every Raft RPC carries the sender's cluster id in.
+const CLUSTER_HEADER: &str = "orch-cluster-id";
+
+/// How often a replica logs that another cluster keeps calling it.
+const MISMATCH_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     postcard::to_stdvec(value).map_err(|e| Status::internal(format!("encoding: {e}")))
 }
@@ -42,17 +49,60 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     postcard::from_bytes(bytes).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
 }
 
-/// The server half: serves one replica's Raft to its peers.
+/// The server half: serves one replica's Raft to its peers of the same
+/// cluster, and refuses everyone else.
 pub struct TransportService {
     raft: Raft<TypeConfig>,
+    cluster: ClusterId,
+    last_mismatch_log: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl TransportService {
-    pub fn server(raft: Raft<TypeConfig>) -> RaftTransportServer<Self> {
-        RaftTransportServer::new(Self { raft })
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+    pub fn server(raft: Raft<TypeConfig>, cluster: ClusterId) -> RaftTransportServer<Self> {
+        RaftTransportServer::new(Self {
+            raft,
+            cluster,
+            last_mismatch_log: std::sync::Mutex::new(None),
+        })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
     }
+
+    /// Refuses a Raft RPC from a replica of another cluster (a data
+    /// directory started in the wrong place, an address reused): its log
+    /// must never reach this replica's.
+    fn check_cluster<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let sent = request
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("(none)");
+        if sent == self.cluster.to_string() {
+            return Ok(());
+        }
+        let message = format!(
+            "cluster id mismatch: this replica belongs to cluster {}, the request came from cluster {sent}; refused",
+            self.cluster
+        );
+        let mut last = match self.last_mismatch_log.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if last.is_none_or(|at| at.elapsed() >= MISMATCH_LOG_INTERVAL) {
+            *last = Some(std::time::Instant::now());
+            tracing::error!(remote = ?request.remote_addr(), "{message}");
+        }
+        Err(Status::failed_precondition(message))
+    }
+}
+
+/// Stamps an outgoing Raft RPC with this replica's cluster id.
+fn stamped<T>(message: T, cluster: &ClusterId) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = cluster.to_string().parse() {
+        request.metadata_mut().insert(CLUSTER_HEADER, value);
+    }
+    request
 }
 
 type SnapshotHeader = (Vote<NodeId>, SnapshotMeta<NodeId, BasicNode>);
@@ -63,6 +113,7 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data)?;
         let result = self.raft.append_entries(rpc).await;
         Ok(Response::new(RaftMessage {
@@ -71,6 +122,7 @@ impl RaftTransport for TransportService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let rpc: VoteRequest<NodeId> = decode(&request.into_inner().data)?;
         let result = self.raft.vote(rpc).await;
         Ok(Response::new(RaftMessage {
@@ -82,6 +134,7 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let mut chunks = request.into_inner();
         let header = chunks
             .message()
@@ -118,11 +171,14 @@ impl RaftTransport for TransportService {
 }
 
 /// The client half: openraft asks it for a connection to each peer.
-#[derive(Clone, Default)]
-pub struct GrpcNetworkFactory;
+#[derive(Clone)]
+pub struct GrpcNetworkFactory {
+    pub cluster: ClusterId,
+}
 
 pub struct GrpcNetwork {
     target: NodeId,
+    cluster: ClusterId,
     client: Result<RaftTransportClient<Channel>, String>,
 }
 
@@ -138,7 +194,11 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
                     .max_encoding_message_size(64 << 20)
             })
             .map_err(|e| format!("bad address {:?} of node {target}: {e}", node.addr));
-        GrpcNetwork { target, client }
+        GrpcNetwork {
+            target,
+            cluster: self.cluster,
+            client,
+        }
     }
 }
 
@@ -169,15 +229,18 @@ impl GrpcNetwork {
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        F: FnOnce(RaftTransportClient<Channel>, Request<RaftMessage>) -> Fut,
         Fut: Future<Output = Result<Response<RaftMessage>, Status>>,
     {
         let client = self.client()?;
         let data = encode(rpc).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
-        let reply = tokio::time::timeout(option.hard_ttl(), send(client, RaftMessage { data }))
-            .await
-            .map_err(|elapsed| RPCError::Unreachable(Unreachable::new(&elapsed)))?
-            .map_err(|status| status_to_rpc_error(&status))?;
+        let reply = tokio::time::timeout(
+            option.hard_ttl(),
+            send(client, stamped(RaftMessage { data }, &self.cluster)),
+        )
+        .await
+        .map_err(|elapsed| RPCError::Unreachable(Unreachable::new(&elapsed)))?
+        .map_err(|status| status_to_rpc_error(&status))?;
         let result: Result<Resp, RaftError<NodeId>> = decode(&reply.into_inner().data)
             .map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -218,6 +281,7 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
             StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         };
         let mut client = self.client().map_err(StreamingError::Network)?;
+        let cluster = self.cluster;
         let header = encode(&(vote, snapshot.meta.clone())).map_err(|e| network_error(&e))?;
         let mut file = *snapshot.snapshot;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
@@ -245,7 +309,7 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let send: Pin<Box<dyn Future<Output = Result<Response<RaftMessage>, Status>> + Send>> =
-            Box::pin(async move { client.install_snapshot(stream).await });
+            Box::pin(async move { client.install_snapshot(stamped(stream, &cluster)).await });
         let reply = tokio::select! {
             reply = send => reply,
             closed = cancel => {

@@ -57,7 +57,7 @@ impl Replica {
         let addr = listener.local_addr().expect("local addr");
         let service = TransportService::server(node.raft.clone(), CLUSTER);
         let server = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = orch_control::store::raft::transport::incoming(listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(incoming)

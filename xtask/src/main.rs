@@ -3,7 +3,9 @@
 //! - `setup`: install what the project needs on a fresh machine (idempotent)
 //! - `build-ebpf`: build the kernel programs for bpfel-unknown-none
 //! - `test`: setup, build-ebpf, fmt check, clippy and the whole test suite
+//! - `bench store`: orch's store against etcd, figures and ratios
 
+mod bench;
 mod ebpf;
 mod setup;
 mod test;
@@ -33,6 +35,13 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run a benchmark against its anchor in the same run (optimized build).
+    Bench {
+        bench: bench::Bench,
+        /// Arguments for the benchmark (after `--`), e.g. `--quick` or `--rounds 5`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -41,6 +50,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => ebpf::build(),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Task::Bench { bench, args } => bench::run(bench, &args),
     }
 }
 

@@ -14,10 +14,14 @@ use crate::{cargo, output, run_command};
 /// Debian packages: bpftool to inspect maps, iproute2 for test namespaces,
 /// pkg-config + libseccomp-dev for libcontainer's seccomp support,
 /// busybox-static for test images and test traffic (ping), procps (sysctl),
-/// protobuf-compiler (protoc, for the gRPC definitions).
+/// protobuf-compiler (protoc, for the gRPC definitions), etcd-server and
+/// etcd-client (etcd and etcdctl: the anchor `cargo xtask bench store`
+/// measures orch's store against).
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
+    "etcd-client",
+    "etcd-server",
     "iproute2",
     "libseccomp-dev",
     "pkg-config",

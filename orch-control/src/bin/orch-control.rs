@@ -178,7 +178,7 @@ async fn run(cli: RunArgs) -> Result<()> {
         .add_service(membership_server(node.clone()))
         .add_service(store_server(node.clone()))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            orch_control::store::raft::transport::incoming(listener),
             shutdown_signal(),
         );
     let server = tokio::spawn(server);

@@ -95,10 +95,21 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
+/// How long applied batches may stay in memory-only (non-durable) redb
+/// commits before one commit fsyncs them all.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The keys, their history and the leases of one replica.
+///
+/// `apply` commits are durable only once a second (and on `persist`): the
+/// Raft log is the durable record of every acknowledged write, and after a
+/// crash openraft re-applies it from the applied marker of the last
+/// durable commit, which always travels with the data it describes. The
+/// log is purged only below a snapshot, and a snapshot is built only after
+/// `persist`, so the entries a crash would need again are always there.
 pub struct MvccStore {
     pub(super) db: Database,
-    durability: Durability,
+    last_durable: std::sync::Mutex<std::time::Instant>,
 }
 
 impl MvccStore {
@@ -112,11 +123,11 @@ impl MvccStore {
         })?;
         let store = Self {
             db,
-            durability: Durability::Immediate,
+            last_durable: std::sync::Mutex::new(std::time::Instant::now()),
         };
         // Create every table up front so readers never meet a missing one.
         let mut txn = store.db.begin_write()?;
-        txn.set_durability(store.durability)?;
+        txn.set_durability(Durability::Immediate)?;
         Tables::open(&txn)?;
         txn.commit()?;
         Ok(store)
@@ -130,7 +141,12 @@ impl MvccStore {
         raft_state: Option<&[u8]>,
     ) -> Result<Vec<Response>, StoreError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(self.durability)?;
+        let durable = self.durable_due();
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         let responses = {
             let mut tables = Tables::open(&txn)?;
             let mut responses = Vec::with_capacity(requests.len());
@@ -153,7 +169,34 @@ impl MvccStore {
             responses
         };
         txn.commit()?;
+        if durable {
+            self.mark_durable();
+        }
         Ok(responses)
+    }
+
+    fn durable_due(&self) -> bool {
+        match self.last_durable.lock() {
+            Ok(at) => at.elapsed() >= DURABLE_EVERY,
+            Err(poisoned) => poisoned.into_inner().elapsed() >= DURABLE_EVERY,
+        }
+    }
+
+    fn mark_durable(&self) {
+        let mut at = match self.last_durable.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *at = std::time::Instant::now();
+    }
+
+    /// Makes every applied batch durable (one fsync'd empty commit).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        self.mark_durable();
+        Ok(())
     }
 
     /// The current revision (0 for an empty store).
@@ -174,7 +217,7 @@ impl MvccStore {
     /// `orch-control restore` does so the data can seed a new cluster.
     pub fn clear_raft_state(&self) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(self.durability)?;
+        txn.set_durability(Durability::Immediate)?;
         txn.open_table(META_BYTES)?.remove(RAFT_STATE)?;
         txn.commit()?;
         Ok(())

@@ -1,11 +1,21 @@
 //! The Raft log, vote and committed marker in a redb file. Every write is
 //! committed with `Durability::Immediate`: an entry is reported flushed only
 //! once it is fsync'd, which is what makes an acknowledged write survive.
+//!
+//! Writes go through one writer thread that commits whatever has queued
+//! up in one transaction (group commit): openraft's core hands over an
+//! append and goes on at once (storage v2's `LogFlushed` callback fires
+//! after the fsync), so the core never waits on the disk and appends that
+//! arrive during an fsync share the next one. Appended entries are
+//! readable at once, from memory until their commit lands.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
@@ -22,11 +32,122 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Most queued writes committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// A write for the writer thread, in the order openraft issued it.
+enum LogWrite {
+    Append {
+        entries: Vec<(LogId<NodeId>, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        index: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Purge {
+        log_id: LogId<NodeId>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Meta {
+        name: &'static str,
+        bytes: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Entries appended but not yet committed to redb, by index.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
 /// The log of one replica. Cheap to clone: clones share the database, and
 /// serve as the log readers openraft's replication tasks use.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Pending,
+    writes: mpsc::UnboundedSender<LogWrite>,
+}
+
+fn lock(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    match pending.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The writer thread: takes the first queued write and everything queued
+/// behind it, commits them in one durable transaction, then reports each.
+fn run_writer(db: Arc<Database>, pending: Pending, mut queue: mpsc::UnboundedReceiver<LogWrite>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let result = commit_group(&db, &group).map_err(|e| e.to_string());
+        if result.is_ok() {
+            // Committed entries are read from redb from now on, unless a
+            // later append replaced them in memory.
+            let mut pending = lock(&pending);
+            for write in &group {
+                if let LogWrite::Append { entries, .. } = write {
+                    for (log_id, _) in entries {
+                        if pending.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
+                            pending.remove(&log_id.index);
+                        }
+                    }
+                }
+            }
+        }
+        for write in group {
+            match write {
+                LogWrite::Append { callback, .. } => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+                }
+                LogWrite::Truncate { done, .. }
+                | LogWrite::Purge { done, .. }
+                | LogWrite::Meta { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(db: &Database, group: &[LogWrite]) -> Result<(), AnyError> {
+    let mut txn = db.begin_write().map_err(any_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(any_error)?;
+    {
+        let mut log = txn.open_table(LOG).map_err(any_error)?;
+        let mut meta = txn.open_table(LOG_META).map_err(any_error)?;
+        for write in group {
+            match write {
+                LogWrite::Append { entries, .. } => {
+                    for (log_id, bytes) in entries {
+                        log.insert(log_id.index, bytes.as_slice())
+                            .map_err(any_error)?;
+                    }
+                }
+                LogWrite::Truncate { index, .. } => {
+                    log.retain_in(*index.., |_, _| false).map_err(any_error)?;
+                }
+                LogWrite::Purge { log_id, .. } => {
+                    let bytes = postcard::to_stdvec(log_id).map_err(any_error)?;
+                    meta.insert(LAST_PURGED, bytes.as_slice())
+                        .map_err(any_error)?;
+                    log.retain_in(..=log_id.index, |_, _| false)
+                        .map_err(any_error)?;
+                }
+                LogWrite::Meta { name, bytes, .. } => {
+                    meta.insert(*name, bytes.as_slice()).map_err(any_error)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(any_error)
 }
 
 impl LogStore {
@@ -39,7 +160,42 @@ impl LogStore {
         txn.open_table(LOG)?;
         txn.open_table(LOG_META)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Pending::default();
+        let (writes, queue) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let writer_pending = pending.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || run_writer(writer_db, writer_pending, queue))
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            db,
+            pending,
+            writes,
+        })
+    }
+
+    /// Queues a write and waits for its commit.
+    async fn write(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> LogWrite,
+        what: fn(AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<(), RaftStorageError> {
+        let failed = |reason: String| -> RaftStorageError {
+            what(any_error(std::io::Error::other(reason))).into()
+        };
+        let (done, result) = oneshot::channel();
+        self.writes
+            .send(make(done))
+            .map_err(|_| failed("log writer stopped".into()))?;
+        result
+            .await
+            .map_err(|_| failed("log writer stopped".into()))?
+            .map_err(failed)
     }
 
     fn read_meta<T: DeserializeOwned>(db: &Database, name: &str) -> Result<Option<T>, AnyError> {
@@ -53,18 +209,6 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: Serialize>(db: &Database, name: &str, value: &T) -> Result<(), AnyError> {
-        let bytes = postcard::to_stdvec(value).map_err(any_error)?;
-        let mut txn = db.begin_write().map_err(any_error)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(any_error)?;
-        txn.open_table(LOG_META)
-            .map_err(any_error)?
-            .insert(name, bytes.as_slice())
-            .map_err(any_error)?;
-        txn.commit().map_err(any_error)
-    }
-
     async fn meta<T: DeserializeOwned + Send + 'static>(
         &self,
         name: &'static str,
@@ -74,14 +218,15 @@ impl LogStore {
         blocking(what, move || Self::read_meta(&db, name)).await
     }
 
-    async fn set_meta<T: Serialize + Send + 'static>(
+    async fn set_meta<T: Serialize>(
         &self,
         name: &'static str,
         value: T,
         what: fn(AnyError) -> StorageIOError<NodeId>,
     ) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        blocking(what, move || Self::write_meta(&db, name, &value)).await
+        let bytes = postcard::to_stdvec(&value).map_err(|e| what(any_error(e)))?;
+        self.write(|done| LogWrite::Meta { name, bytes, done }, what)
+            .await
     }
 }
 
@@ -94,19 +239,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, RaftStorageError> {
-        let db = self.db.clone();
+        // Memory first, then redb: an entry leaves memory only after its
+        // commit, so it is always in one of the two.
         let range = bounds(&range);
-        blocking(StorageIOError::read_logs, move || {
-            let txn = db.begin_read().map_err(any_error)?;
-            let table = txn.open_table(LOG).map_err(any_error)?;
-            let mut entries = Vec::new();
-            for item in table.range::<u64>(range).map_err(any_error)? {
-                let (_, value) = item.map_err(any_error)?;
-                entries.push(postcard::from_bytes(value.value()).map_err(any_error)?);
-            }
-            Ok(entries)
-        })
-        .await
+        let in_memory: Vec<Entry<TypeConfig>> = lock(&self.pending)
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        if let Some(first) = in_memory.first()
+            && range.0 == Bound::Included(first.log_id.index)
+        {
+            return Ok(in_memory);
+        }
+        let db = self.db.clone();
+        let mut entries: BTreeMap<u64, Entry<TypeConfig>> =
+            blocking(StorageIOError::read_logs, move || {
+                let txn = db.begin_read().map_err(any_error)?;
+                let table = txn.open_table(LOG).map_err(any_error)?;
+                let mut entries = BTreeMap::new();
+                for item in table.range::<u64>(range).map_err(any_error)? {
+                    let (index, value) = item.map_err(any_error)?;
+                    let entry: Entry<TypeConfig> =
+                        postcard::from_bytes(value.value()).map_err(any_error)?;
+                    entries.insert(index.value(), entry);
+                }
+                Ok(entries)
+            })
+            .await?;
+        entries.extend(in_memory.into_iter().map(|e| (e.log_id.index, e)));
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -130,9 +291,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         })
         .await?;
+        let last_in_memory = lock(&self.pending)
+            .last_key_value()
+            .map(|(_, entry)| entry.log_id);
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last_in_log.or(last_purged),
+            last_log_id: last_in_memory.or(last_in_log).or(last_purged),
         })
     }
 
@@ -152,8 +316,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), RaftStorageError> {
-        self.set_meta(COMMITTED, committed, StorageIOError::write_logs)
-            .await
+        // Not waited for: the committed marker only saves re-learning the
+        // commit index after a restart, and openraft allows it to be lost.
+        // It still lands in order with the log, in the next group commit.
+        let bytes = postcard::to_stdvec(&committed)
+            .map_err(|e| StorageIOError::write_logs(any_error(e)))?;
+        let (done, _) = oneshot::channel();
+        self.writes
+            .send(LogWrite::Meta {
+                name: COMMITTED,
+                bytes,
+                done,
+            })
+            .map_err(|_| {
+                StorageIOError::write_logs(any_error(std::io::Error::other("log writer stopped")))
+                    .into()
+            })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, RaftStorageError> {
@@ -172,66 +350,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|entry| postcard::to_stdvec(&entry).map(|bytes| (entry.log_id.index, bytes)))
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let encoded: Vec<(LogId<NodeId>, Vec<u8>)> = entries
+            .iter()
+            .map(|entry| postcard::to_stdvec(entry).map(|bytes| (entry.log_id, bytes)))
             .collect::<Result<_, _>>()
             .map_err(|e| StorageIOError::write_logs(any_error(e)))?;
-        let db = self.db.clone();
-        // The callback fires only after the commit returned: the entries are
-        // on disk (fsync'd), not merely handed to the OS.
-        let result = blocking(StorageIOError::write_logs, move || {
-            let mut txn = db.begin_write().map_err(any_error)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(any_error)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(any_error)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(any_error)?;
-                }
-            }
-            txn.commit().map_err(any_error)
-        })
-        .await;
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-        }
-        result
+        // Readable before this returns (openraft may read them at once);
+        // the callback fires only after the commit: fsync'd, not merely
+        // handed to the OS.
+        lock(&self.pending).extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        self.writes
+            .send(LogWrite::Append {
+                entries: encoded,
+                callback,
+            })
+            .map_err(|_| {
+                StorageIOError::write_logs(any_error(std::io::Error::other("log writer stopped")))
+                    .into()
+            })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        blocking(StorageIOError::write_logs, move || {
-            let mut txn = db.begin_write().map_err(any_error)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(any_error)?;
-            txn.open_table(LOG)
-                .map_err(any_error)?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(any_error)?;
-            txn.commit().map_err(any_error)
-        })
+        lock(&self.pending).retain(|index, _| *index < log_id.index);
+        self.write(
+            |done| LogWrite::Truncate {
+                index: log_id.index,
+                done,
+            },
+            StorageIOError::write_logs,
+        )
         .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        blocking(StorageIOError::write_logs, move || {
-            let bytes = postcard::to_stdvec(&log_id).map_err(any_error)?;
-            let mut txn = db.begin_write().map_err(any_error)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(any_error)?;
-            txn.open_table(LOG_META)
-                .map_err(any_error)?
-                .insert(LAST_PURGED, bytes.as_slice())
-                .map_err(any_error)?;
-            txn.open_table(LOG)
-                .map_err(any_error)?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(any_error)?;
-            txn.commit().map_err(any_error)
-        })
+        lock(&self.pending).retain(|index, _| *index > log_id.index);
+        self.write(
+            |done| LogWrite::Purge { log_id, done },
+            StorageIOError::write_logs,
+        )
         .await
     }
 }

@@ -134,6 +134,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let store = self.store.clone();
         let sequence = self.sequence;
         let meta = blocking(StorageIOError::read_state_machine, move || {
+            // openraft purges the log below this snapshot next: everything
+            // it covers must be durable in the state file first.
+            store.persist().map_err(any_error)?;
             let path = dir.join(SNAPSHOT_FILE);
             let raft_state = store.save_snapshot(&path).map_err(any_error)?;
             let applied = decode_applied(raft_state)?;
@@ -157,8 +160,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 fn write_meta(dir: &Path, meta: &SnapshotMeta<NodeId, BasicNode>) -> Result<(), AnyError> {
     let bytes = postcard::to_stdvec(meta).map_err(any_error)?;
     let partial = dir.join(format!("{SNAPSHOT_META_FILE}.partial"));
-    std::fs::write(&partial, bytes).map_err(any_error)?;
-    std::fs::rename(&partial, dir.join(SNAPSHOT_META_FILE)).map_err(any_error)
+    // Durable before the log below the snapshot may be purged.
+    let mut file = std::fs::File::create(&partial).map_err(any_error)?;
+    std::io::Write::write_all(&mut file, &bytes).map_err(any_error)?;
+    file.sync_all().map_err(any_error)?;
+    std::fs::rename(&partial, dir.join(SNAPSHOT_META_FILE)).map_err(any_error)?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(any_error)
 }
 
 async fn open_snapshot(dir: &Path) -> Result<tokio::fs::File, RaftStorageError> {

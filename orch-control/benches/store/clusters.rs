@@ -1,0 +1,377 @@
+//! The two systems under measurement, as real processes on loopback with
+//! temporary data directories: orch-control replicas and etcd members.
+//! Both get the same Raft timing (heartbeat 100 ms, election timeout
+//! 500 ms; each randomizes elections up to twice that).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use orch_control::store::raft::transport::proto::StatusRequest;
+use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+
+const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MS: u64 = 500;
+
+/// A running process, killed (SIGKILL) when dropped.
+struct Process {
+    child: Child,
+    /// Held open so the process never writes to a closed pipe.
+    _stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
+async fn until<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// orch-control replicas 1..=n; replica 1 bootstraps, the others join it.
+pub struct OrchCluster {
+    pub root: tempfile::TempDir,
+    pub addrs: Vec<String>,
+    procs: Vec<Option<Process>>,
+}
+
+impl OrchCluster {
+    pub async fn start(replicas: usize) -> Result<Self> {
+        let mut cluster = Self {
+            root: tempfile::tempdir()?,
+            addrs: vec!["127.0.0.1:0".into(); replicas],
+            procs: (0..replicas).map(|_| None).collect(),
+        };
+        cluster.spawn(0, &["--init"])?;
+        let seed = cluster.addrs[0].clone();
+        for index in 1..replicas {
+            cluster.spawn(index, &["--join", &seed])?;
+        }
+        cluster.settle().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize, extra: &[&str]) -> Result<()> {
+        let dir = self.root.path().join(format!("replica-{}", index + 1));
+        let log = std::fs::File::create(dir.with_extension("log"))?;
+        let mut child = Command::new(ORCH_CONTROL)
+            .args(["--data-dir", &dir.to_string_lossy()])
+            .args(["--node-id", &(index + 1).to_string()])
+            .args(["--listen", &self.addrs[index]])
+            .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout-ms", &ELECTION_MS.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting orch-control")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("orch-control listening on ") else {
+            bail!(
+                "orch-control did not start: {}",
+                std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+            );
+        };
+        self.addrs[index] = addr.to_string();
+        self.procs[index] = Some(Process {
+            child,
+            _stdout: Some(stdout),
+        });
+        Ok(())
+    }
+
+    async fn status(
+        addr: &str,
+    ) -> Option<orch_control::store::raft::transport::proto::StatusResponse> {
+        let mut client = MembershipClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        client
+            .status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until every running replica sees all voters and a leader.
+    async fn settle(&self) -> Result<()> {
+        let addrs: Vec<String> = self
+            .running()
+            .into_iter()
+            .map(|i| self.addrs[i].clone())
+            .collect();
+        let voters = self.addrs.len();
+        until("orch replicas settle", Duration::from_secs(60), || {
+            let addrs = addrs.clone();
+            async move {
+                for addr in &addrs {
+                    match Self::status(addr).await {
+                        Some(s) if s.voters.len() == voters && s.leader_id != 0 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.procs.len())
+            .filter(|i| self.procs[*i].is_some())
+            .collect()
+    }
+
+    /// The index of the current leader.
+    pub async fn leader(&self) -> Result<usize> {
+        for index in self.running() {
+            if let Some(status) = Self::status(&self.addrs[index]).await
+                && status.leader_id != 0
+            {
+                return Ok(status.leader_id as usize - 1);
+            }
+        }
+        bail!("no orch leader")
+    }
+
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.procs[index].as_ref().map(|p| p.child.id())
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        self.procs[index] = None;
+    }
+
+    /// Restarts a killed replica on its address and waits for the cluster.
+    pub async fn restart(&mut self, index: usize) -> Result<()> {
+        self.spawn(index, &[])?;
+        self.settle().await
+    }
+}
+
+/// etcd members on loopback ports picked free just before start.
+pub struct EtcdCluster {
+    pub root: tempfile::TempDir,
+    pub client_urls: Vec<String>,
+    args: Vec<Vec<String>>,
+    procs: Vec<Option<Process>>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl EtcdCluster {
+    pub async fn start(members: usize) -> Result<Self> {
+        let root = tempfile::tempdir()?;
+        let mut client_urls = Vec::new();
+        let mut peer_urls = Vec::new();
+        for _ in 0..members {
+            client_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+            peer_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+        }
+        let initial_cluster = peer_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| format!("m{}={url}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args = (0..members)
+            .map(|i| {
+                let dir: PathBuf = root.path().join(format!("m{}", i + 1));
+                [
+                    "--name".to_string(),
+                    format!("m{}", i + 1),
+                    "--data-dir".into(),
+                    dir.to_string_lossy().into_owned(),
+                    "--listen-client-urls".into(),
+                    client_urls[i].clone(),
+                    "--advertise-client-urls".into(),
+                    client_urls[i].clone(),
+                    "--listen-peer-urls".into(),
+                    peer_urls[i].clone(),
+                    "--initial-advertise-peer-urls".into(),
+                    peer_urls[i].clone(),
+                    "--initial-cluster".into(),
+                    initial_cluster.clone(),
+                    "--initial-cluster-state".into(),
+                    "new".into(),
+                    "--initial-cluster-token".into(),
+                    "orch-bench".into(),
+                    "--heartbeat-interval".into(),
+                    HEARTBEAT_MS.to_string(),
+                    "--election-timeout".into(),
+                    ELECTION_MS.to_string(),
+                    "--logger".into(),
+                    "zap".into(),
+                    "--log-level".into(),
+                    "warn".into(),
+                ]
+                .to_vec()
+            })
+            .collect();
+        let mut cluster = Self {
+            root,
+            client_urls,
+            args,
+            procs: (0..members).map(|_| None).collect(),
+        };
+        for index in 0..members {
+            cluster.spawn(index)?;
+        }
+        cluster.settle().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<()> {
+        let log = std::fs::File::create(self.root.path().join(format!("m{}.log", index + 1)))?;
+        let child = Command::new("etcd")
+            .args(&self.args[index])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian's etcd-server; `cargo xtask setup` installs it)")?;
+        self.procs[index] = Some(Process {
+            child,
+            _stdout: None,
+        });
+        Ok(())
+    }
+
+    async fn status(url: &str) -> Option<(u64, u64)> {
+        let mut client = etcd_client::Client::connect([url], None).await.ok()?;
+        let status = tokio::time::timeout(Duration::from_secs(1), client.status())
+            .await
+            .ok()?
+            .ok()?;
+        Some((status.header()?.member_id(), status.leader()))
+    }
+
+    /// Waits until every running member knows a leader.
+    async fn settle(&self) -> Result<()> {
+        let urls: Vec<String> = (0..self.procs.len())
+            .filter(|i| self.procs[*i].is_some())
+            .map(|i| self.client_urls[i].clone())
+            .collect();
+        until("etcd members settle", Duration::from_secs(60), || {
+            let urls = urls.clone();
+            async move {
+                for url in &urls {
+                    match Self::status(url).await {
+                        Some((_, leader)) if leader != 0 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await
+    }
+
+    /// The index of the current leader.
+    pub async fn leader(&self) -> Result<usize> {
+        let mut members = Vec::new();
+        let mut leader = 0;
+        for (index, url) in self.client_urls.iter().enumerate() {
+            if self.procs[index].is_none() {
+                continue;
+            }
+            if let Some((member, known)) = Self::status(url).await {
+                members.push((index, member));
+                leader = leader.max(known);
+            }
+        }
+        members
+            .into_iter()
+            .find(|(_, member)| *member == leader)
+            .map(|(index, _)| index)
+            .context("no etcd leader")
+    }
+
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.procs[index].as_ref().map(|p| p.child.id())
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        self.procs[index] = None;
+    }
+
+    pub async fn restart(&mut self, index: usize) -> Result<()> {
+        self.spawn(index)?;
+        self.settle().await
+    }
+}
+
+/// Runs a command to completion and returns how long it took.
+pub fn timed(command: &mut Command, what: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    let took = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(took)
+}
+
+/// Total size of the files under `dir`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

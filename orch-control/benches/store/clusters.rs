@@ -9,8 +9,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use orch_control::store::raft::transport::proto::StatusRequest;
-use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+use orch_control::store::raft::client::replica_status;
 
 const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
 pub const HEARTBEAT_MS: u64 = 100;
@@ -119,14 +118,7 @@ impl OrchCluster {
     async fn status(
         addr: &str,
     ) -> Option<orch_control::store::raft::transport::proto::StatusResponse> {
-        let mut client = MembershipClient::connect(format!("http://{addr}"))
-            .await
-            .ok()?;
-        client
-            .status(StatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        replica_status(addr).await.ok()
     }
 
     /// Waits until every running replica sees all voters and a leader.

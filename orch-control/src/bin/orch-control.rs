@@ -12,11 +12,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use openraft::{BasicNode, Config};
 use orch_control::store::identity::{ClusterId, Identity};
+use orch_control::store::raft::client::replica_status;
 use orch_control::store::raft::node::{NodeOptions, RaftNode};
 use orch_control::store::raft::service::{membership_server, store_server};
 use orch_control::store::raft::transport::TransportService;
+use orch_control::store::raft::transport::proto::JoinRequest;
 use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
-use orch_control::store::raft::transport::proto::{JoinRequest, StatusRequest};
 
 #[derive(Parser)]
 #[command(
@@ -270,8 +271,7 @@ async fn seed_cluster(seed: &str, patience: Duration) -> Result<ClusterId> {
     let deadline = Instant::now() + patience;
     loop {
         let attempt = async {
-            let mut client = MembershipClient::connect(format!("http://{seed}")).await?;
-            let status = client.status(StatusRequest {}).await?.into_inner();
+            let status = replica_status(seed).await?;
             status
                 .cluster_id
                 .parse::<ClusterId>()

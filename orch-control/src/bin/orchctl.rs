@@ -170,18 +170,49 @@ fn api_resources() {
     }
 }
 
+/// Why one server's attempt failed: worth asking the next one, or final.
+enum Failure {
+    TryNext(String),
+    Final(anyhow::Error),
+}
+
+impl From<tonic::Status> for Failure {
+    /// Down or without a leader: the next replica may do better.
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable => Failure::TryNext(status.message().to_string()),
+            _ => Failure::Final(anyhow::anyhow!("{}", status.message())),
+        }
+    }
+}
+
+/// Runs `attempt` against each server in turn until one succeeds.
+fn each_server<T>(
+    servers: &[String],
+    attempt: impl AsyncFn(&str) -> Result<T, Failure>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut failures = Vec::new();
+    for server in servers {
+        match runtime.block_on(attempt(server)) {
+            Ok(value) => return Ok(value),
+            Err(Failure::TryNext(reason)) => failures.push(format!("{server}: {reason}")),
+            Err(Failure::Final(error)) => return Err(error.context(server.clone())),
+        }
+    }
+    anyhow::bail!("no replica answered: {}", failures.join("; "))
+}
+
 fn save_snapshot(file: &std::path::Path, servers: &[String]) -> Result<()> {
     use orch_control::store::raft::transport::proto::SnapshotRequest;
     use orch_control::store::raft::transport::proto::store_client::StoreClient;
     use tokio::io::AsyncWriteExt as _;
 
     let partial = file.with_extension("partial");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut failures = Vec::new();
-    for server in servers {
-        let attempt = runtime.block_on(async {
+    let (bytes, server) = each_server(servers, async |server| {
+        let download = async {
             let mut client = StoreClient::connect(format!("http://{server}")).await?;
             let mut stream = client.snapshot(SnapshotRequest {}).await?.into_inner();
             let mut out = tokio::fs::File::create(&partial).await?;
@@ -192,67 +223,31 @@ fn save_snapshot(file: &std::path::Path, servers: &[String]) -> Result<()> {
             }
             out.sync_all().await?;
             anyhow::Ok(bytes)
-        });
-        match attempt {
-            Ok(bytes) => {
-                orch_control::store::snapshot::verify_file(&partial)?;
-                std::fs::rename(&partial, file)
-                    .with_context(|| format!("writing {}", file.display()))?;
-                println!(
-                    "snapshot saved to {} ({bytes} bytes, from {server})",
-                    file.display()
-                );
-                return Ok(());
-            }
+        };
+        match download.await {
+            Ok(bytes) => Ok((bytes, server.to_string())),
             Err(error) => {
                 let _ = std::fs::remove_file(&partial);
-                failures.push(format!("{server}: {error:#}"));
+                Err(Failure::TryNext(format!("{error:#}")))
             }
         }
-    }
-    anyhow::bail!("no replica gave a snapshot: {}", failures.join("; "))
-}
-
-/// Runs `call` against each server in turn until one answers.
-fn with_membership<T>(
-    servers: &[String],
-    call: impl AsyncFn(
-        &mut orch_control::store::raft::transport::proto::membership_client::MembershipClient<
-            tonic::transport::Channel,
-        >,
-    ) -> Result<T, tonic::Status>,
-) -> Result<T> {
-    use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut failures = Vec::new();
-    for server in servers {
-        let attempt = runtime.block_on(async {
-            match MembershipClient::connect(format!("http://{server}")).await {
-                Ok(mut client) => Ok(call(&mut client).await),
-                Err(error) => Err(error),
-            }
-        });
-        match attempt {
-            Ok(Ok(value)) => return Ok(value),
-            // Down or without a leader: the next replica may do better.
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                failures.push(format!("{server}: {}", status.message()))
-            }
-            Ok(Err(status)) => anyhow::bail!("{server}: {}", status.message()),
-            Err(error) => failures.push(format!("{server}: {error}")),
-        }
-    }
-    anyhow::bail!("no replica answered: {}", failures.join("; "))
+    })
+    .context("no replica gave a snapshot")?;
+    orch_control::store::snapshot::verify_file(&partial)?;
+    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "snapshot saved to {} ({bytes} bytes, from {server})",
+        file.display()
+    );
+    Ok(())
 }
 
 fn member(command: MemberCommand) -> Result<()> {
-    use orch_control::store::raft::transport::proto::{LeaveRequest, StatusRequest};
+    use orch_control::store::raft::transport::proto::LeaveRequest;
     match command {
         MemberCommand::List { servers } => {
-            let status = with_membership(&servers, async |client| {
-                Ok(client.status(StatusRequest {}).await?.into_inner())
+            let status = each_server(&servers, async |server| {
+                Ok(orch_control::store::raft::client::replica_status(server).await?)
             })?;
             println!("CLUSTER ID: {}", status.cluster_id);
             println!("{:<6} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
@@ -269,7 +264,8 @@ fn member(command: MemberCommand) -> Result<()> {
             }
         }
         MemberCommand::Remove { id, servers } => {
-            let reply = with_membership(&servers, async |client| {
+            let reply = each_server(&servers, async |server| {
+                let mut client = orch_control::store::raft::client::membership(server).await?;
                 Ok(client
                     .leave(LeaveRequest { node_id: id })
                     .await?

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use orch_control::store::raft::client::StoreClient;
 use orch_control::store::raft::service::RangeQuery;
-use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
-use orch_control::store::raft::transport::proto::{StatusRequest, StatusResponse};
+use orch_control::store::raft::transport::proto::StatusResponse;
 use orch_control::store::types::{Command as StoreCommand, Op, Request, RequestId, Txn};
 
 const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
@@ -201,14 +200,9 @@ pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String
 
 /// A replica's own view of the cluster.
 pub async fn status(addr: &str) -> Option<StatusResponse> {
-    let mut client = MembershipClient::connect(format!("http://{addr}"))
-        .await
-        .ok()?;
-    client
-        .status(StatusRequest {})
+    orch_control::store::raft::client::replica_status(addr)
         .await
         .ok()
-        .map(|r| r.into_inner())
 }
 
 /// Waits until every replica at `addrs` holds the same keys; returns them.

@@ -178,3 +178,25 @@ impl StoreClient {
         })
     }
 }
+
+/// A Membership client of the replica at `addr` (`host:port`); a replica
+/// that cannot be reached is `Unavailable`, like one that answers so.
+pub async fn membership(
+    addr: &str,
+) -> Result<super::transport::proto::membership_client::MembershipClient<Channel>, tonic::Status> {
+    super::transport::proto::membership_client::MembershipClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting to {addr}: {e}")))
+}
+
+/// The replica at `addr`'s own view of the cluster: its id, the cluster
+/// id, leader, voters, learners and members.
+pub async fn replica_status(
+    addr: &str,
+) -> Result<super::transport::proto::StatusResponse, tonic::Status> {
+    Ok(membership(addr)
+        .await?
+        .status(super::transport::proto::StatusRequest {})
+        .await?
+        .into_inner())
+}

@@ -307,3 +307,68 @@ async fn data_dirs_never_cross_clusters() {
     assert_eq!(common::local_state(&b1.addr).await, Some(b_state));
     assert_eq!(common::local_state(&a1.addr).await, Some(a_state));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_data_files_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::new(1, dir.path().join("replica-1"));
+    replica.start(&["--init"]);
+    let mut client = StoreClient::new(&[replica.addr.clone()], Duration::from_secs(20)).expect("c");
+    for i in 0..20u128 {
+        client
+            .write(&put(1 + i, &format!("/registry/d/{i}")))
+            .await
+            .expect("write");
+    }
+    replica.kill();
+    type Damage = fn(&std::path::Path);
+    let cases: [(&str, Damage); 3] = [
+        ("log.redb", |file| truncate_to_half(file)),
+        ("state/state.redb", |file| truncate_to_half(file)),
+        ("identity", |file| {
+            std::fs::write(file, "cluster-id=not-hex\nnode-id=1\n").expect("write")
+        }),
+    ];
+    for (name, damage) in cases {
+        let copy = dir
+            .path()
+            .join(format!("damaged-{}", name.replace('/', "-")));
+        copy_dir(&replica.dir, &copy);
+        damage(&copy.join(name));
+        let before = common::dir_contents(&copy);
+        let error = common::refused(&[
+            "--data-dir",
+            &copy.to_string_lossy(),
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(
+            error.contains(&copy.join(name).to_string_lossy().into_owned()),
+            "{name}: the error must name the file: {error}"
+        );
+        assert_eq!(common::dir_contents(&copy), before, "{name}: files changed");
+    }
+}
+
+fn truncate_to_half(file: &std::path::Path) {
+    let length = std::fs::metadata(file).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_len(length / 2))
+        .expect("truncate");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //!
 //! Still to come: TLS between replicas and the API server.
 
+pub(crate) mod files;
 pub mod identity;
 pub mod mvcc;
 pub mod raft;

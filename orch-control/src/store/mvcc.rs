@@ -117,10 +117,7 @@ impl MvccStore {
     /// database, or a corrupt one, is refused with an error naming it and
     /// left untouched.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let db = crate::store::files::open_database(path)?;
         let store = Self {
             db,
             last_durable: std::sync::Mutex::new(std::time::Instant::now()),

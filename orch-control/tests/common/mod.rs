@@ -256,8 +256,9 @@ pub fn refused(args: &[&str]) -> String {
     }
 }
 
-/// Every file under `dir` with its bytes, to show nothing was written.
-pub fn dir_contents(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+/// Every file under `dir` with its length and a hash of its bytes, to show
+/// nothing was written.
+pub fn dir_contents(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, (u64, u64)> {
     let mut files = BTreeMap::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(next) = pending.pop() {
@@ -269,7 +270,13 @@ pub fn dir_contents(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u
             if path.is_dir() {
                 pending.push(path);
             } else {
-                files.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&bytes, &mut hasher);
+                files.insert(
+                    path.clone(),
+                    (bytes.len() as u64, std::hash::Hasher::finish(&hasher)),
+                );
             }
         }
     }

@@ -152,10 +152,7 @@ fn commit_group(db: &Database, group: &[LogWrite]) -> Result<(), AnyError> {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let db = crate::store::files::open_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(LOG_META)?;

@@ -103,7 +103,14 @@ impl RaftNode {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let log = LogStore::open(&data_dir.join("log.redb"))?;
+        // Both files checked (and repaired after a crash) before either is
+        // opened for writing: a damaged one leaves the other untouched too.
+        let log_path = data_dir.join("log.redb");
+        crate::store::files::prepare(&[
+            &log_path,
+            &StateMachine::state_file(&data_dir.join("state")),
+        ])?;
+        let log = LogStore::open(&log_path)?;
         let state_machine = StateMachine::open(&data_dir.join("state"))?;
         let store = state_machine.shared_store();
         let config = Arc::new(config.validate()?);

@@ -79,6 +79,11 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    /// The redb file of the state machine kept in `dir`.
+    pub fn state_file(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
     /// Opens the state machine kept in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {

@@ -1,4 +1,6 @@
-//! orch-control: the control plane. Today: the store's state machine; the
-//! API server, Raft replication, scheduler and controllers follow.
+//! orch-control: the control plane. `store` is the replicated store (Raft
+//! over redb), `api` the API server in front of it; the scheduler and
+//! controllers follow.
 
+pub mod api;
 pub mod store;

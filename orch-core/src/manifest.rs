@@ -66,13 +66,22 @@ pub struct Warning {
     pub reason: WarningReason,
 }
 
-impl fmt::Display for Warning {
+impl fmt::Display for WarningReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.reason {
+        f.write_str(match self {
             WarningReason::UnknownField => "unknown field, ignored",
             WarningReason::Unsupported => "not supported by orch yet, ignored",
-        };
-        write!(f, "{}: {}: {}: {what}", self.origin, self.object, self.path)
+        })
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}: {}",
+            self.origin, self.object, self.path, self.reason
+        )
     }
 }
 

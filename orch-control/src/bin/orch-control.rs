@@ -1,6 +1,6 @@
-//! `orch-control`: a control-plane replica. Today it runs the replicated
-//! store (Raft over gRPC, redb on disk); the API server, scheduler and
-//! controllers join it in later work.
+//! `orch-control`: a control-plane replica: the replicated store (Raft over
+//! gRPC, redb on disk) and the API server, on one listen address; the
+//! scheduler and controllers join it in later work.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use openraft::{BasicNode, Config};
+use orch_control::api::access::StoreAccess;
+use orch_control::api::ensure_system_namespaces;
+use orch_control::api::registry::Registry;
+use orch_control::api::service::api_server;
 use orch_control::store::identity::{ClusterId, Identity};
 use orch_control::store::raft::client::replica_status;
 use orch_control::store::raft::node::{NodeOptions, RaftNode};
@@ -171,6 +175,10 @@ async fn run(cli: RunArgs) -> Result<()> {
         .local_addr()
         .context("reading the listen address")?;
     println!("orch-control listening on {listen}");
+    let registry = Arc::new(Registry::new(StoreAccess::new(
+        node.clone(),
+        Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),
+    )));
     let server = tonic::transport::Server::builder()
         .add_service(TransportService::server(
             node.raft.clone(),
@@ -178,6 +186,7 @@ async fn run(cli: RunArgs) -> Result<()> {
         ))
         .add_service(membership_server(node.clone()))
         .add_service(store_server(node.clone()))
+        .add_service(api_server(registry.clone()))
         .serve_with_incoming_shutdown(
             orch_control::store::raft::transport::incoming(listener),
             shutdown_signal(),
@@ -206,6 +215,7 @@ async fn run(cli: RunArgs) -> Result<()> {
             data_dir.display()
         );
     }
+    tokio::spawn(ensure_system_namespaces(registry));
     tracing::info!(node = node_id, %listen, "serving");
     server.await.context("server task")??;
     node.raft.shutdown().await.ok();

@@ -41,6 +41,12 @@ impl Watcher {
         })
     }
 
+    /// The last revision delivered (or skipped as not matching): a watch
+    /// resumed after it misses nothing.
+    pub fn position(&self) -> Revision {
+        self.next.saturating_sub(1)
+    }
+
     /// The next non-empty batch of events, waiting for new revisions as
     /// needed. Fails with [`StoreError::Compacted`] when the watcher asks
     /// for history that was compacted away: the client relists.

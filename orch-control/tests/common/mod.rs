@@ -333,3 +333,24 @@ pub async fn leader_id(addrs: &[String]) -> u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the API server of the replica at `addr` has created the
+/// system namespaces (default, kube-system, kube-node-lease).
+pub async fn system_namespaces_created(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let namespaces = local_state(addr).await.map_or(0, |(_, keys)| {
+            keys.keys()
+                .filter(|key| key.starts_with(b"/registry/namespaces/"))
+                .count()
+        });
+        if namespaces >= 3 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "system namespaces not created in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -22,6 +22,7 @@ pub enum ClientError {
     Refused(WriteError),
 }
 
+#[derive(Clone)]
 pub struct StoreClient {
     replicas: Vec<(String, GrpcStoreClient<Channel>)>,
     /// Index of the replica to try first: the last one that answered.
@@ -33,6 +34,12 @@ impl StoreClient {
     /// A client of the replicas at `addrs` (`host:port`), giving up on a
     /// call after `timeout`.
     pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Unavailable {
+                timeout,
+                last: "no replica address given".into(),
+            });
+        }
         let replicas = addrs
             .iter()
             .map(|addr| {

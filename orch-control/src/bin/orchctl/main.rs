@@ -1,13 +1,14 @@
-//! `orchctl`: the kubectl-shaped command line of orch. Commands that talk to
-//! a cluster arrive with the API server; what works offline works now.
+//! `orchctl`: the kubectl-shaped command line of orch.
 
-use std::io::Read as _;
+mod objects;
+mod table;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use orch_core::manifest::{self, Document, ManifestErrors};
+use orch_core::manifest::{Document, ManifestErrors};
 use orch_core::object::Kind;
 
 #[derive(Parser)]
@@ -31,6 +32,14 @@ enum Command {
     },
     /// List the kinds orch serves.
     ApiResources,
+    /// Show objects: a table (kubectl's columns), or -o yaml|json|name.
+    Get(objects::GetArgs),
+    /// Create what is missing and update what differs, from manifests.
+    Apply(objects::ApplyArgs),
+    /// Create objects from manifests (an existing one is an error).
+    Create(objects::ApplyArgs),
+    /// Delete objects by kind and name, label selector, or manifest.
+    Delete(objects::DeleteArgs),
     /// Save or inspect store snapshots.
     Snapshot {
         #[command(subcommand)]
@@ -85,6 +94,10 @@ fn main() -> ExitCode {
             command: SnapshotCommand::Save { file, servers },
         } => save_snapshot(&file, &servers).map(|()| true),
         Command::Member { command } => member(command).map(|()| true),
+        Command::Get(args) => objects::get(args).map(|()| true),
+        Command::Apply(args) => objects::apply(args, false),
+        Command::Create(args) => objects::apply(args, true),
+        Command::Delete(args) => objects::delete(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -101,16 +114,7 @@ fn validate(filenames: &[PathBuf], output: Option<&str>) -> Result<bool> {
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for filename in filenames {
-        let loaded = if filename.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading manifests from stdin")?;
-            manifest::load_str(&text, "<stdin>")
-        } else {
-            manifest::load_path(filename)
-        };
-        match loaded {
+        match objects::load(filename, true)? {
             Ok(mut docs) => documents.append(&mut docs),
             Err(ManifestErrors(mut errs)) => errors.append(&mut errs),
         }

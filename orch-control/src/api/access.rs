@@ -1,0 +1,126 @@
+//! How the API server reaches the store: every replica serves the API;
+//! writes and linearizable reads go to the Raft leader (this replica when it
+//! leads), watches are served from this replica's own copy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_core::api::ApiError;
+
+use crate::store::raft::client::{ClientError, StoreClient};
+use crate::store::raft::node::{RaftNode, WriteError};
+use crate::store::raft::service::RangeQuery;
+use crate::store::types::{KeyValue, RangeResult, Request, Response, Revision};
+use crate::store::watch::Watcher;
+
+pub struct StoreAccess {
+    node: Arc<RaftNode>,
+    timeout: Duration,
+    /// A client of the current members, this replica first; rebuilt when
+    /// the membership changes.
+    client: Mutex<Option<(Vec<String>, StoreClient)>>,
+}
+
+fn store_error(error: ClientError) -> ApiError {
+    match error {
+        ClientError::Refused(WriteError::Rejected(reason)) => ApiError::Invalid(reason),
+        other => ApiError::Unavailable(format!("the store: {other}")),
+    }
+}
+
+impl StoreAccess {
+    pub fn new(node: Arc<RaftNode>, timeout: Duration) -> Self {
+        Self {
+            node,
+            timeout,
+            client: Mutex::new(None),
+        }
+    }
+
+    fn client(&self) -> Result<StoreClient, ApiError> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        // This replica first: when it leads, nothing leaves the process
+        // but a loopback call.
+        let mut addrs: Vec<String> = Vec::new();
+        if let Some(own) = membership.get_node(&self.node.id) {
+            addrs.push(own.addr.clone());
+        }
+        addrs.extend(
+            membership
+                .nodes()
+                .filter(|(id, _)| **id != self.node.id)
+                .map(|(_, node)| node.addr.clone()),
+        );
+        if addrs.is_empty() {
+            return Err(ApiError::Unavailable(
+                "the cluster has no members yet (bootstrapping)".into(),
+            ));
+        }
+        let mut cached = match self.client.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((known, client)) = cached.as_ref()
+            && *known == addrs
+        {
+            return Ok(client.clone());
+        }
+        let client = StoreClient::new(&addrs, self.timeout).map_err(store_error)?;
+        *cached = Some((addrs, client.clone()));
+        Ok(client)
+    }
+
+    pub async fn write(&self, request: &Request) -> Result<Response, ApiError> {
+        self.client()?.write(request).await.map_err(store_error)
+    }
+
+    /// A linearizable page of keys under `prefix`.
+    pub async fn range(
+        &self,
+        prefix: &[u8],
+        start: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<RangeResult, ApiError> {
+        let query = RangeQuery {
+            prefix: prefix.to_vec(),
+            start,
+            limit,
+            linearizable: true,
+        };
+        self.client()?.range(&query).await.map_err(store_error)
+    }
+
+    /// One key, linearizably; with the store revision read at.
+    pub async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision), ApiError> {
+        // A prefix range from the key itself: the key sorts first among the
+        // keys it prefixes, so one item tells whether it exists.
+        let page = self.range(key.as_bytes(), None, 1).await?;
+        let found = page.kvs.into_iter().find(|kv| kv.key == key.as_bytes());
+        Ok((found, page.revision))
+    }
+
+    /// Changes under `prefix` from revision `start`, from this replica.
+    pub fn watch(&self, prefix: &[u8], start: Revision) -> Result<Watcher, ApiError> {
+        self.node
+            .watch(prefix.to_vec(), start)
+            .map_err(|error| match error {
+                crate::store::StoreError::Compacted {
+                    requested,
+                    compacted,
+                } => ApiError::Gone(format!(
+                    "too old resource version: {} ({compacted})",
+                    requested.saturating_sub(1)
+                )),
+                other => ApiError::Internal(other.to_string()),
+            })
+    }
+
+    /// The revision this replica has applied.
+    pub fn local_revision(&self) -> Result<Revision, ApiError> {
+        self.node
+            .store()
+            .revision()
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}

@@ -1,0 +1,304 @@
+//! Objects in the store: keys `/registry/<plural>/<namespace>/<name>`,
+//! values the object's JSON without `metadata.resourceVersion` (which is
+//! the key's mod revision, set on every read). Every write is one store
+//! transaction guarded by the mod revisions it read, so concurrent writers
+//! never overwrite each other unseen.
+
+use orch_core::api::{ApiError, kind_prefix, object_key};
+use orch_core::object::{Kind, Object};
+use serde_json::Value;
+
+use super::access::StoreAccess;
+use super::admission::{self, resource_name};
+use super::filter::Filter;
+use crate::store::types::{
+    Command, Compare, CompareOp, KeyValue, Op, Outcome, Request, RequestId, Revision, Txn,
+};
+
+/// Retries of a write whose guard failed because someone else wrote in
+/// between (only when the caller gave no resourceVersion precondition).
+const RETRIES: usize = 8;
+
+pub struct Registry {
+    pub store: StoreAccess,
+}
+
+/// What a delete asks beyond the object's name.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub resource_version: Option<Revision>,
+    /// None: the object's own default (a pod's terminationGracePeriodSeconds).
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: String,
+    pub dry_run: bool,
+}
+
+/// What a write changed, for the caller's reply.
+pub struct Written {
+    pub object: Object,
+    pub warnings: Vec<String>,
+}
+
+fn internal(what: &str) -> impl Fn(serde_json::Error) -> ApiError + '_ {
+    move |e| ApiError::Internal(format!("{what}: {e}"))
+}
+
+/// The object as stored: JSON without resourceVersion.
+fn stored_bytes(object: &Object) -> Result<Vec<u8>, ApiError> {
+    let mut value = serde_json::to_value(object).map_err(internal("encoding"))?;
+    if let Some(meta) = value["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&value).map_err(internal("encoding"))
+}
+
+fn stored_value(kv: &KeyValue) -> Result<Value, ApiError> {
+    serde_json::from_slice(&kv.value).map_err(internal("decoding a stored object"))
+}
+
+/// An object from JSON, with `resource_version` set.
+fn object_from(kind: Kind, value: Value, resource_version: Revision) -> Result<Object, ApiError> {
+    let mut object = kind
+        .deserialize(value)
+        .map_err(|e| ApiError::Invalid(format!("object: {e}")))?;
+    object.metadata_mut().resource_version = Some(resource_version.to_string());
+    Ok(object)
+}
+
+pub fn object_from_kv(kind: Kind, kv: &KeyValue) -> Result<Object, ApiError> {
+    object_from(kind, stored_value(kv)?, kv.mod_revision)
+}
+
+fn request(txn: Txn) -> Request {
+    Request {
+        id: RequestId::unique(),
+        command: Command::Txn(txn),
+    }
+}
+
+fn guard(key: &str, mod_revision: Revision) -> Compare {
+    Compare {
+        key: key.as_bytes().to_vec(),
+        op: CompareOp::Equal,
+        mod_revision,
+    }
+}
+
+fn name_of(object: &Object) -> Result<String, ApiError> {
+    match object.metadata().name.as_deref() {
+        Some(name) if !name.is_empty() => Ok(name.to_string()),
+        _ => Err(ApiError::Invalid(
+            "metadata.name: Required value: name or generateName is required".into(),
+        )),
+    }
+}
+
+fn key_of(object: &Object) -> Result<String, ApiError> {
+    Ok(object_key(
+        object.kind(),
+        object.metadata().namespace.as_deref(),
+        &name_of(object)?,
+    ))
+}
+
+fn not_found(kind: Kind, name: &str) -> ApiError {
+    ApiError::NotFound(format!("{} \"{name}\" not found", resource_name(kind)))
+}
+
+fn conflict(kind: Kind, name: &str, current: Revision, yours: Revision) -> ApiError {
+    ApiError::Conflict(format!(
+        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again (current resourceVersion {current}, yours {yours})",
+        resource_name(kind)
+    ))
+}
+
+/// Did the transaction's guards hold? A refusal is the client's fault.
+fn succeeded(outcome: &Outcome) -> Result<bool, ApiError> {
+    match outcome {
+        Outcome::Txn { succeeded, .. } => Ok(*succeeded),
+        Outcome::Rejected { reason } => Err(ApiError::Invalid(reason.clone())),
+        other => Err(ApiError::Internal(format!(
+            "unexpected store outcome {other:?}"
+        ))),
+    }
+}
+
+fn parse_revision(text: &str) -> Result<Option<Revision>, ApiError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        ApiError::Invalid(format!(
+            "metadata.resourceVersion: Invalid value: {text:?}: not a resource version"
+        ))
+    })
+}
+
+impl Registry {
+    pub fn new(store: StoreAccess) -> Self {
+        Self { store }
+    }
+
+    async fn current(&self, kind: Kind, key: &str, name: &str) -> Result<KeyValue, ApiError> {
+        self.store
+            .get(key)
+            .await?
+            .0
+            .ok_or_else(|| not_found(kind, name))
+    }
+
+    /// The namespace `object` goes in must exist and not be terminating;
+    /// returns its key and mod revision, to guard the write with.
+    async fn open_namespace(&self, object: &Object) -> Result<Option<Compare>, ApiError> {
+        let Some(namespace) = object
+            .metadata()
+            .namespace
+            .as_deref()
+            .filter(|_| object.kind().namespaced())
+        else {
+            return Ok(None);
+        };
+        let key = object_key(Kind::Namespace, None, namespace);
+        let (found, _) = self.store.get(&key).await?;
+        let kv = found
+            .ok_or_else(|| ApiError::NotFound(format!("namespaces \"{namespace}\" not found")))?;
+        let value = stored_value(&kv)?;
+        if !value["metadata"]["deletionTimestamp"].is_null()
+            || value["status"]["phase"] == "Terminating"
+        {
+            return Err(ApiError::Forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(Some(guard(&key, kv.mod_revision)))
+    }
+
+    pub async fn create(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        bytes: &[u8],
+        dry_run: bool,
+    ) -> Result<Written, ApiError> {
+        let (mut object, warnings) = admission::decode(kind, bytes)?;
+        admission::settle_namespace(&mut object, namespace)?;
+        admission::set_create_fields(&mut object)?;
+        admission::default_and_validate(&mut object)?;
+        let key = key_of(&object)?;
+        let name = name_of(&object)?;
+        for _ in 0..RETRIES {
+            let namespace_guard = self.open_namespace(&object).await?;
+            if dry_run {
+                return Ok(Written { object, warnings });
+            }
+            let mut compares = vec![guard(&key, 0)];
+            compares.extend(namespace_guard);
+            let txn = Txn {
+                compares,
+                success: vec![Op::Put {
+                    key: key.clone().into_bytes(),
+                    value: stored_bytes(&object)?,
+                    lease: None,
+                }],
+                failure: Vec::new(),
+            };
+            let response = self.store.write(&request(txn)).await?;
+            if succeeded(&response.outcome)? {
+                object.metadata_mut().resource_version = Some(response.revision.to_string());
+                return Ok(Written { object, warnings });
+            }
+            if self.store.get(&key).await?.0.is_some() {
+                return Err(ApiError::AlreadyExists(format!(
+                    "{} \"{name}\" already exists",
+                    resource_name(kind)
+                )));
+            }
+            // The namespace changed in between: check it again.
+        }
+        Err(ApiError::Unavailable(format!(
+            "creating {} \"{name}\": too many concurrent changes to its namespace",
+            resource_name(kind)
+        )))
+    }
+
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ApiError> {
+        let key = object_key(kind, Some(namespace).filter(|n| !n.is_empty()), name);
+        object_from_kv(kind, &self.current(kind, &key, name).await?)
+    }
+
+    /// One page of objects; returns them with the revision read at and the
+    /// continue token (empty when this is the last page).
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        filter: &Filter,
+        limit: usize,
+        continue_token: &str,
+    ) -> Result<(Vec<Object>, Revision, String), ApiError> {
+        let prefix = kind_prefix(kind, Some(namespace).filter(|n| !n.is_empty()));
+        let mut start = decode_continue(continue_token, &prefix)?;
+        let mut items = Vec::new();
+        let mut revision = None;
+        loop {
+            // Fetch more than asked: the filter may drop some.
+            let page_size = if limit == 0 { 0 } else { limit.max(100) };
+            let page = self
+                .store
+                .range(prefix.as_bytes(), start.clone(), page_size)
+                .await?;
+            let read_at = *revision.get_or_insert(page.revision);
+            for kv in &page.kvs {
+                let value = stored_value(kv)?;
+                if !filter.matches(&value) {
+                    continue;
+                }
+                items.push(object_from(kind, value, kv.mod_revision)?);
+                if limit > 0 && items.len() == limit {
+                    let last_of_page = page.kvs.last().map(|l| &l.key) == Some(&kv.key);
+                    let token = if page.more || !last_of_page {
+                        // The smallest key after this one.
+                        let mut next = kv.key.clone();
+                        next.push(0);
+                        encode_continue(&next)
+                    } else {
+                        String::new()
+                    };
+                    return Ok((items, read_at, token));
+                }
+            }
+            match page.next_key {
+                Some(next) if page.more => start = Some(next),
+                _ => return Ok((items, read_at, String::new())),
+            }
+        }
+    }
+}
+
+/// Continue tokens: the next key to read, hex-encoded.
+fn encode_continue(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ApiError::Invalid(format!("continue: invalid token {token:?}"));
+    if !token.len().is_multiple_of(2) {
+        return Err(invalid());
+    }
+    let key = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    if !key.starts_with(prefix.as_bytes()) {
+        return Err(invalid());
+    }
+    Ok(Some(key))
+}
+
+pub(super) use write::UpdateKind;
+
+mod write;

@@ -1,0 +1,347 @@
+//! The gRPC face of the API (`orch.api.v1.Api`): requests in, the registry
+//! does the work, objects out as JSON; errors as statuses (see
+//! `orch_core::api::ApiError`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_core::api::proto::api_server::{Api, ApiServer};
+use orch_core::api::proto::{
+    DeleteRequest, GetRequest, ListReply, ListRequest, ObjectReply, ObjectRequest, PatchRequest,
+    WatchEvent, WatchRequest,
+};
+use orch_core::api::{ApiError, kind_of_resource, kind_prefix};
+use orch_core::object::{Kind, Object};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::filter::Filter;
+use super::registry::{DeleteOptions, Registry, UpdateKind, Written, object_from_kv};
+use crate::store::types::{Event, EventKind, Revision};
+
+/// How often an idle watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
+pub struct ApiService {
+    registry: Arc<Registry>,
+}
+
+pub fn api_server(registry: Arc<Registry>) -> ApiServer<ApiService> {
+    ApiServer::new(ApiService { registry })
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn kind(resource: &str) -> Result<Kind, Status> {
+    kind_of_resource(resource).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "the server doesn't have a resource type {resource:?}"
+        ))
+        .to_status()
+    })
+}
+
+fn json(object: &Object) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(object).map_err(|e| Status::internal(format!("encoding: {e}")))
+}
+
+fn reply(written: Result<Written, ApiError>) -> Result<Response<ObjectReply>, Status> {
+    let written = written.map_err(|e| e.to_status())?;
+    Ok(Response::new(ObjectReply {
+        object: json(&written.object)?,
+        warnings: written.warnings,
+    }))
+}
+
+fn parse_revision(text: &str) -> Result<Option<Revision>, Status> {
+    match text {
+        "" | "0" => Ok(None),
+        text => text.parse().map(Some).map_err(|_| {
+            ApiError::Invalid(format!(
+                "resourceVersion: {text:?} is not a resource version"
+            ))
+            .to_status()
+        }),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+impl ApiService {
+    async fn replace(
+        &self,
+        request: ObjectRequest,
+        update: UpdateKind,
+    ) -> Result<Response<ObjectReply>, Status> {
+        let kind = kind(&request.resource)?;
+        reply(
+            self.registry
+                .update(
+                    kind,
+                    &request.namespace,
+                    &request.object,
+                    request.dry_run,
+                    update,
+                )
+                .await,
+        )
+    }
+
+    /// The object a get or delete returns.
+    fn object_reply(object: Result<Object, ApiError>) -> Result<Response<ObjectReply>, Status> {
+        let object = object.map_err(|e| e.to_status())?;
+        Ok(Response::new(ObjectReply {
+            object: json(&object)?,
+            warnings: Vec::new(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Api for ApiService {
+    type WatchStream = WatchStream;
+
+    async fn create(
+        &self,
+        request: Request<ObjectRequest>,
+    ) -> Result<Response<ObjectReply>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.resource)?;
+        reply(
+            self.registry
+                .create(kind, &request.namespace, &request.object, request.dry_run)
+                .await,
+        )
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<ObjectReply>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.resource)?;
+        Self::object_reply(
+            self.registry
+                .get(kind, &request.namespace, &request.name)
+                .await,
+        )
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.resource)?;
+        let filter = Filter::parse(&request.label_selector, &request.field_selector)
+            .map_err(|e| e.to_status())?;
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let (items, revision, continue_token) = self
+            .registry
+            .list(
+                kind,
+                &request.namespace,
+                &filter,
+                limit,
+                &request.continue_token,
+            )
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ListReply {
+            items: items.iter().map(json).collect::<Result<_, _>>()?,
+            resource_version: revision.to_string(),
+            continue_token,
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<ObjectRequest>,
+    ) -> Result<Response<ObjectReply>, Status> {
+        self.replace(request.into_inner(), UpdateKind::Object).await
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<ObjectRequest>,
+    ) -> Result<Response<ObjectReply>, Status> {
+        self.replace(request.into_inner(), UpdateKind::Status).await
+    }
+
+    async fn patch(&self, request: Request<PatchRequest>) -> Result<Response<ObjectReply>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.resource)?;
+        let update = if request.status {
+            UpdateKind::Status
+        } else {
+            UpdateKind::Object
+        };
+        reply(
+            self.registry
+                .patch(
+                    kind,
+                    &request.namespace,
+                    &request.name,
+                    &request.merge_patch,
+                    request.dry_run,
+                    update,
+                )
+                .await,
+        )
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<ObjectReply>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.resource)?;
+        let options = DeleteOptions {
+            resource_version: parse_revision(&request.resource_version)?,
+            grace_period_seconds: request.grace_period_seconds.filter(|s| *s >= 0),
+            propagation_policy: request.propagation_policy,
+            dry_run: request.dry_run,
+        };
+        Self::object_reply(
+            self.registry
+                .delete(kind, &request.namespace, &request.name, &options)
+                .await,
+        )
+    }
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.resource)?;
+        let filter = Filter::parse(&request.label_selector, &request.field_selector)
+            .map_err(|e| e.to_status())?;
+        let namespace = Some(request.namespace.as_str()).filter(|n| !n.is_empty());
+        // No revision: the current objects first, as ADDED, then changes
+        // after the revision they were listed at.
+        let (initial, from) = match parse_revision(&request.resource_version)? {
+            Some(revision) => (Vec::new(), revision),
+            None => {
+                let (items, revision, _) = self
+                    .registry
+                    .list(kind, &request.namespace, &filter, 0, "")
+                    .await
+                    .map_err(|e| e.to_status())?;
+                (items, revision)
+            }
+        };
+        let prefix = kind_prefix(kind, namespace);
+        let mut watcher = self
+            .registry
+            .store
+            .watch(prefix.as_bytes(), from + 1)
+            .map_err(|e| e.to_status())?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, Status>>(64);
+        let bookmarks = request.allow_bookmarks;
+        tokio::spawn(async move {
+            for object in &initial {
+                let event = json(object).map(|object| WatchEvent {
+                    r#type: "ADDED".into(),
+                    object,
+                });
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let batch = if bookmarks {
+                    match tokio::time::timeout(BOOKMARK_EVERY, watcher.next_batch()).await {
+                        Ok(batch) => batch,
+                        Err(_) => {
+                            let bookmark = serde_json::json!({
+                                "kind": kind.name(),
+                                "apiVersion": kind.api_version(),
+                                "metadata": {"resourceVersion": watcher.position().to_string()},
+                            });
+                            let event = WatchEvent {
+                                r#type: "BOOKMARK".into(),
+                                object: bookmark.to_string().into_bytes(),
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    watcher.next_batch().await
+                };
+                let events = match batch {
+                    Ok(events) if events.is_empty() => return, // replica stopping
+                    Ok(events) => events,
+                    Err(crate::store::StoreError::Compacted {
+                        requested,
+                        compacted,
+                    }) => {
+                        let gone = ApiError::Gone(format!(
+                            "too old resource version: {} ({compacted})",
+                            requested.saturating_sub(1)
+                        ));
+                        let _ = tx.send(Err(gone.to_status())).await;
+                        return;
+                    }
+                    Err(other) => {
+                        let _ = tx.send(Err(Status::internal(other.to_string()))).await;
+                        return;
+                    }
+                };
+                for event in &events {
+                    match watch_event(kind, &filter, event) {
+                        Ok(None) => {}
+                        Ok(Some(event)) => {
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// A store event as the watcher of `kind` under `filter` sees it: an
+/// object entering the selection is ADDED, leaving it DELETED.
+fn watch_event(kind: Kind, filter: &Filter, event: &Event) -> Result<Option<WatchEvent>, Status> {
+    let value = |kv: &crate::store::types::KeyValue| -> Result<serde_json::Value, Status> {
+        serde_json::from_slice(&kv.value).map_err(|e| Status::internal(e.to_string()))
+    };
+    let before = match &event.prev_kv {
+        Some(prev) => Some(value(prev)?),
+        None => None,
+    };
+    let was = before.as_ref().is_some_and(|v| filter.matches(v));
+    let (event_type, kv) = match event.kind {
+        EventKind::Delete => {
+            let Some(prev) = &event.prev_kv else {
+                return Ok(None);
+            };
+            if !was {
+                return Ok(None);
+            }
+            // The last state, at the revision that deleted it.
+            let mut last = prev.clone();
+            last.mod_revision = event.kv.mod_revision;
+            ("DELETED", last)
+        }
+        EventKind::Put => {
+            let is = filter.matches(&value(&event.kv)?);
+            match (was, is) {
+                (false, true) => ("ADDED", event.kv.clone()),
+                (true, true) => ("MODIFIED", event.kv.clone()),
+                (true, false) => ("DELETED", event.kv.clone()),
+                (false, false) => return Ok(None),
+            }
+        }
+    };
+    let object = object_from_kv(kind, &kv).map_err(|e| e.to_status())?;
+    Ok(Some(WatchEvent {
+        r#type: event_type.into(),
+        object: json(&object)?,
+    }))
+}

@@ -1,0 +1,155 @@
+//! orchctl against a real orch-control: apply (created, unchanged,
+//! configured), get tables and outputs, delete, and errors with exit codes.
+
+mod common;
+
+use std::process::{Command, Output};
+
+const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+
+fn orchctl(server: &str, args: &[&str]) -> Output {
+    Command::new(ORCHCTL)
+        .args(args)
+        .env("ORCH_SERVER", server)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run orchctl")
+}
+
+fn ok(server: &str, args: &[&str]) -> String {
+    let output = orchctl(server, args);
+    assert!(
+        output.status.success(),
+        "orchctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const APP: &str = "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: busybox}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchctl_applies_gets_and_deletes_like_kubectl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    replica.start(&["--init"]);
+    let server = replica.addr.clone();
+    let file = dir.path().join("app.yaml");
+    std::fs::write(&file, APP).expect("write manifest");
+    let file = file.to_string_lossy().into_owned();
+
+    // The system namespaces appear right after start.
+    for _ in 0..100 {
+        if orchctl(&server, &["get", "ns", "default"]).status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    assert_eq!(
+        ok(&server, &["apply", "-f", &file]),
+        "deployment.apps/web created\nservice/web created\n"
+    );
+    assert_eq!(
+        ok(&server, &["apply", "-f", &file]),
+        "deployment.apps/web unchanged\nservice/web unchanged\n"
+    );
+    std::fs::write(&file, APP.replace("replicas: 2", "replicas: 3")).expect("edit");
+    assert_eq!(
+        ok(&server, &["apply", "-f", &file]),
+        "deployment.apps/web configured\nservice/web unchanged\n"
+    );
+    assert_eq!(
+        ok(&server, &["apply", "-f", &file, "--dry-run=server"]),
+        "deployment.apps/web unchanged (server dry run)\nservice/web unchanged (server dry run)\n"
+    );
+
+    let table = ok(&server, &["get", "deploy"]);
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next(),
+        Some("NAME   READY   UP-TO-DATE   AVAILABLE   AGE"),
+        "{table}"
+    );
+    let row = lines.next().expect("a row");
+    assert!(
+        row.starts_with("web    0/3     0            0           "),
+        "{row:?}"
+    );
+    let services = ok(&server, &["get", "svc", "-o", "wide"]);
+    assert!(
+        services.starts_with("NAME   TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   AGE\n"),
+        "{services}"
+    );
+    assert!(
+        services.contains("web    ClusterIP   <none>       <none>        80/TCP    "),
+        "{services}"
+    );
+    assert_eq!(
+        ok(&server, &["get", "deploy,svc", "-o", "name"]),
+        "deployment.apps/web\nservice/web\n"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &["get", "deployments", "-l", "app=web", "-o", "name"]
+        ),
+        "deployment.apps/web\n"
+    );
+    let namespaces = ok(&server, &["get", "ns"]);
+    for ns in ["default", "kube-node-lease", "kube-system"] {
+        assert!(namespaces.contains(&format!("{ns} ")), "{namespaces}");
+    }
+    let yaml = ok(&server, &["get", "deploy", "web", "-o", "yaml"]);
+    assert!(
+        yaml.contains("replicas: 3") && yaml.contains("uid: "),
+        "{yaml}"
+    );
+
+    // Errors: to stderr, naming the object and reason, non-zero exit.
+    let missing = orchctl(&server, &["get", "deploy", "nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("deployments.apps \"nope\" not found"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let unknown = orchctl(&server, &["get", "widgets"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("resource type \"widgets\""));
+    let conflict = orchctl(&server, &["create", "-f", &file]);
+    assert!(!conflict.status.success());
+    assert!(
+        String::from_utf8_lossy(&conflict.stderr)
+            .contains("Error from server (AlreadyExists): deployment.apps/web deployments.apps \"web\" already exists"),
+        "{}",
+        String::from_utf8_lossy(&conflict.stderr)
+    );
+
+    assert_eq!(
+        ok(&server, &["delete", "-f", &file]),
+        "deployment.apps \"web\" deleted\nservice \"web\" deleted\n"
+    );
+    let empty = orchctl(&server, &["get", "deploy"]);
+    assert!(empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("No resources found in default namespace.")
+    );
+}

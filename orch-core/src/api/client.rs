@@ -1,0 +1,373 @@
+//! The typed API client: objects in, objects out, over every control-plane
+//! replica. A replica that cannot be reached (down, restarting) is skipped
+//! for the next one, so callers see a failover as, at most, a retry.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::ApiError;
+use super::proto;
+use super::proto::api_client::ApiClient as GrpcClient;
+use crate::object::{Kind, Object};
+
+/// How a list or watch narrows what it returns.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub label_selector: String,
+    pub field_selector: String,
+    pub limit: u64,
+    pub continue_token: String,
+}
+
+/// One page of a list.
+#[derive(Clone, Debug)]
+pub struct ObjectList {
+    pub items: Vec<Object>,
+    pub resource_version: String,
+    pub continue_token: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchEventType {
+    Added,
+    Modified,
+    Deleted,
+    Bookmark,
+}
+
+/// One change seen by a watch. For a bookmark, `resource_version` is the
+/// point reached and `object` is None.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub event_type: WatchEventType,
+    pub object: Option<Object>,
+    pub resource_version: String,
+}
+
+#[derive(Clone, Copy)]
+enum ObjectWrite {
+    Create,
+    Update,
+    UpdateStatus,
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    replicas: Vec<(String, GrpcClient<Channel>)>,
+    preferred: usize,
+    timeout: Duration,
+}
+
+fn decode(kind: Kind, bytes: &[u8]) -> Result<Object, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    kind.deserialize(&mut deserializer)
+        .map_err(|e| ApiError::Internal(format!("decoding a {kind} from the server: {e}")))
+}
+
+fn encode(object: &Object) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(object).map_err(|e| ApiError::Internal(format!("encoding: {e}")))
+}
+
+fn namespace_of(object: &Object) -> String {
+    object.metadata().namespace.clone().unwrap_or_default()
+}
+
+impl ApiClient {
+    /// A client of the replicas at `addrs` (`host:port`), giving up on a
+    /// call after `timeout`.
+    pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, ApiError> {
+        if addrs.is_empty() {
+            return Err(ApiError::Invalid("no server address given".into()));
+        }
+        let replicas = addrs
+            .iter()
+            .map(|addr| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .map(|endpoint| {
+                        let channel = endpoint
+                            .connect_timeout(Duration::from_millis(500))
+                            .connect_lazy();
+                        let client = GrpcClient::new(channel)
+                            .max_decoding_message_size(64 << 20)
+                            .max_encoding_message_size(64 << 20);
+                        (addr.clone(), client)
+                    })
+                    .map_err(|e| ApiError::Invalid(format!("server address {addr:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            replicas,
+            preferred: 0,
+            timeout,
+        })
+    }
+
+    /// Sends `call` to the preferred replica, then the others while they
+    /// are unreachable, until one answers or the timeout passes.
+    async fn call<T, F, Fut>(&mut self, call: F) -> Result<T, ApiError>
+    where
+        F: Fn(GrpcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0usize;
+        loop {
+            let index = (self.preferred + attempt) % self.replicas.len();
+            let (addr, client) = &self.replicas[index];
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(remaining, call(client.clone())).await {
+                Ok(Ok(reply)) => {
+                    self.preferred = index;
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) if status.code() != tonic::Code::Unavailable => {
+                    return Err(ApiError::from_status(&status));
+                }
+                Ok(Err(status)) => format!("{addr}: {}", status.message()),
+                Err(_) => format!("{addr}: timed out"),
+            };
+            attempt += 1;
+            if Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "no API server answered within {:?}; last: {error}",
+                    self.timeout
+                )));
+            }
+            if attempt.is_multiple_of(self.replicas.len()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn object_call<F, Fut>(&mut self, kind: Kind, call: F) -> Result<Object, ApiError>
+    where
+        F: Fn(GrpcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<proto::ObjectReply>, tonic::Status>>,
+    {
+        let reply = self.call(call).await?;
+        decode(kind, &reply.object)
+    }
+
+    /// Sends a whole object: a create, an update or a status update.
+    async fn write_object(
+        &mut self,
+        write: ObjectWrite,
+        object: &Object,
+        dry_run: bool,
+    ) -> Result<Object, ApiError> {
+        let request = proto::ObjectRequest {
+            resource: object.kind().plural().into(),
+            namespace: namespace_of(object),
+            object: encode(object)?,
+            dry_run,
+        };
+        self.object_call(object.kind(), |mut c| {
+            let request = request.clone();
+            async move {
+                match write {
+                    ObjectWrite::Create => c.create(request).await,
+                    ObjectWrite::Update => c.update(request).await,
+                    ObjectWrite::UpdateStatus => c.update_status(request).await,
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn create(&mut self, object: &Object, dry_run: bool) -> Result<Object, ApiError> {
+        self.write_object(ObjectWrite::Create, object, dry_run)
+            .await
+    }
+
+    pub async fn get(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Object, ApiError> {
+        let request = proto::GetRequest {
+            resource: kind.plural().into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: name.into(),
+        };
+        self.object_call(kind, |mut c| {
+            let request = request.clone();
+            async move { c.get(request).await }
+        })
+        .await
+    }
+
+    pub async fn list(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<ObjectList, ApiError> {
+        let request = proto::ListRequest {
+            resource: kind.plural().into(),
+            namespace: namespace.unwrap_or_default().into(),
+            label_selector: options.label_selector.clone(),
+            field_selector: options.field_selector.clone(),
+            limit: options.limit,
+            continue_token: options.continue_token.clone(),
+        };
+        let reply = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.list(request).await }
+            })
+            .await?;
+        Ok(ObjectList {
+            items: reply
+                .items
+                .iter()
+                .map(|item| decode(kind, item))
+                .collect::<Result<_, _>>()?,
+            resource_version: reply.resource_version,
+            continue_token: reply.continue_token,
+        })
+    }
+
+    /// Replaces the object (its status is kept); with
+    /// `metadata.resourceVersion` set, only if it is still the current one.
+    pub async fn update(&mut self, object: &Object, dry_run: bool) -> Result<Object, ApiError> {
+        self.write_object(ObjectWrite::Update, object, dry_run)
+            .await
+    }
+
+    /// Replaces the status only (what agents and controllers write).
+    pub async fn update_status(&mut self, object: &Object) -> Result<Object, ApiError> {
+        self.write_object(ObjectWrite::UpdateStatus, object, false)
+            .await
+    }
+
+    /// Applies a JSON merge patch (RFC 7386) to the object or its status.
+    pub async fn patch(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        merge_patch: &serde_json::Value,
+        status: bool,
+    ) -> Result<Object, ApiError> {
+        let request = proto::PatchRequest {
+            resource: kind.plural().into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: name.into(),
+            merge_patch: serde_json::to_vec(merge_patch)
+                .map_err(|e| ApiError::Internal(format!("encoding the patch: {e}")))?,
+            dry_run: false,
+            status,
+        };
+        self.object_call(kind, |mut c| {
+            let request = request.clone();
+            async move { c.patch(request).await }
+        })
+        .await
+    }
+
+    /// Deletes an object; returns its last state (with a deletionTimestamp
+    /// when finalizers keep it around a while longer).
+    pub async fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        options: &proto::DeleteRequest,
+    ) -> Result<Object, ApiError> {
+        let request = proto::DeleteRequest {
+            resource: kind.plural().into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: name.into(),
+            ..options.clone()
+        };
+        self.object_call(kind, |mut c| {
+            let request = request.clone();
+            async move { c.delete(request).await }
+        })
+        .await
+    }
+
+    /// Watches `kind` from `resource_version` (empty: current objects as
+    /// ADDED first). The stream ends with `ApiError::Gone` when the
+    /// revision has been compacted: relist and watch again.
+    pub async fn watch(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        options: &ListOptions,
+        resource_version: &str,
+        allow_bookmarks: bool,
+    ) -> Result<WatchStream, ApiError> {
+        let request = proto::WatchRequest {
+            resource: kind.plural().into(),
+            namespace: namespace.unwrap_or_default().into(),
+            label_selector: options.label_selector.clone(),
+            field_selector: options.field_selector.clone(),
+            resource_version: resource_version.into(),
+            allow_bookmarks,
+        };
+        let inner = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.watch(request).await }
+            })
+            .await?;
+        Ok(WatchStream { kind, inner })
+    }
+}
+
+/// The events of one watch, in revision order.
+pub struct WatchStream {
+    kind: Kind,
+    inner: tonic::Streaming<proto::WatchEvent>,
+}
+
+impl WatchStream {
+    /// The next event; None when the server ended the watch.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ApiError> {
+        let Some(event) = self
+            .inner
+            .message()
+            .await
+            .map_err(|s| ApiError::from_status(&s))?
+        else {
+            return Ok(None);
+        };
+        let event_type = match event.r#type.as_str() {
+            "ADDED" => WatchEventType::Added,
+            "MODIFIED" => WatchEventType::Modified,
+            "DELETED" => WatchEventType::Deleted,
+            "BOOKMARK" => {
+                let value: serde_json::Value = serde_json::from_slice(&event.object)
+                    .map_err(|e| ApiError::Internal(format!("decoding a bookmark: {e}")))?;
+                let resource_version = value["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                return Ok(Some(WatchEvent {
+                    event_type: WatchEventType::Bookmark,
+                    object: None,
+                    resource_version,
+                }));
+            }
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "unknown watch event type {other:?}"
+                )));
+            }
+        };
+        let object = decode(self.kind, &event.object)?;
+        let resource_version = object
+            .metadata()
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        Ok(Some(WatchEvent {
+            event_type,
+            object: Some(object),
+            resource_version,
+        }))
+    }
+}

@@ -471,3 +471,47 @@ async fn a_watch_from_compacted_history_is_gone() {
     }
     panic!("a watch from compacted history was never refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_is_visible_at_once_through_every_replica() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let mut clients: Vec<ApiClient> = addrs
+        .iter()
+        .map(|addr| ApiClient::new(std::slice::from_ref(addr), Duration::from_secs(20)).expect("c"))
+        .collect();
+    wait_for_default(&mut clients[0]).await;
+    // Written through one replica, read at once through the next: the
+    // follower's read index makes it wait for the write, never miss it.
+    for i in 0..30 {
+        let writer = i % 3;
+        let reader = (i + 1) % 3;
+        let cm = object(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: seen-{i}, namespace: default}}\ndata: {{n: \"{i}\"}}\n"
+        ));
+        let created = clients[writer].create(&cm, false).await.expect("create");
+        let read = clients[reader]
+            .get(Kind::ConfigMap, Some("default"), &format!("seen-{i}"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "write {i} through {} not visible through {}: {e}",
+                    addrs[writer], addrs[reader]
+                )
+            });
+        assert_eq!(
+            read.metadata().resource_version,
+            created.metadata().resource_version
+        );
+        let listed = clients[reader]
+            .list(Kind::ConfigMap, Some("default"), &ListOptions::default())
+            .await
+            .expect("list");
+        assert_eq!(
+            listed.items.len(),
+            i + 1,
+            "list through {} is stale",
+            addrs[reader]
+        );
+    }
+}

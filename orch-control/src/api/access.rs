@@ -1,6 +1,7 @@
 //! How the API server reaches the store: every replica serves the API;
-//! writes and linearizable reads go to the Raft leader (this replica when it
-//! leads), watches are served from this replica's own copy.
+//! writes go to the Raft leader (this replica when it leads); reads and
+//! watches are served from this replica's own copy, reads after a read
+//! index check so they are linearizable on followers too.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,6 @@ use orch_core::api::ApiError;
 
 use crate::store::raft::client::{ClientError, StoreClient};
 use crate::store::raft::node::{RaftNode, WriteError};
-use crate::store::raft::service::RangeQuery;
 use crate::store::types::{KeyValue, RangeResult, Request, Response, Revision};
 use crate::store::watch::Watcher;
 
@@ -75,20 +75,25 @@ impl StoreAccess {
         self.client()?.write(request).await.map_err(store_error)
     }
 
-    /// A linearizable page of keys under `prefix`.
+    /// A linearizable page of keys under `prefix`, read from this
+    /// replica's own state once it has applied everything committed before
+    /// the call (the read index, from the leader when this is a follower).
     pub async fn range(
         &self,
         prefix: &[u8],
         start: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<RangeResult, ApiError> {
-        let query = RangeQuery {
-            prefix: prefix.to_vec(),
-            start,
-            limit,
-            linearizable: true,
-        };
-        self.client()?.range(&query).await.map_err(store_error)
+        self.node
+            .read_barrier()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the store: {e}")))?;
+        let store = self.node.store();
+        let prefix = prefix.to_vec();
+        tokio::task::spawn_blocking(move || store.range(&prefix, start.as_deref(), limit))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// One key, linearizably; with the store revision read at.

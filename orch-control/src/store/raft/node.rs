@@ -77,11 +77,17 @@ impl Default for NodeOptions {
     }
 }
 
+type StoreGrpc = super::transport::proto::store_client::StoreClient<tonic::transport::Channel>;
+
 type Pending = (Request, oneshot::Sender<Result<Response, WriteError>>);
 
 /// A running replica.
 pub struct RaftNode {
     pub id: NodeId,
+    /// Store clients of other replicas (the leader's, for read indexes),
+    /// by address.
+    peers: std::sync::Mutex<std::collections::HashMap<String, StoreGrpc>>,
+    write_timeout: Duration,
     /// The cluster this replica belongs to (its data directory's identity).
     pub cluster: ClusterId,
     pub raft: Raft<TypeConfig>,
@@ -136,6 +142,8 @@ impl RaftNode {
         ));
         Ok(Self {
             id,
+            peers: Default::default(),
+            write_timeout: options.write_timeout,
             cluster: identity.cluster,
             raft,
             store,
@@ -166,6 +174,92 @@ impl RaftNode {
             .keep_alive(lease, &self.store)
             .map(|ttl| ttl.as_secs() as i64)
             .ok_or_else(|| WriteError::Rejected(format!("lease {lease} not found")))
+    }
+
+    /// The leader, when this replica knows it: (id, address).
+    fn leader(&self) -> Option<(NodeId, BasicNode)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .clone();
+        Some((id, node))
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the log
+    /// index a linearizable read must see applied.
+    pub async fn read_index(&self) -> Result<Option<u64>, WriteError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|log_id| log_id.index)),
+            Err(error) => match error.forward_to_leader() {
+                Some(forward) => Err(WriteError::NotLeader {
+                    leader: forward.leader_id.zip(forward.leader_node.clone()),
+                }),
+                None => Err(WriteError::NoQuorum(self.write_timeout)),
+            },
+        }
+    }
+
+    /// Returns once this replica may serve a linearizable read from its own
+    /// state: it has applied everything committed before the call (the
+    /// leader's read index, fetched from the leader on a follower).
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        let index = match self.read_index().await {
+            Ok(index) => index,
+            Err(WriteError::NotLeader { .. }) => self.leader_read_index().await?,
+            Err(other) => return Err(other),
+        };
+        self.raft
+            .wait(Some(self.write_timeout))
+            .applied_index_at_least(index, "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => {
+                    WriteError::NoQuorum(self.write_timeout)
+                }
+                openraft::metrics::WaitError::ShuttingDown => {
+                    WriteError::Stopped("shutting down".into())
+                }
+            })
+    }
+
+    async fn leader_read_index(&self) -> Result<Option<u64>, WriteError> {
+        let (_, leader) = self
+            .leader()
+            .ok_or(WriteError::NotLeader { leader: None })?;
+        let mut client = {
+            let mut peers = match self.peers.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match peers.get(&leader.addr) {
+                Some(client) => client.clone(),
+                None => {
+                    let endpoint =
+                        tonic::transport::Endpoint::from_shared(format!("http://{}", leader.addr))
+                            .map_err(|e| WriteError::Stopped(format!("leader address: {e}")))?;
+                    let client = StoreGrpc::new(endpoint.connect_lazy());
+                    peers.insert(leader.addr.clone(), client.clone());
+                    client
+                }
+            }
+        };
+        let data = postcard::to_stdvec(&()).map_err(|e| WriteError::Stopped(e.to_string()))?;
+        let ask = client.read_index(super::transport::proto::RaftMessage { data });
+        let reply = tokio::time::timeout(self.write_timeout, ask)
+            .await
+            .map_err(|_| WriteError::NoQuorum(self.write_timeout))?
+            .map_err(|status| {
+                WriteError::Stopped(format!(
+                    "asking the leader for a read index: {}",
+                    status.message()
+                ))
+            })?;
+        postcard::from_bytes::<Result<Option<u64>, WriteError>>(&reply.into_inner().data)
+            .map_err(|e| WriteError::Stopped(format!("decoding a read index: {e}")))?
     }
 
     /// Watches `prefix` from revision `start` (0: from now).

@@ -317,6 +317,14 @@ impl Store for StoreService {
         Ok(Response::new(encode(&reply)?))
     }
 
+    async fn read_index(
+        &self,
+        _request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let reply: Result<Option<u64>, WriteError> = self.node.read_index().await;
+        Ok(Response::new(encode(&reply)?))
+    }
+
     async fn write(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let store_request: StoreRequest = decode(request.get_ref())?;
         let reply: WriteReply = self.node.write(store_request).await;
@@ -327,14 +335,9 @@ impl Store for StoreService {
         let query: RangeQuery = decode(request.get_ref())?;
         let reply: RangeReply = async {
             if query.linearizable {
-                self.node.raft.ensure_linearizable().await.map_err(|e| {
-                    match e.forward_to_leader() {
-                        Some(forward) => WriteError::NotLeader {
-                            leader: forward.leader_id.zip(forward.leader_node.clone()),
-                        },
-                        None => WriteError::Stopped(e.to_string()),
-                    }
-                })?;
+                // Served here, leader or follower, once this replica has
+                // applied everything committed before the read.
+                self.node.read_barrier().await?;
             }
             self.node
                 .store()

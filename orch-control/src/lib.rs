@@ -3,4 +3,5 @@
 //! controllers follow.
 
 pub mod api;
+pub mod pki;
 pub mod store;

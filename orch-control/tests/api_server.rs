@@ -33,7 +33,8 @@ async fn single() -> (tempfile::TempDir, common::Replica, ApiClient) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
     replica.start(&["--init"]);
-    let client = ApiClient::new(&[replica.addr.clone()], Duration::from_secs(20)).expect("client");
+    let config = replica.api_config(&[replica.api_addr.clone()]);
+    let client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
     (dir, replica, client)
 }
 
@@ -336,8 +337,10 @@ async fn status_is_a_subresource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watches_deliver_every_change_in_order_and_refuse_compacted_history() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (replicas, addrs) = common::cluster(dir.path(), 3).await;
-    let mut client = ApiClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let (replicas, _) = common::cluster(dir.path(), 3).await;
+    let addrs: Vec<String> = replicas.iter().map(|r| r.api_addr.clone()).collect();
+    let config = |servers: &[String]| replicas[0].api_config(servers);
+    let mut client = ApiClient::new(&config(&addrs), Duration::from_secs(20)).expect("client");
     wait_for_default(&mut client).await;
     let start = client
         .list(Kind::ConfigMap, Some("default"), &ListOptions::default())
@@ -352,8 +355,8 @@ async fn watches_deliver_every_change_in_order_and_refuse_compacted_history() {
     };
     let mut watches = Vec::new();
     for addr in &addrs {
-        let mut own =
-            ApiClient::new(std::slice::from_ref(addr), Duration::from_secs(20)).expect("c");
+        let mut own = ApiClient::new(&config(std::slice::from_ref(addr)), Duration::from_secs(20))
+            .expect("c");
         watches.push(
             own.watch(Kind::ConfigMap, Some("default"), &selected, &start, false)
                 .await
@@ -363,8 +366,8 @@ async fn watches_deliver_every_change_in_order_and_refuse_compacted_history() {
     // Concurrent writers, through different replicas.
     let mut writers = Vec::new();
     for (w, addr) in addrs.iter().enumerate() {
-        let mut own =
-            ApiClient::new(std::slice::from_ref(addr), Duration::from_secs(20)).expect("c");
+        let mut own = ApiClient::new(&config(std::slice::from_ref(addr)), Duration::from_secs(20))
+            .expect("c");
         writers.push(tokio::spawn(async move {
             for i in 0..10 {
                 let app = if i % 2 == 0 { "web" } else { "db" };
@@ -437,7 +440,8 @@ async fn a_watch_from_compacted_history_is_gone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
     replica.start(&["--init", "--compaction-retention", "10"]);
-    let mut client = ApiClient::new(&[replica.addr.clone()], Duration::from_secs(20)).expect("c");
+    let config = replica.api_config(&[replica.api_addr.clone()]);
+    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("c");
     wait_for_default(&mut client).await;
     for i in 0..40 {
         let cm = object(&format!(
@@ -475,10 +479,14 @@ async fn a_watch_from_compacted_history_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_is_visible_at_once_through_every_replica() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let (replicas, _) = common::cluster(dir.path(), 3).await;
+    let addrs: Vec<String> = replicas.iter().map(|r| r.api_addr.clone()).collect();
     let mut clients: Vec<ApiClient> = addrs
         .iter()
-        .map(|addr| ApiClient::new(std::slice::from_ref(addr), Duration::from_secs(20)).expect("c"))
+        .map(|addr| {
+            let config = replicas[0].api_config(std::slice::from_ref(addr));
+            ApiClient::new(&config, Duration::from_secs(20)).expect("c")
+        })
         .collect();
     wait_for_default(&mut clients[0]).await;
     // Written through one replica, read at once through the next: the

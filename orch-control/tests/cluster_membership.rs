@@ -212,6 +212,7 @@ async fn data_dirs_never_cross_clusters() {
     let mut a1 = Replica::new(1, dir.path().join("a-1"));
     a1.start(&["--init"]);
     let mut a2 = Replica::new(2, dir.path().join("a-2"));
+    a2.copy_ca_from(&a1);
     a2.start(&["--join", &a1.addr]);
     let a_addrs = vec![a1.addr.clone(), a2.addr.clone()];
     let mut client = StoreClient::new(&a_addrs, Duration::from_secs(20)).expect("client");
@@ -270,7 +271,10 @@ async fn data_dirs_never_cross_clusters() {
 
     // A new replica that means to join B, pointed at A: refused, nothing
     // written.
-    let fresh = dir.path().join("fresh");
+    let fresh = Replica::new(3, dir.path().join("fresh"));
+    fresh.copy_ca_from(&a1);
+    let fresh_files = common::dir_contents(&fresh.dir);
+    let fresh = fresh.dir.clone();
     let error = common::refused(&[
         "--data-dir",
         &fresh.to_string_lossy(),
@@ -290,7 +294,7 @@ async fn data_dirs_never_cross_clusters() {
         )),
         "{error}"
     );
-    assert!(common::dir_contents(&fresh).is_empty(), "files written");
+    assert_eq!(common::dir_contents(&fresh), fresh_files, "files written");
 
     // B's replica started where A's second replica was: A keeps sending it
     // Raft traffic, B refuses every RPC, and neither cluster's data moves.

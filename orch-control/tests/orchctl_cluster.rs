@@ -7,10 +7,11 @@ use std::process::{Command, Output};
 
 const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
 
-fn orchctl(server: &str, args: &[&str]) -> Output {
+/// orchctl with the admin client config `config`.
+fn orchctl(config: &str, args: &[&str]) -> Output {
     Command::new(ORCHCTL)
         .args(args)
-        .env("ORCH_SERVER", server)
+        .env("ORCH_CONFIG", config)
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("run orchctl")
@@ -50,7 +51,8 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
     replica.start(&["--init"]);
-    let server = replica.addr.clone();
+    let admin = replica.dir.join("pki").join("admin.conf");
+    let server = admin.to_string_lossy().into_owned();
     let file = dir.path().join("app.yaml");
     std::fs::write(&file, APP).expect("write manifest");
     let file = file.to_string_lossy().into_owned();

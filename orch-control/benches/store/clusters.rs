@@ -78,6 +78,17 @@ impl OrchCluster {
         cluster.spawn(0, &["--init"])?;
         let seed = cluster.addrs[0].clone();
         for index in 1..replicas {
+            // A joining replica brings the cluster CA, copied by hand.
+            let from = cluster.root.path().join("replica-1").join("pki");
+            let to = cluster
+                .root
+                .path()
+                .join(format!("replica-{}", index + 1))
+                .join("pki");
+            std::fs::create_dir_all(&to)?;
+            for file in ["ca.crt", "ca.key"] {
+                std::fs::copy(from.join(file), to.join(file))?;
+            }
             cluster.spawn(index, &["--join", &seed])?;
         }
         cluster.settle().await?;
@@ -91,6 +102,7 @@ impl OrchCluster {
             .args(["--data-dir", &dir.to_string_lossy()])
             .args(["--node-id", &(index + 1).to_string()])
             .args(["--listen", &self.addrs[index]])
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout-ms", &ELECTION_MS.to_string()])
             .args(extra)

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod auth;
 pub mod filter;
 pub mod registry;
 pub mod service;

@@ -1,6 +1,6 @@
 //! `orch-control`: a control-plane replica: the replicated store (Raft over
-//! gRPC, redb on disk) and the API server, on one listen address; the
-//! scheduler and controllers join it in later work.
+//! gRPC, redb on disk) on `--listen`, and the API server (TLS) on
+//! `--api-listen`; the scheduler and controllers join it in later work.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,9 +12,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use openraft::{BasicNode, Config};
 use orch_control::api::access::StoreAccess;
+use orch_control::api::auth::{Authenticator, load_token_file};
 use orch_control::api::ensure_system_namespaces;
 use orch_control::api::registry::Registry;
 use orch_control::api::service::api_server;
+use orch_control::pki::{ADMIN_CONFIG, Pki, PkiError};
 use orch_control::store::identity::{ClusterId, Identity};
 use orch_control::store::raft::client::replica_status;
 use orch_control::store::raft::node::{NodeOptions, RaftNode};
@@ -22,6 +24,7 @@ use orch_control::store::raft::service::{membership_server, store_server};
 use orch_control::store::raft::transport::TransportService;
 use orch_control::store::raft::transport::proto::JoinRequest;
 use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +65,14 @@ struct RunArgs {
     /// peers); port 0 picks a free port, printed on stdout.
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
+    /// Address to serve the API on (TLS), for orchctl, agents, controllers;
+    /// port 0 picks a free port, printed on stdout after the listen address.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api_listen: SocketAddr,
+    /// Bearer tokens the API accepts, Kubernetes' static token file format
+    /// (`token,user[,uid[,groups]]` a line).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Bootstrap a new cluster of this one replica.
     #[arg(long, conflicts_with = "join")]
     init: bool,
@@ -151,7 +162,23 @@ async fn run(cli: RunArgs) -> Result<()> {
         election_timeout_max: cli.election_timeout_ms * 2,
         ..Config::default()
     };
+    let pki = Pki::new(&data_dir);
+    // A joining replica brings the cluster CA (copied from a member) before
+    // anything is written; `--init` makes one.
+    if !pki.has_ca() && !cli.init {
+        return Err(PkiError::NoCa {
+            dir: pki.dir.clone(),
+        }
+        .into());
+    }
+    let tokens = match &cli.token_file {
+        Some(path) => load_token_file(path)?,
+        None => Default::default(),
+    };
     let identity = resolve_identity(&cli, &data_dir, node_id).await?;
+    if !pki.has_ca() {
+        pki.create_ca().context("creating the cluster CA")?;
+    }
     tracing::info!(cluster = %identity.cluster, node = node_id, "starting replica");
     let node = Arc::new(
         RaftNode::open(
@@ -175,6 +202,20 @@ async fn run(cli: RunArgs) -> Result<()> {
         .local_addr()
         .context("reading the listen address")?;
     println!("orch-control listening on {listen}");
+    let api_listener = tokio::net::TcpListener::bind(cli.api_listen)
+        .await
+        .with_context(|| format!("--api-listen {}", cli.api_listen))?;
+    let api_addr = api_listener
+        .local_addr()
+        .context("reading the API address")?;
+    pki.ensure_server_certificate(&serving_names(api_addr))
+        .context("the API serving certificate")?;
+    if !pki.path(ADMIN_CONFIG).exists() {
+        let path = pki.write_admin_config(&[api_addr.to_string()])?;
+        tracing::info!(config = %path.display(), "wrote the admin client config");
+    }
+    // After the certificates: whoever reads this line may use admin.conf.
+    println!("orch-control API on {api_addr}");
     let registry = Arc::new(Registry::new(StoreAccess::new(
         node.clone(),
         Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),
@@ -186,12 +227,23 @@ async fn run(cli: RunArgs) -> Result<()> {
         ))
         .add_service(membership_server(node.clone()))
         .add_service(store_server(node.clone()))
-        .add_service(api_server(registry.clone()))
         .serve_with_incoming_shutdown(
             orch_control::store::raft::transport::incoming(listener),
             shutdown_signal(),
         );
     let server = tokio::spawn(server);
+    let api = tonic::transport::Server::builder()
+        .tls_config(pki.server_tls()?)
+        .context("the API's TLS")?
+        .add_service(InterceptedService::new(
+            api_server(registry.clone()),
+            Authenticator::new(tokens),
+        ))
+        .serve_with_incoming_shutdown(
+            orch_control::store::raft::transport::incoming(api_listener),
+            shutdown_signal(),
+        );
+    let api = tokio::spawn(api);
     let initialized = node.raft.is_initialized().await?;
     if cli.init && !initialized {
         let members = BTreeMap::from([(
@@ -218,6 +270,7 @@ async fn run(cli: RunArgs) -> Result<()> {
     tokio::spawn(ensure_system_namespaces(registry));
     tracing::info!(node = node_id, %listen, "serving");
     server.await.context("server task")??;
+    api.await.context("API server task")??;
     node.raft.shutdown().await.ok();
     Ok(())
 }
@@ -326,6 +379,23 @@ async fn join(seed: &str, identity: Identity, addr: &str) -> Result<()> {
             Err(error) => return Err(error).context(format!("joining the cluster at {seed}")),
         }
     }
+}
+
+/// The names the API serving certificate is valid for: loopback, the
+/// address it listens on, and this host's name.
+fn serving_names(api_addr: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !api_addr.ip().is_unspecified() {
+        names.push(api_addr.ip().to_string());
+    }
+    if let Ok(host) = nix::unistd::gethostname()
+        && let Some(host) = host.to_str()
+    {
+        names.push(host.to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 async fn shutdown_signal() {

@@ -17,6 +17,8 @@ pub struct Replica {
     /// `127.0.0.1:0` until first started; then the port the replica got
     /// (kept for restarts: the cluster knows it by that address).
     pub addr: String,
+    /// The API's address (TLS), kept for restarts like `addr`.
+    pub api_addr: String,
     pub dir: std::path::PathBuf,
     pub process: Option<Child>,
     /// Held open so the replica never writes to a closed pipe.
@@ -28,6 +30,7 @@ impl Replica {
         Self {
             id,
             addr: "127.0.0.1:0".into(),
+            api_addr: "127.0.0.1:0".into(),
             dir,
             process: None,
             stdout: None,
@@ -45,6 +48,7 @@ impl Replica {
                 "--node-id",
                 &self.id.to_string(),
             ])
+            .args(["--api-listen", &self.api_addr])
             .args([
                 "--listen",
                 &self.addr,
@@ -79,6 +83,20 @@ impl Replica {
             .strip_prefix("orch-control listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
+        line.clear();
+        let read = stdout
+            .read_line(&mut line)
+            .expect("read orch-control's stdout");
+        assert!(
+            read > 0,
+            "orch-control exited before serving the API: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.api_addr = line
+            .trim()
+            .strip_prefix("orch-control API on ")
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+            .to_string();
         self.stdout = Some(stdout);
         self.process = Some(child);
     }
@@ -89,6 +107,28 @@ impl Replica {
             let _ = child.wait();
         }
         self.stdout = None;
+    }
+}
+
+impl Replica {
+    /// A client config for the API servers at `servers`, with this
+    /// replica's admin credentials (`pki/admin.conf`).
+    pub fn api_config(&self, servers: &[String]) -> orch_core::api::config::ClientConfig {
+        let path = self.dir.join("pki").join("admin.conf");
+        let mut config = orch_core::api::config::ClientConfig::load(&path)
+            .unwrap_or_else(|e| panic!("admin config: {e}"));
+        config.servers = servers.to_vec();
+        config
+    }
+
+    /// Gives this (not yet started) replica the cluster CA of `from`, as an
+    /// operator copies it before `--join`.
+    pub fn copy_ca_from(&self, from: &Replica) {
+        let pki = self.dir.join("pki");
+        std::fs::create_dir_all(&pki).expect("pki dir");
+        for file in ["ca.crt", "ca.key"] {
+            std::fs::copy(from.dir.join("pki").join(file), pki.join(file)).expect("copy the CA");
+        }
     }
 }
 
@@ -151,7 +191,9 @@ pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String
         .collect();
     replicas[0].start(&["--init"]);
     let seed = replicas[0].addr.clone();
-    for replica in replicas.iter_mut().skip(1) {
+    let (first, others) = replicas.split_at_mut(1);
+    for replica in others.iter_mut() {
+        replica.copy_ca_from(&first[0]);
         replica.start(&["--join", &seed]);
     }
     let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();

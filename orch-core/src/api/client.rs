@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 use super::ApiError;
+use super::config::ClientConfig;
 use super::proto;
 use super::proto::api_client::ApiClient as GrpcClient;
 use crate::object::{Kind, Object};
@@ -57,6 +58,8 @@ pub struct ApiClient {
     replicas: Vec<(String, GrpcClient<Channel>)>,
     preferred: usize,
     timeout: Duration,
+    /// `Bearer <token>`, sent with every call.
+    token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 fn decode(kind: Kind, bytes: &[u8]) -> Result<Object, ApiError> {
@@ -74,40 +77,52 @@ fn namespace_of(object: &Object) -> String {
 }
 
 impl ApiClient {
-    /// A client of the replicas at `addrs` (`host:port`), giving up on a
-    /// call after `timeout`.
-    pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, ApiError> {
-        if addrs.is_empty() {
+    /// A client of the API servers of `config` (TLS, trusting the cluster
+    /// CA, with the config's credentials), giving up on a call after
+    /// `timeout`. Must be called inside a tokio runtime.
+    pub fn new(config: &ClientConfig, timeout: Duration) -> Result<Self, ApiError> {
+        if config.servers.is_empty() {
             return Err(ApiError::Invalid("no server address given".into()));
         }
-        let replicas = addrs
+        let token = match &config.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| ApiError::Invalid("token: not a valid header value".into()))?,
+            ),
+            None => None,
+        };
+        let replicas = config
+            .servers
             .iter()
             .map(|addr| {
-                Endpoint::from_shared(format!("http://{addr}"))
-                    .map(|endpoint| {
-                        let channel = endpoint
-                            .connect_timeout(Duration::from_millis(500))
-                            .connect_lazy();
-                        let client = GrpcClient::new(channel)
-                            .max_decoding_message_size(64 << 20)
-                            .max_encoding_message_size(64 << 20);
-                        (addr.clone(), client)
-                    })
-                    .map_err(|e| ApiError::Invalid(format!("server address {addr:?}: {e}")))
+                let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+                    .and_then(|endpoint| endpoint.tls_config(config.tls()))
+                    .map_err(|e| ApiError::Invalid(format!("server {addr:?}: {e}")))?;
+                let channel = endpoint
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect_lazy();
+                let client = GrpcClient::new(channel)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20);
+                Ok((addr.clone(), client))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, ApiError>>()?;
         Ok(Self {
             replicas,
             preferred: 0,
             timeout,
+            token,
         })
     }
 
-    /// Sends `call` to the preferred replica, then the others while they
-    /// are unreachable, until one answers or the timeout passes.
-    async fn call<T, F, Fut>(&mut self, call: F) -> Result<T, ApiError>
+    /// Sends `message` with `send` to the preferred replica, then the
+    /// others while they are unreachable, until one answers or the timeout
+    /// passes. Each attempt carries the bearer token, when there is one.
+    async fn call<M, T, F, Fut>(&mut self, message: M, send: F) -> Result<T, ApiError>
     where
-        F: Fn(GrpcClient<Channel>) -> Fut,
+        M: Clone,
+        F: Fn(GrpcClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -116,7 +131,13 @@ impl ApiClient {
             let index = (self.preferred + attempt) % self.replicas.len();
             let (addr, client) = &self.replicas[index];
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let error = match tokio::time::timeout(remaining, call(client.clone())).await {
+            let mut request = tonic::Request::new(message.clone());
+            if let Some(token) = &self.token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.clone());
+            }
+            let error = match tokio::time::timeout(remaining, send(client.clone(), request)).await {
                 Ok(Ok(reply)) => {
                     self.preferred = index;
                     return Ok(reply.into_inner());
@@ -140,12 +161,18 @@ impl ApiClient {
         }
     }
 
-    async fn object_call<F, Fut>(&mut self, kind: Kind, call: F) -> Result<Object, ApiError>
+    async fn object_call<M, F, Fut>(
+        &mut self,
+        kind: Kind,
+        message: M,
+        send: F,
+    ) -> Result<Object, ApiError>
     where
-        F: Fn(GrpcClient<Channel>) -> Fut,
+        M: Clone,
+        F: Fn(GrpcClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<proto::ObjectReply>, tonic::Status>>,
     {
-        let reply = self.call(call).await?;
+        let reply = self.call(message, send).await?;
         decode(kind, &reply.object)
     }
 
@@ -162,14 +189,11 @@ impl ApiClient {
             object: encode(object)?,
             dry_run,
         };
-        self.object_call(object.kind(), |mut c| {
-            let request = request.clone();
-            async move {
-                match write {
-                    ObjectWrite::Create => c.create(request).await,
-                    ObjectWrite::Update => c.update(request).await,
-                    ObjectWrite::UpdateStatus => c.update_status(request).await,
-                }
+        self.object_call(object.kind(), request, |mut c, request| async move {
+            match write {
+                ObjectWrite::Create => c.create(request).await,
+                ObjectWrite::Update => c.update(request).await,
+                ObjectWrite::UpdateStatus => c.update_status(request).await,
             }
         })
         .await
@@ -191,9 +215,8 @@ impl ApiClient {
             namespace: namespace.unwrap_or_default().into(),
             name: name.into(),
         };
-        self.object_call(kind, |mut c| {
-            let request = request.clone();
-            async move { c.get(request).await }
+        self.object_call(kind, request, |mut c, request| async move {
+            c.get(request).await
         })
         .await
     }
@@ -213,10 +236,10 @@ impl ApiClient {
             continue_token: options.continue_token.clone(),
         };
         let reply = self
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.list(request).await }
-            })
+            .call(
+                request,
+                |mut c, request| async move { c.list(request).await },
+            )
             .await?;
         Ok(ObjectList {
             items: reply
@@ -260,9 +283,8 @@ impl ApiClient {
             dry_run: false,
             status,
         };
-        self.object_call(kind, |mut c| {
-            let request = request.clone();
-            async move { c.patch(request).await }
+        self.object_call(kind, request, |mut c, request| async move {
+            c.patch(request).await
         })
         .await
     }
@@ -282,9 +304,8 @@ impl ApiClient {
             name: name.into(),
             ..options.clone()
         };
-        self.object_call(kind, |mut c| {
-            let request = request.clone();
-            async move { c.delete(request).await }
+        self.object_call(kind, request, |mut c, request| async move {
+            c.delete(request).await
         })
         .await
     }
@@ -309,10 +330,10 @@ impl ApiClient {
             allow_bookmarks,
         };
         let inner = self
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.watch(request).await }
-            })
+            .call(
+                request,
+                |mut c, request| async move { c.watch(request).await },
+            )
             .await?;
         Ok(WatchStream { kind, inner })
     }

@@ -4,6 +4,7 @@
 //! codes carry Kubernetes' reasons (see [`ApiError`]).
 
 pub mod client;
+pub mod config;
 mod error;
 
 pub use client::{ApiClient, ListOptions, ObjectList, WatchEvent, WatchEventType};

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use orch_core::api::config::ClientConfig;
 use orch_core::api::proto::DeleteRequest;
 use orch_core::api::{ApiClient, ApiError, ListOptions};
 use orch_core::manifest::{self, Document, ManifestErrors};
@@ -13,23 +14,36 @@ use orch_core::object::{Kind, Object};
 
 use super::table;
 
-/// Where the cluster is.
+/// Where the cluster is and who is calling.
 #[derive(clap::Args, Clone)]
 pub struct Connection {
-    /// API servers (`host:port`, comma-separated; any replica), tried in
-    /// order. Also from ORCH_SERVER.
-    #[arg(
-        long = "server",
-        env = "ORCH_SERVER",
-        value_delimiter = ',',
-        required = true
-    )]
+    /// Client config file (servers, CA, credentials); else ORCH_CONFIG,
+    /// else ~/.orch/config.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// API servers to use instead of the config's (`host:port`,
+    /// comma-separated; any replica), tried in order.
+    #[arg(long = "server", value_delimiter = ',')]
     pub servers: Vec<String>,
+    /// A bearer token to authenticate with instead of the config's
+    /// client certificate.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 impl Connection {
     fn client(&self) -> Result<ApiClient> {
-        Ok(ApiClient::new(&self.servers, Duration::from_secs(30))?)
+        let path = ClientConfig::locate(self.config.as_deref())?;
+        let mut config = ClientConfig::load(&path)?;
+        if !self.servers.is_empty() {
+            config.servers = self.servers.clone();
+        }
+        if let Some(token) = &self.token {
+            config.token = Some(token.clone());
+            config.client_certificate = None;
+            config.client_key = None;
+        }
+        Ok(ApiClient::new(&config, Duration::from_secs(30))?)
     }
 }
 

@@ -1,0 +1,132 @@
+//! The API's front door: TLS only, callers authenticated by a client
+//! certificate from the cluster CA or a bearer token from the token file;
+//! everyone else refused with a precise status and nothing written.
+
+mod common;
+
+use std::time::Duration;
+
+use orch_core::api::proto::GetRequest;
+use orch_core::api::proto::api_client::ApiClient as RawClient;
+use orch_core::api::{ApiClient, ApiError, ListOptions};
+use orch_core::object::Kind;
+
+async fn replica_with_tokens(dir: &std::path::Path) -> common::Replica {
+    let tokens = dir.join("tokens.csv");
+    std::fs::write(&tokens, "s3cret-token,alice,1000\n").expect("token file");
+    let mut replica = common::Replica::new(1, dir.join("replica-1"));
+    replica.start(&["--init", "--token-file", &tokens.to_string_lossy()]);
+    replica
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authenticated_tls_callers_get_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let replica = replica_with_tokens(dir.path()).await;
+    let servers = vec![replica.api_addr.clone()];
+    let admin = replica.api_config(&servers);
+
+    // The admin's client certificate works.
+    let mut client = ApiClient::new(&admin, Duration::from_secs(20)).expect("client");
+    for _ in 0..100 {
+        if client.get(Kind::Namespace, None, "default").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .get(Kind::Namespace, None, "default")
+        .await
+        .expect("the admin certificate authenticates");
+
+    // TLS with the CA but no credentials: Unauthenticated, naming why.
+    let mut anonymous_config = admin.clone();
+    anonymous_config.client_certificate = None;
+    anonymous_config.client_key = None;
+    let mut anonymous = ApiClient::new(&anonymous_config, Duration::from_secs(5)).expect("c");
+    match anonymous.get(Kind::Namespace, None, "default").await {
+        Err(ApiError::Unauthenticated(message)) => {
+            assert!(
+                message.contains("no client certificate and no bearer token"),
+                "{message}"
+            )
+        }
+        other => panic!("anonymous call: {other:?}"),
+    }
+
+    // A wrong token: Unauthenticated; the right one: in.
+    let mut wrong = anonymous_config.clone();
+    wrong.token = Some("guess".into());
+    let mut wrong = ApiClient::new(&wrong, Duration::from_secs(5)).expect("c");
+    match wrong.list(Kind::Pod, None, &ListOptions::default()).await {
+        Err(ApiError::Unauthenticated(message)) => assert_eq!(message, "invalid bearer token"),
+        other => panic!("bad token: {other:?}"),
+    }
+    let mut right = anonymous_config.clone();
+    right.token = Some("s3cret-token".into());
+    let mut right = ApiClient::new(&right, Duration::from_secs(5)).expect("c");
+    right
+        .list(Kind::Pod, None, &ListOptions::default())
+        .await
+        .expect("the token from the token file authenticates");
+
+    // A client that does not trust the cluster CA never gets to talk.
+    let other = tempfile::tempdir().expect("temp dir");
+    let stranger = orch_control::pki::Pki::new(other.path());
+    stranger.create_ca().expect("another CA");
+    let mut untrusting = admin.clone();
+    untrusting.certificate_authority =
+        std::fs::read_to_string(stranger.path(orch_control::pki::CA_CERT)).expect("ca");
+    let mut untrusting = ApiClient::new(&untrusting, Duration::from_secs(3)).expect("c");
+    match untrusting.get(Kind::Namespace, None, "default").await {
+        Err(ApiError::Unavailable(_)) => {}
+        other => panic!("a client distrusting the server's CA: {other:?}"),
+    }
+
+    // Plain text to the TLS port: refused before any request is read.
+    let mut plain = RawClient::connect(format!("http://{}", replica.api_addr))
+        .await
+        .expect("a TCP connection opens");
+    let refused = plain
+        .get(GetRequest {
+            resource: "namespaces".into(),
+            namespace: String::new(),
+            name: "default".into(),
+        })
+        .await
+        .expect_err("plain text must be refused");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cannot_join_without_the_cluster_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = common::Replica::new(1, dir.path().join("replica-1"));
+    first.start(&["--init"]);
+    let second = dir.path().join("replica-2");
+    let error = common::refused(&[
+        "--data-dir",
+        &second.to_string_lossy(),
+        "--node-id",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--join",
+        &first.addr,
+    ]);
+    assert!(
+        error.contains(
+            "no cluster CA (ca.crt and ca.key); copy them from an existing replica's pki directory"
+        ),
+        "{error}"
+    );
+    assert!(common::dir_contents(&second).is_empty(), "nothing written");
+}

@@ -145,6 +145,82 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
         String::from_utf8_lossy(&conflict.stderr)
     );
 
+    // One-field changes, as kubectl makes them.
+    assert_eq!(
+        ok(&server, &["scale", "deploy/web", "--replicas", "5"]),
+        "deployment.apps/web scaled\n"
+    );
+    assert_eq!(
+        ok(&server, &["label", "deploy", "web", "tier=front"]),
+        "deployment.apps/web labeled\n"
+    );
+    let clash = orchctl(&server, &["label", "deploy", "web", "tier=back"]);
+    assert!(!clash.status.success());
+    assert!(
+        String::from_utf8_lossy(&clash.stderr)
+            .contains("'tier' already has a value (front), and --overwrite is false"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
+    ok(
+        &server,
+        &["label", "deploy", "web", "tier=back", "--overwrite"],
+    );
+    assert_eq!(
+        ok(&server, &["annotate", "deploy", "web", "note=hello"]),
+        "deployment.apps/web annotated\n"
+    );
+    let described = ok(&server, &["describe", "deploy", "web"]);
+    for expected in [
+        "Name:        web\n",
+        "Namespace:   default\n",
+        "Kind:        Deployment\n",
+        "tier=back",
+        "note=hello",
+        "Spec:\n",
+        "  replicas: 5\n",
+        "Events:      <none>\n",
+    ] {
+        assert!(
+            described.contains(expected),
+            "{expected:?} missing from:\n{described}"
+        );
+    }
+    let edited = Command::new(ORCHCTL)
+        .args(["edit", "deploy", "web"])
+        .env("ORCH_CONFIG", &server)
+        .env("EDITOR", "sed -i 's/replicas: 5/replicas: 4/'")
+        .output()
+        .expect("orchctl edit");
+    assert_eq!(
+        String::from_utf8_lossy(&edited.stdout),
+        "deployment.apps/web edited\n",
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    let yaml = ok(&server, &["get", "deploy", "web", "-o", "yaml"]);
+    assert!(
+        yaml.contains("replicas: 4") && yaml.contains("tier: back"),
+        "{yaml}"
+    );
+
+    let node = dir.path().join("node.yaml");
+    std::fs::write(&node, "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n").expect("node");
+    ok(&server, &["apply", "-f", &node.to_string_lossy()]);
+    assert_eq!(ok(&server, &["cordon", "n1"]), "node/n1 cordoned\n");
+    assert!(ok(&server, &["get", "nodes"]).contains("n1     NotReady,SchedulingDisabled"));
+    assert_eq!(ok(&server, &["uncordon", "n1"]), "node/n1 uncordoned\n");
+    assert!(ok(&server, &["get", "no", "n1"]).contains("n1     NotReady   <none>"));
+
+    let view = ok(&server, &["config", "view"]);
+    assert!(
+        view.contains("certificate-authority: DATA+OMITTED"),
+        "{view}"
+    );
+    assert!(!view.contains("BEGIN"), "secrets shown: {view}");
+    let completion = ok(&server, &["completion", "bash"]);
+    assert!(completion.contains("_orchctl()"), "{completion}");
+
     assert_eq!(
         ok(&server, &["delete", "-f", &file]),
         "deployment.apps \"web\" deleted\nservice \"web\" deleted\n"

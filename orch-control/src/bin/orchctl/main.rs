@@ -1,5 +1,6 @@
 //! `orchctl`: the kubectl-shaped command line of orch.
 
+mod change;
 mod objects;
 mod table;
 
@@ -40,6 +41,27 @@ enum Command {
     Create(objects::ApplyArgs),
     /// Delete objects by kind and name, label selector, or manifest.
     Delete(objects::DeleteArgs),
+    /// Show an object in detail, with its recent events.
+    Describe(change::ObjectArgs),
+    /// Edit an object in $EDITOR and update it.
+    Edit(change::ObjectArgs),
+    /// Set the replicas of a deployment or replicaset.
+    Scale(change::ScaleArgs),
+    /// Set (`key=value`) or remove (`key-`) labels.
+    Label(change::MetadataArgs),
+    /// Set (`key=value`) or remove (`key-`) annotations.
+    Annotate(change::MetadataArgs),
+    /// Mark a node unschedulable.
+    Cordon(change::NodeArgs),
+    /// Mark a node schedulable again.
+    Uncordon(change::NodeArgs),
+    /// The client config in use.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion { shell: clap_complete::Shell },
     /// Save or inspect store snapshots.
     Snapshot {
         #[command(subcommand)]
@@ -50,6 +72,12 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Show the client config (keys and tokens hidden unless --raw).
+    View(change::ConfigArgs),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +126,28 @@ fn main() -> ExitCode {
         Command::Apply(args) => objects::apply(args, false),
         Command::Create(args) => objects::apply(args, true),
         Command::Delete(args) => objects::delete(args),
+        Command::Describe(args) => change::describe(args).map(|()| true),
+        Command::Edit(args) => change::edit(args).map(|()| true),
+        Command::Scale(args) => change::scale(args).map(|()| true),
+        Command::Label(args) => change::metadata(args, "labels", "labeled").map(|()| true),
+        Command::Annotate(args) => {
+            change::metadata(args, "annotations", "annotated").map(|()| true)
+        }
+        Command::Cordon(args) => change::cordon(args, true).map(|()| true),
+        Command::Uncordon(args) => change::cordon(args, false).map(|()| true),
+        Command::Config {
+            command: ConfigCommand::View(args),
+        } => change::config_view(args).map(|()| true),
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "orchctl",
+                &mut std::io::stdout(),
+            );
+            Ok(true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -32,7 +32,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> Result<ApiClient> {
+    pub fn client(&self) -> Result<ApiClient> {
         let path = ClientConfig::locate(self.config.as_deref())?;
         let mut config = ClientConfig::load(&path)?;
         if !self.servers.is_empty() {
@@ -125,12 +125,12 @@ fn kind_ref(kind: Kind) -> String {
     }
 }
 
-fn kind_arg(name: &str) -> Result<Kind> {
+pub fn kind_arg(name: &str) -> Result<Kind> {
     Kind::from_user_name(name)
         .with_context(|| format!("the server doesn't have a resource type {name:?}"))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)

@@ -3,5 +3,7 @@
 //! controllers follow.
 
 pub mod api;
+pub mod health;
+pub mod metrics;
 pub mod pki;
 pub mod store;

@@ -103,6 +103,7 @@ impl OrchCluster {
             .args(["--node-id", &(index + 1).to_string()])
             .args(["--listen", &self.addrs[index]])
             .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--health-listen", "127.0.0.1:0"])
             .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout-ms", &ELECTION_MS.to_string()])
             .args(extra)

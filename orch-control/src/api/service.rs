@@ -68,6 +68,22 @@ fn parse_revision(text: &str) -> Result<Option<Revision>, Status> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
+/// Runs one API call, counting it and timing it by method and resource.
+async fn instrumented<T>(
+    method: &str,
+    resource: &str,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let code = match &result {
+        Ok(_) => "OK".to_string(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    crate::metrics::global().observe_request(method, resource, &code, started.elapsed());
+    result
+}
+
 impl ApiService {
     async fn replace(
         &self,
@@ -106,202 +122,235 @@ impl Api for ApiService {
         &self,
         request: Request<ObjectRequest>,
     ) -> Result<Response<ObjectReply>, Status> {
-        let request = request.into_inner();
-        let kind = kind(&request.resource)?;
-        reply(
-            self.registry
-                .create(kind, &request.namespace, &request.object, request.dry_run)
-                .await,
-        )
+        let resource = request.get_ref().resource.clone();
+        instrumented("create", &resource, async move {
+            let request = request.into_inner();
+            let kind = kind(&request.resource)?;
+            reply(
+                self.registry
+                    .create(kind, &request.namespace, &request.object, request.dry_run)
+                    .await,
+            )
+        })
+        .await
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<ObjectReply>, Status> {
-        let request = request.into_inner();
-        let kind = kind(&request.resource)?;
-        Self::object_reply(
-            self.registry
-                .get(kind, &request.namespace, &request.name)
-                .await,
-        )
+        let resource = request.get_ref().resource.clone();
+        instrumented("get", &resource, async move {
+            let request = request.into_inner();
+            let kind = kind(&request.resource)?;
+            Self::object_reply(
+                self.registry
+                    .get(kind, &request.namespace, &request.name)
+                    .await,
+            )
+        })
+        .await
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        let request = request.into_inner();
-        let kind = kind(&request.resource)?;
-        let filter = Filter::parse(&request.label_selector, &request.field_selector)
-            .map_err(|e| e.to_status())?;
-        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
-        let (items, revision, continue_token) = self
-            .registry
-            .list(
-                kind,
-                &request.namespace,
-                &filter,
-                limit,
-                &request.continue_token,
-            )
-            .await
-            .map_err(|e| e.to_status())?;
-        Ok(Response::new(ListReply {
-            items: items.iter().map(json).collect::<Result<_, _>>()?,
-            resource_version: revision.to_string(),
-            continue_token,
-        }))
+        let resource = request.get_ref().resource.clone();
+        instrumented("list", &resource, async move {
+            let request = request.into_inner();
+            let kind = kind(&request.resource)?;
+            let filter = Filter::parse(&request.label_selector, &request.field_selector)
+                .map_err(|e| e.to_status())?;
+            let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+            let (items, revision, continue_token) = self
+                .registry
+                .list(
+                    kind,
+                    &request.namespace,
+                    &filter,
+                    limit,
+                    &request.continue_token,
+                )
+                .await
+                .map_err(|e| e.to_status())?;
+            Ok(Response::new(ListReply {
+                items: items.iter().map(json).collect::<Result<_, _>>()?,
+                resource_version: revision.to_string(),
+                continue_token,
+            }))
+        })
+        .await
     }
 
     async fn update(
         &self,
         request: Request<ObjectRequest>,
     ) -> Result<Response<ObjectReply>, Status> {
-        self.replace(request.into_inner(), UpdateKind::Object).await
+        let resource = request.get_ref().resource.clone();
+        instrumented("update", &resource, async move {
+            self.replace(request.into_inner(), UpdateKind::Object).await
+        })
+        .await
     }
 
     async fn update_status(
         &self,
         request: Request<ObjectRequest>,
     ) -> Result<Response<ObjectReply>, Status> {
-        self.replace(request.into_inner(), UpdateKind::Status).await
+        let resource = request.get_ref().resource.clone();
+        instrumented("update_status", &resource, async move {
+            self.replace(request.into_inner(), UpdateKind::Status).await
+        })
+        .await
     }
 
     async fn patch(&self, request: Request<PatchRequest>) -> Result<Response<ObjectReply>, Status> {
-        let request = request.into_inner();
-        let kind = kind(&request.resource)?;
-        let update = if request.status {
-            UpdateKind::Status
-        } else {
-            UpdateKind::Object
-        };
-        reply(
-            self.registry
-                .patch(
-                    kind,
-                    &request.namespace,
-                    &request.name,
-                    &request.merge_patch,
-                    request.dry_run,
-                    update,
-                )
-                .await,
-        )
+        let resource = request.get_ref().resource.clone();
+        instrumented("patch", &resource, async move {
+            let request = request.into_inner();
+            let kind = kind(&request.resource)?;
+            let update = if request.status {
+                UpdateKind::Status
+            } else {
+                UpdateKind::Object
+            };
+            reply(
+                self.registry
+                    .patch(
+                        kind,
+                        &request.namespace,
+                        &request.name,
+                        &request.merge_patch,
+                        request.dry_run,
+                        update,
+                    )
+                    .await,
+            )
+        })
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<ObjectReply>, Status> {
-        let request = request.into_inner();
-        let kind = kind(&request.resource)?;
-        let options = DeleteOptions {
-            resource_version: parse_revision(&request.resource_version)?,
-            grace_period_seconds: request.grace_period_seconds.filter(|s| *s >= 0),
-            propagation_policy: request.propagation_policy,
-            dry_run: request.dry_run,
-        };
-        Self::object_reply(
-            self.registry
-                .delete(kind, &request.namespace, &request.name, &options)
-                .await,
-        )
+        let resource = request.get_ref().resource.clone();
+        instrumented("delete", &resource, async move {
+            let request = request.into_inner();
+            let kind = kind(&request.resource)?;
+            let options = DeleteOptions {
+                resource_version: parse_revision(&request.resource_version)?,
+                grace_period_seconds: request.grace_period_seconds.filter(|s| *s >= 0),
+                propagation_policy: request.propagation_policy,
+                dry_run: request.dry_run,
+            };
+            Self::object_reply(
+                self.registry
+                    .delete(kind, &request.namespace, &request.name, &options)
+                    .await,
+            )
+        })
+        .await
     }
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let request = request.into_inner();
-        let kind = kind(&request.resource)?;
-        let filter = Filter::parse(&request.label_selector, &request.field_selector)
-            .map_err(|e| e.to_status())?;
-        let namespace = Some(request.namespace.as_str()).filter(|n| !n.is_empty());
-        // No revision: the current objects first, as ADDED, then changes
-        // after the revision they were listed at.
-        let (initial, from) = match parse_revision(&request.resource_version)? {
-            Some(revision) => (Vec::new(), revision),
-            None => {
-                let (items, revision, _) = self
-                    .registry
-                    .list(kind, &request.namespace, &filter, 0, "")
-                    .await
-                    .map_err(|e| e.to_status())?;
-                (items, revision)
-            }
-        };
-        let prefix = kind_prefix(kind, namespace);
-        let mut watcher = self
-            .registry
-            .store
-            .watch(prefix.as_bytes(), from + 1)
-            .map_err(|e| e.to_status())?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, Status>>(64);
-        let bookmarks = request.allow_bookmarks;
-        tokio::spawn(async move {
-            for object in &initial {
-                let event = json(object).map(|object| WatchEvent {
-                    r#type: "ADDED".into(),
-                    object,
-                });
-                if tx.send(event).await.is_err() {
-                    return;
+        let resource = request.get_ref().resource.clone();
+        instrumented("watch", &resource, async move {
+            let request = request.into_inner();
+            let kind = kind(&request.resource)?;
+            let filter = Filter::parse(&request.label_selector, &request.field_selector)
+                .map_err(|e| e.to_status())?;
+            let namespace = Some(request.namespace.as_str()).filter(|n| !n.is_empty());
+            // No revision: the current objects first, as ADDED, then changes
+            // after the revision they were listed at.
+            let (initial, from) = match parse_revision(&request.resource_version)? {
+                Some(revision) => (Vec::new(), revision),
+                None => {
+                    let (items, revision, _) = self
+                        .registry
+                        .list(kind, &request.namespace, &filter, 0, "")
+                        .await
+                        .map_err(|e| e.to_status())?;
+                    (items, revision)
                 }
-            }
-            loop {
-                let batch = if bookmarks {
-                    match tokio::time::timeout(BOOKMARK_EVERY, watcher.next_batch()).await {
-                        Ok(batch) => batch,
-                        Err(_) => {
-                            let bookmark = serde_json::json!({
-                                "kind": kind.name(),
-                                "apiVersion": kind.api_version(),
-                                "metadata": {"resourceVersion": watcher.position().to_string()},
-                            });
-                            let event = WatchEvent {
-                                r#type: "BOOKMARK".into(),
-                                object: bookmark.to_string().into_bytes(),
-                            };
-                            if tx.send(Ok(event)).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                } else {
-                    watcher.next_batch().await
-                };
-                let events = match batch {
-                    Ok(events) if events.is_empty() => return, // replica stopping
-                    Ok(events) => events,
-                    Err(crate::store::StoreError::Compacted {
-                        requested,
-                        compacted,
-                    }) => {
-                        let gone = ApiError::Gone(format!(
-                            "too old resource version: {} ({compacted})",
-                            requested.saturating_sub(1)
-                        ));
-                        let _ = tx.send(Err(gone.to_status())).await;
+            };
+            let prefix = kind_prefix(kind, namespace);
+            let mut watcher = self
+                .registry
+                .store
+                .watch(prefix.as_bytes(), from + 1)
+                .map_err(|e| e.to_status())?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, Status>>(64);
+            let bookmarks = request.allow_bookmarks;
+            let open = crate::metrics::global().watch_opened(kind.plural());
+            tokio::spawn(async move {
+                let _open = open;
+                for object in &initial {
+                    let event = json(object).map(|object| WatchEvent {
+                        r#type: "ADDED".into(),
+                        object,
+                    });
+                    if tx.send(event).await.is_err() {
                         return;
                     }
-                    Err(other) => {
-                        let _ = tx.send(Err(Status::internal(other.to_string()))).await;
-                        return;
-                    }
-                };
-                for event in &events {
-                    match watch_event(kind, &filter, event) {
-                        Ok(None) => {}
-                        Ok(Some(event)) => {
-                            if tx.send(Ok(event)).await.is_err() {
-                                return;
+                }
+                loop {
+                    let batch = if bookmarks {
+                        match tokio::time::timeout(BOOKMARK_EVERY, watcher.next_batch()).await {
+                            Ok(batch) => batch,
+                            Err(_) => {
+                                let bookmark = serde_json::json!({
+                                    "kind": kind.name(),
+                                    "apiVersion": kind.api_version(),
+                                    "metadata": {"resourceVersion": watcher.position().to_string()},
+                                });
+                                let event = WatchEvent {
+                                    r#type: "BOOKMARK".into(),
+                                    object: bookmark.to_string().into_bytes(),
+                                };
+                                if tx.send(Ok(event)).await.is_err() {
+                                    return;
+                                }
+                                continue;
                             }
                         }
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
+                    } else {
+                        watcher.next_batch().await
+                    };
+                    let events = match batch {
+                        Ok(events) if events.is_empty() => return, // replica stopping
+                        Ok(events) => events,
+                        Err(crate::store::StoreError::Compacted {
+                            requested,
+                            compacted,
+                        }) => {
+                            let gone = ApiError::Gone(format!(
+                                "too old resource version: {} ({compacted})",
+                                requested.saturating_sub(1)
+                            ));
+                            let _ = tx.send(Err(gone.to_status())).await;
                             return;
                         }
+                        Err(other) => {
+                            let _ = tx.send(Err(Status::internal(other.to_string()))).await;
+                            return;
+                        }
+                    };
+                    for event in &events {
+                        match watch_event(kind, &filter, event) {
+                            Ok(None) => {}
+                            Ok(Some(event)) => {
+                                if tx.send(Ok(event)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        }
                     }
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            });
+            let stream: WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            Ok(Response::new(stream))
+        })
+        .await
     }
 }
 

@@ -69,6 +69,11 @@ struct RunArgs {
     /// port 0 picks a free port, printed on stdout after the listen address.
     #[arg(long, default_value = "127.0.0.1:6443")]
     api_listen: SocketAddr,
+    /// Address of the health port: plain HTTP GET /healthz, /readyz and
+    /// /metrics (Prometheus); port 0 picks one, printed on stdout after the
+    /// API address.
+    #[arg(long, default_value = "127.0.0.1:6444")]
+    health_listen: SocketAddr,
     /// Bearer tokens the API accepts, Kubernetes' static token file format
     /// (`token,user[,uid[,groups]]` a line).
     #[arg(long)]
@@ -216,6 +221,14 @@ async fn run(cli: RunArgs) -> Result<()> {
     }
     // After the certificates: whoever reads this line may use admin.conf.
     println!("orch-control API on {api_addr}");
+    let health_listener = tokio::net::TcpListener::bind(cli.health_listen)
+        .await
+        .with_context(|| format!("--health-listen {}", cli.health_listen))?;
+    let health_addr = health_listener
+        .local_addr()
+        .context("reading the health address")?;
+    println!("orch-control health on {health_addr}");
+    tokio::spawn(orch_control::health::serve(health_listener, node.clone()));
     let registry = Arc::new(Registry::new(StoreAccess::new(
         node.clone(),
         Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),

@@ -19,6 +19,8 @@ pub struct Replica {
     pub addr: String,
     /// The API's address (TLS), kept for restarts like `addr`.
     pub api_addr: String,
+    /// The health port (/healthz, /readyz, /metrics).
+    pub health_addr: String,
     pub dir: std::path::PathBuf,
     pub process: Option<Child>,
     /// Held open so the replica never writes to a closed pipe.
@@ -31,6 +33,7 @@ impl Replica {
             id,
             addr: "127.0.0.1:0".into(),
             api_addr: "127.0.0.1:0".into(),
+            health_addr: "127.0.0.1:0".into(),
             dir,
             process: None,
             stdout: None,
@@ -49,6 +52,7 @@ impl Replica {
                 &self.id.to_string(),
             ])
             .args(["--api-listen", &self.api_addr])
+            .args(["--health-listen", &self.health_addr])
             .args([
                 "--listen",
                 &self.addr,
@@ -96,6 +100,20 @@ impl Replica {
             .trim()
             .strip_prefix("orch-control API on ")
             .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+            .to_string();
+        line.clear();
+        stdout
+            .read_line(&mut line)
+            .expect("read orch-control's stdout");
+        self.health_addr = line
+            .trim()
+            .strip_prefix("orch-control health on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected third line {line:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
             .to_string();
         self.stdout = Some(stdout);
         self.process = Some(child);
@@ -395,4 +413,22 @@ pub async fn system_namespaces_created(addr: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// GET `path` from the health port at `addr`: (status line, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the health port");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }

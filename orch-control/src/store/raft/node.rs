@@ -321,7 +321,9 @@ async fn run_batcher(
         let raft = raft.clone();
         tokio::spawn(async move {
             let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+            let started = std::time::Instant::now();
             let result = tokio::time::timeout(write_timeout, raft.client_write(requests)).await;
+            crate::metrics::global().observe_commit(started.elapsed());
             let outcome = match result {
                 Err(_) => Err(WriteError::NoQuorum(write_timeout)),
                 Ok(Ok(written)) => Ok(written.data),

@@ -10,12 +10,15 @@ use crate::{cargo, run_command, setup};
 pub enum Bench {
     /// orch's replicated store against etcd (Debian's etcd-server).
     Store,
+    /// The API of a 3-replica control plane holding 10,000 pods.
+    Api,
 }
 
 pub fn run(bench: Bench, args: &[String]) -> Result<()> {
     setup::run()?;
     let name = match bench {
         Bench::Store => "store",
+        Bench::Api => "api",
     };
     run_command(
         cargo()

@@ -65,6 +65,8 @@ where
 pub struct OrchCluster {
     pub root: tempfile::TempDir,
     pub addrs: Vec<String>,
+    /// Each replica's API address (TLS).
+    pub api_addrs: Vec<String>,
     procs: Vec<Option<Process>>,
 }
 
@@ -73,6 +75,7 @@ impl OrchCluster {
         let mut cluster = Self {
             root: tempfile::tempdir()?,
             addrs: vec!["127.0.0.1:0".into(); replicas],
+            api_addrs: vec![String::new(); replicas],
             procs: (0..replicas).map(|_| None).collect(),
         };
         cluster.spawn(0, &["--init"])?;
@@ -121,6 +124,13 @@ impl OrchCluster {
             );
         };
         self.addrs[index] = addr.to_string();
+        line.clear();
+        stdout.read_line(&mut line)?;
+        self.api_addrs[index] = line
+            .trim()
+            .strip_prefix("orch-control API on ")
+            .context("orch-control did not print its API address")?
+            .to_string();
         self.procs[index] = Some(Process {
             child,
             _stdout: Some(stdout),
@@ -132,6 +142,22 @@ impl OrchCluster {
         addr: &str,
     ) -> Option<orch_control::store::raft::transport::proto::StatusResponse> {
         replica_status(addr).await.ok()
+    }
+
+    /// The admin's client config for every replica's API, this one first.
+    pub fn api_config(&self, first: usize) -> Result<orch_core::api::config::ClientConfig> {
+        let path = self
+            .root
+            .path()
+            .join("replica-1")
+            .join("pki")
+            .join("admin.conf");
+        let mut config = orch_core::api::config::ClientConfig::load(&path)?;
+        let n = self.api_addrs.len();
+        config.servers = (0..n)
+            .map(|i| self.api_addrs[(first + i) % n].clone())
+            .collect();
+        Ok(config)
     }
 
     /// Waits until every running replica sees all voters and a leader.

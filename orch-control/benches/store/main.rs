@@ -12,6 +12,8 @@
 //! Arguments (after `--`): `--rounds N` (default 3), `--quick` (small
 //! counts, one round: checks the bench itself runs).
 
+// Shared with the api bench, which uses other parts of it.
+#[allow(dead_code)]
 mod clusters;
 mod load;
 

@@ -77,6 +77,13 @@ impl Default for NodeOptions {
     }
 }
 
+/// Read-index fetches, numbered as they start, and the last one's result.
+#[derive(Default)]
+struct ReadIndexes {
+    started: std::sync::atomic::AtomicU64,
+    last: tokio::sync::Mutex<Option<(u64, Option<u64>)>>,
+}
+
 type StoreGrpc = super::transport::proto::store_client::StoreClient<tonic::transport::Channel>;
 
 type Pending = (Request, oneshot::Sender<Result<Response, WriteError>>);
@@ -88,6 +95,7 @@ pub struct RaftNode {
     /// by address.
     peers: std::sync::Mutex<std::collections::HashMap<String, StoreGrpc>>,
     write_timeout: Duration,
+    read_index: ReadIndexes,
     /// The cluster this replica belongs to (its data directory's identity).
     pub cluster: ClusterId,
     pub raft: Raft<TypeConfig>,
@@ -144,6 +152,7 @@ impl RaftNode {
             id,
             peers: Default::default(),
             write_timeout: options.write_timeout,
+            read_index: ReadIndexes::default(),
             cluster: identity.cluster,
             raft,
             store,
@@ -206,11 +215,7 @@ impl RaftNode {
     /// state: it has applied everything committed before the call (the
     /// leader's read index, fetched from the leader on a follower).
     pub async fn read_barrier(&self) -> Result<(), WriteError> {
-        let index = match self.read_index().await {
-            Ok(index) => index,
-            Err(WriteError::NotLeader { .. }) => self.leader_read_index().await?,
-            Err(other) => return Err(other),
-        };
+        let index = self.coalesced_read_index().await?;
         self.raft
             .wait(Some(self.write_timeout))
             .applied_index_at_least(index, "read barrier")
@@ -224,6 +229,29 @@ impl RaftNode {
                     WriteError::Stopped("shutting down".into())
                 }
             })
+    }
+
+    /// A read index obtained after this call began. Concurrent readers
+    /// share one: a fetch (a heartbeat round to a quorum, on the leader)
+    /// that started after a reader arrived answers for it too, so a burst
+    /// of reads costs one round, not one each.
+    async fn coalesced_read_index(&self) -> Result<Option<u64>, WriteError> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.read_index.started.load(Ordering::Acquire);
+        let mut last = self.read_index.last.lock().await;
+        if let Some((generation, index)) = *last
+            && generation > arrived
+        {
+            return Ok(index);
+        }
+        let generation = self.read_index.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let index = match self.read_index().await {
+            Ok(index) => index,
+            Err(WriteError::NotLeader { .. }) => self.leader_read_index().await?,
+            Err(other) => return Err(other),
+        };
+        *last = Some((generation, index));
+        Ok(index)
     }
 
     async fn leader_read_index(&self) -> Result<Option<u64>, WriteError> {

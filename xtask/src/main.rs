@@ -3,10 +3,12 @@
 //! - `setup`: install what the project needs on a fresh machine (idempotent)
 //! - `build-ebpf`: build the kernel programs for bpfel-unknown-none
 //! - `test`: setup, build-ebpf, fmt check, clippy and the whole test suite
-//! - `bench store`: orch's store against etcd, figures and ratios
+//! - `bench store|api`: benchmarks beside their anchors or targets
+//! - `fuzz`: the fuzz targets, each for a fixed time
 
 mod bench;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -35,6 +37,13 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run every fuzz target (manifest parser, API request decoding) for a
+    /// fixed time; a crash fails it.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Run a benchmark against its anchor in the same run (optimized build).
     Bench {
         bench: bench::Bench,
@@ -51,6 +60,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => ebpf::build(),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),
         Task::Bench { bench, args } => bench::run(bench, &args),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
     }
 }
 

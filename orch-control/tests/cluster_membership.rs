@@ -215,6 +215,9 @@ async fn data_dirs_never_cross_clusters() {
     a2.copy_ca_from(&a1);
     a2.start(&["--join", &a1.addr]);
     let a_addrs = vec![a1.addr.clone(), a2.addr.clone()];
+    // Let each API server finish creating its system namespaces first, so
+    // the states compared below are final.
+    common::system_namespaces_created(&a1.addr).await;
     let mut client = StoreClient::new(&a_addrs, Duration::from_secs(20)).expect("client");
     client
         .write(&put(1, "/registry/a/one"))
@@ -223,6 +226,7 @@ async fn data_dirs_never_cross_clusters() {
     let a_state = common::converged(&a_addrs).await;
     let mut b1 = Replica::new(1, dir.path().join("b-1"));
     b1.start(&["--init"]);
+    common::system_namespaces_created(&b1.addr).await;
     let mut client = StoreClient::new(&[b1.addr.clone()], Duration::from_secs(20)).expect("b");
     client
         .write(&put(2, "/registry/b/one"))

@@ -231,6 +231,9 @@ pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The API server's system namespaces land first: tests comparing
+    // states must not race them.
+    system_namespaces_created(&addrs[0]).await;
     let mut probe = StoreClient::new(&addrs, Duration::from_secs(30)).expect("client");
     probe
         .write(&put(1, "/registry/probe"))

@@ -153,7 +153,11 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // The server's refusals read as kubectl prints them.
+            match error.downcast_ref::<orch_core::api::ApiError>() {
+                Some(api) => eprintln!("Error from server ({}): {api}", api.reason()),
+                None => eprintln!("error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -212,6 +212,55 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
     assert_eq!(ok(&server, &["uncordon", "n1"]), "node/n1 uncordoned\n");
     assert!(ok(&server, &["get", "no", "n1"]).contains("n1     NotReady   <none>"));
 
+    // get -w: the current table, then a row per change.
+    let mut watching = Command::new(ORCHCTL)
+        .args(["get", "configmaps", "-w"])
+        .env("ORCH_CONFIG", &server)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("orchctl get -w");
+    let stdout = watching.stdout.take().expect("stdout");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {a: b, c: d}\n",
+    )
+    .expect("cm");
+    ok(&server, &["apply", "-f", &cm.to_string_lossy()]);
+    let mut printed = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !printed.iter().any(|l: &String| l.starts_with("watched ")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => panic!("get -w printed no row for the new object: {printed:?}"),
+        }
+    }
+    let _ = watching.kill();
+    let _ = watching.wait();
+    let row = printed
+        .iter()
+        .find(|l| l.starts_with("watched "))
+        .expect("row");
+    assert!(
+        row.starts_with("watched   2      "),
+        "{row:?} in {printed:?}"
+    );
+
     let view = ok(&server, &["config", "view"]);
     assert!(
         view.contains("certificate-authority: DATA+OMITTED"),

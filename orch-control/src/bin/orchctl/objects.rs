@@ -66,6 +66,9 @@ pub struct GetArgs {
     pub field_selector: Option<String>,
     #[arg(short, long, value_parser = ["wide", "yaml", "json", "name"])]
     pub output: Option<String>,
+    /// After listing, watch: print a row for every change until interrupted.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -187,11 +190,21 @@ pub fn get(args: GetArgs) -> Result<()> {
     if kinds.len() > 1 && !args.names.is_empty() {
         bail!("names cannot be given with several kinds");
     }
+    if args.watch && (kinds.len() > 1 || !args.names.is_empty() || args.output.is_some()) {
+        bail!("-w watches one kind, as a table, without names");
+    }
     let runtime = runtime()?;
     // Channels are made inside the runtime they will run on.
     let _entered = runtime.enter();
     let mut client = args.connection.client()?;
     let mut found: Vec<(Kind, Vec<Object>)> = Vec::new();
+    // Where the (last) list was read: a watch goes on from there.
+    let mut listed_at = String::new();
+    let options = ListOptions {
+        label_selector: args.selector.clone().unwrap_or_default(),
+        field_selector: args.field_selector.clone().unwrap_or_default(),
+        ..ListOptions::default()
+    };
     for kind in kinds.iter().copied() {
         let namespace = if args.all_namespaces || !kind.namespaced() {
             None
@@ -200,17 +213,9 @@ pub fn get(args: GetArgs) -> Result<()> {
         };
         let objects = runtime.block_on(async {
             if args.names.is_empty() {
-                let options = ListOptions {
-                    label_selector: args.selector.clone().unwrap_or_default(),
-                    field_selector: args.field_selector.clone().unwrap_or_default(),
-                    ..ListOptions::default()
-                };
-                Ok::<_, ApiError>(
-                    client
-                        .list(kind, namespace.as_deref(), &options)
-                        .await?
-                        .items,
-                )
+                let list = client.list(kind, namespace.as_deref(), &options).await?;
+                listed_at = list.resource_version;
+                Ok::<_, ApiError>(list.items)
             } else {
                 let mut objects = Vec::new();
                 for name in &args.names {
@@ -246,6 +251,29 @@ pub fn get(args: GetArgs) -> Result<()> {
                 .collect();
             print!("{}", tables.join("\n"));
         }
+    }
+    if args.watch {
+        let kind = kinds[0];
+        let namespace = (!args.all_namespaces && kind.namespaced())
+            .then(|| args.namespace.clone().unwrap_or_else(|| "default".into()));
+        runtime.block_on(async {
+            let mut stream = client
+                .watch(kind, namespace.as_deref(), &options, &listed_at, false)
+                .await?;
+            let mut header = all.is_empty();
+            while let Some(event) = stream.next().await? {
+                let Some(object) = event.object else { continue };
+                // The table's row alone, as kubectl -w prints it; the
+                // header only when nothing was listed before.
+                let text = table::render(kind, &[object], args.all_namespaces, false);
+                let skip = usize::from(!header);
+                header = false;
+                for line in text.lines().skip(skip) {
+                    println!("{line}");
+                }
+            }
+            Ok::<_, ApiError>(())
+        })?;
     }
     Ok(())
 }

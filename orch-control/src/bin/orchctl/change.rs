@@ -10,7 +10,7 @@ use orch_core::api::{ApiClient, ListOptions};
 use orch_core::object::{Kind, Object};
 use serde_json::{Value, json};
 
-use super::objects::{Connection, kind_arg, object_ref, runtime};
+use super::objects::{Connection, kind_arg, object_ref};
 use super::table::age;
 
 #[derive(clap::Args)]
@@ -86,9 +86,7 @@ fn patch(
     patch: Value,
     verb: &str,
 ) -> Result<()> {
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let mut client = connection.client()?;
+    let (runtime, mut client) = connection.session()?;
     let object = runtime.block_on(client.patch(kind, namespace.as_deref(), name, &patch, false))?;
     println!("{} {verb}", object_ref(&object));
     Ok(())
@@ -127,9 +125,7 @@ pub fn metadata(args: MetadataArgs, field: &str, verb: &str) -> Result<()> {
             bail!("{change:?}: expected key=value or key-");
         }
     }
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let mut client = args.connection.client()?;
+    let (runtime, mut client) = args.connection.session()?;
     if !args.overwrite {
         let current = runtime
             .block_on(client.get(kind, namespace.as_deref(), &args.name))?
@@ -177,9 +173,7 @@ pub fn cordon(args: NodeArgs, unschedulable: bool) -> Result<()> {
 pub fn edit(args: ObjectArgs) -> Result<()> {
     let kind = kind_arg(&args.kind)?;
     let namespace = namespace_for(kind, &args.namespace);
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let mut client = args.connection.client()?;
+    let (runtime, mut client) = args.connection.session()?;
     let object = runtime.block_on(client.get(kind, namespace.as_deref(), &args.name))?;
     let original = serde_yaml_ng::to_string(&object)?;
     let file = tempfile::Builder::new()
@@ -234,9 +228,7 @@ fn indented(value: &Value) -> String {
 pub fn describe(args: ObjectArgs) -> Result<()> {
     let kind = kind_arg(&args.kind)?;
     let namespace = namespace_for(kind, &args.namespace);
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let mut client = args.connection.client()?;
+    let (runtime, mut client) = args.connection.session()?;
     let object = runtime.block_on(client.get(kind, namespace.as_deref(), &args.name))?;
     let events = runtime.block_on(events_of(&mut client, &object))?;
     let value = object.to_json();

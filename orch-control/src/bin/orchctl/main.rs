@@ -249,9 +249,7 @@ fn each_server<T>(
     servers: &[String],
     attempt: impl AsyncFn(&str) -> Result<T, Failure>,
 ) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = objects::runtime()?;
     let mut failures = Vec::new();
     for server in servers {
         match runtime.block_on(attempt(server)) {

@@ -32,7 +32,18 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn client(&self) -> Result<ApiClient> {
+    /// A runtime and a client of the cluster to run on it (the client's
+    /// channels are made inside the runtime that drives them).
+    pub fn session(&self) -> Result<(tokio::runtime::Runtime, ApiClient)> {
+        let runtime = runtime()?;
+        let client = {
+            let _entered = runtime.enter();
+            self.client()?
+        };
+        Ok((runtime, client))
+    }
+
+    fn client(&self) -> Result<ApiClient> {
         let path = ClientConfig::locate(self.config.as_deref())?;
         let mut config = ClientConfig::load(&path)?;
         if !self.servers.is_empty() {
@@ -193,10 +204,7 @@ pub fn get(args: GetArgs) -> Result<()> {
     if args.watch && (kinds.len() > 1 || !args.names.is_empty() || args.output.is_some()) {
         bail!("-w watches one kind, as a table, without names");
     }
-    let runtime = runtime()?;
-    // Channels are made inside the runtime they will run on.
-    let _entered = runtime.enter();
-    let mut client = args.connection.client()?;
+    let (runtime, mut client) = args.connection.session()?;
     let mut found: Vec<(Kind, Vec<Object>)> = Vec::new();
     // Where the (last) list was read: a watch goes on from there.
     let mut listed_at = String::new();
@@ -321,9 +329,7 @@ pub fn apply(args: ApplyArgs, create_only: bool) -> Result<bool> {
     } else {
         ""
     };
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let mut client = args.connection.client()?;
+    let (runtime, mut client) = args.connection.session()?;
     let mut all_ok = true;
     for document in documents {
         let mut object = document.object;
@@ -397,9 +403,7 @@ fn comparable(object: &Object) -> serde_json::Value {
 }
 
 pub fn delete(args: DeleteArgs) -> Result<bool> {
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let mut client = args.connection.client()?;
+    let (runtime, mut client) = args.connection.session()?;
     let mut targets: Vec<(Kind, Option<String>, String)> = Vec::new();
     if !args.filenames.is_empty() {
         for document in read_manifests(&args.filenames, false)? {

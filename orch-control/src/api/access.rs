@@ -120,12 +120,4 @@ impl StoreAccess {
                 other => ApiError::Internal(other.to_string()),
             })
     }
-
-    /// The revision this replica has applied.
-    pub fn local_revision(&self) -> Result<Revision, ApiError> {
-        self.node
-            .store()
-            .revision()
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    }
 }

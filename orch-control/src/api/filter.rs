@@ -59,10 +59,6 @@ impl Filter {
         Ok(Self { labels, fields })
     }
 
-    pub fn is_everything(&self) -> bool {
-        self.labels.is_everything() && self.fields.is_empty()
-    }
-
     /// Whether the object (as JSON) is selected.
     pub fn matches(&self, object: &Value) -> bool {
         let labels: BTreeMap<String, String> = object["metadata"]["labels"]

@@ -1,7 +1,9 @@
 //! The cluster's certificates, in `<data-dir>/pki/` (like kubeadm's
 //! /etc/kubernetes/pki): a CA made by `--init`, each replica's API serving
 //! certificate signed by it, and an admin client certificate with the
-//! client config file (`admin.conf`) that orchctl reads.
+//! client config file (`admin.conf`) that orchctl reads, and each
+//! replica's peer certificate for the replication port (mutual TLS between
+//! replicas; see `store::raft::peer_tls`).
 //!
 //! A replica joining the cluster needs the CA first: copy `pki/ca.crt` and
 //! `pki/ca.key` from an existing replica into its data directory, as with
@@ -11,6 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use orch_core::api::config::ClientConfig;
+
+use crate::store::raft::peer_tls::PeerTls;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -21,6 +25,8 @@ pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const SERVER_CERT: &str = "apiserver.crt";
 pub const SERVER_KEY: &str = "apiserver.key";
+pub const PEER_CERT: &str = "peer.crt";
+pub const PEER_KEY: &str = "peer.key";
 pub const ADMIN_CONFIG: &str = "admin.conf";
 
 #[derive(Debug, Error)]
@@ -135,7 +141,7 @@ impl Pki {
         common_name: &str,
         organization: Option<&str>,
         hosts: &[String],
-        usage: ExtendedKeyUsagePurpose,
+        usages: &[ExtendedKeyUsagePurpose],
     ) -> Result<(String, String), PkiError> {
         let issuer = self.issuer()?;
         let key = KeyPair::generate()?;
@@ -152,7 +158,7 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         params.not_after = rcgen::date_time_ymd(this_year() + 2, 1, 1);
         let certificate = params.signed_by(&key, &issuer)?;
         Ok((certificate.pem(), key.serialize_pem()))
@@ -168,10 +174,69 @@ impl Pki {
             "orch-apiserver",
             None,
             hosts,
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
         )?;
         write_private(&self.path(SERVER_KEY), &key)?;
         std::fs::write(self.path(SERVER_CERT), cert).map_err(io(&self.path(SERVER_CERT)))
+    }
+
+    /// Makes this replica's peer certificate for the replication port, for
+    /// `hosts`, when it has none yet. It serves that port and is presented
+    /// when this replica calls another, so it carries both usages.
+    pub fn ensure_peer_certificate(&self, hosts: &[String]) -> Result<(), PkiError> {
+        if self.path(PEER_CERT).exists() && self.path(PEER_KEY).exists() {
+            return Ok(());
+        }
+        let (cert, key) = self.sign(
+            "orch-control-peer",
+            Some("system:orch-control"),
+            hosts,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        write_private(&self.path(PEER_KEY), &key)?;
+        std::fs::write(self.path(PEER_CERT), cert).map_err(io(&self.path(PEER_CERT)))
+    }
+
+    /// A peer identity for calls made before this replica may write to its
+    /// data directory (asking a seed which cluster it serves): the stored
+    /// peer certificate, or else one signed in memory and never written.
+    pub fn caller_tls(&self) -> Result<PeerTls, PkiError> {
+        if self.path(PEER_CERT).exists() && self.path(PEER_KEY).exists() {
+            return self.peer_tls();
+        }
+        let (cert, key) = self.sign(
+            "orch-control-peer",
+            Some("system:orch-control"),
+            &[],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        Ok(PeerTls::new(&read(&self.path(CA_CERT))?, &cert, &key))
+    }
+
+    /// This replica's side of the replication port as a caller.
+    pub fn peer_tls(&self) -> Result<PeerTls, PkiError> {
+        Ok(PeerTls::new(
+            &read(&self.path(CA_CERT))?,
+            &read(&self.path(PEER_CERT))?,
+            &read(&self.path(PEER_KEY))?,
+        ))
+    }
+
+    /// The replication port's TLS: the peer certificate, and a client
+    /// certificate signed by the cluster CA required of every caller.
+    pub fn peer_server_tls(&self) -> Result<tonic::transport::ServerTlsConfig, PkiError> {
+        let identity = tonic::transport::Identity::from_pem(
+            read(&self.path(PEER_CERT))?,
+            read(&self.path(PEER_KEY))?,
+        );
+        let ca = tonic::transport::Certificate::from_pem(read(&self.path(CA_CERT))?);
+        Ok(tonic::transport::ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(ca)
+            .client_auth_optional(false))
     }
 
     /// Writes `admin.conf`: the API servers, the CA and an admin client
@@ -181,7 +246,7 @@ impl Pki {
             "admin",
             Some("system:masters"),
             &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         )?;
         let config = ClientConfig {
             servers: servers.to_vec(),

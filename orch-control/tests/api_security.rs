@@ -135,3 +135,81 @@ async fn a_replica_cannot_join_without_the_cluster_ca() {
     );
     assert!(common::dir_contents(&second).is_empty(), "nothing written");
 }
+
+/// The replication port (Raft, forwarded writes, joins, snapshots) takes
+/// mutual TLS with the cluster CA only: no plain text, no certificate-less
+/// TLS, no certificate from another CA, and a token config cannot reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_port_takes_only_cluster_certificates() {
+    use orch_control::store::raft::client::replica_status;
+    use orch_control::store::raft::peer_tls::PeerTls;
+    use orch_control::store::raft::transport::proto::StatusRequest;
+    use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let replica = replica_with_tokens(dir.path()).await;
+    let addr = replica.addr.clone();
+    let admin = replica.api_config(std::slice::from_ref(&replica.api_addr));
+
+    // The admin certificate (same CA) is let in.
+    let status = replica_status(&addr, &common::peer_tls(&addr))
+        .await
+        .expect("the cluster's certificate is accepted");
+    assert_eq!(status.node_id, 1);
+
+    // Plain text: no answer.
+    let mut plain = MembershipClient::connect(format!("http://{addr}"))
+        .await
+        .expect("a TCP connection opens");
+    let refused = plain
+        .status(StatusRequest {})
+        .await
+        .expect_err("plain text must be refused");
+    assert_ne!(refused.code(), tonic::Code::Ok);
+
+    // TLS that trusts the server but presents no certificate: refused.
+    let anonymous = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(&admin.certificate_authority),
+        ))
+        .expect("tls");
+    let refused = match anonymous.connect().await {
+        Ok(channel) => MembershipClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .expect_err("a caller without a certificate must be refused"),
+        Err(_) => tonic::Status::unavailable("refused at the handshake"),
+    };
+    assert_ne!(refused.code(), tonic::Code::Ok);
+
+    // A certificate signed by another CA: refused.
+    let foreign = orch_control::pki::Pki::new(&dir.path().join("foreign"));
+    foreign.create_ca().expect("foreign CA");
+    let foreign_config = orch_core::api::config::ClientConfig::load(
+        &foreign
+            .write_admin_config(&["127.0.0.1:1".into()])
+            .expect("foreign admin config"),
+    )
+    .expect("load");
+    let impostor = PeerTls::new(
+        &admin.certificate_authority,
+        foreign_config.client_certificate.as_deref().expect("cert"),
+        foreign_config.client_key.as_deref().expect("key"),
+    );
+    let refused = replica_status(&addr, &impostor)
+        .await
+        .expect_err("a certificate of another CA must be refused");
+    assert_ne!(refused.code(), tonic::Code::Ok);
+
+    // A token-only config has nothing to present there.
+    let mut token_only = admin.clone();
+    token_only.client_certificate = None;
+    token_only.client_key = None;
+    token_only.token = Some("s3cret-token".into());
+    let error = PeerTls::from_client_config(&token_only).expect_err("no certificate");
+    assert!(
+        error.to_string().contains("client certificates only"),
+        "{error}"
+    );
+}

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Replica, put};
-use orch_control::store::raft::client::StoreClient;
 use orch_control::store::raft::service::WatchError;
 
 const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
@@ -34,7 +33,7 @@ async fn single_replica_restarts_with_its_writes_and_keeps_a_compaction_window()
     // The API server creates the system namespaces at start: let that
     // finish, so this test's writes get consecutive revisions.
     common::system_namespaces_created(&replica.addr).await;
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     let mut last = 0;
     for i in 0..200u128 {
         last = client
@@ -91,7 +90,7 @@ async fn single_replica_restarts_with_its_writes_and_keeps_a_compaction_window()
     replica.start(&["--compaction-retention", "50"]);
     let after = common::converged(&addrs).await;
     assert_eq!(after, before);
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     let response = client
         .write(&put(9_999, "/registry/single/after"))
         .await
@@ -104,13 +103,16 @@ async fn five_replicas_outlive_two_failures_and_shrink_by_member_removal() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut replicas, addrs) = common::cluster(dir.path(), 5).await;
     let servers = addrs.join(",");
-    let listing = orchctl(&["member", "list", "--server", &servers]);
+    // The replication ports take the admin client certificate.
+    let config = replicas[0].dir.join("pki").join("admin.conf");
+    let config = config.to_string_lossy().into_owned();
+    let listing = orchctl(&["member", "list", "--server", &servers, "--config", &config]);
     assert_eq!(
         listing.lines().filter(|l| l.contains("voter")).count(),
         5,
         "{listing}"
     );
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     let mut acknowledged = Vec::new();
     for i in 0..20u128 {
         let key = format!("/registry/five/{i}");
@@ -156,13 +158,22 @@ async fn five_replicas_outlive_two_failures_and_shrink_by_member_removal() {
             &id.to_string(),
             "--server",
             &live_servers,
+            "--config",
+            &config,
         ]);
         assert!(
             removed.contains(&format!("removed member {id}")),
             "{removed}"
         );
     }
-    let listing = orchctl(&["member", "list", "--server", &live_servers]);
+    let listing = orchctl(&[
+        "member",
+        "list",
+        "--server",
+        &live_servers,
+        "--config",
+        &config,
+    ]);
     assert_eq!(
         listing.lines().filter(|l| l.contains("voter")).count(),
         3,
@@ -190,7 +201,7 @@ async fn five_replicas_outlive_two_failures_and_shrink_by_member_removal() {
         .map(|r| r.addr.clone())
         .collect();
     assert_eq!(survivors.len(), 2);
-    let mut client = StoreClient::new(&survivors, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&survivors, Duration::from_secs(20));
     for i in 0..20u128 {
         let key = format!("/registry/five/after-removal/{i}");
         client
@@ -218,16 +229,19 @@ async fn data_dirs_never_cross_clusters() {
     // Let each API server finish creating its system namespaces first, so
     // the states compared below are final.
     common::system_namespaces_created(&a1.addr).await;
-    let mut client = StoreClient::new(&a_addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&a_addrs, Duration::from_secs(20));
     client
         .write(&put(1, "/registry/a/one"))
         .await
         .expect("A write");
     let a_state = common::converged(&a_addrs).await;
+    // B is made with A's CA (an operator reusing one CA for two clusters):
+    // TLS lets them talk, so the cluster ids must keep them apart.
     let mut b1 = Replica::new(1, dir.path().join("b-1"));
+    b1.copy_ca_from(&a1);
     b1.start(&["--init"]);
     common::system_namespaces_created(&b1.addr).await;
-    let mut client = StoreClient::new(&[b1.addr.clone()], Duration::from_secs(20)).expect("b");
+    let mut client = common::store_client(&[b1.addr.clone()], Duration::from_secs(20));
     client
         .write(&put(2, "/registry/b/one"))
         .await
@@ -300,6 +314,36 @@ async fn data_dirs_never_cross_clusters() {
     );
     assert_eq!(common::dir_contents(&fresh), fresh_files, "files written");
 
+    // A replica holding another CA cannot even ask A which cluster it is:
+    // refused at once (no retrying for a minute), nothing written.
+    let stranger = dir.path().join("stranger");
+    orch_control::pki::Pki::new(&stranger)
+        .create_ca()
+        .expect("a foreign CA");
+    let stranger_files = common::dir_contents(&stranger);
+    let started = Instant::now();
+    let error = common::refused(&[
+        "--data-dir",
+        &stranger.to_string_lossy(),
+        "--node-id",
+        "4",
+        "--listen",
+        "127.0.0.1:0",
+        "--join",
+        &a1.addr,
+    ]);
+    assert!(
+        error.contains(&format!("refusing to join {}", a1.addr))
+            && error.contains("do not share a cluster CA"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+    assert_eq!(
+        common::dir_contents(&stranger),
+        stranger_files,
+        "files written"
+    );
+
     // B's replica started where A's second replica was: A keeps sending it
     // Raft traffic, B refuses every RPC, and neither cluster's data moves.
     a2.kill();
@@ -329,7 +373,7 @@ async fn damaged_data_files_are_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = Replica::new(1, dir.path().join("replica-1"));
     replica.start(&["--init"]);
-    let mut client = StoreClient::new(&[replica.addr.clone()], Duration::from_secs(20)).expect("c");
+    let mut client = common::store_client(&[replica.addr.clone()], Duration::from_secs(20));
     for i in 0..20u128 {
         client
             .write(&put(1 + i, &format!("/registry/d/{i}")))

@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{Replica, put};
-use orch_control::store::raft::client::{ClientError, StoreClient};
+use orch_control::store::raft::client::ClientError;
 use orch_control::store::types::{Outcome, Request, RequestId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut replicas, addrs) = common::cluster(dir.path(), 3).await;
-    let mut probe = StoreClient::new(&addrs, Duration::from_secs(30)).expect("client");
+    let mut probe = common::store_client(&addrs, Duration::from_secs(30));
 
     // 8 clients write continuously; the leader is killed while they do.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -26,7 +26,7 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
         let addrs = addrs.clone();
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
-            let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+            let mut client = common::store_client(&addrs, Duration::from_secs(20));
             let mut acked = Vec::new();
             let mut i = 0u128;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -65,7 +65,7 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
         .filter(|a| **a != leader_addr)
         .cloned()
         .collect();
-    let mut after = StoreClient::new(&survivors, Duration::from_secs(20)).expect("client");
+    let mut after = common::store_client(&survivors, Duration::from_secs(20));
     after
         .write(&put(3, "/registry/after-kill"))
         .await
@@ -115,7 +115,7 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
 async fn stopped_follower_quorum_loss_and_full_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut replicas, addrs) = common::cluster(dir.path(), 3).await;
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     client.write(&put(10, "/registry/a")).await.expect("write");
     let leader = client.last_answered().to_string();
 
@@ -147,7 +147,7 @@ async fn stopped_follower_quorum_loss_and_full_restart() {
     let mut lonely =
         // 9 s: each attempt may take 3 s, longer than the replica's 2 s write
         // timeout, so its "no quorum" answer arrives.
-        StoreClient::new(std::slice::from_ref(&leader), Duration::from_secs(9)).expect("client");
+        common::store_client(std::slice::from_ref(&leader), Duration::from_secs(9));
     let started = Instant::now();
     match lonely.write(&put(999, "/registry/no-quorum")).await {
         Err(ClientError::Unavailable { last, .. }) => {
@@ -176,7 +176,7 @@ async fn stopped_follower_quorum_loss_and_full_restart() {
             "write {i} lost"
         );
     }
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     client
         .write(&put(5000, "/registry/after-restart"))
         .await
@@ -192,7 +192,7 @@ async fn watch_replays_then_follows_live_in_order() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     let mut revisions_written = Vec::new();
     for i in 0..50u128 {
         let response = client
@@ -204,7 +204,7 @@ async fn watch_replays_then_follows_live_in_order() {
     // Watch on every replica (followers included) from the first write.
     let mut streams = Vec::new();
     for addr in &addrs {
-        let mut grpc = GrpcStore::connect(format!("http://{addr}"))
+        let mut grpc = GrpcStore::connect(common::peer_tls(addr).endpoint(addr).expect("endpoint"))
             .await
             .expect("connect");
         let query = WatchQuery {
@@ -268,9 +268,10 @@ async fn watch_replays_then_follows_live_in_order() {
         client.write(&compact).await.expect("compact").outcome,
         Outcome::Compacted
     );
-    let mut grpc = GrpcStore::connect(format!("http://{}", addrs[0]))
-        .await
-        .expect("connect");
+    let endpoint = common::peer_tls(&addrs[0])
+        .endpoint(&addrs[0])
+        .expect("endpoint");
+    let mut grpc = GrpcStore::connect(endpoint).await.expect("connect");
     let query = WatchQuery {
         prefix: b"/registry/w/".to_vec(),
         start: revisions_written[10],
@@ -303,7 +304,7 @@ async fn leases_live_while_kept_alive_and_their_keys_go_when_they_expire() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     let grant = Request {
         id: RequestId(500),
         command: StoreCommand::LeaseGrant {
@@ -377,8 +378,8 @@ async fn leases_live_while_kept_alive_and_their_keys_go_when_they_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_replicas, addrs) = common::cluster(dir.path(), 3).await;
-    let mut client = StoreClient::new(&addrs, Duration::from_secs(20)).expect("client");
+    let (replicas, addrs) = common::cluster(dir.path(), 3).await;
+    let mut client = common::store_client(&addrs, Duration::from_secs(20));
     for i in 0..100u128 {
         client
             .write(&put(
@@ -398,6 +399,12 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
             &file.to_string_lossy(),
             "--server",
             &addrs.join(","),
+            "--config",
+            &replicas[0]
+                .dir
+                .join("pki")
+                .join("admin.conf")
+                .to_string_lossy(),
         ])
         .output()
         .expect("run orchctl");
@@ -464,8 +471,8 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And it is a working cluster.
-    let mut client = StoreClient::new(std::slice::from_ref(&replica.addr), Duration::from_secs(20))
-        .expect("client");
+    let mut client =
+        common::store_client(std::slice::from_ref(&replica.addr), Duration::from_secs(20));
     let response = client
         .write(&put(40_000, "/registry/after-restore"))
         .await

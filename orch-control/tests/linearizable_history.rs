@@ -6,7 +6,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use orch_control::store::raft::client::StoreClient;
 use orch_control::store::raft::service::RangeQuery;
 use orch_control::store::types::{Command, Op, Request, RequestId, Txn};
 use orch_tests::linearizability::{Action, Operation, check};
@@ -43,7 +42,7 @@ async fn history_under_leader_kill_is_linearizable() {
     for c in 0..CLIENTS {
         let addrs = addrs.clone();
         clients.push(tokio::spawn(async move {
-            let mut client = StoreClient::new(&addrs, Duration::from_secs(8)).expect("client");
+            let mut client = common::store_client(&addrs, Duration::from_secs(8));
             let mut random = Lcg(c + 1);
             let mut history = Vec::new();
             for i in 0..OPS_PER_CLIENT {
@@ -98,7 +97,7 @@ async fn history_under_leader_kill_is_linearizable() {
     }
     // Kill the leader while the clients run.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut probe = StoreClient::new(&addrs, Duration::from_secs(10)).expect("client");
+    let mut probe = common::store_client(&addrs, Duration::from_secs(10));
     probe
         .write(&common::put(42, "/registry/probe-leader"))
         .await

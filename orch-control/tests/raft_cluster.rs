@@ -40,6 +40,14 @@ impl Replica {
             cluster: CLUSTER,
             node: id,
         };
+        // One CA and peer certificate for the test's replicas: the
+        // replication port is mutual TLS, in process as between processes.
+        let pki = orch_control::pki::Pki::new(dir);
+        if !pki.has_ca() {
+            pki.create_ca().expect("CA");
+        }
+        pki.ensure_peer_certificate(&["127.0.0.1".into()])
+            .expect("peer certificate");
         let node = RaftNode::open(
             identity,
             &dir.join(format!("node-{id}")),
@@ -48,9 +56,11 @@ impl Replica {
                 write_timeout: Duration::from_secs(3),
                 compaction_retention: 0,
             },
+            pki.peer_tls().expect("peer TLS"),
         )
         .await
         .expect("open replica");
+        let server_tls = pki.peer_server_tls().expect("server TLS");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -59,6 +69,8 @@ impl Replica {
         let server = tokio::spawn(async move {
             let incoming = orch_control::store::raft::transport::incoming(listener);
             let _ = tonic::transport::Server::builder()
+                .tls_config(server_tls)
+                .expect("TLS")
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use orch_control::store::raft::client::replica_status;
+use orch_control::store::raft::peer_tls::PeerTls;
 
 const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
 pub const HEARTBEAT_MS: u64 = 100;
@@ -67,18 +68,24 @@ pub struct OrchCluster {
     pub addrs: Vec<String>,
     /// Each replica's API address (TLS).
     pub api_addrs: Vec<String>,
+    /// The admin certificate for the replication ports (mutual TLS), once
+    /// replica 1 made it.
+    tls: Option<PeerTls>,
     procs: Vec<Option<Process>>,
 }
 
 impl OrchCluster {
     pub async fn start(replicas: usize) -> Result<Self> {
+        let root = tempfile::tempdir()?;
         let mut cluster = Self {
-            root: tempfile::tempdir()?,
             addrs: vec!["127.0.0.1:0".into(); replicas],
             api_addrs: vec![String::new(); replicas],
+            tls: None,
             procs: (0..replicas).map(|_| None).collect(),
+            root,
         };
         cluster.spawn(0, &["--init"])?;
+        cluster.tls = Some(PeerTls::from_client_config(&cluster.api_config(0)?)?);
         let seed = cluster.addrs[0].clone();
         for index in 1..replicas {
             // A joining replica brings the cluster CA, copied by hand.
@@ -138,10 +145,16 @@ impl OrchCluster {
         Ok(())
     }
 
+    /// The credentials for the replication ports.
+    pub fn tls(&self) -> Result<PeerTls> {
+        self.tls.clone().context("replica 1 has not started")
+    }
+
     async fn status(
         addr: &str,
+        tls: &Option<PeerTls>,
     ) -> Option<orch_control::store::raft::transport::proto::StatusResponse> {
-        replica_status(addr).await.ok()
+        replica_status(addr, tls.as_ref()?).await.ok()
     }
 
     /// The admin's client config for every replica's API, this one first.
@@ -172,7 +185,7 @@ impl OrchCluster {
             let addrs = addrs.clone();
             async move {
                 for addr in &addrs {
-                    match Self::status(addr).await {
+                    match Self::status(addr, &self.tls).await {
                         Some(s) if s.voters.len() == voters && s.leader_id != 0 => {}
                         _ => return false,
                     }
@@ -192,7 +205,7 @@ impl OrchCluster {
     /// The index of the current leader.
     pub async fn leader(&self) -> Result<usize> {
         for index in self.running() {
-            if let Some(status) = Self::status(&self.addrs[index]).await
+            if let Some(status) = Self::status(&self.addrs[index], &self.tls).await
                 && status.leader_id != 0
             {
                 return Ok(status.leader_id as usize - 1);

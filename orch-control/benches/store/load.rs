@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use orch_control::store::raft::client::StoreClient;
+use orch_control::store::raft::peer_tls::PeerTls;
 use orch_control::store::raft::service::RangeQuery;
 use orch_control::store::types::{Command, Op, Outcome, Request, RequestId, Txn};
 
@@ -18,14 +19,16 @@ pub enum Conn {
 /// Which system and where: orch replica addresses or etcd client URLs.
 #[derive(Clone)]
 pub enum Target {
-    Orch(Vec<String>),
+    Orch(Vec<String>, PeerTls),
     Etcd(Vec<String>),
 }
 
 impl Target {
     pub async fn connect(&self) -> Result<Conn> {
         Ok(match self {
-            Target::Orch(addrs) => Conn::Orch(StoreClient::new(addrs, Duration::from_secs(30))?),
+            Target::Orch(addrs, tls) => {
+                Conn::Orch(StoreClient::new(addrs, tls, Duration::from_secs(30))?)
+            }
             Target::Etcd(urls) => Conn::Etcd(Box::new(
                 etcd_client::Client::connect(urls, None)
                     .await

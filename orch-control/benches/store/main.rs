@@ -127,7 +127,7 @@ fn put_rows(label: &str, orch: &mut [Run], etcd: &mut [Run]) -> Vec<Row> {
 async fn replicated(replicas: usize, sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     let mut orch = OrchCluster::start(replicas).await?;
     let mut etcd = EtcdCluster::start(replicas).await?;
-    let orch_target = Target::Orch(orch.addrs.clone());
+    let orch_target = Target::Orch(orch.addrs.clone(), orch.tls()?);
     // etcd's clients talk to its leader, as orch's client does (a follower
     // would forward each put: an extra hop orch's clients don't take).
     let etcd_target = Target::Etcd(vec![etcd.client_urls[etcd.leader().await?].clone()]);
@@ -151,7 +151,7 @@ async fn replicated(replicas: usize, sizes: &Sizes, rows: &mut Vec<Row>) -> Resu
             for target in order {
                 let run = puts(target, clients, per_client, VALUE_BYTES, &prefix).await?;
                 match target {
-                    Target::Orch(_) => orch_runs.push(run),
+                    Target::Orch(..) => orch_runs.push(run),
                     Target::Etcd(_) => etcd_runs.push(run),
                 }
             }
@@ -211,7 +211,7 @@ async fn holding(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     let objects = clients * per_client;
     let orch = OrchCluster::start(1).await?;
     let etcd = EtcdCluster::start(1).await?;
-    let orch_target = Target::Orch(orch.addrs.clone());
+    let orch_target = Target::Orch(orch.addrs.clone(), orch.tls()?);
     let etcd_target = Target::Etcd(etcd.client_urls.clone());
     puts(&orch_target, clients, per_client, 1024, "/registry/objects").await?;
     puts(&etcd_target, clients, per_client, 1024, "/registry/objects").await?;
@@ -239,7 +239,9 @@ async fn holding(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
         Command::new(ORCHCTL)
             .args(["snapshot", "save"])
             .arg(&orch_file)
-            .args(["--server", &orch.addrs[0]]),
+            .args(["--server", &orch.addrs[0]])
+            .arg("--config")
+            .arg(orch.root.path().join("replica-1/pki/admin.conf")),
         "orchctl snapshot save",
     )?;
     let etcd_save = timed(

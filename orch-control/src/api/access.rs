@@ -66,7 +66,7 @@ impl StoreAccess {
         {
             return Ok(client.clone());
         }
-        let client = StoreClient::new(&addrs, self.timeout).map_err(store_error)?;
+        let client = StoreClient::new(&addrs, &self.node.tls, self.timeout).map_err(store_error)?;
         *cached = Some((addrs, client.clone()));
         Ok(client)
     }

@@ -1,5 +1,5 @@
 //! `orch-control`: a control-plane replica: the replicated store (Raft over
-//! gRPC, redb on disk) on `--listen`, and the API server (TLS) on
+//! gRPC with mutual TLS, redb on disk) on `--listen`, and the API server (TLS) on
 //! `--api-listen`; the scheduler and controllers join it in later work.
 
 use std::collections::BTreeMap;
@@ -18,12 +18,12 @@ use orch_control::api::registry::Registry;
 use orch_control::api::service::api_server;
 use orch_control::pki::{ADMIN_CONFIG, Pki, PkiError};
 use orch_control::store::identity::{ClusterId, Identity};
-use orch_control::store::raft::client::replica_status;
+use orch_control::store::raft::client::{membership, replica_status};
 use orch_control::store::raft::node::{NodeOptions, RaftNode};
+use orch_control::store::raft::peer_tls::PeerTls;
 use orch_control::store::raft::service::{membership_server, store_server};
 use orch_control::store::raft::transport::TransportService;
 use orch_control::store::raft::transport::proto::JoinRequest;
-use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
 use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
@@ -180,10 +180,15 @@ async fn run(cli: RunArgs) -> Result<()> {
         Some(path) => load_token_file(path)?,
         None => Default::default(),
     };
-    let identity = resolve_identity(&cli, &data_dir, node_id).await?;
+    let identity = resolve_identity(&cli, &data_dir, &pki, node_id).await?;
     if !pki.has_ca() {
         pki.create_ca().context("creating the cluster CA")?;
     }
+    // The replication port's certificate names the --listen address (not
+    // its port, so a port the kernel picks does not matter).
+    pki.ensure_peer_certificate(&serving_names(cli.listen))
+        .context("the peer certificate")?;
+    let peer_tls = pki.peer_tls()?;
     tracing::info!(cluster = %identity.cluster, node = node_id, "starting replica");
     let node = Arc::new(
         RaftNode::open(
@@ -194,6 +199,7 @@ async fn run(cli: RunArgs) -> Result<()> {
                 write_timeout: Duration::from_millis(cli.write_timeout_ms),
                 compaction_retention: cli.compaction_retention,
             },
+            peer_tls.clone(),
         )
         .await
         .with_context(|| format!("opening the store in {}", data_dir.display()))?,
@@ -234,6 +240,8 @@ async fn run(cli: RunArgs) -> Result<()> {
         Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),
     )));
     let server = tonic::transport::Server::builder()
+        .tls_config(pki.peer_server_tls()?)
+        .context("the replication port's TLS")?
         .add_service(TransportService::server(
             node.raft.clone(),
             identity.cluster,
@@ -273,7 +281,7 @@ async fn run(cli: RunArgs) -> Result<()> {
     } else if let Some(seed) = &cli.join
         && !initialized
     {
-        join(seed, identity, &listen.to_string()).await?;
+        join(seed, &peer_tls, identity, &listen.to_string()).await?;
     } else if !initialized {
         bail!(
             "{} holds no cluster: start with --init (new cluster) or --join ADDR",
@@ -292,7 +300,12 @@ async fn run(cli: RunArgs) -> Result<()> {
 /// written: the data directory's record, else a new cluster (--init), else
 /// the seed's cluster (--join). Refuses another node id, a seed of another
 /// cluster, and a data directory without a cluster and without either flag.
-async fn resolve_identity(cli: &RunArgs, data_dir: &Path, node_id: u64) -> Result<Identity> {
+async fn resolve_identity(
+    cli: &RunArgs,
+    data_dir: &Path,
+    pki: &Pki,
+    node_id: u64,
+) -> Result<Identity> {
     if let Some(identity) = Identity::load(data_dir)? {
         identity.check_node(data_dir, node_id)?;
         if let Some(expected) = cli.cluster_id
@@ -307,9 +320,10 @@ async fn resolve_identity(cli: &RunArgs, data_dir: &Path, node_id: u64) -> Resul
         if let Some(seed) = &cli.join {
             // A restart may keep --join in its command line while the seed
             // is down: check when it answers, don't wait for it.
-            match seed_cluster(seed, Duration::from_secs(5)).await {
+            match seed_cluster(seed, &pki.caller_tls()?, Duration::from_secs(5)).await {
                 Ok(found) => identity.check_cluster(data_dir, seed, found)?,
-                Err(error) => {
+                Err(error @ SeedError::Foreign { .. }) => return Err(error.into()),
+                Err(error @ SeedError::Unreachable { .. }) => {
                     tracing::warn!(%error, seed, "could not ask the seed for its cluster id")
                 }
             }
@@ -319,7 +333,7 @@ async fn resolve_identity(cli: &RunArgs, data_dir: &Path, node_id: u64) -> Resul
     let cluster = if cli.init {
         ClusterId::random().context("drawing a cluster id")?
     } else if let Some(seed) = &cli.join {
-        let found = seed_cluster(seed, Duration::from_secs(60)).await?;
+        let found = seed_cluster(seed, &pki.caller_tls()?, Duration::from_secs(60)).await?;
         if let Some(expected) = cli.cluster_id
             && expected != found
         {
@@ -342,35 +356,61 @@ async fn resolve_identity(cli: &RunArgs, data_dir: &Path, node_id: u64) -> Resul
     Ok(identity)
 }
 
+/// Why the seed's cluster id is unknown.
+#[derive(Debug, thiserror::Error)]
+enum SeedError {
+    /// The seed is not of this replica's CA: another cluster, for good.
+    #[error("refusing to join {seed}: {reason}")]
+    Foreign { seed: String, reason: String },
+    #[error("asking {seed} for its cluster id: {error:#}")]
+    Unreachable { seed: String, error: anyhow::Error },
+}
+
 /// The cluster id of the replica at `seed`, retrying until `patience` runs out.
-async fn seed_cluster(seed: &str, patience: Duration) -> Result<ClusterId> {
+async fn seed_cluster(
+    seed: &str,
+    tls: &PeerTls,
+    patience: Duration,
+) -> Result<ClusterId, SeedError> {
     let deadline = Instant::now() + patience;
     loop {
-        let attempt = async {
-            let status = replica_status(seed).await?;
-            status
+        let attempt = match replica_status(seed, tls).await {
+            // Another cluster's CA: no retry can change that.
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                return Err(SeedError::Foreign {
+                    seed: seed.to_string(),
+                    reason: status.message().to_string(),
+                });
+            }
+            Err(status) => Err(anyhow::Error::from(status)),
+            Ok(status) => status
                 .cluster_id
                 .parse::<ClusterId>()
-                .map_err(|e| anyhow::anyhow!("the replica at {seed} sent a bad cluster id: {e}"))
+                .map_err(|e| anyhow::anyhow!("the replica at {seed} sent a bad cluster id: {e}")),
         };
-        match attempt.await {
+        match attempt {
             Ok(cluster) => return Ok(cluster),
             Err(error) if Instant::now() < deadline => {
                 tracing::warn!(%error, seed, "asking the seed for its cluster id; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => return Err(error).context(format!("asking {seed} for its cluster id")),
+            Err(error) => {
+                return Err(SeedError::Unreachable {
+                    seed: seed.to_string(),
+                    error,
+                });
+            }
         }
     }
 }
 
 /// Asks the cluster at `seed` to add this replica, retrying while it elects
 /// a leader or while this replica's server comes up.
-async fn join(seed: &str, identity: Identity, addr: &str) -> Result<()> {
+async fn join(seed: &str, tls: &PeerTls, identity: Identity, addr: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = async {
-            let mut client = MembershipClient::connect(format!("http://{seed}")).await?;
+            let mut client = membership(seed, tls).await?;
             let reply = client
                 .join(JoinRequest {
                     node_id: identity.node,
@@ -394,12 +434,12 @@ async fn join(seed: &str, identity: Identity, addr: &str) -> Result<()> {
     }
 }
 
-/// The names the API serving certificate is valid for: loopback, the
-/// address it listens on, and this host's name.
-fn serving_names(api_addr: SocketAddr) -> Vec<String> {
+/// The names a serving certificate is valid for: loopback, the address it
+/// listens on, and this host's name.
+fn serving_names(addr: SocketAddr) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if !api_addr.ip().is_unspecified() {
-        names.push(api_addr.ip().to_string());
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
     }
     if let Ok(host) = nix::unistd::gethostname()
         && let Some(host) = host.to_str()

@@ -6,11 +6,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orch_control::store::raft::client::StoreClient;
+use orch_control::store::raft::peer_tls::PeerTls;
 use orch_control::store::raft::service::RangeQuery;
 use orch_control::store::raft::transport::proto::StatusResponse;
 use orch_control::store::types::{Command as StoreCommand, Op, Request, RequestId, Txn};
 
 const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");
+
+/// Credentials for each started replica's replication port, by address:
+/// the admin certificate its data directory holds (signed by its cluster's
+/// CA; every replica of one test cluster shares that CA).
+static PEERS: std::sync::Mutex<BTreeMap<String, PeerTls>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The credentials for the replication port at `addr` (a replica started
+/// by this harness).
+pub fn peer_tls(addr: &str) -> PeerTls {
+    PEERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("no replica of this test listens on {addr}"))
+}
+
+/// A store client of the replicas at `addrs` (mutual TLS with the
+/// credentials of the first one's cluster).
+pub fn store_client(addrs: &[String], timeout: Duration) -> StoreClient {
+    StoreClient::new(addrs, &peer_tls(&addrs[0]), timeout).expect("store client")
+}
 
 pub struct Replica {
     pub id: u64,
@@ -101,6 +124,13 @@ impl Replica {
             .strip_prefix("orch-control API on ")
             .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
             .to_string();
+        // The certificates exist once the API line is out.
+        let tls = PeerTls::from_client_config(&self.api_config(&[]))
+            .unwrap_or_else(|e| panic!("admin config of replica {}: {e}", self.id));
+        PEERS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(self.addr.clone(), tls);
         line.clear();
         stdout
             .read_line(&mut line)
@@ -171,7 +201,8 @@ pub fn put(id: u128, key: &str) -> Request {
 }
 
 pub async fn local_state(addr: &str) -> Option<(u64, BTreeMap<Vec<u8>, u64>)> {
-    let mut client = StoreClient::new(&[addr.to_string()], Duration::from_secs(2)).ok()?;
+    let mut client =
+        StoreClient::new(&[addr.to_string()], &peer_tls(addr), Duration::from_secs(2)).ok()?;
     let query = RangeQuery {
         prefix: b"/registry/".to_vec(),
         start: None,
@@ -234,7 +265,7 @@ pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String
     // The API server's system namespaces land first: tests comparing
     // states must not race them.
     system_namespaces_created(&addrs[0]).await;
-    let mut probe = StoreClient::new(&addrs, Duration::from_secs(30)).expect("client");
+    let mut probe = store_client(&addrs, Duration::from_secs(30));
     probe
         .write(&put(1, "/registry/probe"))
         .await
@@ -263,7 +294,7 @@ pub async fn cluster(dir: &std::path::Path, n: u64) -> (Vec<Replica>, Vec<String
 
 /// A replica's own view of the cluster.
 pub async fn status(addr: &str) -> Option<StatusResponse> {
-    orch_control::store::raft::client::replica_status(addr)
+    orch_control::store::raft::client::replica_status(addr, &peer_tls(addr))
         .await
         .ok()
 }
@@ -355,7 +386,8 @@ pub async fn watch(
     use orch_control::store::raft::service::WatchQuery;
     use orch_control::store::raft::transport::proto::RaftMessage;
     use orch_control::store::raft::transport::proto::store_client::StoreClient as GrpcStore;
-    let mut grpc = GrpcStore::connect(format!("http://{addr}"))
+    let endpoint = peer_tls(addr).endpoint(addr).expect("endpoint");
+    let mut grpc = GrpcStore::connect(endpoint)
         .await
         .expect("connect for a watch");
     let query = WatchQuery {

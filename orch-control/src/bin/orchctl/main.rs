@@ -84,17 +84,15 @@ enum ConfigCommand {
 enum MemberCommand {
     /// List the replicas, the leader, and the cluster id.
     List {
-        /// Control-plane replicas (`host:port`), tried in order.
-        #[arg(long = "server", required = true, value_delimiter = ',')]
-        servers: Vec<String>,
+        #[command(flatten)]
+        peers: PeerArgs,
     },
     /// Remove replica ID from the cluster (it stops receiving the log; stop
     /// its process and delete its data directory afterwards).
     Remove {
         id: u64,
-        /// Control-plane replicas (`host:port`), tried in order.
-        #[arg(long = "server", required = true, value_delimiter = ',')]
-        servers: Vec<String>,
+        #[command(flatten)]
+        peers: PeerArgs,
     },
 }
 
@@ -104,10 +102,32 @@ enum SnapshotCommand {
     /// before FILE is written); restore it with `orch-control restore`.
     Save {
         file: PathBuf,
-        /// Control-plane replicas (`host:port`), tried in order.
-        #[arg(long = "server", required = true, value_delimiter = ',')]
-        servers: Vec<String>,
+        #[command(flatten)]
+        peers: PeerArgs,
     },
+}
+
+/// Where the replication ports are, and the credentials for them: the
+/// client certificate of the client config (a token does not open them).
+#[derive(clap::Args)]
+struct PeerArgs {
+    /// Control-plane replicas' replication ports (`host:port`, their
+    /// --listen), tried in order.
+    #[arg(long = "server", required = true, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Client config file with the cluster CA and a client certificate
+    /// (default: ORCH_CONFIG, then ~/.orch/config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl PeerArgs {
+    fn tls(&self) -> Result<orch_control::store::raft::peer_tls::PeerTls> {
+        let path = orch_core::api::config::ClientConfig::locate(self.config.as_deref())?;
+        let config = orch_core::api::config::ClientConfig::load(&path)?;
+        orch_control::store::raft::peer_tls::PeerTls::from_client_config(&config)
+            .with_context(|| path.display().to_string())
+    }
 }
 
 fn main() -> ExitCode {
@@ -119,8 +139,8 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Snapshot {
-            command: SnapshotCommand::Save { file, servers },
-        } => save_snapshot(&file, &servers).map(|()| true),
+            command: SnapshotCommand::Save { file, peers },
+        } => save_snapshot(&file, &peers).map(|()| true),
         Command::Member { command } => member(command).map(|()| true),
         Command::Get(args) => objects::get(args).map(|()| true),
         Command::Apply(args) => objects::apply(args, false),
@@ -261,15 +281,16 @@ fn each_server<T>(
     anyhow::bail!("no replica answered: {}", failures.join("; "))
 }
 
-fn save_snapshot(file: &std::path::Path, servers: &[String]) -> Result<()> {
+fn save_snapshot(file: &std::path::Path, peers: &PeerArgs) -> Result<()> {
     use orch_control::store::raft::transport::proto::SnapshotRequest;
     use orch_control::store::raft::transport::proto::store_client::StoreClient;
     use tokio::io::AsyncWriteExt as _;
 
     let partial = file.with_extension("partial");
-    let (bytes, server) = each_server(servers, async |server| {
+    let tls = peers.tls()?;
+    let (bytes, server) = each_server(&peers.servers, async |server| {
         let download = async {
-            let mut client = StoreClient::connect(format!("http://{server}")).await?;
+            let mut client = StoreClient::connect(tls.endpoint(server)?).await?;
             let mut stream = client.snapshot(SnapshotRequest {}).await?.into_inner();
             let mut out = tokio::fs::File::create(&partial).await?;
             let mut bytes = 0u64;
@@ -301,9 +322,10 @@ fn save_snapshot(file: &std::path::Path, servers: &[String]) -> Result<()> {
 fn member(command: MemberCommand) -> Result<()> {
     use orch_control::store::raft::transport::proto::LeaveRequest;
     match command {
-        MemberCommand::List { servers } => {
-            let status = each_server(&servers, async |server| {
-                Ok(orch_control::store::raft::client::replica_status(server).await?)
+        MemberCommand::List { peers } => {
+            let tls = peers.tls()?;
+            let status = each_server(&peers.servers, async |server| {
+                Ok(orch_control::store::raft::client::replica_status(server, &tls).await?)
             })?;
             println!("CLUSTER ID: {}", status.cluster_id);
             println!("{:<6} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
@@ -319,9 +341,11 @@ fn member(command: MemberCommand) -> Result<()> {
                 println!("{id:<6} {addr:<24} {role:<8} {leader}");
             }
         }
-        MemberCommand::Remove { id, servers } => {
-            let reply = each_server(&servers, async |server| {
-                let mut client = orch_control::store::raft::client::membership(server).await?;
+        MemberCommand::Remove { id, peers } => {
+            let tls = peers.tls()?;
+            let reply = each_server(&peers.servers, async |server| {
+                let mut client =
+                    orch_control::store::raft::client::membership(server, &tls).await?;
                 Ok(client
                     .leave(LeaveRequest { node_id: id })
                     .await?

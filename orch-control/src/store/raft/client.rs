@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::node::WriteError;
+use super::peer_tls::PeerTls;
 use super::service::RangeQuery;
 use super::transport::proto::RaftMessage;
 use super::transport::proto::store_client::StoreClient as GrpcStoreClient;
@@ -33,7 +34,7 @@ pub struct StoreClient {
 impl StoreClient {
     /// A client of the replicas at `addrs` (`host:port`), giving up on a
     /// call after `timeout`.
-    pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(addrs: &[String], tls: &PeerTls, timeout: Duration) -> Result<Self, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Unavailable {
                 timeout,
@@ -43,14 +44,14 @@ impl StoreClient {
         let replicas = addrs
             .iter()
             .map(|addr| {
-                Endpoint::from_shared(format!("http://{addr}"))
+                tls.endpoint(addr)
                     .map(|endpoint| {
                         let endpoint = endpoint.connect_timeout(Duration::from_millis(500));
                         (addr.clone(), GrpcStoreClient::new(endpoint.connect_lazy()))
                     })
                     .map_err(|e| ClientError::Unavailable {
                         timeout,
-                        last: format!("bad address {addr}: {e}"),
+                        last: e.to_string(),
                     })
             })
             .collect::<Result<_, _>>()?;
@@ -190,18 +191,47 @@ impl StoreClient {
 /// that cannot be reached is `Unavailable`, like one that answers so.
 pub async fn membership(
     addr: &str,
+    tls: &PeerTls,
 ) -> Result<super::transport::proto::membership_client::MembershipClient<Channel>, tonic::Status> {
-    super::transport::proto::membership_client::MembershipClient::connect(format!("http://{addr}"))
+    let endpoint = tls
+        .endpoint(addr)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(format!("connecting to {addr}: {e}")))
+        .map_err(|e| {
+            let why = chain(&e);
+            if super::peer_tls::untrusted_certificate(&why) {
+                tonic::Status::unauthenticated(format!(
+                    "{addr} and this replica do not share a cluster CA (pki/ca.crt): {why}"
+                ))
+            } else {
+                tonic::Status::unavailable(format!("connecting to {addr}: {why}"))
+            }
+        })?;
+    Ok(super::transport::proto::membership_client::MembershipClient::new(channel))
+}
+
+/// An error with its causes, which name what TLS refused.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 /// The replica at `addr`'s own view of the cluster: its id, the cluster
 /// id, leader, voters, learners and members.
 pub async fn replica_status(
     addr: &str,
+    tls: &PeerTls,
 ) -> Result<super::transport::proto::StatusResponse, tonic::Status> {
-    Ok(membership(addr)
+    Ok(membership(addr, tls)
         .await?
         .status(super::transport::proto::StatusRequest {})
         .await?

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::lessor::Lessor;
 use super::log_store::LogStore;
+use super::peer_tls::PeerTls;
 use super::state_machine::{SharedStore, StateMachine};
 use super::transport::GrpcNetworkFactory;
 use super::{NodeId, TypeConfig};
@@ -98,6 +99,8 @@ pub struct RaftNode {
     read_index: ReadIndexes,
     /// The cluster this replica belongs to (its data directory's identity).
     pub cluster: ClusterId,
+    /// How this replica calls other replicas (mutual TLS, cluster CA).
+    pub tls: PeerTls,
     pub raft: Raft<TypeConfig>,
     store: SharedStore,
     writes: mpsc::Sender<Pending>,
@@ -112,6 +115,7 @@ impl RaftNode {
         data_dir: &Path,
         config: Config,
         options: NodeOptions,
+        tls: PeerTls,
     ) -> Result<Self, NodeError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             path: data_dir.to_path_buf(),
@@ -131,6 +135,7 @@ impl RaftNode {
         let id = identity.node;
         let network = GrpcNetworkFactory {
             cluster: identity.cluster,
+            tls: tls.clone(),
         };
         let raft = Raft::new(id, config, network, log, state_machine).await?;
         let (writes, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
@@ -154,6 +159,7 @@ impl RaftNode {
             write_timeout: options.write_timeout,
             read_index: ReadIndexes::default(),
             cluster: identity.cluster,
+            tls,
             raft,
             store,
             writes,
@@ -266,9 +272,10 @@ impl RaftNode {
             match peers.get(&leader.addr) {
                 Some(client) => client.clone(),
                 None => {
-                    let endpoint =
-                        tonic::transport::Endpoint::from_shared(format!("http://{}", leader.addr))
-                            .map_err(|e| WriteError::Stopped(format!("leader address: {e}")))?;
+                    let endpoint = self
+                        .tls
+                        .endpoint(&leader.addr)
+                        .map_err(|e| WriteError::Stopped(format!("leader address: {e}")))?;
                     let client = StoreGrpc::new(endpoint.connect_lazy());
                     peers.insert(leader.addr.clone(), client.clone());
                     client

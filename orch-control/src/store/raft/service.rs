@@ -6,12 +6,10 @@ use std::sync::Arc;
 
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::NodeId;
 use super::node::{RaftNode, WriteError};
-use super::transport::proto::membership_client::MembershipClient;
 use super::transport::proto::membership_server::{Membership, MembershipServer};
 use super::transport::proto::store_server::{Store, StoreServer};
 use super::transport::proto::{
@@ -117,24 +115,15 @@ impl MembershipService {
     }
 }
 
-async fn membership_client(
-    addr: &str,
-) -> Result<MembershipClient<tonic::transport::Channel>, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
-    Ok(MembershipClient::new(channel))
-}
-
 #[tonic::async_trait]
 impl Membership for MembershipService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let join = request.into_inner();
         if let Some(leader) = self.leader_elsewhere().await? {
-            return membership_client(&leader).await?.join(join).await;
+            return super::client::membership(&leader, &self.node.tls)
+                .await?
+                .join(join)
+                .await;
         }
         if join.addr.is_empty() {
             return Err(Status::invalid_argument("addr: required"));
@@ -173,7 +162,10 @@ impl Membership for MembershipService {
     ) -> Result<Response<JoinResponse>, Status> {
         let leave = request.into_inner();
         if let Some(leader) = self.leader_elsewhere().await? {
-            return membership_client(&leader).await?.leave(leave).await;
+            return super::client::membership(&leader, &self.node.tls)
+                .await?
+                .leave(leave)
+                .await;
         }
         let ids: BTreeSet<NodeId> = BTreeSet::from([leave.node_id]);
         self.node

@@ -17,7 +17,9 @@ use openraft::{BasicNode, Raft, Snapshot, SnapshotMeta, Vote};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use super::peer_tls::PeerTls;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{NodeId, TypeConfig};
@@ -174,6 +176,7 @@ impl RaftTransport for TransportService {
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {
     pub cluster: ClusterId,
+    pub tls: PeerTls,
 }
 
 pub struct GrpcNetwork {
@@ -187,7 +190,9 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         // Connects lazily: an unreachable peer fails RPCs, not construction.
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
+        let client = self
+            .tls
+            .endpoint(&node.addr)
             .map(|endpoint| {
                 RaftTransportClient::new(endpoint.connect_lazy())
                     .max_decoding_message_size(64 << 20)

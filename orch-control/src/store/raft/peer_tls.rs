@@ -1,0 +1,78 @@
+//! TLS on the replication port. Replicas talk Raft, forward writes and read
+//! indexes, and join through it; operators reach it for snapshots and
+//! membership. Every connection is mutual TLS against the cluster CA: a
+//! replica presents its peer certificate (server and client use), and
+//! accepts only callers whose certificate the same CA signed. A bearer
+//! token is not enough here: the port carries the store itself.
+
+use orch_core::api::config::ClientConfig;
+use thiserror::Error;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Debug, Error)]
+pub enum PeerTlsError {
+    #[error(
+        "the replication port takes client certificates only: the client config has no client-certificate and client-key (use the admin config the replica wrote, pki/admin.conf)"
+    )]
+    NoClientCertificate,
+    #[error("bad replica address {addr:?}: {source}")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// The client side of the replication port's TLS: the cluster CA to check
+/// replicas against, and the certificate this caller presents.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    client: ClientTlsConfig,
+}
+
+impl PeerTls {
+    /// From PEM texts: the cluster CA, and this caller's certificate and key.
+    pub fn new(ca: &str, certificate: &str, key: &str) -> Self {
+        Self {
+            client: ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .identity(Identity::from_pem(certificate, key)),
+        }
+    }
+
+    /// From a client config (orchctl's): its CA and client certificate.
+    pub fn from_client_config(config: &ClientConfig) -> Result<Self, PeerTlsError> {
+        match (&config.client_certificate, &config.client_key) {
+            (Some(certificate), Some(key)) => {
+                Ok(Self::new(&config.certificate_authority, certificate, key))
+            }
+            _ => Err(PeerTlsError::NoClientCertificate),
+        }
+    }
+
+    /// An endpoint for the replica at `addr` (`host:port`), over TLS.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, PeerTlsError> {
+        let address = |source| PeerTlsError::Address {
+            addr: addr.to_string(),
+            source,
+        };
+        Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(address)?
+            .tls_config(self.client.clone())
+            .map_err(address)
+    }
+}
+
+/// Whether a connection error's text (with its causes) says the peer's
+/// certificate is not one the cluster CA signed (another cluster, or the
+/// wrong CA copied), or that the peer refused ours: retrying cannot help.
+pub fn untrusted_certificate(error_text: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "UnknownCA",
+        "BadCertificate",
+    ]
+    .iter()
+    .any(|sign| error_text.contains(sign))
+}

@@ -242,22 +242,33 @@ impl Pki {
     /// Writes `admin.conf`: the API servers, the CA and an admin client
     /// certificate, for orchctl (`--config`, ORCH_CONFIG, ~/.orch/config).
     pub fn write_admin_config(&self, servers: &[String]) -> Result<PathBuf, PkiError> {
+        let config = self.component_config("admin", Some("system:masters"), servers)?;
+        let path = self.path(ADMIN_CONFIG);
+        write_private(&path, &config.to_yaml())?;
+        Ok(path)
+    }
+
+    /// A client config for the API servers at `servers`, with a new client
+    /// certificate for `common_name` (in memory: nothing is written).
+    pub fn component_config(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        servers: &[String],
+    ) -> Result<ClientConfig, PkiError> {
         let (cert, key) = self.sign(
-            "admin",
-            Some("system:masters"),
+            common_name,
+            organization,
             &[],
             &[ExtendedKeyUsagePurpose::ClientAuth],
         )?;
-        let config = ClientConfig {
+        Ok(ClientConfig {
             servers: servers.to_vec(),
             certificate_authority: read(&self.path(CA_CERT))?,
             client_certificate: Some(cert),
             client_key: Some(key),
             token: None,
-        };
-        let path = self.path(ADMIN_CONFIG);
-        write_private(&path, &config.to_yaml())?;
-        Ok(path)
+        })
     }
 
     /// The serving identity and the CA, for the API server's TLS.

@@ -1,6 +1,7 @@
 //! orch's object model: Kubernetes' own types (from `k8s-openapi`), quantities,
 //! label selectors, names, validation, defaulting and manifest parsing; and
-//! the API protocol with its typed client.
+//! the API protocol with its typed client; and the runtime controllers share
+//! (list+watch caches, work queues, leader election).
 
 pub mod api;
 pub mod defaults;
@@ -9,5 +10,6 @@ pub mod manifest;
 pub mod names;
 pub mod object;
 pub mod quantity;
+pub mod runtime;
 pub mod selector;
 pub mod validation;

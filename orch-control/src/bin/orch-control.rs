@@ -24,6 +24,7 @@ use orch_control::store::raft::peer_tls::PeerTls;
 use orch_control::store::raft::service::{membership_server, store_server};
 use orch_control::store::raft::transport::TransportService;
 use orch_control::store::raft::transport::proto::JoinRequest;
+use orch_core::runtime::election::ElectionTimings;
 use tonic::service::interceptor::InterceptedService;
 
 #[derive(Parser)]
@@ -102,6 +103,22 @@ struct RunArgs {
     /// older history away. 0 keeps everything.
     #[arg(long, default_value_t = 10_000)]
     compaction_retention: u64,
+    /// The controllers' Lease: how long a holder that stopped renewing is
+    /// honoured before another replica takes over.
+    #[arg(long, default_value_t = 15_000)]
+    leader_elect_lease_duration_ms: u64,
+    /// How long the leader keeps running controllers without a renewal.
+    #[arg(long, default_value_t = 10_000)]
+    leader_elect_renew_deadline_ms: u64,
+    /// How often replicas try for the Lease and the leader renews it.
+    #[arg(long, default_value_t = 2_000)]
+    leader_elect_retry_period_ms: u64,
+    /// Controllers to run on the leader, as kube-controller-manager's
+    /// `--controllers`: `*` for all, `NAME` to enable, `-NAME` to disable
+    /// (garbage-collector-controller, namespace-controller); an empty value
+    /// runs none (a replica serving only the store and the API).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
 }
 
 #[tokio::main]
@@ -159,6 +176,15 @@ async fn run(cli: RunArgs) -> Result<()> {
     };
     if cli.election_timeout_ms <= cli.heartbeat_ms {
         bail!("--election-timeout-ms must be greater than --heartbeat-ms");
+    }
+    let enabled =
+        orch_control::controllers::Enabled::parse(&cli.controllers).map_err(anyhow::Error::msg)?;
+    if !(cli.leader_elect_retry_period_ms < cli.leader_elect_renew_deadline_ms
+        && cli.leader_elect_renew_deadline_ms < cli.leader_elect_lease_duration_ms)
+    {
+        bail!(
+            "--leader-elect-retry-period-ms < --leader-elect-renew-deadline-ms < --leader-elect-lease-duration-ms is required"
+        );
     }
     let config = Config {
         cluster_name: "orch".into(),
@@ -289,6 +315,31 @@ async fn run(cli: RunArgs) -> Result<()> {
         );
     }
     tokio::spawn(ensure_system_namespaces(registry));
+    // The controllers are API clients of this replica's API server, with
+    // a certificate of their own (signed in memory at each start).
+    let local_api = if api_addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], api_addr.port()))
+    } else {
+        api_addr
+    };
+    let controller_config = pki.component_config(
+        "system:kube-controller-manager",
+        None,
+        &[local_api.to_string()],
+    )?;
+    let timings = ElectionTimings {
+        lease_duration: Duration::from_millis(cli.leader_elect_lease_duration_ms),
+        renew_deadline: Duration::from_millis(cli.leader_elect_renew_deadline_ms),
+        retry_period: Duration::from_millis(cli.leader_elect_retry_period_ms),
+    };
+    let identity_name = format!("orch-control-{node_id}_{}", identity.cluster);
+    tokio::spawn(async move {
+        if let Err(error) =
+            orch_control::controllers::run(controller_config, identity_name, timings, enabled).await
+        {
+            tracing::error!(%error, "the controller manager stopped");
+        }
+    });
     tracing::info!(node = node_id, %listen, "serving");
     server.await.context("server task")??;
     api.await.context("API server task")??;

@@ -85,6 +85,13 @@ impl Replica {
                 "300",
             ])
             .args(["--write-timeout-ms", "2000"])
+            // Store and API tests compare whole states and revisions: no
+            // controller writing its Lease meanwhile, unless a test asks.
+            .args(if extra.contains(&"--controllers") {
+                &[][..]
+            } else {
+                &["--controllers", ""][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)

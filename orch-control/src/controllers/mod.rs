@@ -1,0 +1,216 @@
+//! The controller manager inside every orch-control replica: it competes
+//! for the `orch-controller-manager` Lease in kube-system, and only the
+//! holder runs the controllers. They are API clients like any other (the
+//! store is reached only through the API server) and share one runtime:
+//! one reflector per kind feeds one cache and every controller's handler.
+
+pub mod garbage_collector;
+pub mod namespace;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_core::api::ApiClient;
+use orch_core::api::config::ClientConfig;
+use orch_core::object::Kind;
+use orch_core::runtime::election::{self, Candidate, ElectionTimings};
+use orch_core::runtime::reflector::{self, Cache, Change};
+use orch_core::runtime::run_workers;
+use tokio::task::JoinSet;
+
+use garbage_collector::GarbageCollector;
+use namespace::NamespaceController;
+
+pub const LEASE_NAME: &str = "orch-controller-manager";
+pub const LEASE_NAMESPACE: &str = "kube-system";
+
+/// Workers per controller.
+const WORKERS: usize = 4;
+
+/// The controllers orch-control can run, by kube-controller-manager's names.
+pub const GARBAGE_COLLECTOR: &str = "garbage-collector-controller";
+pub const NAMESPACE: &str = "namespace-controller";
+pub const ALL: [&str; 2] = [GARBAGE_COLLECTOR, NAMESPACE];
+
+/// Which controllers run (kube-controller-manager's `--controllers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enabled {
+    pub garbage_collector: bool,
+    pub namespace: bool,
+}
+
+impl Enabled {
+    /// Reads `--controllers` items: `*` (all), `name`, `-name`; an empty
+    /// item enables nothing by itself. Unknown names are refused.
+    pub fn parse(items: &[String]) -> Result<Self, String> {
+        let mut enabled = Self {
+            garbage_collector: false,
+            namespace: false,
+        };
+        for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+            let (on, name) = match item.strip_prefix('-') {
+                Some(name) => (false, name),
+                None => (true, item),
+            };
+            match name {
+                "*" => {
+                    enabled.garbage_collector = on;
+                    enabled.namespace = on;
+                }
+                GARBAGE_COLLECTOR => enabled.garbage_collector = on,
+                NAMESPACE => enabled.namespace = on,
+                other => {
+                    return Err(format!(
+                        "--controllers: unknown controller {other:?} (known: *, {})",
+                        ALL.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(enabled)
+    }
+
+    pub fn any(&self) -> bool {
+        self.garbage_collector || self.namespace
+    }
+}
+
+/// Competes for leadership forever; runs the controllers while leading and
+/// stops them (every task aborted) the moment leadership is lost.
+pub async fn run(
+    config: ClientConfig,
+    identity: String,
+    timings: ElectionTimings,
+    enabled: Enabled,
+) -> Result<(), orch_core::api::ApiError> {
+    if !enabled.any() {
+        tracing::info!("no controllers enabled; not competing for the lease");
+        return Ok(());
+    }
+    let client = ApiClient::new(&config, Duration::from_secs(10))?;
+    let (leading, mut leader) = tokio::sync::watch::channel(false);
+    tokio::spawn(election::run(
+        client.clone(),
+        Candidate {
+            namespace: LEASE_NAMESPACE.into(),
+            lease: LEASE_NAME.into(),
+            identity,
+        },
+        timings,
+        leading,
+    ));
+    loop {
+        while !*leader.borrow_and_update() {
+            if leader.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+        let mut controllers = start(&client, enabled);
+        while *leader.borrow_and_update() {
+            if leader.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+        tracing::warn!("leadership lost; stopping the controllers");
+        controllers.abort_all();
+        while controllers.join_next().await.is_some() {}
+    }
+}
+
+/// Reflectors for every kind into one cache, and the controllers' workers.
+fn start(client: &ApiClient, enabled: Enabled) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let cache = Cache::new();
+    let gc = GarbageCollector::new(cache.clone());
+    let namespaces = NamespaceController::new(cache.clone());
+    let handler: reflector::Handler = {
+        let gc = gc.clone();
+        let namespaces = namespaces.clone();
+        Arc::new(move |change: Change| {
+            if enabled.garbage_collector {
+                gc.on_change(&change);
+            }
+            if enabled.namespace {
+                namespaces.on_change(&change);
+            }
+        })
+    };
+    let mut synced = Vec::new();
+    for kind in Kind::ALL.iter().copied() {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        synced.push(receiver);
+        tasks.spawn(reflector::reflect(
+            client.clone(),
+            kind,
+            cache.clone(),
+            handler.clone(),
+            sender,
+        ));
+    }
+    let client = client.clone();
+    tasks.spawn(async move {
+        // Work starts once every kind is cached: the garbage collector
+        // must not take an owner it has not listed yet for a gone one.
+        for mut receiver in synced {
+            if receiver.wait_for(|synced| *synced).await.is_err() {
+                return;
+            }
+        }
+        tracing::info!("caches synced; controllers running");
+        let gc_workers = run_workers("garbage-collector", gc.queue.clone(), WORKERS, {
+            let client = client.clone();
+            move |key| {
+                let gc = gc.clone();
+                let mut client = client.clone();
+                async move { gc.reconcile(&mut client, key).await }
+            }
+        });
+        let namespace_workers =
+            run_workers("namespace", namespaces.queue.clone(), WORKERS, move |key| {
+                let namespaces = namespaces.clone();
+                let mut client = client.clone();
+                async move { namespaces.reconcile(&mut client, key).await }
+            });
+        // A disabled controller's queue stays empty: its workers just wait.
+        tokio::join!(gc_workers, namespace_workers);
+    });
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(items: &[&str]) -> Result<Enabled, String> {
+        Enabled::parse(&items.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn controllers_flag_reads_like_kube_controller_managers() {
+        let all = Enabled {
+            garbage_collector: true,
+            namespace: true,
+        };
+        assert_eq!(parse(&["*"]), Ok(all));
+        assert_eq!(
+            parse(&["*", "-namespace-controller"]),
+            Ok(Enabled {
+                namespace: false,
+                ..all
+            })
+        );
+        assert!(!parse(&[""]).expect("empty").any());
+        assert_eq!(
+            parse(&["namespace-controller"]),
+            Ok(Enabled {
+                garbage_collector: false,
+                namespace: true
+            })
+        );
+        let error = parse(&["replicaset"]).expect_err("unknown");
+        assert!(
+            error.contains("unknown controller \"replicaset\""),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The controllers of real `orch-control` processes: the garbage collector
+//! (background, foreground and orphan propagation, dangling and partial
+//! ownership), the namespace controller, and the Lease election that lets
+//! only one replica run them, moving on when that replica is killed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use orch_core::api::proto::DeleteRequest;
+use orch_core::api::{ApiClient, ApiError, ListOptions, WatchEventType};
+use orch_core::manifest;
+use orch_core::object::{Kind, Object};
+
+/// Every controller, with short election timings so a takeover fits in a
+/// test.
+const FAST_ELECTION: [&str; 8] = [
+    "--controllers",
+    "*",
+    "--leader-elect-lease-duration-ms",
+    "3000",
+    "--leader-elect-renew-deadline-ms",
+    "2000",
+    "--leader-elect-retry-period-ms",
+    "300",
+];
+
+fn config_map(name: &str, namespace: &str, owners: &[&Object]) -> Object {
+    let mut object = manifest::parse_str(
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\ndata: {{k: v}}\n"),
+        "test",
+    )
+    .expect("manifest")
+    .remove(0)
+    .object;
+    let references = owners
+        .iter()
+        .map(|owner| OwnerReference {
+            api_version: owner.kind().api_version().into(),
+            kind: owner.kind().name().into(),
+            name: owner.metadata().name.clone().unwrap_or_default(),
+            uid: owner.metadata().uid.clone().unwrap_or_default(),
+            block_owner_deletion: Some(true),
+            controller: None,
+        })
+        .collect::<Vec<_>>();
+    if !references.is_empty() {
+        object.metadata_mut().owner_references = Some(references);
+    }
+    object
+}
+
+async fn client_of(replica: &common::Replica) -> ApiClient {
+    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
+    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(Kind::Namespace, None, "default").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "namespace default never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+}
+
+async fn exists(client: &mut ApiClient, kind: Kind, namespace: &str, name: &str) -> bool {
+    match client.get(kind, Some(namespace), name).await {
+        Ok(_) => true,
+        Err(ApiError::NotFound(_)) => false,
+        Err(error) => panic!("get {kind} {name}: {error}"),
+    }
+}
+
+async fn eventually_gone(client: &mut ApiClient, kind: Kind, namespace: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exists(client, kind, namespace, name).await {
+        assert!(
+            Instant::now() < deadline,
+            "{kind} {namespace}/{name} still there after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn delete_with(propagation: &str) -> DeleteRequest {
+    DeleteRequest {
+        propagation_policy: propagation.into(),
+        ..DeleteRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collector_follows_owner_references() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    let mut args = vec!["--init"];
+    args.extend(FAST_ELECTION);
+    replica.start(&args);
+    let mut client = client_of(&replica).await;
+    let create = async |client: &mut ApiClient, object: Object| {
+        client.create(&object, false).await.expect("create")
+    };
+
+    // Background: the owner goes at once, its dependents (and theirs) after.
+    let owner = create(&mut client, config_map("owner", "default", &[])).await;
+    let child = create(&mut client, config_map("child", "default", &[&owner])).await;
+    create(&mut client, config_map("grandchild", "default", &[&child])).await;
+    client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "owner",
+            &delete_with("Background"),
+        )
+        .await
+        .expect("delete owner");
+    eventually_gone(&mut client, Kind::ConfigMap, "default", "child").await;
+    eventually_gone(&mut client, Kind::ConfigMap, "default", "grandchild").await;
+
+    // Foreground: the owner waits, marked, until its dependent is gone.
+    let owner = create(&mut client, config_map("fg-owner", "default", &[])).await;
+    create(&mut client, config_map("fg-child", "default", &[&owner])).await;
+    let marked = client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "fg-owner",
+            &delete_with("Foreground"),
+        )
+        .await
+        .expect("delete foreground");
+    assert!(marked.metadata().deletion_timestamp.is_some());
+    assert_eq!(
+        marked.metadata().finalizers.as_deref(),
+        Some(&["foregroundDeletion".to_string()][..])
+    );
+    let from = marked
+        .metadata()
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    let mut watch = client
+        .watch(
+            Kind::ConfigMap,
+            Some("default"),
+            &ListOptions::default(),
+            &from,
+            false,
+        )
+        .await
+        .expect("watch");
+    let mut deleted = Vec::new();
+    while deleted.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("foreground deletion stalled")
+            .expect("watch")
+            .expect("watch open");
+        if event.event_type == WatchEventType::Deleted {
+            let object = event.object.expect("deleted object");
+            deleted.push(object.metadata().name.clone().unwrap_or_default());
+        }
+    }
+    assert_eq!(
+        deleted,
+        ["fg-child", "fg-owner"],
+        "dependent first, then owner"
+    );
+
+    // Orphan: the owner goes, the dependent stays without the reference.
+    let owner = create(&mut client, config_map("or-owner", "default", &[])).await;
+    create(&mut client, config_map("or-child", "default", &[&owner])).await;
+    client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "or-owner",
+            &delete_with("Orphan"),
+        )
+        .await
+        .expect("delete orphan");
+    eventually_gone(&mut client, Kind::ConfigMap, "default", "or-owner").await;
+    let orphan = client
+        .get(Kind::ConfigMap, Some("default"), "or-child")
+        .await
+        .expect("the orphan stays");
+    assert!(
+        orphan
+            .metadata()
+            .owner_references
+            .as_ref()
+            .is_none_or(Vec::is_empty),
+        "{:?}",
+        orphan.metadata().owner_references
+    );
+
+    // Two owners, one deleted: the dependent stays, minus that reference.
+    let first = create(&mut client, config_map("first", "default", &[])).await;
+    let second = create(&mut client, config_map("second", "default", &[])).await;
+    create(
+        &mut client,
+        config_map("shared", "default", &[&first, &second]),
+    )
+    .await;
+    client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "first",
+            &DeleteRequest::default(),
+        )
+        .await
+        .expect("delete first");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shared = client
+            .get(Kind::ConfigMap, Some("default"), "shared")
+            .await
+            .expect("shared stays while an owner is left");
+        let names: Vec<String> = shared
+            .metadata()
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect();
+        if names == ["second"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dangling reference kept: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A dependent whose owner never existed: collected.
+    let mut ghost = config_map("ghost-owner", "default", &[]);
+    ghost.metadata_mut().uid = Some("00000000-0000-0000-0000-000000000000".into());
+    create(&mut client, config_map("haunted", "default", &[&ghost])).await;
+    eventually_gone(&mut client, Kind::ConfigMap, "default", "haunted").await;
+    assert!(exists(&mut client, Kind::ConfigMap, "default", "second").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_is_emptied_then_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    let mut args = vec!["--init"];
+    args.extend(FAST_ELECTION);
+    replica.start(&args);
+    let mut client = client_of(&replica).await;
+    let namespace = manifest::parse_str(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n",
+        "test",
+    )
+    .expect("manifest")
+    .remove(0)
+    .object;
+    client.create(&namespace, false).await.expect("namespace");
+    for i in 0..5 {
+        client
+            .create(&config_map(&format!("cm-{i}"), "doomed", &[]), false)
+            .await
+            .expect("config map");
+    }
+    let marked = client
+        .delete(Kind::Namespace, None, "doomed", &DeleteRequest::default())
+        .await
+        .expect("delete namespace");
+    assert!(marked.metadata().deletion_timestamp.is_some(), "{marked:?}");
+    // Terminating: nothing new goes in.
+    let refused = client
+        .create(&config_map("late", "doomed", &[]), false)
+        .await
+        .expect_err("terminating namespace");
+    assert!(matches!(refused, ApiError::Forbidden(_)), "{refused:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(Kind::Namespace, None, "doomed").await.is_ok() {
+        assert!(Instant::now() < deadline, "namespace doomed never went");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = client
+        .list(Kind::ConfigMap, Some("doomed"), &ListOptions::default())
+        .await
+        .expect("list");
+    assert!(left.items.is_empty(), "{:?}", left.items);
+}
+
+/// The Lease's holder, once one holds it.
+async fn lease_holder(client: &mut ApiClient) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Object::Lease(lease)) = client
+            .get(Kind::Lease, Some("kube-system"), "orch-controller-manager")
+            .await
+            && let Some(holder) = lease.spec.and_then(|s| s.holder_identity)
+        {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the controllers' lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_runs_the_controllers_and_another_takes_over() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas: Vec<common::Replica> = (1..=3)
+        .map(|id| common::Replica::new(id, dir.path().join(format!("replica-{id}"))))
+        .collect();
+    let mut args = vec!["--init"];
+    args.extend(FAST_ELECTION);
+    replicas[0].start(&args);
+    let seed = replicas[0].addr.clone();
+    for index in 1..3 {
+        let (first, rest) = replicas.split_at_mut(index);
+        rest[0].copy_ca_from(&first[0]);
+        let mut args = vec!["--join", seed.as_str()];
+        args.extend(FAST_ELECTION);
+        rest[0].start(&args);
+    }
+    let servers: Vec<String> = replicas.iter().map(|r| r.api_addr.clone()).collect();
+    let mut client =
+        ApiClient::new(&replicas[0].api_config(&servers), Duration::from_secs(20)).expect("client");
+    let holder = lease_holder(&mut client).await;
+    let leader = replicas
+        .iter()
+        .position(|r| holder.starts_with(&format!("orch-control-{}_", r.id)))
+        .unwrap_or_else(|| panic!("holder {holder:?} is no replica"));
+    // The holder renews: the lease keeps its holder while it lives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(lease_holder(&mut client).await, holder);
+
+    replicas[leader].kill();
+    let killed = Instant::now();
+    let survivors: Vec<String> = replicas
+        .iter()
+        .filter(|r| r.process.is_some())
+        .map(|r| r.api_addr.clone())
+        .collect();
+    let mut client = ApiClient::new(&replicas[0].api_config(&survivors), Duration::from_secs(20))
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_holder = loop {
+        let now = lease_holder(&mut client).await;
+        if now != holder {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease never moved from {holder}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "takeover took {:?}",
+        killed.elapsed()
+    );
+    assert_ne!(new_holder, holder);
+
+    // The new leader's garbage collector works.
+    let owner = client
+        .create(&config_map("after-failover", "default", &[]), false)
+        .await
+        .expect("owner");
+    client
+        .create(&config_map("dependent", "default", &[&owner]), false)
+        .await
+        .expect("dependent");
+    client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "after-failover",
+            &DeleteRequest::default(),
+        )
+        .await
+        .expect("delete");
+    eventually_gone(&mut client, Kind::ConfigMap, "default", "dependent").await;
+}

@@ -523,3 +523,87 @@ async fn a_write_is_visible_at_once_through_every_replica() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_is_bound_to_a_node_once() {
+    let (_dir, replica, mut client) = single().await;
+    wait_for_default(&mut client).await;
+    let pod = object(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: waiting, namespace: default}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    );
+    client.create(&pod, false).await.expect("create pod");
+
+    let bound = client
+        .bind("default", "waiting", "node-1")
+        .await
+        .expect("bind");
+    let Object::Pod(bound) = bound else {
+        panic!("bind replied with a non-pod")
+    };
+    assert_eq!(
+        bound.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node-1")
+    );
+    let scheduled = bound
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+        .expect("PodScheduled condition");
+    assert_eq!(scheduled.status, "True");
+    // What the API returns is what is stored.
+    let stored = client
+        .get(Kind::Pod, Some("default"), "waiting")
+        .await
+        .expect("get");
+    assert_eq!(stored, Object::Pod(bound));
+
+    // Once only: a second binding names the node it already has.
+    match client.bind("default", "waiting", "node-2").await {
+        Err(ApiError::Conflict(message)) => {
+            assert!(
+                message.contains("already assigned to node \"node-1\""),
+                "{message}"
+            )
+        }
+        other => panic!("second bind: {other:?}"),
+    }
+    match client.bind("default", "missing", "node-1").await {
+        Err(ApiError::NotFound(message)) => assert!(message.contains("missing"), "{message}"),
+        other => panic!("bind of a missing pod: {other:?}"),
+    }
+    // A bad binding writes nothing.
+    let before = client
+        .get(Kind::Pod, Some("default"), "waiting")
+        .await
+        .expect("get");
+    let mut raw = orch_core::api::proto::api_client::ApiClient::new(
+        tonic::transport::Endpoint::from_shared(format!("https://{}", replica.api_addr))
+            .expect("endpoint")
+            .tls_config(replica.api_config(&[]).tls())
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let refused = raw
+        .bind(orch_core::api::proto::ObjectRequest {
+            resource: "pods".into(),
+            namespace: "default".into(),
+            object: br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"waiting"},"target":{"kind":"Service","name":"x"}}"#.to_vec(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("a binding to a non-node");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("target.kind"),
+        "{}",
+        refused.message()
+    );
+    let after = client
+        .get(Kind::Pod, Some("default"), "waiting")
+        .await
+        .expect("get");
+    assert_eq!(before, after);
+}

@@ -135,6 +135,25 @@ impl Api for ApiService {
         .await
     }
 
+    async fn bind(&self, request: Request<ObjectRequest>) -> Result<Response<ObjectReply>, Status> {
+        instrumented("bind", "pods", async move {
+            let request = request.into_inner();
+            if request.resource != "pods" && !request.resource.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "{} has no binding subresource",
+                    request.resource
+                ))
+                .to_status());
+            }
+            reply(
+                self.registry
+                    .bind(&request.namespace, &request.object)
+                    .await,
+            )
+        })
+        .await
+    }
+
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<ObjectReply>, Status> {
         let resource = request.get_ref().resource.clone();
         instrumented("get", &resource, async move {

@@ -265,6 +265,33 @@ impl ApiClient {
             .await
     }
 
+    /// Binds pod `namespace/name` to `node` (what the scheduler does);
+    /// returns the bound pod. A pod already bound is `Conflict`.
+    pub async fn bind(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<Object, ApiError> {
+        let binding = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        let request = proto::ObjectRequest {
+            resource: Kind::Pod.plural().into(),
+            namespace: namespace.into(),
+            object: serde_json::to_vec(&binding)
+                .map_err(|e| ApiError::Internal(format!("encoding the binding: {e}")))?,
+            dry_run: false,
+        };
+        self.object_call(Kind::Pod, request, |mut c, request| async move {
+            c.bind(request).await
+        })
+        .await
+    }
+
     /// Applies a JSON merge patch (RFC 7386) to the object or its status.
     pub async fn patch(
         &mut self,

@@ -143,6 +143,22 @@ async fn five_replicas_outlive_two_failures_and_shrink_by_member_removal() {
         started.elapsed()
     );
 
+    // Cluster status names the two dead replicas, and fails.
+    let status = Command::new(ORCHCTL)
+        .args([
+            "cluster", "status", "--server", &servers, "--config", &config,
+        ])
+        .output()
+        .expect("orchctl cluster status");
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(!status.status.success(), "{table}");
+    assert_eq!(table.matches("unreachable").count(), 2, "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{table}"
+    );
+
     // Remove the dead members: the cluster becomes three replicas, whose
     // majority is two, so it now survives losing one more.
     let live: Vec<String> = replicas
@@ -179,6 +195,15 @@ async fn five_replicas_outlive_two_failures_and_shrink_by_member_removal() {
         3,
         "{listing}"
     );
+    let status = orchctl(&[
+        "cluster",
+        "status",
+        "--server",
+        &live_servers,
+        "--config",
+        &config,
+    ]);
+    assert_eq!(status.matches(" ok").count(), 3, "{status}");
     for id in dead {
         assert!(
             !listing

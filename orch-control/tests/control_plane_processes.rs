@@ -443,8 +443,18 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
         refused_dir.display()
     );
 
+    // orchctl restores too (the same code path as orch-control restore).
     let new_dir = dir.path().join("restored");
-    let restored = restore(&file, &new_dir);
+    let restored = std::process::Command::new(env!("CARGO_BIN_EXE_orchctl"))
+        .args(["snapshot", "restore", &file.to_string_lossy(), "--data-dir"])
+        .arg(&new_dir)
+        .output()
+        .expect("run orchctl snapshot restore");
+    assert!(
+        String::from_utf8_lossy(&restored.stdout).contains("restored revision"),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
     assert!(
         restored.status.success(),
         "{}",

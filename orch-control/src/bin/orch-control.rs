@@ -140,30 +140,10 @@ async fn main() -> Result<()> {
 /// Like `etcdutl snapshot restore`: the data, without the old cluster's
 /// membership; nothing is written unless the snapshot verifies.
 fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
-    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        bail!(
-            "--data-dir {}: not empty; refusing to overwrite a replica's data",
-            data_dir.display()
-        );
-    }
-    let created = !data_dir.exists();
-    let state_dir = data_dir.join("state");
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let store =
-        orch_control::store::MvccStore::restore_snapshot(file, &state_dir.join("state.redb"))
-            .inspect_err(|_| {
-                // Remove only what this command made: the directory may be a
-                // mount point the operator prepared.
-                let _ = std::fs::remove_dir_all(&state_dir);
-                if created {
-                    let _ = std::fs::remove_dir(data_dir);
-                }
-            })?;
-    store.clear_raft_state()?;
+    let revision = orch_control::store::restore_data_dir(file, data_dir)
+        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
     println!(
-        "restored revision {} into {}; start it with: orch-control --data-dir {} --node-id ID --listen ADDR --init",
-        store.revision()?,
+        "restored revision {revision} into {}; start it with: orch-control --data-dir {} --node-id ID --listen ADDR --init",
         data_dir.display(),
         data_dir.display()
     );

@@ -8,8 +8,7 @@
 //!   file) and the state machine
 //!
 //! - `watch`: prefix watches from a revision, replayed then live
-//!
-//! Still to come: TLS between replicas and the API server.
+//! - `restore_data_dir`: a new cluster's data directory from a snapshot
 
 pub(crate) mod files;
 pub mod identity;
@@ -20,3 +19,39 @@ pub mod types;
 pub mod watch;
 
 pub use mvcc::{MvccStore, StoreError};
+
+/// Builds a new replica's data directory from a snapshot file (like
+/// `etcdutl snapshot restore`): the data and revisions, without the old
+/// cluster's membership. `data_dir` must be missing or empty; nothing is
+/// left behind unless the snapshot verifies. Returns the revision restored.
+pub fn restore_data_dir(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<types::Revision, snapshot::SnapshotError> {
+    use snapshot::SnapshotError;
+    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(SnapshotError::NotEmpty {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    let created = !data_dir.exists();
+    let state_dir = data_dir.join("state");
+    std::fs::create_dir_all(&state_dir).map_err(|source| SnapshotError::Io {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let restored =
+        MvccStore::restore_snapshot(file, &state_dir.join("state.redb")).and_then(|store| {
+            store.clear_raft_state()?;
+            Ok(store.revision()?)
+        });
+    if restored.is_err() {
+        // Remove only what this made: the directory may be a mount point
+        // the operator prepared.
+        let _ = std::fs::remove_dir_all(&state_dir);
+        if created {
+            let _ = std::fs::remove_dir(data_dir);
+        }
+    }
+    restored
+}

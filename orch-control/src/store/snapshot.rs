@@ -41,6 +41,8 @@ pub enum SnapshotError {
     Checksum { path: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{}: not empty; refusing to overwrite a replica's data", path.display())]
+    NotEmpty { path: PathBuf },
 }
 
 /// Writes through to a file while hashing.

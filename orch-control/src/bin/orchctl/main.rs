@@ -1,13 +1,14 @@
 //! `orchctl`: the kubectl-shaped command line of orch.
 
 mod change;
+mod cluster;
 mod objects;
 mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use orch_core::manifest::{Document, ManifestErrors};
 use orch_core::object::Kind;
@@ -72,6 +73,21 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// The control plane at a glance.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every replica: role, leader, term, applied index, revision, and
+    /// whether it answers (like `etcdctl endpoint status --cluster`).
+    Status {
+        #[command(flatten)]
+        peers: cluster::PeerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,18 +97,18 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
-enum MemberCommand {
+pub(crate) enum MemberCommand {
     /// List the replicas, the leader, and the cluster id.
     List {
         #[command(flatten)]
-        peers: PeerArgs,
+        peers: cluster::PeerArgs,
     },
     /// Remove replica ID from the cluster (it stops receiving the log; stop
     /// its process and delete its data directory afterwards).
     Remove {
         id: u64,
         #[command(flatten)]
-        peers: PeerArgs,
+        peers: cluster::PeerArgs,
     },
 }
 
@@ -103,31 +119,17 @@ enum SnapshotCommand {
     Save {
         file: PathBuf,
         #[command(flatten)]
-        peers: PeerArgs,
+        peers: cluster::PeerArgs,
     },
-}
-
-/// Where the replication ports are, and the credentials for them: the
-/// client certificate of the client config (a token does not open them).
-#[derive(clap::Args)]
-struct PeerArgs {
-    /// Control-plane replicas' replication ports (`host:port`, their
-    /// --listen), tried in order.
-    #[arg(long = "server", required = true, value_delimiter = ',')]
-    servers: Vec<String>,
-    /// Client config file with the cluster CA and a client certificate
-    /// (default: ORCH_CONFIG, then ~/.orch/config).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-impl PeerArgs {
-    fn tls(&self) -> Result<orch_control::store::raft::peer_tls::PeerTls> {
-        let path = orch_core::api::config::ClientConfig::locate(self.config.as_deref())?;
-        let config = orch_core::api::config::ClientConfig::load(&path)?;
-        orch_control::store::raft::peer_tls::PeerTls::from_client_config(&config)
-            .with_context(|| path.display().to_string())
-    }
+    /// Build a new cluster's first data directory from FILE (verified
+    /// first; nothing is written otherwise); start it with
+    /// `orch-control --data-dir DIR --init`.
+    Restore {
+        file: PathBuf,
+        /// Must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -140,8 +142,14 @@ fn main() -> ExitCode {
         }
         Command::Snapshot {
             command: SnapshotCommand::Save { file, peers },
-        } => save_snapshot(&file, &peers).map(|()| true),
-        Command::Member { command } => member(command).map(|()| true),
+        } => cluster::save_snapshot(&file, &peers).map(|()| true),
+        Command::Snapshot {
+            command: SnapshotCommand::Restore { file, data_dir },
+        } => cluster::restore_snapshot(&file, &data_dir).map(|()| true),
+        Command::Member { command } => cluster::member(command).map(|()| true),
+        Command::Cluster {
+            command: ClusterCommand::Status { peers },
+        } => cluster::status(&peers),
         Command::Get(args) => objects::get(args).map(|()| true),
         Command::Apply(args) => objects::apply(args, false),
         Command::Create(args) => objects::apply(args, true),
@@ -246,116 +254,4 @@ fn api_resources() {
             kind.name()
         );
     }
-}
-
-/// Why one server's attempt failed: worth asking the next one, or final.
-enum Failure {
-    TryNext(String),
-    Final(anyhow::Error),
-}
-
-impl From<tonic::Status> for Failure {
-    /// Down or without a leader: the next replica may do better.
-    fn from(status: tonic::Status) -> Self {
-        match status.code() {
-            tonic::Code::Unavailable => Failure::TryNext(status.message().to_string()),
-            _ => Failure::Final(anyhow::anyhow!("{}", status.message())),
-        }
-    }
-}
-
-/// Runs `attempt` against each server in turn until one succeeds.
-fn each_server<T>(
-    servers: &[String],
-    attempt: impl AsyncFn(&str) -> Result<T, Failure>,
-) -> Result<T> {
-    let runtime = objects::runtime()?;
-    let mut failures = Vec::new();
-    for server in servers {
-        match runtime.block_on(attempt(server)) {
-            Ok(value) => return Ok(value),
-            Err(Failure::TryNext(reason)) => failures.push(format!("{server}: {reason}")),
-            Err(Failure::Final(error)) => return Err(error.context(server.clone())),
-        }
-    }
-    anyhow::bail!("no replica answered: {}", failures.join("; "))
-}
-
-fn save_snapshot(file: &std::path::Path, peers: &PeerArgs) -> Result<()> {
-    use orch_control::store::raft::transport::proto::SnapshotRequest;
-    use orch_control::store::raft::transport::proto::store_client::StoreClient;
-    use tokio::io::AsyncWriteExt as _;
-
-    let partial = file.with_extension("partial");
-    let tls = peers.tls()?;
-    let (bytes, server) = each_server(&peers.servers, async |server| {
-        let download = async {
-            let mut client = StoreClient::connect(tls.endpoint(server)?).await?;
-            let mut stream = client.snapshot(SnapshotRequest {}).await?.into_inner();
-            let mut out = tokio::fs::File::create(&partial).await?;
-            let mut bytes = 0u64;
-            while let Some(chunk) = stream.message().await? {
-                out.write_all(&chunk.data).await?;
-                bytes += chunk.data.len() as u64;
-            }
-            out.sync_all().await?;
-            anyhow::Ok(bytes)
-        };
-        match download.await {
-            Ok(bytes) => Ok((bytes, server.to_string())),
-            Err(error) => {
-                let _ = std::fs::remove_file(&partial);
-                Err(Failure::TryNext(format!("{error:#}")))
-            }
-        }
-    })
-    .context("no replica gave a snapshot")?;
-    orch_control::store::snapshot::verify_file(&partial)?;
-    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
-    println!(
-        "snapshot saved to {} ({bytes} bytes, from {server})",
-        file.display()
-    );
-    Ok(())
-}
-
-fn member(command: MemberCommand) -> Result<()> {
-    use orch_control::store::raft::transport::proto::LeaveRequest;
-    match command {
-        MemberCommand::List { peers } => {
-            let tls = peers.tls()?;
-            let status = each_server(&peers.servers, async |server| {
-                Ok(orch_control::store::raft::client::replica_status(server, &tls).await?)
-            })?;
-            println!("CLUSTER ID: {}", status.cluster_id);
-            println!("{:<6} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
-            for member in &status.members {
-                let (id, addr) = member.split_once('=').unwrap_or((member, ""));
-                let id: u64 = id.parse().unwrap_or(0);
-                let role = if status.voters.contains(&id) {
-                    "voter"
-                } else {
-                    "learner"
-                };
-                let leader = if id == status.leader_id { "yes" } else { "" };
-                println!("{id:<6} {addr:<24} {role:<8} {leader}");
-            }
-        }
-        MemberCommand::Remove { id, peers } => {
-            let tls = peers.tls()?;
-            let reply = each_server(&peers.servers, async |server| {
-                let mut client =
-                    orch_control::store::raft::client::membership(server, &tls).await?;
-                Ok(client
-                    .leave(LeaveRequest { node_id: id })
-                    .await?
-                    .into_inner())
-            })?;
-            println!(
-                "removed member {id}; members now: {}",
-                reply.members.join(", ")
-            );
-        }
-    }
-    Ok(())
 }

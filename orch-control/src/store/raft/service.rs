@@ -201,6 +201,12 @@ impl Membership for MembershipService {
             last_applied_index: metrics.last_applied.map_or(0, |id| id.index),
             cluster_id: self.node.cluster.to_string(),
             members: self.members(),
+            revision: self
+                .node
+                .store()
+                .revision()
+                .map_err(|e| Status::internal(e.to_string()))?,
+            term: metrics.current_term,
         }))
     }
 }

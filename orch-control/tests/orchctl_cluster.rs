@@ -210,6 +210,95 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
     assert_eq!(ok(&server, &["cordon", "n1"]), "node/n1 cordoned\n");
     assert!(ok(&server, &["get", "nodes"]).contains("n1     NotReady,SchedulingDisabled"));
     assert_eq!(ok(&server, &["uncordon", "n1"]), "node/n1 uncordoned\n");
+
+    // drain: cordons, refuses pods no controller manages unless --force,
+    // then deletes the node's pods and waits until they are gone.
+    let pods = dir.path().join("pods.yaml");
+    std::fs::write(
+        &pods,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keeper, namespace: default}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: loner, namespace: default}\n\
+         spec: {nodeName: n1, containers: [{name: c, image: busybox}]}\n",
+    )
+    .expect("pods");
+    ok(&server, &["apply", "-f", &pods.to_string_lossy()]);
+    let keeper = ok(&server, &["get", "cm", "keeper", "-o", "json"]);
+    let keeper: serde_json::Value = serde_json::from_str(&keeper).expect("json");
+    let managed = dir.path().join("managed.yaml");
+    std::fs::write(
+        &managed,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: managed\n  namespace: default\n  \
+             ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: keeper, uid: {}, controller: true}}]\n\
+             spec: {{nodeName: n1, containers: [{{name: c, image: busybox}}]}}\n",
+            keeper["metadata"]["uid"].as_str().expect("uid")
+        ),
+    )
+    .expect("managed pod");
+    ok(&server, &["apply", "-f", &managed.to_string_lossy()]);
+    let refused = orchctl(&server, &["drain", "n1", "--grace-period", "0"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("cannot delete Pods that declare no controller")
+            && stderr.contains("default/loner"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "drain",
+                "n1",
+                "--grace-period",
+                "0",
+                "--force",
+                "--timeout",
+                "20"
+            ]
+        ),
+        "node/n1 cordoned\nevicting pod default/loner\nevicting pod default/managed\n\
+         pod/loner evicted\npod/managed evicted\nnode/n1 drained\n"
+    );
+    assert!(ok(&server, &["get", "nodes"]).contains("SchedulingDisabled"));
+    ok(&server, &["uncordon", "n1"]);
+    let gone = orchctl(
+        &server,
+        &["get", "pods", "--field-selector", "spec.nodeName=n1"],
+    );
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("No resources found"));
+
+    // events: newest last, filtered by object and type.
+    let events = dir.path().join("events.yaml");
+    std::fs::write(
+        &events,
+        "apiVersion: v1\nkind: Event\nmetadata: {name: e1, namespace: default}\n\
+         involvedObject: {kind: Pod, name: loner, namespace: default}\n\
+         reason: Scheduled\ntype: Normal\nmessage: assigned to n1\nlastTimestamp: '2026-01-01T00:00:01Z'\n---\n\
+         apiVersion: v1\nkind: Event\nmetadata: {name: e2, namespace: default}\n\
+         involvedObject: {kind: Node, name: n1}\n\
+         reason: NodeNotReady\ntype: Warning\nmessage: no agent\nlastTimestamp: '2026-01-01T00:00:00Z'\n",
+    )
+    .expect("events");
+    ok(&server, &["apply", "-f", &events.to_string_lossy()]);
+    let listing = ok(&server, &["events"]);
+    let rows: Vec<&str> = listing.lines().collect();
+    assert!(rows[0].starts_with("LAST SEEN"), "{listing}");
+    assert!(
+        rows[1].contains("NodeNotReady") && rows[1].contains("node/n1"),
+        "{listing}"
+    );
+    assert!(
+        rows[2].contains("Scheduled") && rows[2].contains("pod/loner"),
+        "{listing}"
+    );
+    let for_pod = ok(&server, &["events", "--for", "pod/loner"]);
+    assert_eq!(for_pod.lines().count(), 2, "{for_pod}");
+    let warnings = ok(&server, &["events", "--types", "Warning"]);
+    assert!(
+        warnings.contains("no agent") && !warnings.contains("assigned"),
+        "{warnings}"
+    );
     assert!(ok(&server, &["get", "no", "n1"]).contains("n1     NotReady   <none>"));
 
     // get -w: the current table, then a row per change.

@@ -2,6 +2,7 @@
 
 mod change;
 mod cluster;
+mod node_ops;
 mod objects;
 mod table;
 
@@ -56,6 +57,10 @@ enum Command {
     Cordon(change::NodeArgs),
     /// Mark a node schedulable again.
     Uncordon(change::NodeArgs),
+    /// Cordon a node and delete its pods, waiting until they are gone.
+    Drain(node_ops::DrainArgs),
+    /// List events, newest last (kubectl events).
+    Events(node_ops::EventsArgs),
     /// The client config in use.
     Config {
         #[command(subcommand)]
@@ -163,6 +168,8 @@ fn main() -> ExitCode {
         }
         Command::Cordon(args) => change::cordon(args, true).map(|()| true),
         Command::Uncordon(args) => change::cordon(args, false).map(|()| true),
+        Command::Drain(args) => node_ops::drain(args).map(|()| true),
+        Command::Events(args) => node_ops::events(args).map(|()| true),
         Command::Config {
             command: ConfigCommand::View(args),
         } => change::config_view(args).map(|()| true),

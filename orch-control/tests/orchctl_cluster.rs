@@ -356,6 +356,60 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
         "{view}"
     );
     assert!(!view.contains("BEGIN"), "secrets shown: {view}");
+    // Contexts: a file with a dead cluster current, switched to the live one.
+    let admin_config = orch_core::api::config::ClientConfig::load(&admin).expect("admin config");
+    let mut dead = admin_config.clone();
+    dead.servers = vec!["127.0.0.1:1".into()];
+    let contexts = orch_core::api::config::ConfigFile {
+        current_context: Some("dead".into()),
+        contexts: Some(vec![
+            orch_core::api::config::NamedContext {
+                name: "live".into(),
+                config: admin_config,
+            },
+            orch_core::api::config::NamedContext {
+                name: "dead".into(),
+                config: dead,
+            },
+        ]),
+        single: None,
+    };
+    let contexts_path = dir.path().join("contexts.yaml");
+    std::fs::write(&contexts_path, "contexts: []\n").expect("placeholder");
+    let mut writer = contexts.clone();
+    writer
+        .use_context(&contexts_path, "dead")
+        .expect("write the contexts file");
+    let contexts_file = contexts_path.to_string_lossy().into_owned();
+    assert!(
+        !orchctl(
+            &contexts_file,
+            &["get", "ns", "default", "--request-timeout", "2"]
+        )
+        .status
+        .success()
+    );
+    assert_eq!(
+        ok(&contexts_file, &["config", "use-context", "live"]),
+        "Switched to context \"live\".\n"
+    );
+    assert_eq!(ok(&contexts_file, &["config", "current-context"]), "live\n");
+    ok(&contexts_file, &["get", "ns", "default"]);
+    let listing = ok(&contexts_file, &["config", "get-contexts"]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("*") && l.contains("live")),
+        "{listing}"
+    );
+    let unknown = orchctl(&contexts_file, &["config", "use-context", "staging"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no context named \"staging\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
     let completion = ok(&server, &["completion", "bash"]);
     assert!(completion.contains("_orchctl()"), "{completion}");
 

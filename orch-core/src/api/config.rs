@@ -3,6 +3,23 @@
 //! certificate and key, or a bearer token). `orch-control --init` writes one
 //! for the admin (`<data-dir>/pki/admin.conf`); orchctl reads `--config`,
 //! then ORCH_CONFIG, then ~/.orch/config.
+//!
+//! A file holds either one config (the fields at the top level) or several
+//! named ones (kubectl's contexts):
+//!
+//! ```yaml
+//! current-context: prod
+//! contexts:
+//!   - name: prod
+//!     servers: [10.0.0.1:6443]
+//!     certificate-authority: ...
+//!     client-certificate: ...
+//!     client-key: ...
+//!   - name: lab
+//!     ...
+//! ```
+//!
+//! and [`ClientConfig::load`] gives the current context's.
 
 use std::path::{Path, PathBuf};
 
@@ -47,31 +64,42 @@ impl ClientConfig {
         serde_yaml_ng::to_string(self).unwrap_or_default()
     }
 
+    /// The config in `path`: the file's own, or its current context's.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let invalid = |reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let config: ClientConfig =
-            serde_yaml_ng::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        if config.servers.is_empty() {
-            return Err(invalid("servers: at least one server is required".into()));
+        let file = ConfigFile::load(path)?;
+        match file.contexts {
+            None => file.single.ok_or_else(|| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                reason: "empty".into(),
+            }),
+            Some(contexts) => {
+                let current = file.current_context.ok_or_else(|| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: "current-context: required with contexts".into(),
+                })?;
+                contexts
+                    .into_iter()
+                    .find(|c| c.name == current)
+                    .map(|c| c.config)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        reason: format!("current-context: no context named {current:?}"),
+                    })
+            }
         }
-        if !config.certificate_authority.contains("BEGIN CERTIFICATE") {
-            return Err(invalid(
-                "certificate-authority: not a PEM certificate".into(),
-            ));
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("servers: at least one server is required".into());
         }
-        if config.client_certificate.is_some() != config.client_key.is_some() {
-            return Err(invalid(
-                "client-certificate and client-key go together".into(),
-            ));
+        if !self.certificate_authority.contains("BEGIN CERTIFICATE") {
+            return Err("certificate-authority: not a PEM certificate".into());
         }
-        Ok(config)
+        if self.client_certificate.is_some() != self.client_key.is_some() {
+            return Err("client-certificate and client-key go together".into());
+        }
+        Ok(())
     }
 
     /// `explicit`, else ORCH_CONFIG, else ~/.orch/config.
@@ -102,6 +130,122 @@ impl ClientConfig {
         }
         tls
     }
+}
+
+/// One named config of a file with several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NamedContext {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: ClientConfig,
+}
+
+/// A client config file as written: one config, or named contexts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub current_context: Option<String>,
+    pub contexts: Option<Vec<NamedContext>>,
+    /// The file's config when it has no contexts.
+    pub single: Option<ClientConfig>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ContextsFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    current_context: Option<String>,
+    contexts: Vec<NamedContext>,
+}
+
+impl ConfigFile {
+    /// Reads and checks every config in `path` (errors name the context).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if value.get("contexts").is_some() {
+            let file: ContextsFile =
+                serde_yaml_ng::from_value(value).map_err(|e| invalid(e.to_string()))?;
+            let mut names = std::collections::BTreeSet::new();
+            for context in &file.contexts {
+                if !names.insert(context.name.as_str()) {
+                    return Err(invalid(format!("contexts: {:?} twice", context.name)));
+                }
+                context
+                    .config
+                    .check()
+                    .map_err(|reason| invalid(format!("contexts[{}]: {reason}", context.name)))?;
+            }
+            return Ok(Self {
+                current_context: file.current_context,
+                contexts: Some(file.contexts),
+                single: None,
+            });
+        }
+        let config: ClientConfig =
+            serde_yaml_ng::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        config.check().map_err(invalid)?;
+        Ok(Self {
+            single: Some(config),
+            ..Self::default()
+        })
+    }
+
+    /// Makes `name` the current context and rewrites `path` (a temporary
+    /// file renamed over it: a crash leaves the old file or the new one).
+    pub fn use_context(&mut self, path: &Path, name: &str) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let Some(contexts) = &self.contexts else {
+            return Err(invalid(format!(
+                "no contexts in this file, so no context {name:?} (it holds one config)"
+            )));
+        };
+        if !contexts.iter().any(|c| c.name == name) {
+            let known: Vec<&str> = contexts.iter().map(|c| c.name.as_str()).collect();
+            return Err(invalid(format!(
+                "no context named {name:?} (contexts: {})",
+                known.join(", ")
+            )));
+        }
+        self.current_context = Some(name.to_string());
+        let text = serde_yaml_ng::to_string(&ContextsFile {
+            current_context: self.current_context.clone(),
+            contexts: contexts.clone(),
+        })
+        .map_err(|e| invalid(e.to_string()))?;
+        write_private_atomically(path, &text).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Writes `text` to a temporary file beside `path` (owner-only), syncs it
+/// and renames it over `path`.
+fn write_private_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temporary = path.with_extension("orch-tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]
@@ -137,6 +281,75 @@ mod tests {
         let error = ClientConfig::load(&path).expect_err("unknown field");
         assert!(
             error.to_string().contains("unknown field `clusters`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn contexts_switch_and_name_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config");
+        let ca = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n";
+        let context = |name: &str, server: &str| {
+            format!(
+                "  - name: {name}\n    servers: [{server}]\n    certificate-authority: {ca:?}\n    token: t\n"
+            )
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "current-context: prod\ncontexts:\n{}{}",
+                context("prod", "10.0.0.1:6443"),
+                context("lab", "127.0.0.1:6443")
+            ),
+        )
+        .expect("write");
+        assert_eq!(
+            ClientConfig::load(&path).expect("load").servers,
+            ["10.0.0.1:6443"]
+        );
+        let mut file = ConfigFile::load(&path).expect("file");
+        let error = file.use_context(&path, "staging").expect_err("unknown");
+        assert!(
+            error
+                .to_string()
+                .contains("no context named \"staging\" (contexts: prod, lab)"),
+            "{error}"
+        );
+        file.use_context(&path, "lab").expect("switch");
+        assert_eq!(
+            ClientConfig::load(&path).expect("load").servers,
+            ["127.0.0.1:6443"]
+        );
+        // The rewritten file keeps every context.
+        assert_eq!(
+            ConfigFile::load(&path)
+                .expect("file")
+                .contexts
+                .map(|c| c.len()),
+            Some(2)
+        );
+        std::fs::write(
+            &path,
+            format!(
+                "current-context: gone\ncontexts:\n{}",
+                context("prod", "a:1")
+            ),
+        )
+        .expect("write");
+        let error = ClientConfig::load(&path).expect_err("dangling current");
+        assert!(
+            error.to_string().contains("no context named \"gone\""),
+            "{error}"
+        );
+        std::fs::write(
+            &path,
+            "contexts:\n  - name: bad\n    servers: []\n    certificate-authority: x\n",
+        )
+        .expect("write");
+        let error = ConfigFile::load(&path).expect_err("bad context");
+        assert!(
+            error.to_string().contains("contexts[bad]: servers"),
             "{error}"
         );
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use orch_core::api::config::ClientConfig;
+use orch_core::api::config::{ClientConfig, ConfigFile};
 use orch_core::api::{ApiClient, ListOptions};
 use orch_core::object::{Kind, Object};
 use serde_json::{Value, json};
@@ -314,5 +314,56 @@ pub fn config_view(args: ConfigArgs) -> Result<()> {
     shown.insert("file", Value::from(path.to_string_lossy().into_owned()));
     shown.insert("config", serde_json::to_value(&config)?);
     print!("{}", serde_yaml_ng::to_string(&shown)?);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ConfigFileArgs {
+    #[arg(long = "config")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+pub fn get_contexts(args: ConfigFileArgs) -> Result<()> {
+    let path = ClientConfig::locate(args.config.as_deref())?;
+    let file = ConfigFile::load(&path)?;
+    println!("{:<8} {:<20} SERVERS", "CURRENT", "NAME");
+    match &file.contexts {
+        Some(contexts) => {
+            for context in contexts {
+                let current = if file.current_context.as_deref() == Some(context.name.as_str()) {
+                    "*"
+                } else {
+                    ""
+                };
+                println!(
+                    "{current:<8} {:<20} {}",
+                    context.name,
+                    context.config.servers.join(",")
+                );
+            }
+        }
+        None => {
+            let servers = file.single.map(|c| c.servers.join(",")).unwrap_or_default();
+            println!("{:<8} {:<20} {servers}", "*", "(this file)");
+        }
+    }
+    Ok(())
+}
+
+pub fn current_context(args: ConfigFileArgs) -> Result<()> {
+    let path = ClientConfig::locate(args.config.as_deref())?;
+    match ConfigFile::load(&path)?.current_context {
+        Some(name) => println!("{name}"),
+        None => bail!("current-context is not set in {}", path.display()),
+    }
+    Ok(())
+}
+
+/// kubectl config use-context: the file's current context becomes NAME.
+pub fn use_context(name: &str, args: ConfigFileArgs) -> Result<()> {
+    let path = ClientConfig::locate(args.config.as_deref())?;
+    let mut file = ConfigFile::load(&path)?;
+    file.use_context(&path, name)?;
+    println!("Switched to context \"{name}\".");
     Ok(())
 }

@@ -99,6 +99,16 @@ enum ClusterCommand {
 enum ConfigCommand {
     /// Show the client config (keys and tokens hidden unless --raw).
     View(change::ConfigArgs),
+    /// List the contexts of the config file (`*` marks the current one).
+    GetContexts(change::ConfigFileArgs),
+    /// Print the current context's name.
+    CurrentContext(change::ConfigFileArgs),
+    /// Make NAME the current context (rewrites the config file).
+    UseContext {
+        name: String,
+        #[command(flatten)]
+        file: change::ConfigFileArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +183,15 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::View(args),
         } => change::config_view(args).map(|()| true),
+        Command::Config {
+            command: ConfigCommand::GetContexts(args),
+        } => change::get_contexts(args).map(|()| true),
+        Command::Config {
+            command: ConfigCommand::CurrentContext(args),
+        } => change::current_context(args).map(|()| true),
+        Command::Config {
+            command: ConfigCommand::UseContext { name, file },
+        } => change::use_context(&name, file).map(|()| true),
         Command::Completion { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -29,6 +29,9 @@ pub struct Connection {
     /// client certificate.
     #[arg(long)]
     pub token: Option<String>,
+    /// Seconds a call may take, failovers between replicas included.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout: u64,
 }
 
 impl Connection {
@@ -54,7 +57,10 @@ impl Connection {
             config.client_certificate = None;
             config.client_key = None;
         }
-        Ok(ApiClient::new(&config, Duration::from_secs(30))?)
+        Ok(ApiClient::new(
+            &config,
+            Duration::from_secs(self.request_timeout.max(1)),
+        )?)
     }
 }
 

@@ -10,7 +10,8 @@
 //!   snapshot save and restore times.
 //!
 //! Arguments (after `--`): `--rounds N` (default 3), `--quick` (small
-//! counts, one round: checks the bench itself runs).
+//! counts, one round: checks the bench itself runs), `--replicas 1|3|1,3`
+//! (default both), `--no-holding` (skip the 100,000-object rows).
 
 // Shared with the api bench, which uses other parts of it.
 #[allow(dead_code)]
@@ -35,6 +36,10 @@ struct Sizes {
     gets: usize,
     failovers: usize,
     objects: usize,
+    /// Cluster sizes to measure puts and gets on.
+    replicas: Vec<usize>,
+    /// Whether to measure the 100,000-object memory and snapshot rows.
+    holding: bool,
 }
 
 impl Sizes {
@@ -46,6 +51,8 @@ impl Sizes {
             gets: 2_000,
             failovers: 3,
             objects: 100_000,
+            replicas: vec![1, 3],
+            holding: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -66,11 +73,26 @@ impl Sizes {
                         gets: 200,
                         failovers: 1,
                         objects: 5_000,
+                        ..sizes
                     }
                 }
+                "--replicas" => {
+                    let value = args.next().context("--replicas needs 1, 3 or 1,3")?;
+                    sizes.replicas = value
+                        .split(',')
+                        .map(|n| match n.trim() {
+                            "1" => Ok(1),
+                            "3" => Ok(3),
+                            other => bail!("--replicas {other:?}: 1 or 3"),
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "--no-holding" => sizes.holding = false,
                 // cargo bench passes --bench to every bench binary.
                 "--bench" => {}
-                other => bail!("unknown argument {other:?} (known: --rounds N, --quick)"),
+                other => bail!(
+                    "unknown argument {other:?} (known: --rounds N, --quick, --replicas 1|3|1,3, --no-holding)"
+                ),
             }
         }
         Ok(sizes)
@@ -322,12 +344,14 @@ fn print(rows: &[Row], sizes: &Sizes) {
 async fn main() -> Result<()> {
     let sizes = Sizes::parse()?;
     let mut rows = Vec::new();
-    for replicas in [1, 3] {
+    for replicas in sizes.replicas.clone() {
         eprintln!("bench store: {replicas} replica(s)...");
         replicated(replicas, &sizes, &mut rows).await?;
     }
-    eprintln!("bench store: {} objects of 1 KiB...", sizes.objects);
-    holding(&sizes, &mut rows).await?;
+    if sizes.holding {
+        eprintln!("bench store: {} objects of 1 KiB...", sizes.objects);
+        holding(&sizes, &mut rows).await?;
+    }
     print(&rows, &sizes);
     Ok(())
 }

@@ -242,6 +242,35 @@ async fn garbage_collector_follows_owner_references() {
     create(&mut client, config_map("haunted", "default", &[&ghost])).await;
     eventually_gone(&mut client, Kind::ConfigMap, "default", "haunted").await;
     assert!(exists(&mut client, Kind::ConfigMap, "default", "second").await);
+
+    // orchctl delete --cascade=foreground waits (kubectl's --wait): when
+    // it returns, the owner and its dependent are both gone.
+    let owner = create(&mut client, config_map("cli-owner", "default", &[])).await;
+    create(&mut client, config_map("cli-child", "default", &[&owner])).await;
+    let admin = replica.dir.join("pki").join("admin.conf");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orchctl"))
+        .args([
+            "delete",
+            "configmap",
+            "cli-owner",
+            "--cascade",
+            "foreground",
+        ])
+        .args(["--timeout", "30", "--config"])
+        .arg(&admin)
+        .output()
+        .expect("orchctl delete");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "configmap \"cli-owner\" deleted\n"
+    );
+    assert!(!exists(&mut client, Kind::ConfigMap, "default", "cli-owner").await);
+    assert!(!exists(&mut client, Kind::ConfigMap, "default", "cli-child").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,13 @@ pub struct DeleteArgs {
     /// What happens to dependents: background, foreground or orphan.
     #[arg(long, value_parser = ["background", "foreground", "orphan"], default_value = "background")]
     pub cascade: String,
+    /// Wait until objects kept by finalizers or a grace period are gone
+    /// (kubectl's default); `--wait=false` returns once they are marked.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub wait: bool,
+    /// Seconds to wait for that (0: as long as it takes).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -464,14 +471,60 @@ pub fn delete(args: DeleteArgs) -> Result<bool> {
         ..DeleteRequest::default()
     };
     let mut all_ok = true;
+    let mut lingering = Vec::new();
     for (kind, namespace, name) in targets {
         match runtime.block_on(client.delete(kind, namespace.as_deref(), &name, &options)) {
-            Ok(_) => println!("{} \"{name}\" deleted", kind_ref(kind)),
+            Ok(marked) => {
+                println!("{} \"{name}\" deleted", kind_ref(kind));
+                if marked.metadata().deletion_timestamp.is_some() {
+                    lingering.push((kind, namespace, name, marked.metadata().uid.clone()));
+                }
+            }
             Err(error) => {
                 all_ok = false;
                 eprintln!("Error from server ({}): {error}", error.reason());
             }
         }
     }
+    if args.wait && !lingering.is_empty() {
+        runtime.block_on(wait_until_gone(&mut client, lingering, args.timeout))?;
+    }
     Ok(all_ok)
+}
+
+/// Waits until each object is gone (or replaced: another uid), as
+/// `kubectl delete --wait` does for objects finalizers keep around.
+async fn wait_until_gone(
+    client: &mut ApiClient,
+    mut waiting: Vec<(Kind, Option<String>, String, Option<String>)>,
+    timeout: u64,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let mut left = Vec::new();
+        for (kind, namespace, name, uid) in waiting {
+            match client.get(kind, namespace.as_deref(), &name).await {
+                Ok(object) if object.metadata().uid == uid => {
+                    left.push((kind, namespace, name, uid))
+                }
+                Ok(_) | Err(orch_core::api::ApiError::NotFound(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if timeout > 0 && started.elapsed() > Duration::from_secs(timeout) {
+            let names: Vec<String> = left
+                .iter()
+                .map(|(kind, _, name, _)| format!("{}/{name}", kind_ref(*kind)))
+                .collect();
+            bail!(
+                "timed out after {timeout}s waiting for {} to go (finalizers or a grace period keep them)",
+                names.join(", ")
+            );
+        }
+        waiting = left;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

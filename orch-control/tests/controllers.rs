@@ -51,6 +51,16 @@ fn config_map(name: &str, namespace: &str, owners: &[&Object]) -> Object {
     object
 }
 
+/// One replica running every controller, and a client of its API.
+async fn replica_with_controllers(dir: &std::path::Path) -> (common::Replica, ApiClient) {
+    let mut replica = common::Replica::new(1, dir.join("replica-1"));
+    let mut args = vec!["--init"];
+    args.extend(FAST_ELECTION);
+    replica.start(&args);
+    let client = client_of(&replica).await;
+    (replica, client)
+}
+
 async fn client_of(replica: &common::Replica) -> ApiClient {
     let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
     let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
@@ -94,11 +104,7 @@ fn delete_with(propagation: &str) -> DeleteRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collector_follows_owner_references() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
-    let mut args = vec!["--init"];
-    args.extend(FAST_ELECTION);
-    replica.start(&args);
-    let mut client = client_of(&replica).await;
+    let (replica, mut client) = replica_with_controllers(dir.path()).await;
     let create = async |client: &mut ApiClient, object: Object| {
         client.create(&object, false).await.expect("create")
     };
@@ -276,11 +282,7 @@ async fn garbage_collector_follows_owner_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_namespace_is_emptied_then_removed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
-    let mut args = vec!["--init"];
-    args.extend(FAST_ELECTION);
-    replica.start(&args);
-    let mut client = client_of(&replica).await;
+    let (_replica, mut client) = replica_with_controllers(dir.path()).await;
     let namespace = manifest::parse_str(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n",
         "test",

@@ -69,16 +69,29 @@ fn owner_ref(dependent: &Object, owner: &OwnerReference) -> Option<ObjectRef> {
     })
 }
 
-fn delete_options(propagation: &str) -> DeleteRequest {
-    DeleteRequest {
+/// Deletes `key` with `propagation`; "already gone" is the goal reached.
+async fn delete(
+    client: &mut ApiClient,
+    key: &ObjectRef,
+    propagation: &str,
+) -> Result<(), ApiError> {
+    let options = DeleteRequest {
         propagation_policy: propagation.into(),
         ..DeleteRequest::default()
+    };
+    match client
+        .delete(key.kind, key.namespace.as_deref(), &key.name, &options)
+        .await
+    {
+        Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+        Err(error) => Err(error),
     }
 }
 
-/// Ignores "already gone": the goal of every delete here.
-fn gone_is_fine(result: Result<Object, ApiError>) -> Result<(), ApiError> {
-    match result {
+/// Writes `changed` (guarded by its resourceVersion: a stale cache makes
+/// it a conflict, retried); an object gone meanwhile needs nothing more.
+async fn update(client: &mut ApiClient, changed: &Object) -> Result<(), ApiError> {
+    match client.update(changed, false).await {
         Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
         Err(error) => Err(error),
     }
@@ -198,10 +211,7 @@ impl GarbageCollector {
             if let Some(refs) = changed.metadata_mut().owner_references.as_mut() {
                 refs.retain(|r| r.uid != owner_uid);
             }
-            match client.update(&changed, false).await {
-                Ok(_) | Err(ApiError::NotFound(_)) => {}
-                Err(error) => return Err(error),
-            }
+            update(client, &changed).await?;
             tracing::info!(dependent = %ObjectRef::of(&dependent), owner = %ObjectRef::of(owner), "orphaned");
         }
         self.remove_finalizer(client, owner, ORPHAN).await
@@ -226,16 +236,7 @@ impl GarbageCollector {
             }
             if dependent.metadata().deletion_timestamp.is_none() {
                 let key = ObjectRef::of(&dependent);
-                gone_is_fine(
-                    client
-                        .delete(
-                            key.kind,
-                            key.namespace.as_deref(),
-                            &key.name,
-                            &delete_options("Foreground"),
-                        )
-                        .await,
-                )?;
+                delete(client, &key, "Foreground").await?;
                 tracing::info!(dependent = %key, owner = %ObjectRef::of(owner), "deleted (foreground)");
             }
         }
@@ -256,10 +257,8 @@ impl GarbageCollector {
         if let Some(finalizers) = changed.metadata_mut().finalizers.as_mut() {
             finalizers.retain(|f| f != finalizer);
         }
-        match client.update(&changed, false).await {
-            Ok(_) | Err(ApiError::NotFound(_)) => Ok(Next::Done),
-            Err(error) => Err(error),
-        }
+        update(client, &changed).await?;
+        Ok(Next::Done)
     }
 
     /// A dependent: deleted when every owner is gone (confirmed live),
@@ -298,16 +297,7 @@ impl GarbageCollector {
         let key = ObjectRef::of(dependent);
         if solid == 0 && waiting == 0 {
             tracing::info!(dependent = %key, "every owner is gone; deleting");
-            gone_is_fine(
-                client
-                    .delete(
-                        key.kind,
-                        key.namespace.as_deref(),
-                        &key.name,
-                        &delete_options("Background"),
-                    )
-                    .await,
-            )?;
+            delete(client, &key, "Background").await?;
             return Ok(Next::Done);
         }
         if !dangling.is_empty() {
@@ -315,10 +305,7 @@ impl GarbageCollector {
             if let Some(refs) = changed.metadata_mut().owner_references.as_mut() {
                 refs.retain(|r| !dangling.contains(&r.uid));
             }
-            match client.update(&changed, false).await {
-                Ok(_) | Err(ApiError::NotFound(_)) => {}
-                Err(error) => return Err(error),
-            }
+            update(client, &changed).await?;
         }
         Ok(Next::Done)
     }

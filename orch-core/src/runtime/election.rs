@@ -73,7 +73,24 @@ pub async fn run(
     let mut observed: Option<Observed> = None;
     let mut last_renewed: Option<Instant> = None;
     loop {
-        match try_acquire_or_renew(&mut client, &candidate, &timings, &mut observed).await {
+        // A holder's attempt may not outlast its renew deadline (a hung
+        // call must not keep it leading past the point where others may
+        // take over); a candidate's is bounded by the lease duration.
+        let budget = match last_renewed {
+            Some(at) => timings.renew_deadline.saturating_sub(at.elapsed()),
+            None => timings.lease_duration,
+        };
+        let attempt = tokio::time::timeout(
+            budget,
+            try_acquire_or_renew(&mut client, &candidate, &timings, &mut observed),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Unavailable(format!(
+                "no answer within {budget:?}"
+            )))
+        });
+        match attempt {
             Ok(true) => {
                 if !*leading.borrow() {
                     tracing::info!(identity = %candidate.identity, lease = %candidate.lease, "became the leader");
@@ -90,7 +107,7 @@ pub async fn run(
             }
             Err(error) => {
                 tracing::warn!(identity = %candidate.identity, %error, "leader election");
-                if last_renewed.is_some_and(|at| at.elapsed() > timings.renew_deadline) {
+                if last_renewed.is_some_and(|at| at.elapsed() >= timings.renew_deadline) {
                     tracing::warn!(identity = %candidate.identity, "renewal deadline passed; stepping down");
                     last_renewed = None;
                     leading.send_replace(false);

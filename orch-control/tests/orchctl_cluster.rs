@@ -97,13 +97,30 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
     );
     let services = ok(&server, &["get", "svc", "-o", "wide"]);
     assert!(
-        services.starts_with("NAME   TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   AGE\n"),
+        services.starts_with(
+            "NAME   TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   AGE   SELECTOR\n"
+        ),
         "{services}"
     );
     assert!(
-        services.contains("web    ClusterIP   <none>       <none>        80/TCP    "),
+        services.contains("web    ClusterIP   <none>       <none>        80/TCP    ")
+            && services.trim_end().ends_with("app=web"),
         "{services}"
     );
+    // -o wide: kubectl's extra columns.
+    let wide = ok(&server, &["get", "deploy", "-o", "wide"]);
+    let mut lines = wide.lines();
+    assert_eq!(
+        lines.next(),
+        Some("NAME   READY   UP-TO-DATE   AVAILABLE   AGE   CONTAINERS   IMAGES    SELECTOR"),
+        "{wide}"
+    );
+    let row = lines.next().expect("a row");
+    assert!(
+        row.starts_with("web    0/3     0            0           "),
+        "{row:?}"
+    );
+    assert!(row.ends_with("web          busybox   app=web"), "{row:?}");
     assert_eq!(
         ok(&server, &["get", "deploy,svc", "-o", "name"]),
         "deployment.apps/web\nservice/web\n"

@@ -214,7 +214,9 @@ pub fn get(args: GetArgs) -> Result<()> {
     if kinds.len() > 1 && !args.names.is_empty() {
         bail!("names cannot be given with several kinds");
     }
-    if args.watch && (kinds.len() > 1 || !args.names.is_empty() || args.output.is_some()) {
+    let wide = args.output.as_deref() == Some("wide");
+    if args.watch && (kinds.len() > 1 || !args.names.is_empty() || (args.output.is_some() && !wide))
+    {
         bail!("-w watches one kind, as a table, without names");
     }
     let (runtime, mut client) = args.connection.session()?;
@@ -268,7 +270,9 @@ pub fn get(args: GetArgs) -> Result<()> {
             let tables: Vec<String> = found
                 .iter()
                 .filter(|(_, objects)| !objects.is_empty())
-                .map(|(kind, objects)| table::render(*kind, objects, args.all_namespaces, several))
+                .map(|(kind, objects)| {
+                    table::render(*kind, objects, args.all_namespaces, several, wide)
+                })
                 .collect();
             print!("{}", tables.join("\n"));
         }
@@ -286,7 +290,7 @@ pub fn get(args: GetArgs) -> Result<()> {
                 let Some(object) = event.object else { continue };
                 // The table's row alone, as kubectl -w prints it; the
                 // header only when nothing was listed before.
-                let text = table::render(kind, &[object], args.all_namespaces, false);
+                let text = table::render(kind, &[object], args.all_namespaces, false, wide);
                 let skip = usize::from(!header);
                 header = false;
                 for line in text.lines().skip(skip) {

@@ -208,11 +208,117 @@ fn columns(kind: Kind, objects: &[Object]) -> (Vec<&'static str>, Vec<Vec<String
     (header, rows.collect())
 }
 
+/// What `-o wide` adds after kubectl's default columns, per kind.
+fn wide_columns(kind: Kind, object: &Object) -> (Vec<&'static str>, Vec<String>) {
+    let v = object.to_json();
+    let or_none = |value: String| {
+        if value.is_empty() {
+            "<none>".to_string()
+        } else {
+            value
+        }
+    };
+    let selector = |labels: &Value| {
+        or_none(
+            labels
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", text(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        )
+    };
+    let containers = |spec: &Value, field: &str| {
+        or_none(
+            spec["containers"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .map(|c| text(&c[field]))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        )
+    };
+    match kind {
+        Kind::Pod => (
+            vec!["IP", "NODE", "NOMINATED NODE", "READINESS GATES"],
+            vec![
+                or_none(text(&v["status"]["podIP"])),
+                or_none(text(&v["spec"]["nodeName"])),
+                or_none(text(&v["status"]["nominatedNodeName"])),
+                "<none>".into(),
+            ],
+        ),
+        Kind::Deployment | Kind::ReplicaSet => {
+            let template = &v["spec"]["template"]["spec"];
+            (
+                vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+                vec![
+                    containers(template, "name"),
+                    containers(template, "image"),
+                    selector(&v["spec"]["selector"]["matchLabels"]),
+                ],
+            )
+        }
+        Kind::Service => (vec!["SELECTOR"], vec![selector(&v["spec"]["selector"])]),
+        Kind::Node => {
+            let address = |kind: &str| {
+                or_none(
+                    v["status"]["addresses"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|a| a["type"] == kind))
+                        .map(|a| text(&a["address"]))
+                        .unwrap_or_default(),
+                )
+            };
+            let info = &v["status"]["nodeInfo"];
+            (
+                vec![
+                    "INTERNAL-IP",
+                    "EXTERNAL-IP",
+                    "OS-IMAGE",
+                    "KERNEL-VERSION",
+                    "CONTAINER-RUNTIME",
+                ],
+                vec![
+                    address("InternalIP"),
+                    address("ExternalIP"),
+                    or_none(text(&info["osImage"])),
+                    or_none(text(&info["kernelVersion"])),
+                    or_none(text(&info["containerRuntimeVersion"])),
+                ],
+            )
+        }
+        _ => (Vec::new(), Vec::new()),
+    }
+}
+
 /// The table text: columns padded like kubectl's (three spaces apart),
-/// with a NAMESPACE column first when listing across namespaces, and names
-/// as `kind/name` when several kinds are listed together.
-pub fn render(kind: Kind, objects: &[Object], with_namespace: bool, qualified: bool) -> String {
+/// with a NAMESPACE column first when listing across namespaces, names as
+/// `kind/name` when several kinds are listed together, and `-o wide`'s
+/// extra columns when `wide`.
+pub fn render(
+    kind: Kind,
+    objects: &[Object],
+    with_namespace: bool,
+    qualified: bool,
+    wide: bool,
+) -> String {
     let (mut header, mut rows) = columns(kind, objects);
+    if wide {
+        for (row, object) in rows.iter_mut().zip(objects) {
+            let (extra_header, extra) = wide_columns(kind, object);
+            row.extend(extra);
+            if header.len() < row.len() {
+                header.extend(extra_header);
+            }
+        }
+    }
     if qualified && kind != Kind::Event {
         for (row, object) in rows.iter_mut().zip(objects) {
             row[0] = super::objects::object_ref(object);

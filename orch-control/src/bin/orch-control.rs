@@ -1,6 +1,7 @@
 //! `orch-control`: a control-plane replica: the replicated store (Raft over
 //! gRPC with mutual TLS, redb on disk) on `--listen`, and the API server (TLS) on
-//! `--api-listen`; the scheduler and controllers join it in later work.
+//! `--api-listen`; and the controller manager, whose controllers run on the
+//! replica holding their Lease. The scheduler joins it in later work.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,8 +141,8 @@ async fn main() -> Result<()> {
 /// Like `etcdutl snapshot restore`: the data, without the old cluster's
 /// membership; nothing is written unless the snapshot verifies.
 fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
-    let revision = orch_control::store::restore_data_dir(file, data_dir)
-        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    // Its errors name the snapshot file or the data directory.
+    let revision = orch_control::store::restore_data_dir(file, data_dir)?;
     println!(
         "restored revision {revision} into {}; start it with: orch-control --data-dir {} --node-id ID --listen ADDR --init",
         data_dir.display(),

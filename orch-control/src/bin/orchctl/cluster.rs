@@ -145,8 +145,8 @@ pub fn member(command: crate::MemberCommand) -> Result<()> {
 
 /// Restores FILE into a new data directory, as `orch-control restore`.
 pub fn restore_snapshot(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
-    let revision = orch_control::store::restore_data_dir(file, data_dir)
-        .with_context(|| format!("restoring {}", file.display()))?;
+    // Its errors name the snapshot file or the data directory.
+    let revision = orch_control::store::restore_data_dir(file, data_dir)?;
     println!(
         "restored revision {revision} into {}; start it with: orch-control --data-dir {} --node-id ID --listen ADDR --init",
         data_dir.display(),

@@ -297,6 +297,21 @@ async fn a_deleted_namespace_is_emptied_then_removed() {
             .await
             .expect("config map");
     }
+    // The system's own namespaces cannot be deleted.
+    match client
+        .delete(
+            Kind::Namespace,
+            None,
+            "kube-system",
+            &DeleteRequest::default(),
+        )
+        .await
+    {
+        Err(ApiError::Forbidden(message)) => {
+            assert!(message.contains("may not be deleted"), "{message}")
+        }
+        other => panic!("deleting kube-system: {other:?}"),
+    }
     let marked = client
         .delete(Kind::Namespace, None, "doomed", &DeleteRequest::default())
         .await

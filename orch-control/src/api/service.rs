@@ -147,7 +147,7 @@ impl Api for ApiService {
             }
             reply(
                 self.registry
-                    .bind(&request.namespace, &request.object)
+                    .bind(&request.namespace, &request.object, request.dry_run)
                     .await,
             )
         })

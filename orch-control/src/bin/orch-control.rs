@@ -160,11 +160,14 @@ async fn run(cli: RunArgs) -> Result<()> {
     }
     let enabled =
         orch_control::controllers::Enabled::parse(&cli.controllers).map_err(anyhow::Error::msg)?;
+    // The holder must have stepped down (renew deadline, plus at most one
+    // retry period) before another may take over (lease duration).
     if !(cli.leader_elect_retry_period_ms < cli.leader_elect_renew_deadline_ms
-        && cli.leader_elect_renew_deadline_ms < cli.leader_elect_lease_duration_ms)
+        && cli.leader_elect_renew_deadline_ms + cli.leader_elect_retry_period_ms
+            <= cli.leader_elect_lease_duration_ms)
     {
         bail!(
-            "--leader-elect-retry-period-ms < --leader-elect-renew-deadline-ms < --leader-elect-lease-duration-ms is required"
+            "--leader-elect-retry-period-ms < --leader-elect-renew-deadline-ms, and renew deadline + retry period <= --leader-elect-lease-duration-ms, are required"
         );
     }
     let config = Config {

@@ -56,8 +56,13 @@ fn has_finalizer(object: &Object, finalizer: &str) -> bool {
 }
 
 /// The object an owner reference of `dependent` names.
+/// None when it cannot be resolved: an unknown kind, or a namespaced owner
+/// of a cluster-scoped dependent (Kubernetes never collects those).
 fn owner_ref(dependent: &Object, owner: &OwnerReference) -> Option<ObjectRef> {
     let kind = Kind::from_type_meta(&owner.api_version, &owner.kind)?;
+    if kind.namespaced() && !dependent.kind().namespaced() {
+        return None;
+    }
     Some(ObjectRef {
         kind,
         namespace: dependent
@@ -118,10 +123,18 @@ impl GarbageCollector {
             Change::Applied { old, new } => {
                 let key = ObjectRef::of(new);
                 let mut graph = self.graph();
+                let mut released = Vec::new();
                 if let Some(old) = old {
                     for owner in owners(old) {
                         if let Some(set) = graph.dependents.get_mut(&owner.uid) {
                             set.remove(&key);
+                        }
+                        // An owner this object no longer names may be
+                        // waiting for it (foreground deletion).
+                        if !owners(new).iter().any(|r| r.uid == owner.uid)
+                            && let Some(owner) = owner_ref(old, owner)
+                        {
+                            released.push(owner);
                         }
                     }
                 }
@@ -133,6 +146,9 @@ impl GarbageCollector {
                         .insert(key.clone());
                 }
                 drop(graph);
+                for owner in released {
+                    self.queue.add(owner);
+                }
                 let refs_changed = old.as_ref().is_none_or(|old| owners(old) != owners(new));
                 if (refs_changed && !owners(new).is_empty())
                     || has_finalizer(new, FOREGROUND)
@@ -228,6 +244,16 @@ impl GarbageCollector {
         let owner_uid = uid(owner);
         let mut blocking = 0;
         for dependent in self.dependents_of(owner) {
+            if owners(&dependent).iter().any(|r| r.uid != owner_uid) {
+                // Other owners may still need it: only this reference goes
+                // (its other owners' absence is checked on its own turn).
+                let mut changed = (*dependent).clone();
+                if let Some(refs) = changed.metadata_mut().owner_references.as_mut() {
+                    refs.retain(|r| r.uid != owner_uid);
+                }
+                update(client, &changed).await?;
+                continue;
+            }
             let blocks = owners(&dependent)
                 .iter()
                 .any(|r| r.uid == owner_uid && r.block_owner_deletion == Some(true));

@@ -80,6 +80,8 @@ pub async fn run(
             Some(at) => timings.renew_deadline.saturating_sub(at.elapsed()),
             None => timings.lease_duration,
         };
+        // A renewal counts from when it was sent, not when it was answered.
+        let sent = Instant::now();
         let attempt = tokio::time::timeout(
             budget,
             try_acquire_or_renew(&mut client, &candidate, &timings, &mut observed),
@@ -95,7 +97,7 @@ pub async fn run(
                 if !*leading.borrow() {
                     tracing::info!(identity = %candidate.identity, lease = %candidate.lease, "became the leader");
                 }
-                last_renewed = Some(Instant::now());
+                last_renewed = Some(sent);
                 leading.send_replace(true);
             }
             Ok(false) => {
@@ -114,7 +116,15 @@ pub async fn run(
                 }
             }
         }
-        tokio::time::sleep(timings.retry_period).await;
+        // A holder wakes no later than its renew deadline, to step down on
+        // time if the renewals keep failing.
+        let pause = match last_renewed {
+            Some(at) => timings
+                .retry_period
+                .min(timings.renew_deadline.saturating_sub(at.elapsed())),
+            None => timings.retry_period,
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -176,7 +176,8 @@ mod tests {
         for _ in 0..3 {
             queue.add_rate_limited("k");
         }
-        // Three failures in a row: the third retry waits 20 ms.
+        // Three failures in a row (retries due after 5, 10 and 20 ms; the
+        // first to come due queues the key).
         assert_eq!(queue.lock().failures.get("k"), Some(&3));
         let started = tokio::time::Instant::now();
         assert_eq!(queue.next().await, Some("k"));

@@ -26,6 +26,10 @@ pub enum UpdateKind {
     Binding,
 }
 
+/// Namespaces the system needs (the controllers' Lease lives in
+/// kube-system): deleting them is refused, as Kubernetes does.
+const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
 /// Metadata the server owns: kept from the stored object whatever the
 /// request says.
 const SERVER_OWNED: &[&str] = &[
@@ -83,7 +87,12 @@ impl Registry {
     /// `spec.nodeName` and the PodScheduled condition, once. `bytes` is a
     /// v1 Binding: metadata.name is the pod, target the node; a uid in its
     /// metadata must be the pod's.
-    pub async fn bind(&self, namespace: &str, bytes: &[u8]) -> Result<Written, ApiError> {
+    pub async fn bind(
+        &self,
+        namespace: &str,
+        bytes: &[u8],
+        dry_run: bool,
+    ) -> Result<Written, ApiError> {
         let binding: k8s_openapi::api::core::v1::Binding = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::Invalid(format!("Binding: {e}")))?;
         let pod = binding.metadata.name.clone().unwrap_or_default();
@@ -121,7 +130,7 @@ impl Registry {
             Some(namespace),
             &pod,
             None,
-            false,
+            dry_run,
             UpdateKind::Binding,
             |current| {
                 let refused = |why: String| {
@@ -266,8 +275,15 @@ impl Registry {
         admission::default_and_validate(&mut object)?;
         let meta = object.metadata();
         // The last finalizer gone from an object being deleted: delete it.
-        let finished =
-            meta.deletion_timestamp.is_some() && meta.finalizers.as_ref().is_none_or(Vec::is_empty);
+        // Unless a grace period still runs (a pod its node agent stops) or a
+        // namespace still holds objects (its controller empties it first).
+        let finished = meta.deletion_timestamp.is_some()
+            && meta.finalizers.as_ref().is_none_or(Vec::is_empty)
+            && meta.deletion_grace_period_seconds.is_none_or(|s| s == 0)
+            && (kind != Kind::Namespace
+                || self
+                    .namespace_is_empty(meta.name.as_deref().unwrap_or_default())
+                    .await?);
         if dry_run {
             return Ok(Attempt::Done(Written {
                 object,
@@ -308,6 +324,11 @@ impl Registry {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<Object, ApiError> {
+        if kind == Kind::Namespace && PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         let key = object_key(kind, Some(namespace).filter(|n| !n.is_empty()), name);
         let finalizer = match options.propagation_policy.as_str() {
             "" | "Background" => None,

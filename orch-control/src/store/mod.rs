@@ -55,3 +55,12 @@ pub fn restore_data_dir(
     }
     restored
 }
+
+/// What `orch-control restore` and `orchctl snapshot restore` print after
+/// `restore_data_dir`: what was restored and how to start it.
+pub fn restored_message(revision: types::Revision, data_dir: &std::path::Path) -> String {
+    format!(
+        "restored revision {revision} into {dir}; start it with: orch-control --data-dir {dir} --node-id ID --listen ADDR --init",
+        dir = data_dir.display()
+    )
+}

@@ -148,9 +148,8 @@ pub fn restore_snapshot(file: &std::path::Path, data_dir: &std::path::Path) -> R
     // Its errors name the snapshot file or the data directory.
     let revision = orch_control::store::restore_data_dir(file, data_dir)?;
     println!(
-        "restored revision {revision} into {}; start it with: orch-control --data-dir {} --node-id ID --listen ADDR --init",
-        data_dir.display(),
-        data_dir.display()
+        "{}",
+        orch_control::store::restored_message(revision, data_dir)
     );
     Ok(())
 }

@@ -607,3 +607,103 @@ async fn a_pod_is_bound_to_a_node_once() {
         .expect("get");
     assert_eq!(before, after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_takes_uid_and_resource_version_preconditions() {
+    let (_dir, _replica, mut client) = single().await;
+    wait_for_default(&mut client).await;
+    let config_map = object(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: default}\ndata: {a: '1'}\n",
+    );
+    let first = client.create(&config_map, false).await.expect("create");
+    let first_uid = first.metadata().uid.clone().expect("uid");
+    let first_version = first.metadata().resource_version.clone().expect("rv");
+
+    let refuse = |uid: &str, version: &str| DeleteRequest {
+        uid: uid.into(),
+        resource_version: version.into(),
+        ..DeleteRequest::default()
+    };
+    match client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "settings",
+            &refuse("not-it", ""),
+        )
+        .await
+    {
+        Err(ApiError::Conflict(message)) => assert!(
+            message.contains("Precondition failed: UID in precondition: not-it")
+                && message.contains(&first_uid),
+            "{message}"
+        ),
+        other => panic!("delete with a foreign uid: {other:?}"),
+    }
+    client
+        .get(Kind::ConfigMap, Some("default"), "settings")
+        .await
+        .expect("a refused delete leaves the object");
+
+    // A later version: the old resourceVersion no longer matches.
+    let mut changed = first.clone();
+    changed.metadata_mut().labels = Some([("v".to_string(), "2".to_string())].into());
+    client.update(&changed, false).await.expect("update");
+    match client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "settings",
+            &refuse(&first_uid, &first_version),
+        )
+        .await
+    {
+        Err(ApiError::Conflict(message)) => {
+            assert!(
+                message.contains(&format!("yours {first_version}")),
+                "{message}"
+            )
+        }
+        other => panic!("delete of a stale version: {other:?}"),
+    }
+
+    // Re-created under the same name: the first one's uid does not delete it.
+    client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "settings",
+            &refuse(&first_uid, ""),
+        )
+        .await
+        .expect("delete with the right uid");
+    let second = client.create(&config_map, false).await.expect("re-create");
+    let second_uid = second.metadata().uid.clone().expect("uid");
+    assert_ne!(first_uid, second_uid);
+    assert!(matches!(
+        client
+            .delete(
+                Kind::ConfigMap,
+                Some("default"),
+                "settings",
+                &refuse(&first_uid, "")
+            )
+            .await,
+        Err(ApiError::Conflict(_))
+    ));
+    client
+        .delete(
+            Kind::ConfigMap,
+            Some("default"),
+            "settings",
+            &refuse(&second_uid, ""),
+        )
+        .await
+        .expect("delete the second with its uid");
+    assert!(matches!(
+        client
+            .get(Kind::ConfigMap, Some("default"), "settings")
+            .await,
+        Err(ApiError::NotFound(_))
+    ));
+}

@@ -27,6 +27,8 @@ pub struct Registry {
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
     pub resource_version: Option<Revision>,
+    /// Delete only the object with this uid.
+    pub uid: Option<String>,
     /// None: the object's own default (a pod's terminationGracePeriodSeconds).
     pub grace_period_seconds: Option<i64>,
     pub propagation_policy: String,
@@ -108,6 +110,13 @@ fn not_found(kind: Kind, name: &str) -> ApiError {
 fn conflict(kind: Kind, name: &str, current: Revision, yours: Revision) -> ApiError {
     ApiError::Conflict(format!(
         "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again (current resourceVersion {current}, yours {yours})",
+        resource_name(kind)
+    ))
+}
+
+fn uid_conflict(kind: Kind, name: &str, current: &str, yours: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {yours}, UID in object meta: {current}",
         resource_name(kind)
     ))
 }

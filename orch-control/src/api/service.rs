@@ -254,6 +254,7 @@ impl Api for ApiService {
             let kind = kind(&request.resource)?;
             let options = DeleteOptions {
                 resource_version: parse_revision(&request.resource_version)?,
+                uid: Some(request.uid).filter(|uid| !uid.is_empty()),
                 grace_period_seconds: request.grace_period_seconds.filter(|s| *s >= 0),
                 propagation_policy: request.propagation_policy,
                 dry_run: request.dry_run,

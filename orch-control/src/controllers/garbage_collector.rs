@@ -74,14 +74,24 @@ fn owner_ref(dependent: &Object, owner: &OwnerReference) -> Option<ObjectRef> {
     })
 }
 
-/// Deletes `key` with `propagation`; "already gone" is the goal reached.
+/// Deletes `object` with `propagation`, only as the version the decision
+/// was made on (uid and resourceVersion preconditions: a changed or
+/// re-created object is a conflict, looked at again); "already gone" is
+/// the goal reached.
 async fn delete(
     client: &mut ApiClient,
-    key: &ObjectRef,
+    object: &Object,
     propagation: &str,
 ) -> Result<(), ApiError> {
+    let key = ObjectRef::of(object);
     let options = DeleteRequest {
         propagation_policy: propagation.into(),
+        uid: uid(object),
+        resource_version: object
+            .metadata()
+            .resource_version
+            .clone()
+            .unwrap_or_default(),
         ..DeleteRequest::default()
     };
     match client
@@ -261,9 +271,8 @@ impl GarbageCollector {
                 blocking += 1;
             }
             if dependent.metadata().deletion_timestamp.is_none() {
-                let key = ObjectRef::of(&dependent);
-                delete(client, &key, "Foreground").await?;
-                tracing::info!(dependent = %key, owner = %ObjectRef::of(owner), "deleted (foreground)");
+                delete(client, &dependent, "Foreground").await?;
+                tracing::info!(dependent = %ObjectRef::of(&dependent), owner = %ObjectRef::of(owner), "deleted (foreground)");
             }
         }
         if blocking > 0 {
@@ -323,7 +332,7 @@ impl GarbageCollector {
         let key = ObjectRef::of(dependent);
         if solid == 0 && waiting == 0 {
             tracing::info!(dependent = %key, "every owner is gone; deleting");
-            delete(client, &key, "Background").await?;
+            delete(client, dependent, "Background").await?;
             return Ok(Next::Done);
         }
         if !dangling.is_empty() {

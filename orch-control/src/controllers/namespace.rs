@@ -8,12 +8,21 @@ use std::time::Duration;
 
 use orch_core::api::proto::DeleteRequest;
 use orch_core::api::{ApiClient, ApiError};
-use orch_core::object::Kind;
+use orch_core::object::{Kind, Object};
 use orch_core::runtime::{Cache, Change, Next, WorkQueue};
 
 /// How often a namespace whose content is slow to go (pods stopping on
 /// their nodes) is looked at again, besides the content's own events.
 const RECHECK: Duration = Duration::from_secs(2);
+
+/// Delete options that touch only this object, not a later one of its
+/// name.
+fn only(object: &Object) -> DeleteRequest {
+    DeleteRequest {
+        uid: object.metadata().uid.clone().unwrap_or_default(),
+        ..DeleteRequest::default()
+    }
+}
 
 pub struct NamespaceController {
     cache: Arc<Cache>,
@@ -28,14 +37,15 @@ impl NamespaceController {
         })
     }
 
-    fn terminating(&self, namespace: &str) -> bool {
+    /// The namespace, if it is being deleted.
+    fn terminating(&self, namespace: &str) -> Option<Arc<Object>> {
         self.cache
             .get(&orch_core::runtime::ObjectRef {
                 kind: Kind::Namespace,
                 namespace: None,
                 name: namespace.into(),
             })
-            .is_some_and(|ns| ns.metadata().deletion_timestamp.is_some())
+            .filter(|ns| ns.metadata().deletion_timestamp.is_some())
     }
 
     pub fn on_change(&self, change: &Change) {
@@ -55,7 +65,7 @@ impl NamespaceController {
                 .namespace
                 .as_deref()
                 .filter(|_| object.kind().namespaced())
-            && self.terminating(namespace)
+            && self.terminating(namespace).is_some()
         {
             self.queue.add(namespace.to_string());
         }
@@ -66,9 +76,9 @@ impl NamespaceController {
         client: &mut ApiClient,
         namespace: String,
     ) -> Result<Next, ApiError> {
-        if !self.terminating(&namespace) {
+        let Some(terminating) = self.terminating(&namespace) else {
             return Ok(Next::Done);
-        }
+        };
         let content = self.cache.select(|object| {
             object.kind().namespaced()
                 && object.metadata().namespace.as_deref() == Some(namespace.as_str())
@@ -79,12 +89,7 @@ impl NamespaceController {
             }
             let name = object.metadata().name.clone().unwrap_or_default();
             match client
-                .delete(
-                    object.kind(),
-                    Some(&namespace),
-                    &name,
-                    &DeleteRequest::default(),
-                )
+                .delete(object.kind(), Some(&namespace), &name, &only(object))
                 .await
             {
                 Ok(_) | Err(ApiError::NotFound(_)) => {}
@@ -96,7 +101,7 @@ impl NamespaceController {
         }
         // Empty as far as the cache knows: the API server checks the store.
         match client
-            .delete(Kind::Namespace, None, &namespace, &DeleteRequest::default())
+            .delete(Kind::Namespace, None, &namespace, &only(&terminating))
             .await
         {
             Ok(_) | Err(ApiError::NotFound(_)) => {}

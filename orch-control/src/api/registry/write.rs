@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     DeleteOptions, RETRIES, Registry, Written, conflict, guard, name_of, object_from,
-    parse_revision, request, stored_bytes, stored_value, succeeded,
+    parse_revision, request, stored_bytes, stored_value, succeeded, uid_conflict,
 };
 use crate::api::admission::{self, has_status, resource_name};
 use crate::store::types::{KeyValue, Op, Txn};
@@ -348,6 +348,12 @@ impl Registry {
                 return Err(conflict(kind, name, kv.mod_revision, wanted));
             }
             let mut value = stored_value(&kv)?;
+            if let Some(wanted) = &options.uid {
+                let current = value["metadata"]["uid"].as_str().unwrap_or_default();
+                if current != wanted {
+                    return Err(uid_conflict(kind, name, current, wanted));
+                }
+            }
             let mut finalizers: Vec<String> = value["metadata"]["finalizers"]
                 .as_array()
                 .map(|f| {

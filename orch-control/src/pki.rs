@@ -42,6 +42,8 @@ pub enum PkiError {
         "{dir}: no cluster CA ({CA_CERT} and {CA_KEY}); copy them from an existing replica's pki directory before joining"
     )]
     NoCa { dir: PathBuf },
+    #[error("{path}: {reason}; remove it (and its key) to have a new one signed")]
+    Unreadable { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError {
@@ -55,18 +57,36 @@ fn read(path: &Path) -> Result<String, PkiError> {
 
 /// Writes a file readable by its owner only (keys, configs with keys).
 fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    write_atomic(path, text, 0o600)
+}
+
+/// Writes `path` whole or not at all: a temporary file beside it, synced,
+/// then renamed over it.
+fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
+        .mode(mode)
+        .open(&temporary)
+        .map_err(io(&temporary))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(io(path))
+        .map_err(io(&temporary))?;
+    std::fs::rename(&temporary, path).map_err(io(path))
+}
+
+/// Writes a serving certificate and its key. The key goes first: a crash
+/// between the two leaves the old certificate, which does not name the
+/// new hosts (or is missing), so the next start signs the pair again.
+fn write_pair(cert_path: &Path, cert: &str, key_path: &Path, key: &str) -> Result<(), PkiError> {
+    write_private(key_path, key)?;
+    write_atomic(cert_path, cert, 0o644)
 }
 
 /// The current year (for validity bounds: January 1st, some years on).
@@ -75,6 +95,36 @@ fn this_year() -> i32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     1970 + (seconds / 31_556_952) as i32
+}
+
+/// The DNS names and IP addresses a PEM certificate is valid for.
+fn names_of(pem: &str) -> Result<Vec<String>, String> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
+    let certificate = pem
+        .parse_x509()
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let alternative = certificate
+        .subject_alternative_name()
+        .map_err(|e| format!("subject alternative names: {e}"))?;
+    let mut names = Vec::new();
+    for name in alternative.iter().flat_map(|ext| &ext.value.general_names) {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => names.push(dns.to_string()),
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                let ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                    16 => <[u8; 16]>::try_from(*bytes)
+                        .map(std::net::IpAddr::from)
+                        .ok(),
+                    _ => None,
+                };
+                names.extend(ip.map(|ip| ip.to_string()));
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
 }
 
 fn named(common_name: &str, organization: Option<&str>) -> DistinguishedName {
@@ -164,10 +214,31 @@ impl Pki {
         Ok((certificate.pem(), key.serialize_pem()))
     }
 
+    /// Whether the serving certificate `cert` (with its `key`) exists and
+    /// names every one of `hosts`. One that does not (the replica now
+    /// listens on another address) is signed anew, as a new one would be.
+    fn current(&self, cert: &str, key: &str, hosts: &[String]) -> Result<bool, PkiError> {
+        let (cert_path, key_path) = (self.path(cert), self.path(key));
+        if !cert_path.exists() || !key_path.exists() {
+            return Ok(false);
+        }
+        let pem = read(&cert_path)?;
+        let named = names_of(&pem).map_err(|reason| PkiError::Unreadable {
+            path: cert_path.clone(),
+            reason,
+        })?;
+        let missing: Vec<&String> = hosts.iter().filter(|h| !named.contains(h)).collect();
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        tracing::info!(certificate = %cert_path.display(), ?missing, "the certificate does not name this replica's address; signing a new one");
+        Ok(false)
+    }
+
     /// Makes this replica's API serving certificate, for `hosts` (its
-    /// addresses and names), when it has none yet.
+    /// addresses and names), when it has none naming them all yet.
     pub fn ensure_server_certificate(&self, hosts: &[String]) -> Result<(), PkiError> {
-        if self.path(SERVER_CERT).exists() && self.path(SERVER_KEY).exists() {
+        if self.current(SERVER_CERT, SERVER_KEY, hosts)? {
             return Ok(());
         }
         let (cert, key) = self.sign(
@@ -176,28 +247,26 @@ impl Pki {
             hosts,
             &[ExtendedKeyUsagePurpose::ServerAuth],
         )?;
-        write_private(&self.path(SERVER_KEY), &key)?;
-        std::fs::write(self.path(SERVER_CERT), cert).map_err(io(&self.path(SERVER_CERT)))
+        write_pair(&self.path(SERVER_CERT), &cert, &self.path(SERVER_KEY), &key)
     }
 
     /// Makes this replica's peer certificate for the replication port, for
-    /// `hosts`, when it has none yet. It serves that port and is presented
+    /// `hosts`, when it has none naming them all yet. It serves that port and is presented
     /// when this replica calls another, so it carries both usages.
     pub fn ensure_peer_certificate(&self, hosts: &[String]) -> Result<(), PkiError> {
-        if self.path(PEER_CERT).exists() && self.path(PEER_KEY).exists() {
+        if self.current(PEER_CERT, PEER_KEY, hosts)? {
             return Ok(());
         }
         let (cert, key) = self.sign(
             "orch-control-peer",
-            Some("system:orch-control"),
+            Some(crate::store::raft::peer_auth::REPLICAS),
             hosts,
             &[
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
         )?;
-        write_private(&self.path(PEER_KEY), &key)?;
-        std::fs::write(self.path(PEER_CERT), cert).map_err(io(&self.path(PEER_CERT)))
+        write_pair(&self.path(PEER_CERT), &cert, &self.path(PEER_KEY), &key)
     }
 
     /// A peer identity for calls made before this replica may write to its
@@ -209,7 +278,7 @@ impl Pki {
         }
         let (cert, key) = self.sign(
             "orch-control-peer",
-            Some("system:orch-control"),
+            Some(crate::store::raft::peer_auth::REPLICAS),
             &[],
             &[ExtendedKeyUsagePurpose::ClientAuth],
         )?;
@@ -242,7 +311,11 @@ impl Pki {
     /// Writes `admin.conf`: the API servers, the CA and an admin client
     /// certificate, for orchctl (`--config`, ORCH_CONFIG, ~/.orch/config).
     pub fn write_admin_config(&self, servers: &[String]) -> Result<PathBuf, PkiError> {
-        let config = self.component_config("admin", Some("system:masters"), servers)?;
+        let config = self.component_config(
+            "admin",
+            Some(crate::store::raft::peer_auth::ADMINS),
+            servers,
+        )?;
         let path = self.path(ADMIN_CONFIG);
         write_private(&path, &config.to_yaml())?;
         Ok(path)
@@ -284,5 +357,74 @@ impl Pki {
             .identity(identity)
             .client_ca_root(ca)
             .client_auth_optional(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_serving_certificate_follows_the_address() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = Pki::new(dir.path());
+        pki.create_ca().expect("ca");
+        pki.ensure_peer_certificate(&hosts(&["localhost", "10.1.0.1"]))
+            .expect("first");
+        let first = read(&pki.path(PEER_CERT)).expect("cert");
+        let named = names_of(&first).expect("names");
+        assert!(named.contains(&"10.1.0.1".to_string()), "{named:?}");
+        assert!(named.contains(&"localhost".to_string()), "{named:?}");
+
+        // Same address: kept as is.
+        pki.ensure_peer_certificate(&hosts(&["localhost", "10.1.0.1"]))
+            .expect("again");
+        assert_eq!(read(&pki.path(PEER_CERT)).expect("cert"), first);
+
+        // Another address: signed anew, with a key that matches it.
+        pki.ensure_peer_certificate(&hosts(&["localhost", "10.1.0.2"]))
+            .expect("moved");
+        let second = read(&pki.path(PEER_CERT)).expect("cert");
+        assert_ne!(second, first);
+        assert!(
+            names_of(&second)
+                .expect("names")
+                .contains(&"10.1.0.2".to_string())
+        );
+        let key = KeyPair::from_pem(&read(&pki.path(PEER_KEY)).expect("key")).expect("key pem");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(second.as_bytes()).expect("pem");
+        let certificate = pem.parse_x509().expect("x509");
+        assert_eq!(
+            certificate.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw(),
+            "the key on disk is the certificate's"
+        );
+        assert!(!pki.path("peer.crt.tmp").exists());
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = Pki::new(dir.path());
+        pki.create_ca().expect("ca");
+        std::fs::write(pki.path(SERVER_CERT), "garbage").expect("write");
+        std::fs::write(pki.path(SERVER_KEY), "garbage").expect("write");
+        let error = pki
+            .ensure_server_certificate(&hosts(&["localhost"]))
+            .expect_err("garbage is refused");
+        let text = error.to_string();
+        assert!(
+            text.contains(SERVER_CERT) && text.contains("not PEM"),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(pki.path(SERVER_CERT)).expect("read"),
+            "garbage",
+            "nothing was overwritten"
+        );
     }
 }

@@ -143,8 +143,9 @@ async fn a_replica_cannot_join_without_the_cluster_ca() {
 async fn replication_port_takes_only_cluster_certificates() {
     use orch_control::store::raft::client::replica_status;
     use orch_control::store::raft::peer_tls::PeerTls;
-    use orch_control::store::raft::transport::proto::StatusRequest;
     use orch_control::store::raft::transport::proto::membership_client::MembershipClient;
+    use orch_control::store::raft::transport::proto::raft_transport_client::RaftTransportClient;
+    use orch_control::store::raft::transport::proto::{RaftMessage, StatusRequest};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let replica = replica_with_tokens(dir.path()).await;
@@ -201,6 +202,68 @@ async fn replication_port_takes_only_cluster_certificates() {
         .await
         .expect_err("a certificate of another CA must be refused");
     assert_ne!(refused.code(), tonic::Code::Ok);
+
+    // The cluster CA's certificate of a node agent or a controller: the
+    // CA also signs those, so the port checks the organization.
+    let cluster_pki = orch_control::pki::Pki::new(&replica.dir);
+    let node_config = cluster_pki
+        .component_config("system:node:node-1", Some("system:nodes"), &[])
+        .expect("a node certificate");
+    let node = PeerTls::from_client_config(&node_config).expect("node tls");
+    let refused = replica_status(&addr, &node)
+        .await
+        .expect_err("a node's certificate must not reach the store's port");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("organization system:nodes")
+            && refused.message().contains("Membership"),
+        "{refused:?}"
+    );
+    let mut node_store =
+        orch_control::store::raft::transport::proto::store_client::StoreClient::new(
+            node.endpoint(&addr)
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    let refused = node_store
+        .write(RaftMessage { data: Vec::new() })
+        .await
+        .expect_err("a node may not write to the store");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Raft's own RPCs take replicas only: the admin is turned away before
+    // the message is even read, a replica's certificate gets as far as the
+    // (here missing) cluster id check.
+    let append = |tls: PeerTls| {
+        let addr = addr.clone();
+        async move {
+            RaftTransportClient::new(
+                tls.endpoint(&addr)
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .expect("connect"),
+            )
+            .append_entries(RaftMessage { data: Vec::new() })
+            .await
+            .expect_err("an empty append is refused either way")
+        }
+    };
+    let refused = append(common::peer_tls(&addr)).await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("system:masters"), "{refused:?}");
+    let refused = append(cluster_pki.peer_tls().expect("the replica's peer tls")).await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("cluster id mismatch"),
+        "{refused:?}"
+    );
 
     // A token-only config has nothing to present there.
     let mut token_only = admin.clone();

@@ -393,7 +393,8 @@ async fn resolve_identity(
 /// Why the seed's cluster id is unknown.
 #[derive(Debug, thiserror::Error)]
 enum SeedError {
-    /// The seed is not of this replica's CA: another cluster, for good.
+    /// Refused at TLS (another cluster's CA, or a certificate that does
+    /// not name the seed's address): no retry can change that.
     #[error("refusing to join {seed}: {reason}")]
     Foreign { seed: String, reason: String },
     #[error("asking {seed} for its cluster id: {error:#}")]

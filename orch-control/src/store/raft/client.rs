@@ -206,6 +206,10 @@ pub async fn membership(
                 tonic::Status::unauthenticated(format!(
                     "{addr} and this replica do not share a cluster CA (pki/ca.crt): {why}"
                 ))
+            } else if super::peer_tls::wrong_name(&why) {
+                tonic::Status::unauthenticated(format!(
+                    "{addr}'s certificate (its pki/peer.crt) does not name the address it was called at; call it by an address its --listen covers: {why}"
+                ))
             } else {
                 tonic::Status::unavailable(format!("connecting to {addr}: {why}"))
             }

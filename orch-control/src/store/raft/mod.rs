@@ -7,6 +7,7 @@ pub mod compactor;
 pub mod lessor;
 pub mod log_store;
 pub mod node;
+pub mod peer_auth;
 pub mod peer_tls;
 pub mod service;
 pub mod state_machine;

@@ -66,13 +66,37 @@ impl PeerTls {
 /// Whether a connection error's text (with its causes) says the peer's
 /// certificate is not one the cluster CA signed (another cluster, or the
 /// wrong CA copied), or that the peer refused ours: retrying cannot help.
+/// A certificate of the right CA for another address is not that: see
+/// [`wrong_name`].
 pub fn untrusted_certificate(error_text: &str) -> bool {
-    [
-        "invalid peer certificate",
-        "UnknownIssuer",
-        "UnknownCA",
-        "BadCertificate",
-    ]
-    .iter()
-    .any(|sign| error_text.contains(sign))
+    !wrong_name(error_text)
+        && [
+            "invalid peer certificate",
+            "UnknownIssuer",
+            "UnknownCA",
+            "BadCertificate",
+        ]
+        .iter()
+        .any(|sign| error_text.contains(sign))
+}
+
+/// Whether a connection error's text says the peer's certificate does not
+/// name the address it was called at.
+pub fn wrong_name(error_text: &str) -> bool {
+    error_text.contains("NotValidForName") || error_text.contains("not valid for name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_name_is_not_a_foreign_ca() {
+        let foreign = "transport error: invalid peer certificate: UnknownIssuer";
+        let misnamed = "transport error: invalid peer certificate: certificate not valid for name \"10.0.0.9\"; certificate is only valid for DnsName(\"localhost\")";
+        assert!(untrusted_certificate(foreign) && !wrong_name(foreign));
+        assert!(wrong_name(misnamed) && !untrusted_certificate(misnamed));
+        assert!(wrong_name("invalid peer certificate: NotValidForName"));
+        assert!(!untrusted_certificate("connection refused") && !wrong_name("connection refused"));
+    }
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::NodeId;
 use super::node::{RaftNode, WriteError};
+use super::peer_auth::PeerAuthorizer;
 use super::transport::proto::membership_server::{Membership, MembershipServer};
 use super::transport::proto::store_server::{Store, StoreServer};
 use super::transport::proto::{
@@ -20,6 +21,7 @@ use crate::store::StoreError;
 use crate::store::types::{
     Event, RangeResult, Request as StoreRequest, Response as StoreResponse, Revision,
 };
+use tonic::service::interceptor::InterceptedService;
 
 /// What `Store.Range` asks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,14 +80,24 @@ pub struct StoreService {
     node: Arc<RaftNode>,
 }
 
-pub fn membership_server(node: Arc<RaftNode>) -> MembershipServer<MembershipService> {
-    MembershipServer::new(MembershipService { node })
+/// Membership changes and status, open to replicas and administrators.
+pub fn membership_server(
+    node: Arc<RaftNode>,
+) -> InterceptedService<MembershipServer<MembershipService>, PeerAuthorizer> {
+    InterceptedService::new(
+        MembershipServer::new(MembershipService { node }),
+        PeerAuthorizer::replicas_and_admins("Membership"),
+    )
 }
 
-pub fn store_server(node: Arc<RaftNode>) -> StoreServer<StoreService> {
-    StoreServer::new(StoreService { node })
+/// The store protocol, open to replicas and administrators.
+pub fn store_server(
+    node: Arc<RaftNode>,
+) -> InterceptedService<StoreServer<StoreService>, PeerAuthorizer> {
+    let server = StoreServer::new(StoreService { node })
         .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    InterceptedService::new(server, PeerAuthorizer::replicas_and_admins("Store"))
 }
 
 impl MembershipService {

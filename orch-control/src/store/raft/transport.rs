@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 
+use super::peer_auth::PeerAuthorizer;
 use super::peer_tls::PeerTls;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{NodeId, TypeConfig};
@@ -60,14 +62,19 @@ pub struct TransportService {
 }
 
 impl TransportService {
-    pub fn server(raft: Raft<TypeConfig>, cluster: ClusterId) -> RaftTransportServer<Self> {
-        RaftTransportServer::new(Self {
+    /// The service, open to replicas only.
+    pub fn server(
+        raft: Raft<TypeConfig>,
+        cluster: ClusterId,
+    ) -> InterceptedService<RaftTransportServer<Self>, PeerAuthorizer> {
+        let server = RaftTransportServer::new(Self {
             raft,
             cluster,
             last_mismatch_log: std::sync::Mutex::new(None),
         })
         .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+        InterceptedService::new(server, PeerAuthorizer::replicas("Raft"))
     }
 
     /// Refuses a Raft RPC from a replica of another cluster (a data

@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
 
@@ -284,6 +285,92 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
         &["get", "pods", "--field-selector", "spec.nodeName=n1"],
     );
     assert!(String::from_utf8_lossy(&gone.stderr).contains("No resources found"));
+
+    // drain waits for the pods it evicted (by uid), not for pods that
+    // reach the node meanwhile.
+    let held = dir.path().join("held.yaml");
+    std::fs::write(
+        &held,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: held, namespace: default, finalizers: [example.com/hold]}\n\
+         spec: {nodeName: n1, containers: [{name: c, image: busybox}]}\n",
+    )
+    .expect("held pod");
+    ok(&server, &["apply", "-f", &held.to_string_lossy()]);
+    let draining = Command::new(ORCHCTL)
+        .args([
+            "drain",
+            "n1",
+            "--grace-period",
+            "0",
+            "--force",
+            "--timeout",
+            "30",
+        ])
+        .env("ORCH_CONFIG", &server)
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start drain");
+    let evicting = std::time::Instant::now();
+    loop {
+        let pod = ok(&server, &["get", "pod", "held", "-o", "json"]);
+        let pod: serde_json::Value = serde_json::from_str(&pod).expect("json");
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            break;
+        }
+        assert!(
+            evicting.elapsed() < Duration::from_secs(20),
+            "drain never evicted held"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let newcomer = dir.path().join("newcomer.yaml");
+    std::fs::write(
+        &newcomer,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: newcomer, namespace: default}\n\
+         spec: {nodeName: n1, containers: [{name: c, image: busybox}]}\n",
+    )
+    .expect("newcomer pod");
+    ok(&server, &["apply", "-f", &newcomer.to_string_lossy()]);
+    let refused = orchctl(
+        &server,
+        &["patch", "pod/held", "--type", "json", "-p", "[]"],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--type: \"json\" is not served"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "patch",
+                "pod",
+                "held",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#
+            ],
+        ),
+        "pod/held patched\n"
+    );
+    let drained = draining.wait_with_output().expect("drain ends");
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&drained.stdout).ends_with("pod/held evicted\nnode/n1 drained\n"),
+        "{}",
+        String::from_utf8_lossy(&drained.stdout)
+    );
+    assert!(ok(&server, &["get", "pods"]).contains("newcomer"));
+    ok(
+        &server,
+        &["delete", "pod", "newcomer", "--grace-period", "0"],
+    );
+    ok(&server, &["uncordon", "n1"]);
 
     // events: newest last, filtered by object and type.
     let events = dir.path().join("events.yaml");

@@ -1,5 +1,5 @@
 //! Commands that change one field of an object, each a JSON merge patch as
-//! kubectl sends it: scale, label, annotate, cordon, uncordon; and edit
+//! kubectl sends it: scale, label, annotate, patch, cordon, uncordon; and edit
 //! (the whole object in $EDITOR) and describe.
 
 use std::collections::BTreeMap;
@@ -35,6 +35,25 @@ pub struct MetadataArgs {
     /// Replace values that are already set.
     #[arg(long)]
     pub overwrite: bool,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(clap::Args)]
+pub struct PatchArgs {
+    /// KIND/NAME or KIND NAME.
+    pub target: Vec<String>,
+    /// The patch, JSON or YAML.
+    #[arg(short = 'p', long)]
+    pub patch: String,
+    /// Only `merge` (a JSON merge patch, RFC 7386) is served.
+    #[arg(long = "type", default_value = "merge")]
+    pub patch_type: String,
+    /// `status` patches the status subresource.
+    #[arg(long)]
+    pub subresource: Option<String>,
     #[arg(short, long)]
     pub namespace: Option<String>,
     #[command(flatten)]
@@ -109,6 +128,33 @@ pub fn scale(args: ScaleArgs) -> Result<()> {
         json!({"spec": {"replicas": args.replicas}}),
         "scaled",
     )
+}
+
+/// `patch`: a JSON merge patch of the object or its status, as given.
+pub fn patch_command(args: PatchArgs) -> Result<()> {
+    let (kind, name) = target(&args.target)?;
+    if args.patch_type != "merge" {
+        bail!(
+            "--type: {:?} is not served; orch takes \"merge\" (a JSON merge patch)",
+            args.patch_type
+        );
+    }
+    let status = match args.subresource.as_deref() {
+        None => false,
+        Some("status") => true,
+        Some(other) => bail!("--subresource: {other:?} is not served; use \"status\""),
+    };
+    let body: Value = serde_yaml_ng::from_str(&args.patch)
+        .with_context(|| format!("--patch: not JSON or YAML: {:?}", args.patch))?;
+    if !body.is_object() {
+        bail!("--patch: a merge patch is an object, not {body}");
+    }
+    let namespace = namespace_for(kind, &args.namespace);
+    let (runtime, mut client) = args.connection.session()?;
+    let object =
+        runtime.block_on(client.patch(kind, namespace.as_deref(), &name, &body, status))?;
+    println!("{} patched", object_ref(&object));
+    Ok(())
 }
 
 /// `label` or `annotate`: sets and removes keys of one metadata map.

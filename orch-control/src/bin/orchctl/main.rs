@@ -51,6 +51,8 @@ enum Command {
     Scale(change::ScaleArgs),
     /// Set (`key=value`) or remove (`key-`) labels.
     Label(change::MetadataArgs),
+    /// Change fields of an object with a JSON merge patch (`-p`).
+    Patch(change::PatchArgs),
     /// Set (`key=value`) or remove (`key-`) annotations.
     Annotate(change::MetadataArgs),
     /// Mark a node unschedulable.
@@ -173,6 +175,7 @@ fn main() -> ExitCode {
         Command::Edit(args) => change::edit(args).map(|()| true),
         Command::Scale(args) => change::scale(args).map(|()| true),
         Command::Label(args) => change::metadata(args, "labels", "labeled").map(|()| true),
+        Command::Patch(args) => change::patch_command(args).map(|()| true),
         Command::Annotate(args) => {
             change::metadata(args, "annotations", "annotated").map(|()| true)
         }

@@ -185,36 +185,54 @@ pub fn drain(args: DrainArgs) -> Result<()> {
                 unmanaged.join(", ")
             );
         }
-        let options = DeleteRequest {
-            grace_period_seconds: (args.grace_period >= 0).then_some(args.grace_period),
-            ..DeleteRequest::default()
-        };
+        let mut evicted = std::collections::HashSet::new();
         for pod in &pods {
             let meta = pod.metadata();
             let name = meta.name.clone().unwrap_or_default();
+            let uid = meta.uid.clone().unwrap_or_default();
+            // This pod, not one re-created under its name meanwhile.
+            let options = DeleteRequest {
+                grace_period_seconds: (args.grace_period >= 0).then_some(args.grace_period),
+                uid: uid.clone(),
+                ..DeleteRequest::default()
+            };
             match client
                 .delete(Kind::Pod, meta.namespace.as_deref(), &name, &options)
                 .await
             {
-                Ok(_) | Err(ApiError::NotFound(_)) => {}
+                Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Conflict(_)) => {}
                 Err(error) => return Err(error.into()),
             }
+            evicted.insert(uid);
             println!("evicting pod {}", pod_name(pod));
         }
+        // Done when the pods evicted are gone (by uid, as kubectl waits):
+        // pods that arrive meanwhile are not this drain's to wait for.
         let started = Instant::now();
-        let mut left = pods_on(&mut client, &args.node).await?;
-        while !left.is_empty() {
+        loop {
+            let left: Vec<String> = pods_on(&mut client, &args.node)
+                .await?
+                .iter()
+                .filter(|pod| {
+                    pod.metadata()
+                        .uid
+                        .as_ref()
+                        .is_some_and(|uid| evicted.contains(uid))
+                })
+                .map(pod_name)
+                .collect();
+            if left.is_empty() {
+                break;
+            }
             if args.timeout > 0 && started.elapsed() > Duration::from_secs(args.timeout) {
-                let names: Vec<String> = left.iter().map(pod_name).collect();
                 bail!(
                     "drain did not complete within {}s: still on node/{}: {}",
                     args.timeout,
                     args.node,
-                    names.join(", ")
+                    left.join(", ")
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            left = pods_on(&mut client, &args.node).await?;
         }
         for pod in &pods {
             println!(

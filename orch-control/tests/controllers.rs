@@ -431,3 +431,104 @@ async fn one_replica_runs_the_controllers_and_another_takes_over() {
         .expect("delete");
     eventually_gone(&mut client, Kind::ConfigMap, "default", "dependent").await;
 }
+
+/// The Lease's holder and its transition count.
+async fn lease_record(client: &mut ApiClient, name: &str) -> (String, i32) {
+    match client.get(Kind::Lease, Some("default"), name).await {
+        Ok(Object::Lease(lease)) => {
+            let spec = lease.spec.unwrap_or_default();
+            (
+                spec.holder_identity.unwrap_or_default(),
+                spec.lease_transitions.unwrap_or_default(),
+            )
+        }
+        other => panic!("lease {name}: {other:?}"),
+    }
+}
+
+/// Waits until `leading` says `wanted`; returns how long that took.
+async fn until_leading(
+    leading: &mut tokio::sync::watch::Receiver<bool>,
+    wanted: bool,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    tokio::time::timeout(within, leading.wait_for(|now| *now == wanted))
+        .await
+        .unwrap_or_else(|_| panic!("leading never became {wanted} within {within:?}"))
+        .expect("the election task is alive");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_steps_down_when_it_cannot_renew_or_is_overtaken() {
+    use orch_core::runtime::election::{self, Candidate, ElectionTimings};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    replica.start(&["--init"]);
+    let mut client = client_of(&replica).await;
+    let timings = ElectionTimings {
+        lease_duration: Duration::from_millis(3000),
+        renew_deadline: Duration::from_millis(2000),
+        retry_period: Duration::from_millis(300),
+    };
+    let candidate = Candidate {
+        namespace: "default".into(),
+        lease: "election-test".into(),
+        identity: "holder-a".into(),
+    };
+    let (sender, mut leading) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(election::run(client.clone(), candidate, timings, sender));
+    until_leading(&mut leading, true, Duration::from_secs(10)).await;
+    assert_eq!(
+        lease_record(&mut client, "election-test").await,
+        ("holder-a".to_string(), 0)
+    );
+    // While renewals succeed it keeps leading.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(*leading.borrow_and_update(), "stepped down while renewing");
+
+    // Overtaken: another holder written into the lease (a rival that won)
+    // makes it step down at its next renewal, and it does not take the
+    // lease back until the rival's record has gone a lease duration
+    // without change.
+    let Ok(Object::Lease(mut lease)) = client
+        .get(Kind::Lease, Some("default"), "election-test")
+        .await
+    else {
+        panic!("the lease")
+    };
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("holder-b".into());
+    }
+    client
+        .update(&Object::Lease(lease), false)
+        .await
+        .expect("the rival's write");
+    until_leading(&mut leading, false, Duration::from_secs(2)).await;
+    let regained = until_leading(&mut leading, true, Duration::from_secs(10)).await;
+    assert!(
+        regained >= timings.lease_duration - Duration::from_millis(500),
+        "took the rival's lease after {regained:?}, before it expired"
+    );
+    assert_eq!(
+        lease_record(&mut client, "election-test").await,
+        ("holder-a".to_string(), 1)
+    );
+
+    // Cut off from the API server (stopped): it must step down by its
+    // renew deadline, before a rival could take the lease over (a lease
+    // duration after the last renewal).
+    replica.signal("STOP");
+    let stepped_down = until_leading(&mut leading, false, Duration::from_secs(10)).await;
+    replica.signal("CONT");
+    assert!(
+        stepped_down < timings.lease_duration,
+        "kept leading {stepped_down:?} without renewing: a rival may hold the lease after {:?}",
+        timings.lease_duration
+    );
+    // Back in touch, it is still the holder of record and leads again.
+    until_leading(&mut leading, true, Duration::from_secs(10)).await;
+    election.abort();
+}

@@ -133,10 +133,7 @@ impl RaftNode {
         let store = state_machine.shared_store();
         let config = Arc::new(config.validate()?);
         let id = identity.node;
-        let network = GrpcNetworkFactory {
-            cluster: identity.cluster,
-            tls: tls.clone(),
-        };
+        let network = GrpcNetworkFactory::new(identity.cluster, tls.clone());
         let raft = Raft::new(id, config, network, log, state_machine).await?;
         let (writes, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(run_batcher(raft.clone(), queue, options.write_timeout));

@@ -180,15 +180,56 @@ impl RaftTransport for TransportService {
 }
 
 /// The client half: openraft asks it for a connection to each peer.
+///
+/// openraft 0.9 asks for a new client for every linearizable read's
+/// heartbeat round (`get_read_log_id`) and every election, not only per
+/// replication stream, so channels are kept per address: a fresh channel
+/// would be a TCP connection and a TLS handshake per read.
 #[derive(Clone)]
 pub struct GrpcNetworkFactory {
-    pub cluster: ClusterId,
-    pub tls: PeerTls,
+    cluster: ClusterId,
+    tls: PeerTls,
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+}
+
+impl GrpcNetworkFactory {
+    pub fn new(cluster: ClusterId, tls: PeerTls) -> Self {
+        Self {
+            cluster,
+            tls,
+            channels: Default::default(),
+        }
+    }
+
+    /// The shared channel to `addr` (connected lazily: an unreachable peer
+    /// fails RPCs, not construction; a broken connection is re-dialled by
+    /// the channel itself).
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .tls
+            .endpoint(addr)
+            .map_err(|e| e.to_string())?
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+fn transport_client(channel: Channel) -> RaftTransportClient<Channel> {
+    RaftTransportClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 pub struct GrpcNetwork {
     target: NodeId,
+    addr: String,
     cluster: ClusterId,
+    tls: PeerTls,
     client: Result<RaftTransportClient<Channel>, String>,
 }
 
@@ -196,19 +237,15 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        // Connects lazily: an unreachable peer fails RPCs, not construction.
         let client = self
-            .tls
-            .endpoint(&node.addr)
-            .map(|endpoint| {
-                RaftTransportClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20)
-            })
+            .channel(&node.addr)
+            .map(transport_client)
             .map_err(|e| format!("bad address {:?} of node {target}: {e}", node.addr));
         GrpcNetwork {
             target,
+            addr: node.addr.clone(),
             cluster: self.cluster,
+            tls: self.tls.clone(),
             client,
         }
     }
@@ -292,7 +329,13 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
         let network_error = |e: &dyn std::error::Error| {
             StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         };
-        let mut client = self.client().map_err(StreamingError::Network)?;
+        // A connection of its own: megabytes of snapshot must not queue
+        // heartbeats and appends behind them on the shared one.
+        let mut client = self
+            .tls
+            .endpoint(&self.addr)
+            .map(|endpoint| transport_client(endpoint.connect_lazy()))
+            .map_err(|e| network_error(&e))?;
         let cluster = self.cluster;
         let header = encode(&(vote, snapshot.meta.clone())).map_err(|e| network_error(&e))?;
         let mut file = *snapshot.snapshot;

@@ -1,4 +1,5 @@
-//! orch's node agent library: the eBPF dataplane now; pod runtime and
-//! networking come next.
+//! orch's node agent library: node registration and heartbeats, the eBPF
+//! dataplane; pod runtime and networking come next.
 
+pub mod agent;
 pub mod dataplane;

@@ -1,17 +1,30 @@
-//! `orch-node`: the node agent. For now it manages the eBPF dataplane's
-//! interface counters; registration, pods and services come with later work.
+//! `orch-node`: the node agent. Without a subcommand it runs as the agent
+//! of `--node-name`: registers the Node, renews its Lease, reports its
+//! status (pods come next). `orch-node dataplane ...` manages the eBPF
+//! dataplane's interface counters.
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use orch_core::api::ApiClient;
+use orch_core::api::config::ClientConfig;
+use orch_node::agent::node_status::{NodeSpecifics, Reserved};
+use orch_node::agent::{self, AgentConfig, machine};
 use orch_node::dataplane::iface_counters::{self, AttachMode};
 use orch_node::dataplane::{PinLayout, bpffs};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 #[derive(Parser)]
-#[command(name = "orch-node", version, about = "orch's node agent")]
+#[command(
+    name = "orch-node",
+    version,
+    about = "orch's node agent",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// This node's name (pins live under <bpffs>/orch/<node-name>/).
     #[arg(long, env = "ORCH_NODE_NAME", global = true)]
@@ -20,7 +33,40 @@ struct Cli {
     #[arg(long, env = "ORCH_BPFFS", default_value = bpffs::BPFFS_ROOT, global = true)]
     bpffs: PathBuf,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// Running as the node's agent.
+#[derive(Args)]
+struct AgentArgs {
+    /// Client config for the API servers (servers, CA, this node's
+    /// credentials), like the kubelet's --kubeconfig.
+    #[arg(long, env = "ORCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// The agent's state (its filesystem is the node's ephemeral storage).
+    #[arg(long, default_value = "/var/lib/orch-node")]
+    state_dir: PathBuf,
+    /// The node's address for the cluster (default: the first non-loopback
+    /// IPv4 address of this network namespace).
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// Pods this node takes at most.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u64,
+    /// What to keep for the system, e.g. `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
+    #[arg(long, default_value = "")]
+    system_reserved: String,
+    /// How long the node's Lease is valid; renewed every quarter of it.
+    #[arg(long, default_value_t = 40)]
+    node_lease_duration_seconds: u64,
+    /// How often the node's status is computed.
+    #[arg(long, default_value_t = 10_000)]
+    node_status_update_frequency_ms: u64,
+    /// How often an unchanged status is written anyway.
+    #[arg(long, default_value_t = 300)]
+    node_status_report_frequency_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -93,7 +139,122 @@ fn main() -> Result<()> {
     };
     let layout = PinLayout::new(&cli.bpffs, &node_name).context("--node-name")?;
     match cli.command {
-        Command::Dataplane { command } => run_dataplane(&layout, command),
+        Some(Command::Dataplane { command }) => run_dataplane(&layout, command),
+        None => run_agent(node_name, cli.agent),
+    }
+}
+
+fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
+    let config_path = ClientConfig::locate(args.config.as_deref())
+        .context("--config: the client config for the API servers")?;
+    let client_config = ClientConfig::load(&config_path)
+        .with_context(|| format!("--config {}", config_path.display()))?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("--state-dir {}", args.state_dir.display()))?;
+    let internal_ip = match args.node_ip {
+        Some(ip) => ip.to_string(),
+        None => {
+            first_ipv4().context("--node-ip not given and no non-loopback IPv4 address found")?
+        }
+    };
+    let config = AgentConfig {
+        node: NodeSpecifics {
+            name: node_name,
+            internal_ip,
+            max_pods: args.max_pods,
+            reserved: parse_reserved(&args.system_reserved).context("--system-reserved")?,
+            system: machine::system_info(),
+            agent_port: 0,
+        },
+        state_dir: args.state_dir,
+        lease_duration: Duration::from_secs(args.node_lease_duration_seconds.max(1)),
+        status_update: Duration::from_millis(args.node_status_update_frequency_ms.max(100)),
+        status_report: Duration::from_secs(args.node_status_report_frequency_seconds.max(1)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = ApiClient::new(&client_config, Duration::from_secs(20))
+            .context("connecting to the API servers")?;
+        let node = loop {
+            match agent::register(&mut client.clone(), &config).await {
+                Ok(node) => break node,
+                Err(error) => {
+                    tracing::warn!(%error, "registering the node; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        println!("orch-node {} registered", config.node.name);
+        let uid = node.metadata.uid.clone().unwrap_or_default();
+        tokio::spawn(agent::heartbeat(client.clone(), config.clone(), uid));
+        tokio::spawn(agent::report_status(
+            client.clone(),
+            config.clone(),
+            node.status.unwrap_or_default(),
+        ));
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        anyhow::Ok(())
+    })
+}
+
+/// `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
+fn parse_reserved(text: &str) -> Result<Reserved> {
+    let mut reserved = Reserved::default();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .with_context(|| format!("{item:?}: expected NAME=QUANTITY"))?;
+        let quantity = orch_core::quantity::parse_k8s(
+            &k8s_openapi::apimachinery::pkg::api::resource::Quantity(value.to_string()),
+        )
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        if quantity.milli_value() < 0 {
+            anyhow::bail!("{name}: must not be negative");
+        }
+        match name {
+            "cpu" => reserved.millicpu = quantity.milli_value() as u64,
+            "memory" => reserved.memory = quantity.value() as u64,
+            "ephemeral-storage" => reserved.ephemeral_storage = quantity.value() as u64,
+            other => {
+                anyhow::bail!("{other:?}: unknown resource (known: cpu, memory, ephemeral-storage)")
+            }
+        }
+    }
+    Ok(reserved)
+}
+
+/// The first IPv4 address of a non-loopback interface that is up.
+fn first_ipv4() -> Option<String> {
+    let addresses = nix::ifaddrs::getifaddrs().ok()?;
+    addresses
+        .filter(|a| {
+            !a.flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        })
+        .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+        .find_map(|a| {
+            a.address
+                .and_then(|addr| addr.as_sockaddr_in().map(|sin| sin.ip().to_string()))
+        })
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the agent");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }
 

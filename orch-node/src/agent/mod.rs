@@ -1,0 +1,243 @@
+//! The node agent (the kubelet of orch): registers this node, keeps its
+//! Lease and status current, and (next) runs the pods bound to it.
+
+pub mod machine;
+pub mod node_status;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use orch_core::api::{ApiClient, ApiError};
+use orch_core::object::{Kind, Object};
+use thiserror::Error;
+
+use node_status::{NodeSpecifics, Readings};
+
+/// The namespace of node heartbeat Leases (as in Kubernetes).
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Machine(#[from] machine::MachineError),
+    #[error("API: {0}")]
+    Api(#[from] ApiError),
+    #[error("the API server returned a {0} where a Node was expected")]
+    NotANode(Kind),
+}
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: NodeSpecifics,
+    /// Where the agent keeps its state (its filesystem is the node's
+    /// ephemeral storage).
+    pub state_dir: PathBuf,
+    /// How long the node's Lease is valid (`--node-lease-duration-seconds`);
+    /// it is renewed every quarter of that, as the kubelet does.
+    pub lease_duration: Duration,
+    /// How often the status is computed (`--node-status-update-frequency`).
+    pub status_update: Duration,
+    /// How often an unchanged status is written anyway
+    /// (`--node-status-report-frequency`).
+    pub status_report: Duration,
+}
+
+fn now() -> (Time, MicroTime) {
+    // jiff is built without its own clock here: take the time from std.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let timestamp = k8s_openapi::jiff::Timestamp::new(
+        since_epoch.as_secs() as i64,
+        (since_epoch.subsec_micros() * 1_000) as i32,
+    )
+    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    (Time(timestamp), MicroTime(timestamp))
+}
+
+/// The machine now.
+pub fn readings(config: &AgentConfig) -> Result<Readings, AgentError> {
+    Ok(Readings {
+        cpus: machine::cpus(),
+        memory: machine::memory()?,
+        disk: machine::disk(&config.state_dir)?,
+        pids: machine::pids()?,
+    })
+}
+
+/// Creates the Node, or takes over the one of this name (a restart), and
+/// writes its status. Returns the Node as stored.
+pub async fn register(client: &mut ApiClient, config: &AgentConfig) -> Result<Node, AgentError> {
+    let wanted = node_status::node_object(&config.node);
+    let name = &config.node.name;
+    let existing = match client
+        .create(&Object::Node(Box::new(wanted.clone())), false)
+        .await
+    {
+        Ok(Object::Node(node)) => {
+            tracing::info!(node = %name, "registered");
+            *node
+        }
+        Ok(other) => return Err(AgentError::NotANode(other.kind())),
+        Err(ApiError::AlreadyExists(_)) => {
+            let Object::Node(current) = client.get(Kind::Node, None, name).await? else {
+                return Err(AgentError::NotANode(Kind::Node));
+            };
+            // Keep what others set (taints, unschedulable, their labels);
+            // make the agent's own labels true again.
+            let mut node = *current;
+            let labels = node.metadata.labels.get_or_insert_with(Default::default);
+            for (key, value) in wanted.metadata.labels.iter().flatten() {
+                labels.insert(key.clone(), value.clone());
+            }
+            let Object::Node(updated) = client.update(&Object::Node(Box::new(node)), false).await?
+            else {
+                return Err(AgentError::NotANode(Kind::Node));
+            };
+            tracing::info!(node = %name, "registered again (the Node existed)");
+            *updated
+        }
+        Err(error) => return Err(error.into()),
+    };
+    write_status(client, config, existing).await
+}
+
+async fn write_status(
+    client: &mut ApiClient,
+    config: &AgentConfig,
+    mut node: Node,
+) -> Result<Node, AgentError> {
+    let readings = readings(config)?;
+    let (now, _) = now();
+    node.status = Some(node_status::status(
+        &config.node,
+        &readings,
+        node.status.as_ref(),
+        Vec::new(),
+        now,
+    ));
+    match client.update_status(&Object::Node(Box::new(node))).await? {
+        Object::Node(node) => Ok(*node),
+        other => Err(AgentError::NotANode(other.kind())),
+    }
+}
+
+/// Keeps the node's status current: computed every `status_update`,
+/// written when it changed or `status_report` has passed.
+pub async fn report_status(mut client: ApiClient, config: AgentConfig, mut last: NodeStatus) {
+    let mut written_at = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(config.status_update).await;
+        let attempt = async {
+            let Object::Node(current) = client.get(Kind::Node, None, &config.node.name).await?
+            else {
+                return Err(AgentError::NotANode(Kind::Node));
+            };
+            let readings = readings(&config)?;
+            let (now, _) = now();
+            let fresh = node_status::status(
+                &config.node,
+                &readings,
+                current.status.as_ref(),
+                Vec::new(),
+                now,
+            );
+            let stale = current
+                .status
+                .as_ref()
+                .is_none_or(|s| node_status::differs(s, &fresh));
+            if !stale
+                && !node_status::differs(&last, &fresh)
+                && written_at.elapsed() < config.status_report
+            {
+                return Ok(None);
+            }
+            let mut node = *current;
+            node.status = Some(fresh);
+            match client.update_status(&Object::Node(Box::new(node))).await? {
+                Object::Node(node) => Ok(node.status),
+                other => Err(AgentError::NotANode(other.kind())),
+            }
+        };
+        match attempt.await {
+            Ok(Some(status)) => {
+                last = status;
+                written_at = std::time::Instant::now();
+            }
+            Ok(None) => {}
+            Err(AgentError::Api(ApiError::NotFound(_))) => {
+                // Deleted by someone: register again, as the kubelet does.
+                tracing::warn!(node = %config.node.name, "the Node was deleted; registering again");
+                if let Ok(node) = register(&mut client, &config).await {
+                    last = node.status.unwrap_or_default();
+                    written_at = std::time::Instant::now();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "updating the node status"),
+        }
+    }
+}
+
+/// Renews the node's Lease (kube-node-lease/<node>) every quarter of its
+/// duration; creates it (owned by the Node, so it goes with it) if needed.
+pub async fn heartbeat(mut client: ApiClient, config: AgentConfig, owner_uid: String) {
+    let renew_every = config.lease_duration / 4;
+    loop {
+        if let Err(error) = renew(&mut client, &config, &owner_uid).await {
+            tracing::warn!(%error, "renewing the node lease");
+        }
+        tokio::time::sleep(renew_every).await;
+    }
+}
+
+async fn renew(
+    client: &mut ApiClient,
+    config: &AgentConfig,
+    owner_uid: &str,
+) -> Result<(), AgentError> {
+    let name = &config.node.name;
+    let (_, now) = now();
+    let seconds = config.lease_duration.as_secs().max(1) as i32;
+    match client.get(Kind::Lease, Some(LEASE_NAMESPACE), name).await {
+        Ok(Object::Lease(mut lease)) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.holder_identity = Some(name.clone());
+            spec.lease_duration_seconds = Some(seconds);
+            spec.renew_time = Some(now);
+            client.update(&Object::Lease(lease), false).await?;
+            Ok(())
+        }
+        Ok(other) => Err(AgentError::NotANode(other.kind())),
+        Err(ApiError::NotFound(_)) => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: name.clone(),
+                        uid: owner_uid.to_string(),
+                        ..OwnerReference::default()
+                    }]),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            };
+            client
+                .create(&Object::Lease(Box::new(lease)), false)
+                .await?;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}

@@ -16,10 +16,12 @@ use crate::{cargo, output, run_command};
 /// busybox-static for test images and test traffic (ping), procps (sysctl),
 /// protobuf-compiler (protoc, for the gRPC definitions), etcd-server and
 /// etcd-client (etcd and etcdctl: the anchor `cargo xtask bench store`
-/// measures orch's store against).
+/// measures orch's store against), docker-registry (the OCI registry the
+/// image tests pull from, started on loopback by the tests).
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
+    "docker-registry",
     "etcd-client",
     "etcd-server",
     "iproute2",
@@ -63,7 +65,17 @@ fn debian_packages() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    // Debian's package enables a registry on :5000 for every interface;
+    // the tests start their own on loopback, so the system one is stopped.
+    if missing.contains(&"docker-registry")
+        && output(Command::new("systemctl").args(["is-enabled", "docker-registry"])).is_some()
+    {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "docker-registry"])
+            .status();
+    }
+    Ok(())
 }
 
 fn debian_package_installed(package: &str) -> bool {

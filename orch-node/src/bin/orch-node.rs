@@ -71,11 +71,37 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The node's image store (under --state-dir).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+        #[arg(long, default_value = "/var/lib/orch-node")]
+        state_dir: PathBuf,
+    },
     /// Inspect and manage the node's kernel programs.
     Dataplane {
         #[command(subcommand)]
         command: DataplaneCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Pull an image from its registry into the node's store.
+    Pull {
+        image: String,
+        /// Registries (host[:port]) to speak plain HTTP to; loopback ones always are.
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+    },
+    /// Import an OCI layout or `docker save` archive (plain or gzip).
+    Import { file: PathBuf },
+    /// List the images in the node's store.
+    List,
+    /// Forget an image's name (its blobs go with `prune`).
+    Rm { image: String },
+    /// Delete what no named image uses.
+    Prune,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +166,7 @@ fn main() -> Result<()> {
     let layout = PinLayout::new(&cli.bpffs, &node_name).context("--node-name")?;
     match cli.command {
         Some(Command::Dataplane { command }) => run_dataplane(&layout, command),
+        Some(Command::Image { command, state_dir }) => run_image(&state_dir, command),
         None => run_agent(node_name, cli.agent),
     }
 }
@@ -199,6 +226,51 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
         tracing::info!("stopping");
         anyhow::Ok(())
     })
+}
+
+fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<()> {
+    use orch_node::image::{ImageStore, Reference, import};
+    let store = ImageStore::open(state_dir)
+        .with_context(|| format!("the image store in {}", state_dir.display()))?;
+    match command {
+        ImageCommand::Pull {
+            image,
+            insecure_registry,
+        } => {
+            let reference = Reference::parse(&image)?;
+            let client = orch_node::image::registry::RegistryClient::new(insecure_registry)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let descriptor = runtime.block_on(client.pull(&store, &reference, None))?;
+            println!("{reference}: {}", descriptor.digest);
+        }
+        ImageCommand::Import { file } => {
+            for name in import::import_archive(&store, &file)? {
+                println!("imported {name}");
+            }
+        }
+        ImageCommand::List => {
+            println!("{:<70} {:>12}", "IMAGE", "SIZE");
+            for image in store.images()? {
+                for name in &image.names {
+                    println!("{name:<70} {:>12}", image.size);
+                }
+            }
+        }
+        ImageCommand::Rm { image } => {
+            let reference = Reference::parse(&image)?;
+            if !store.untag(&reference)? {
+                anyhow::bail!("image {reference} is not on this node");
+            }
+            println!("untagged {reference}");
+        }
+        ImageCommand::Prune => {
+            let freed = store.collect(&Default::default())?;
+            println!("freed {freed} bytes");
+        }
+    }
+    Ok(())
 }
 
 /// `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.

@@ -1,0 +1,587 @@
+//! The node's image store: an OCI image layout (`oci-layout`,
+//! `index.json`, `blobs/sha256/<hex>`) whose index names each image by
+//! its full reference, beside the unpacked layers (`layers/<diff id>/`),
+//! each unpacked once and shared by every container using it.
+//!
+//! Every blob is verified against its digest as it is written and again
+//! as it is read; every file is written to a temporary name and renamed,
+//! so a crash leaves either the old state or the new one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use super::digest::{Digest, DigestError, Hashing};
+use super::oci::{self, Descriptor, ImageConfig, Index, Manifest};
+use super::reference::Reference;
+
+/// The annotation recording the digest a registry served for a reference
+/// (an index's, for multi-platform images): the image's repo digest.
+pub const REPO_DIGEST: &str = "io.orch.image.repo-digest";
+
+/// Manifests, indexes and configs are small; anything bigger is refused
+/// rather than read into memory.
+pub const DOCUMENT_LIMIT: u64 = 4 << 20;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {expected}: the content hashes to {actual} ({size} bytes)")]
+    DigestMismatch {
+        expected: Digest,
+        actual: Digest,
+        size: u64,
+    },
+    #[error("blob {digest}: {size} bytes where the descriptor says {expected}")]
+    SizeMismatch {
+        digest: Digest,
+        size: u64,
+        expected: u64,
+    },
+    #[error("blob {0} is not in the store")]
+    MissingBlob(Digest),
+    #[error("{what} {digest}: {size} bytes, more than the {limit} a document may have")]
+    TooLarge {
+        what: &'static str,
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{what} {digest}: not valid JSON of that kind: {source}")]
+    Document {
+        what: &'static str,
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error("image {0} is not on this node")]
+    NotPresent(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An image as the store holds it.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The manifest's digest: the image id on this node.
+    pub manifest_digest: Digest,
+    pub manifest: Manifest,
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+}
+
+/// One image for the Node's status: its names and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredImage {
+    pub names: Vec<String>,
+    pub size: u64,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    layers: PathBuf,
+    /// Serializes index.json's read-modify-write.
+    index_lock: Mutex<()>,
+}
+
+impl ImageStore {
+    /// Opens (creating) the store under `dir`: `dir/images` (the OCI
+    /// layout) and `dir/layers`. Leftovers of interrupted writes go.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let root = dir.join("images");
+        let layers = dir.join("layers");
+        let blobs = root.join("blobs").join("sha256");
+        for path in [&blobs, &layers] {
+            std::fs::create_dir_all(path).map_err(io(path))?;
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_atomically(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        for parent in [&blobs, &layers] {
+            for entry in std::fs::read_dir(parent).map_err(io(parent))?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let path = entry.path();
+                    let removed = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.map_err(io(&path))?;
+                }
+            }
+        }
+        Ok(Self {
+            root,
+            layers,
+            index_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).exists()
+    }
+
+    /// Starts writing a blob that must hash to `expected`.
+    pub fn blob_writer(&self, expected: &Digest) -> Result<BlobWriter, StoreError> {
+        let final_path = self.blob_path(expected);
+        let temporary =
+            final_path.with_file_name(format!(".tmp-{}-{}", expected.hex(), unique_suffix()));
+        let file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
+        Ok(BlobWriter {
+            hashing: Hashing::new(std::io::BufWriter::new(file)),
+            expected: expected.clone(),
+            temporary,
+            final_path,
+        })
+    }
+
+    /// Stores `bytes`; returns their digest (checked against `expected`
+    /// when given).
+    pub fn put_bytes(&self, bytes: &[u8], expected: Option<&Digest>) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
+        if let Some(expected) = expected
+            && *expected != digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+                size: bytes.len() as u64,
+            });
+        }
+        if !self.has_blob(&digest) {
+            let mut writer = self.blob_writer(&digest)?;
+            writer.write_all(bytes).map_err(io(&writer.temporary))?;
+            writer.commit(Some(bytes.len() as u64))?;
+        }
+        Ok(digest)
+    }
+
+    /// Stores what `reader` yields, which must hash to `expected`.
+    pub fn put_reader(
+        &self,
+        reader: &mut impl Read,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut writer = self.blob_writer(expected)?;
+        let temporary = writer.temporary.clone();
+        std::io::copy(reader, &mut writer).map_err(io(&temporary))?;
+        writer.commit(size)
+    }
+
+    /// A small blob (manifest, index, config), verified.
+    pub fn read_document(
+        &self,
+        what: &'static str,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        let file = std::fs::File::open(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                StoreError::MissingBlob(digest.clone())
+            } else {
+                StoreError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        let size = file.metadata().map_err(io(&path))?.len();
+        if size > DOCUMENT_LIMIT {
+            return Err(StoreError::TooLarge {
+                what,
+                digest: digest.clone(),
+                size,
+                limit: DOCUMENT_LIMIT,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(DOCUMENT_LIMIT)
+            .read_to_end(&mut bytes)
+            .map_err(io(&path))?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+                size: bytes.len() as u64,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        digest: &Digest,
+    ) -> Result<T, StoreError> {
+        let bytes = self.read_document(what, digest)?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Document {
+            what,
+            digest: digest.clone(),
+            source,
+        })
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    /// The layout's index (empty when there is none yet).
+    pub fn index(&self) -> Result<Index, StoreError> {
+        let path = self.index_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Index {
+                path: path.clone(),
+                source,
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Index {
+                schema_version: 2,
+                media_type: Some(oci::OCI_INDEX.into()),
+                manifests: Vec::new(),
+            }),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    fn change_index(&self, change: impl FnOnce(&mut Vec<Descriptor>)) -> Result<(), StoreError> {
+        let _guard = self.index_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.index()?;
+        change(&mut index.manifests);
+        let bytes = serde_json::to_vec_pretty(&index).map_err(|source| StoreError::Index {
+            path: self.index_path(),
+            source,
+        })?;
+        write_atomically(&self.index_path(), &bytes)
+    }
+
+    /// Names `manifest` (already stored) `reference`, replacing what the
+    /// name pointed at before. `repo_digest` is what the registry served.
+    pub fn tag(
+        &self,
+        reference: &Reference,
+        manifest: &Descriptor,
+        repo_digest: &Digest,
+    ) -> Result<(), StoreError> {
+        let name = reference.to_string();
+        let mut entry = manifest.clone();
+        let mut annotations = entry.annotations.take().unwrap_or_default();
+        annotations.insert(oci::REF_NAME.into(), name.clone());
+        annotations.insert(REPO_DIGEST.into(), repo_digest.to_string());
+        entry.annotations = Some(annotations);
+        self.change_index(|manifests| {
+            manifests.retain(|d| ref_name(d) != Some(name.as_str()));
+            manifests.push(entry);
+        })
+    }
+
+    /// The stored manifest `reference` names: by name, or (a reference
+    /// with a digest) by manifest or repo digest under the same repository.
+    pub fn resolve(&self, reference: &Reference) -> Result<Option<Descriptor>, StoreError> {
+        let index = self.index()?;
+        let name = reference.to_string();
+        if let Some(found) = index
+            .manifests
+            .iter()
+            .find(|d| ref_name(d) == Some(name.as_str()))
+        {
+            return Ok(Some(found.clone()));
+        }
+        let Some(digest) = &reference.digest else {
+            return Ok(None);
+        };
+        let wanted = digest.to_string();
+        let repository = reference.name();
+        Ok(index
+            .manifests
+            .iter()
+            .find(|d| {
+                let same_repository = ref_name(d)
+                    .and_then(|n| Reference::parse(n).ok())
+                    .is_some_and(|r| r.name() == repository);
+                same_repository
+                    && (d.digest == wanted
+                        || d.annotations
+                            .as_ref()
+                            .and_then(|a| a.get(REPO_DIGEST))
+                            .is_some_and(|r| *r == wanted))
+            })
+            .cloned())
+    }
+
+    /// The manifest and config of a stored manifest, verified.
+    pub fn image(&self, manifest: &Descriptor) -> Result<Image, StoreError> {
+        let manifest_digest = Digest::parse(&manifest.digest)?;
+        let document: Manifest = self.read_json("manifest", &manifest_digest)?;
+        let config_digest = Digest::parse(&document.config.digest)?;
+        let config: ImageConfig = self.read_json("image config", &config_digest)?;
+        if config.rootfs.diff_ids.len() != document.layers.len() {
+            return Err(StoreError::Unsupported(format!(
+                "image {manifest_digest}: {} layers but {} diff ids in its config",
+                document.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        Ok(Image {
+            manifest_digest,
+            manifest: document,
+            config_digest,
+            config,
+        })
+    }
+
+    /// Where the layer with uncompressed digest `diff_id` is unpacked.
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.layers.join(diff_id.hex())
+    }
+
+    pub(super) fn layers_root(&self) -> &Path {
+        &self.layers
+    }
+
+    /// The images held, for the Node's status (names: tags and repo
+    /// digests; size: config and layers as stored).
+    pub fn images(&self) -> Result<Vec<StoredImage>, StoreError> {
+        let index = self.index()?;
+        let mut by_manifest: BTreeMap<String, (BTreeSet<String>, u64)> = BTreeMap::new();
+        for descriptor in &index.manifests {
+            let Some(name) = ref_name(descriptor).and_then(|n| Reference::parse(n).ok()) else {
+                continue;
+            };
+            let entry = by_manifest
+                .entry(descriptor.digest.clone())
+                .or_insert_with(|| (BTreeSet::new(), 0));
+            entry.0.insert(name.to_string());
+            if let Some(repo) = descriptor
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REPO_DIGEST))
+            {
+                entry.0.insert(format!("{}@{repo}", name.name()));
+            }
+            if entry.1 == 0
+                && let Ok(image) = self.image(descriptor)
+            {
+                entry.1 = image.manifest.config.size
+                    + image.manifest.layers.iter().map(|l| l.size).sum::<u64>();
+            }
+        }
+        Ok(by_manifest
+            .into_values()
+            .map(|(names, size)| StoredImage {
+                names: names.into_iter().collect(),
+                size,
+            })
+            .collect())
+    }
+
+    /// Forgets the name `reference` (the blobs stay until `collect`).
+    pub fn untag(&self, reference: &Reference) -> Result<bool, StoreError> {
+        let name = reference.to_string();
+        let mut removed = false;
+        self.change_index(|manifests| {
+            let before = manifests.len();
+            manifests.retain(|d| ref_name(d) != Some(name.as_str()));
+            removed = manifests.len() != before;
+        })?;
+        Ok(removed)
+    }
+
+    /// Deletes blobs and unpacked layers no named image uses, except the
+    /// layers in `in_use` (diff ids of running containers). Returns the
+    /// bytes freed.
+    pub fn collect(&self, in_use: &BTreeSet<Digest>) -> Result<u64, StoreError> {
+        let _guard = self.index_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let index = self.index()?;
+        let mut blobs = BTreeSet::new();
+        let mut layers = in_use.clone();
+        for descriptor in &index.manifests {
+            let image = self.image(descriptor)?;
+            blobs.insert(image.manifest_digest.clone());
+            blobs.insert(image.config_digest.clone());
+            for layer in &image.manifest.layers {
+                blobs.insert(Digest::parse(&layer.digest)?);
+            }
+            for diff_id in &image.config.rootfs.diff_ids {
+                layers.insert(Digest::parse(diff_id)?);
+            }
+            if let Some(repo) = descriptor
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REPO_DIGEST))
+            {
+                blobs.insert(Digest::parse(repo)?);
+            }
+        }
+        let mut freed = 0;
+        let blob_dir = self.root.join("blobs").join("sha256");
+        for entry in std::fs::read_dir(&blob_dir)
+            .map_err(io(&blob_dir))?
+            .flatten()
+        {
+            let keep = Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy()))
+                .is_ok_and(|d| blobs.contains(&d));
+            if !keep {
+                freed += entry.metadata().map_or(0, |m| m.len());
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        for entry in std::fs::read_dir(&self.layers)
+            .map_err(io(&self.layers))?
+            .flatten()
+        {
+            let keep = Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy()))
+                .is_ok_and(|d| layers.contains(&d));
+            if !keep {
+                freed += dir_size(&entry.path());
+                let path = entry.path();
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(freed)
+    }
+}
+
+fn ref_name(descriptor: &Descriptor) -> Option<&str> {
+    descriptor
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(oci::REF_NAME))
+        .map(String::as_str)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !metadata.is_dir() {
+        return metadata.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// A process-unique suffix for temporary names.
+pub(super) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Writes `path` whole or not at all.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let temporary = path.with_file_name(format!(
+        ".tmp-{}-{}",
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        unique_suffix()
+    ));
+    let mut file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io(&temporary))?;
+    std::fs::rename(&temporary, path).map_err(io(path))
+}
+
+/// A blob being written: hashed on the way, renamed into place by
+/// `commit` only when the digest (and size) match.
+pub struct BlobWriter {
+    hashing: Hashing<std::io::BufWriter<std::fs::File>>,
+    expected: Digest,
+    temporary: PathBuf,
+    final_path: PathBuf,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hashing.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.hashing.flush()
+    }
+}
+
+impl BlobWriter {
+    pub fn commit(self, expected_size: Option<u64>) -> Result<(), StoreError> {
+        let BlobWriter {
+            hashing,
+            expected,
+            temporary,
+            final_path,
+        } = self;
+        let (actual, size, writer) = hashing.finish();
+        let check = || {
+            if actual != expected {
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                    size,
+                });
+            }
+            if let Some(wanted) = expected_size
+                && wanted != size
+            {
+                return Err(StoreError::SizeMismatch {
+                    digest: expected.clone(),
+                    size,
+                    expected: wanted,
+                });
+            }
+            let file = writer.into_inner().map_err(|e| StoreError::Io {
+                path: temporary.clone(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io(&temporary))?;
+            std::fs::rename(&temporary, &final_path).map_err(io(&final_path))
+        };
+        let result = check();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        result
+    }
+
+    /// Drops what was written.
+    pub fn abort(self) {
+        let _ = std::fs::remove_file(&self.temporary);
+    }
+}

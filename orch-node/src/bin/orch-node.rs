@@ -19,12 +19,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 #[derive(Parser)]
-#[command(
-    name = "orch-node",
-    version,
-    about = "orch's node agent",
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "orch-node", version, about = "orch's node agent")]
 struct Cli {
     /// This node's name (pins live under <bpffs>/orch/<node-name>/).
     #[arg(long, env = "ORCH_NODE_NAME", global = true)]

@@ -97,8 +97,17 @@ fn this_year() -> i32 {
     1970 + (seconds / 31_556_952) as i32
 }
 
-/// The DNS names and IP addresses a PEM certificate is valid for.
-fn names_of(pem: &str) -> Result<Vec<String>, String> {
+/// What `current` needs to know of a PEM certificate.
+struct CertificateFacts {
+    /// The DNS names and IP addresses it is valid for.
+    names: Vec<String>,
+    /// Its subject public key (raw bits).
+    public_key: Vec<u8>,
+    /// When it expires, seconds since the epoch.
+    not_after: i64,
+}
+
+fn certificate_facts(pem: &str) -> Result<CertificateFacts, String> {
     let (_, pem) =
         x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
     let certificate = pem
@@ -124,8 +133,21 @@ fn names_of(pem: &str) -> Result<Vec<String>, String> {
             _ => {}
         }
     }
-    Ok(names)
+    Ok(CertificateFacts {
+        names,
+        public_key: certificate.public_key().subject_public_key.data.to_vec(),
+        not_after: certificate.validity().not_after.timestamp(),
+    })
 }
+
+/// The DNS names and IP addresses a PEM certificate is valid for.
+#[cfg(test)]
+fn names_of(pem: &str) -> Result<Vec<String>, String> {
+    certificate_facts(pem).map(|facts| facts.names)
+}
+
+/// A serving certificate this close to expiry is signed anew at start.
+const RENEW_BEFORE_SECONDS: i64 = 30 * 24 * 3600;
 
 fn named(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     let mut name = DistinguishedName::new();
@@ -223,16 +245,31 @@ impl Pki {
             return Ok(false);
         }
         let pem = read(&cert_path)?;
-        let named = names_of(&pem).map_err(|reason| PkiError::Unreadable {
+        let facts = certificate_facts(&pem).map_err(|reason| PkiError::Unreadable {
             path: cert_path.clone(),
             reason,
         })?;
-        let missing: Vec<&String> = hosts.iter().filter(|h| !named.contains(h)).collect();
-        if missing.is_empty() {
-            return Ok(true);
+        let missing: Vec<&String> = hosts.iter().filter(|h| !facts.names.contains(h)).collect();
+        if !missing.is_empty() {
+            tracing::info!(certificate = %cert_path.display(), ?missing, "the certificate does not name this replica's address; signing a new one");
+            return Ok(false);
         }
-        tracing::info!(certificate = %cert_path.display(), ?missing, "the certificate does not name this replica's address; signing a new one");
-        Ok(false)
+        // A key that is not the certificate's (a crash between writing
+        // the two) or an expiring certificate: signed anew too.
+        let key_matches = KeyPair::from_pem(&read(&key_path)?)
+            .is_ok_and(|key| key.public_key_raw() == facts.public_key.as_slice());
+        if !key_matches {
+            tracing::info!(certificate = %cert_path.display(), "the key on disk is not the certificate's; signing a new pair");
+            return Ok(false);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if facts.not_after - now < RENEW_BEFORE_SECONDS {
+            tracing::info!(certificate = %cert_path.display(), "the certificate expires within 30 days; signing a new one");
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Makes this replica's API serving certificate, for `hosts` (its
@@ -384,6 +421,16 @@ mod tests {
         pki.ensure_peer_certificate(&hosts(&["localhost", "10.1.0.1"]))
             .expect("again");
         assert_eq!(read(&pki.path(PEER_CERT)).expect("cert"), first);
+
+        // A key that is not the certificate's: the pair is signed anew.
+        std::fs::copy(pki.path(PEER_KEY), dir.path().join("first.key")).expect("keep key");
+        pki.ensure_server_certificate(&hosts(&["localhost"]))
+            .expect("server");
+        std::fs::copy(pki.path(SERVER_KEY), pki.path(PEER_KEY)).expect("wrong key");
+        pki.ensure_peer_certificate(&hosts(&["localhost", "10.1.0.1"]))
+            .expect("repaired");
+        let repaired = read(&pki.path(PEER_CERT)).expect("cert");
+        assert_ne!(repaired, first, "a mismatched pair was kept");
 
         // Another address: signed anew, with a key that matches it.
         pki.ensure_peer_certificate(&hosts(&["localhost", "10.1.0.2"]))

@@ -142,7 +142,14 @@ async fn a_node_registers_and_keeps_its_lease() {
         Some("linux")
     );
     let status = registered.status.clone().expect("status");
-    let cpus = std::thread::available_parallelism().expect("cpus").get();
+    let online = Command::new("getconf")
+        .arg("_NPROCESSORS_ONLN")
+        .output()
+        .expect("getconf");
+    let cpus: usize = String::from_utf8_lossy(&online.stdout)
+        .trim()
+        .parse()
+        .expect("a CPU count");
     let capacity = status.capacity.clone().expect("capacity");
     let allocatable = status.allocatable.clone().expect("allocatable");
     assert_eq!(capacity["cpu"].0, cpus.to_string());
@@ -236,4 +243,40 @@ async fn a_node_registers_and_keeps_its_lease() {
     }
     let again = node(&mut client).await.expect("node");
     assert_eq!(again.metadata.uid, registered.metadata.uid);
+
+    // Deleted by someone: the agent registers the Node anew and points its
+    // Lease at the new Node (else the garbage collector would take it).
+    client
+        .delete(Kind::Node, None, "n1", &Default::default())
+        .await
+        .expect("delete the node");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let renewed_node = loop {
+        if let Some(node) = node(&mut client).await
+            && node.metadata.uid != registered.metadata.uid
+        {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Node was not registered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new_uid = renewed_node.metadata.uid.clone().expect("uid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owners = lease(&mut client)
+            .await
+            .and_then(|l| l.metadata.owner_references)
+            .unwrap_or_default();
+        if owners.len() == 1 && owners[0].uid == new_uid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Lease still names {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

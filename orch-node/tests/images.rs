@@ -141,9 +141,12 @@ async fn images_round_trip_through_a_registry() {
         std::fs::read_to_string(layers[0].join("var/www/index.html")).expect("index"),
         "hello from orch\n"
     );
-    // Unpacked once: a second call finds it.
+    // Unpacked once: a second call finds the same directory, untouched.
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(&busybox).expect("busybox").ino();
     let again = unpack::unpacked_layers(&node, &image).expect("unpack again");
     assert_eq!(again, layers);
+    assert_eq!(std::fs::metadata(&busybox).expect("busybox").ino(), inode);
 
     // By digest: resolved in the store, and pullable as such.
     let pinned =
@@ -349,10 +352,15 @@ fn docker_save_archives_import_and_whiteouts_work_in_overlayfs() {
     let bad_path = dir.path().join("bad.tar");
     std::fs::write(&bad_path, bad_archive.into_inner().expect("archive")).expect("write");
     match import::import_archive(&bad_store, &bad_path) {
-        Err(StoreError::DigestMismatch { expected, .. }) => {
-            assert_eq!(expected, Digest::of(b"other"))
-        }
-        other => panic!("import of a mislabelled layer: {other:?}"),
+        Err(error) => assert!(
+            error.to_string().contains(&format!(
+                "l2/layer.tar: its content hashes to {}, the image config says {}",
+                Digest::of(&upper),
+                Digest::of(b"other")
+            )),
+            "{error}"
+        ),
+        Ok(names) => panic!("a mislabelled layer was imported as {names:?}"),
     }
     assert!(bad_store.images().expect("images").is_empty());
 }
@@ -385,4 +393,131 @@ fn oci_archives_import() {
     std::fs::write(&garbage, b"not an archive at all").expect("write");
     let error = import::import_archive(&store, &garbage).expect_err("garbage");
     assert!(error.to_string().contains("garbage.tar"), "{error}");
+}
+
+/// A docker-save archive of one image with `layers`, imported into a new
+/// store under `dir`; returns the store and the image.
+fn imported(dir: &Path, layers: &[Vec<u8>]) -> (ImageStore, orch_node::image::Image) {
+    use orch_node::image::Digest;
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| Digest::of(l).to_string()).collect::<Vec<_>>()},
+    });
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        archive
+            .append_data(&mut header, path, bytes)
+            .expect("member");
+    };
+    add("cfg.json", &serde_json::to_vec(&config).expect("config"));
+    let names: Vec<String> = (0..layers.len())
+        .map(|i| format!("l{i}/layer.tar"))
+        .collect();
+    for (name, layer) in names.iter().zip(layers) {
+        add(name, layer);
+    }
+    let manifest = serde_json::json!([{"Config": "cfg.json", "RepoTags": ["example/hostile:1"], "Layers": names}]);
+    add(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).expect("manifest"),
+    );
+    let path = dir.join("hostile.tar");
+    std::fs::write(&path, archive.into_inner().expect("archive")).expect("write");
+    let store = ImageStore::open(&dir.join("store")).expect("store");
+    let names = import::import_archive(&store, &path).expect("import");
+    let image = store
+        .image(&store.resolve(&names[0]).expect("resolve").expect("named"))
+        .expect("image");
+    (store, image)
+}
+
+/// A tar entry with a raw name (the tar crate refuses `..` when building).
+fn raw_entry(
+    tar: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    link: Option<&str>,
+    data: &[u8],
+) {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    if let Some(link) = link {
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    }
+    header.set_entry_type(kind);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1);
+    header.set_cksum();
+    tar.append(&header, data).expect("entry");
+}
+
+#[test]
+fn hostile_layers_stay_inside_their_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside dir");
+    let outside_link = outside.to_str().expect("utf-8").to_string();
+    // One hostile step per layer, each after a harmless entry.
+    let hostile: [&dyn Fn(&mut tar::Builder<Vec<u8>>); 3] = [
+        &|tar| raw_entry(tar, "../../escaped", tar::EntryType::Regular, None, b"x"),
+        &|tar| {
+            raw_entry(
+                tar,
+                "link",
+                tar::EntryType::Symlink,
+                Some(&outside_link),
+                b"",
+            );
+            raw_entry(tar, "link/pwned", tar::EntryType::Regular, None, b"x");
+        },
+        &|tar| {
+            raw_entry(
+                tar,
+                "link",
+                tar::EntryType::Symlink,
+                Some(&outside_link),
+                b"",
+            );
+            raw_entry(tar, "link/.wh.victim", tar::EntryType::Regular, None, b"");
+        },
+    ];
+    for (i, step) in hostile.iter().enumerate() {
+        let mut tar = tar::Builder::new(Vec::new());
+        raw_entry(&mut tar, "ok", tar::EntryType::Regular, None, b"fine");
+        step(&mut tar);
+        let layer = tar.into_inner().expect("layer");
+        let case = dir.path().join(format!("case-{i}"));
+        std::fs::create_dir(&case).expect("case dir");
+        let (store, image) = imported(&case, &[layer]);
+        let result = unpack::unpacked_layers(&store, &image);
+        if i == 0 {
+            // `..` is skipped; the rest of the layer is there.
+            let layers = result.as_ref().expect("a layer with .. unpacks without it");
+            assert_eq!(
+                std::fs::read_to_string(layers[0].join("ok")).expect("ok"),
+                "fine"
+            );
+        } else {
+            assert!(
+                result.is_err(),
+                "case {i}: a symlink escape was unpacked: {result:?}"
+            );
+        }
+    }
+    // Nothing lands outside a layer.
+    assert!(
+        !outside.join("pwned").exists(),
+        "a file was written through a symlink"
+    );
+    assert!(
+        !outside.join("victim").exists(),
+        "a whiteout was made through a symlink"
+    );
+    assert!(!dir.path().join("escaped").exists() && !dir.path().join("case-0/escaped").exists());
 }

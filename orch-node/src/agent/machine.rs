@@ -62,9 +62,28 @@ pub fn memory() -> Result<Memory, MachineError> {
     parse_meminfo(&read(path)?, path)
 }
 
-/// Logical CPUs online (what cAdvisor reports to the kubelet as cores).
+/// Logical CPUs online (what cAdvisor reports to the kubelet as cores):
+/// the machine's, not this process's share (affinity and CPU quota would
+/// understate what pods on the node may use).
 pub fn cpus() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| count_cpu_list(list.trim()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
+}
+
+/// Counts a kernel CPU list such as `0-3,6,8-9`.
+fn count_cpu_list(list: &str) -> Option<u64> {
+    list.split(',').try_fold(0u64, |total, range| {
+        let count = match range.split_once('-') {
+            Some((first, last)) => last.parse::<u64>().ok()? - first.parse::<u64>().ok()? + 1,
+            None => {
+                range.parse::<u64>().ok()?;
+                1
+            }
+        };
+        Some(total + count)
+    })
 }
 
 /// Size and free space of the filesystem holding `path`, in bytes.
@@ -168,6 +187,14 @@ mod tests {
         assert_eq!(memory.available, 20_000_000 * 1024);
         let error = parse_meminfo("MemTotal: 1 kB\n", Path::new("meminfo")).expect_err("missing");
         assert_eq!(error.to_string(), "meminfo: no MemAvailable line");
+    }
+
+    #[test]
+    fn cpu_lists_count() {
+        assert_eq!(count_cpu_list("0-1"), Some(2));
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("x"), None);
     }
 
     #[test]

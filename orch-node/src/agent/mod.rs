@@ -128,7 +128,14 @@ async fn write_status(
 
 /// Keeps the node's status current: computed every `status_update`,
 /// written when it changed or `status_report` has passed.
-pub async fn report_status(mut client: ApiClient, config: AgentConfig, mut last: NodeStatus) {
+/// A re-registration (the Node was deleted) sends the new Node's uid on
+/// `node_uid`, for the Lease's owner reference.
+pub async fn report_status(
+    mut client: ApiClient,
+    config: AgentConfig,
+    mut last: NodeStatus,
+    node_uid: tokio::sync::watch::Sender<String>,
+) {
     let mut written_at = std::time::Instant::now();
     loop {
         tokio::time::sleep(config.status_update).await;
@@ -173,6 +180,7 @@ pub async fn report_status(mut client: ApiClient, config: AgentConfig, mut last:
                 // Deleted by someone: register again, as the kubelet does.
                 tracing::warn!(node = %config.node.name, "the Node was deleted; registering again");
                 if let Ok(node) = register(&mut client, &config).await {
+                    node_uid.send_replace(node.metadata.uid.clone().unwrap_or_default());
                     last = node.status.unwrap_or_default();
                     written_at = std::time::Instant::now();
                 }
@@ -183,10 +191,16 @@ pub async fn report_status(mut client: ApiClient, config: AgentConfig, mut last:
 }
 
 /// Renews the node's Lease (kube-node-lease/<node>) every quarter of its
-/// duration; creates it (owned by the Node, so it goes with it) if needed.
-pub async fn heartbeat(mut client: ApiClient, config: AgentConfig, owner_uid: String) {
+/// duration; creates it (owned by the Node, so it goes with it) if needed,
+/// and points its owner reference at the current Node (`node_uid`).
+pub async fn heartbeat(
+    mut client: ApiClient,
+    config: AgentConfig,
+    node_uid: tokio::sync::watch::Receiver<String>,
+) {
     let renew_every = config.lease_duration / 4;
     loop {
+        let owner_uid = node_uid.borrow().clone();
         if let Err(error) = renew(&mut client, &config, &owner_uid).await {
             tracing::warn!(%error, "renewing the node lease");
         }
@@ -204,6 +218,17 @@ async fn renew(
     let seconds = config.lease_duration.as_secs().max(1) as i32;
     match client.get(Kind::Lease, Some(LEASE_NAMESPACE), name).await {
         Ok(Object::Lease(mut lease)) => {
+            // A Node registered anew has a new uid: a reference to the old
+            // one would have the garbage collector delete this Lease.
+            let owned = lease
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.kind == "Node" && r.uid == owner_uid);
+            if !owned {
+                lease.metadata.owner_references = Some(vec![node_owner(name, owner_uid)]);
+            }
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             spec.holder_identity = Some(name.clone());
             spec.lease_duration_seconds = Some(seconds);
@@ -217,13 +242,7 @@ async fn renew(
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     namespace: Some(LEASE_NAMESPACE.into()),
-                    owner_references: Some(vec![OwnerReference {
-                        api_version: "v1".into(),
-                        kind: "Node".into(),
-                        name: name.clone(),
-                        uid: owner_uid.to_string(),
-                        ..OwnerReference::default()
-                    }]),
+                    owner_references: Some(vec![node_owner(name, owner_uid)]),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {
@@ -239,5 +258,15 @@ async fn renew(
             Ok(())
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+fn node_owner(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: name.to_string(),
+        uid: uid.to_string(),
+        ..OwnerReference::default()
     }
 }

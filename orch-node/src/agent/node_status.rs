@@ -190,6 +190,20 @@ pub fn status(
         condition
     })
     .collect();
+    // Conditions other components own (NetworkUnavailable, a problem
+    // detector's) stay, after the agent's own four.
+    let mut conditions: Vec<NodeCondition> = conditions;
+    for other in previous
+        .and_then(|p| p.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if !AGENT_CONDITIONS.contains(&other.type_.as_str()) {
+            conditions.push(other.clone());
+        }
+    }
+    // Fields the agent does not own (volumes, configuration) are kept.
+    let kept = previous.cloned().unwrap_or_default();
     NodeStatus {
         capacity: Some(capacity),
         allocatable: Some(allocatable),
@@ -226,9 +240,12 @@ pub fn status(
             ..NodeSystemInfo::default()
         }),
         images: Some(images),
-        ..NodeStatus::default()
+        ..kept
     }
 }
+
+/// The conditions the agent reports; any other type is someone else's.
+pub const AGENT_CONDITIONS: [&str; 4] = ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"];
 
 fn pressure(
     type_: &str,
@@ -326,6 +343,30 @@ mod tests {
         assert_eq!(allocatable["memory"].0, "8126464Ki");
         assert_eq!(capacity["pods"].0, "110");
         assert_eq!(allocatable["ephemeral-storage"].0, "104857600Ki");
+    }
+
+    #[test]
+    fn what_others_own_is_kept() {
+        let mut previous = status(&node(), &readings(4 << 30), None, vec![], time(100));
+        previous
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(NodeCondition {
+                type_: "NetworkUnavailable".into(),
+                status: "False".into(),
+                ..NodeCondition::default()
+            });
+        previous.volumes_in_use = Some(vec!["kubernetes.io/csi/x".into()]);
+        let next = status(
+            &node(),
+            &readings(4 << 30),
+            Some(&previous),
+            vec![],
+            time(200),
+        );
+        assert_eq!(condition(&next, "NetworkUnavailable").status, "False");
+        assert_eq!(next.volumes_in_use, previous.volumes_in_use);
+        assert_eq!(next.conditions.as_ref().map(Vec::len), Some(5));
     }
 
     #[test]

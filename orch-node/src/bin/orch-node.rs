@@ -210,12 +210,18 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             }
         };
         println!("orch-node {} registered", config.node.name);
-        let uid = node.metadata.uid.clone().unwrap_or_default();
-        tokio::spawn(agent::heartbeat(client.clone(), config.clone(), uid));
+        let (node_uid, uid_updates) =
+            tokio::sync::watch::channel(node.metadata.uid.clone().unwrap_or_default());
+        tokio::spawn(agent::heartbeat(
+            client.clone(),
+            config.clone(),
+            uid_updates,
+        ));
         tokio::spawn(agent::report_status(
             client.clone(),
             config.clone(),
             node.status.unwrap_or_default(),
+            node_uid,
         ));
         shutdown_signal().await;
         tracing::info!("stopping");

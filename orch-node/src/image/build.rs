@@ -47,6 +47,7 @@ pub fn busybox_image(
     extra: &[ExtraFile<'_>],
     cmd: &[&str],
 ) -> Result<Descriptor, StoreError> {
+    let _operation = store.operation();
     let binary = std::fs::read(busybox).map_err(|source| StoreError::Io {
         path: busybox.to_path_buf(),
         source,

@@ -37,6 +37,7 @@ impl Drop for Scratch {
 /// Imports every named image of the archive at `archive`; returns the
 /// names.
 pub fn import_archive(store: &ImageStore, archive: &Path) -> Result<Vec<Reference>, StoreError> {
+    let _operation = store.operation();
     let mut file = std::fs::File::open(archive).map_err(io(archive))?;
     let mut magic = [0u8; 2];
     let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
@@ -58,7 +59,9 @@ pub fn import_archive(store: &ImageStore, archive: &Path) -> Result<Vec<Referenc
     for entry in tar.entries().map_err(unreadable)? {
         let mut entry = entry.map_err(unreadable)?;
         let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir()) {
+        // Links too: docker's legacy format links a repeated layer.tar to
+        // its first copy (members are resolved inside the archive only).
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
             continue;
         }
         entry.unpack_in(&scratch.0).map_err(io(archive))?;
@@ -87,7 +90,9 @@ fn copy_blob(
         let path = dir.join("blobs").join("sha256").join(digest.hex());
         let mut file = std::fs::File::open(&path)
             .map_err(|_| invalid(archive, format!("blob {digest} is missing")))?;
-        store.put_reader(&mut file, &digest, Some(descriptor.size))?;
+        store
+            .put_reader(&mut file, &digest, Some(descriptor.size))
+            .map_err(|e| invalid(archive, format!("blobs/sha256/{}: {e}", digest.hex())))?;
     }
     Ok(digest)
 }
@@ -206,7 +211,15 @@ fn import_docker_save(
             let digest = Digest::parse(diff_id)?;
             if !store.has_blob(&digest) {
                 let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-                store.put_reader(&mut file, &digest, Some(size))?;
+                store
+                    .put_reader(&mut file, &digest, Some(size))
+                    .map_err(|e| match e {
+                        // The layer is not what the config says it is.
+                        StoreError::DigestMismatch { expected, actual, .. } => {
+                            invalid(archive, format!("{layer}: its content hashes to {actual}, the image config says {expected}"))
+                        }
+                        other => invalid(archive, format!("{layer}: {other}")),
+                    })?;
             }
             layers.push(Descriptor {
                 media_type: oci::OCI_LAYER_TAR.into(),

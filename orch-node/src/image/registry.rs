@@ -60,12 +60,19 @@ pub enum RegistryError {
     },
 }
 
-/// A registry client; keeps bearer tokens per registry and scope.
+/// (registry host, scope, credentials' user and password digest).
+type TokenKey = (String, String, Option<String>);
+
+/// Token responses are small JSON documents.
+const TOKEN_LIMIT: u64 = 64 << 10;
+
+/// A registry client; keeps bearer tokens per registry, scope and
+/// credentials.
 pub struct RegistryClient {
     http: reqwest::Client,
     /// Registries spoken to over plain HTTP besides loopback ones.
     insecure: Vec<String>,
-    tokens: Mutex<HashMap<(String, String), String>>,
+    tokens: Mutex<HashMap<TokenKey, String>>,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -112,6 +119,9 @@ impl RegistryClient {
             http: reqwest::Client::builder()
                 .user_agent(concat!("orch-node/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(std::time::Duration::from_secs(10))
+                // A registry that stops sending mid-body fails the pull
+                // (retried with back-off) instead of hanging it.
+                .read_timeout(std::time::Duration::from_secs(60))
                 .build()?,
             insecure,
             tokens: Mutex::default(),
@@ -142,7 +152,13 @@ impl RegistryClient {
             url: url.to_string(),
             source,
         };
-        let key = (reference.api_host().to_string(), scope.to_string());
+        // Tokens are per credentials too: a pull without (or with other)
+        // credentials must not ride on another pod's token.
+        let key = (
+            reference.api_host().to_string(),
+            scope.to_string(),
+            credentials.map(|c| format!("{}:{}", c.username, Digest::of(c.password.as_bytes()))),
+        );
         let cached = self
             .tokens
             .lock()
@@ -188,7 +204,7 @@ impl RegistryClient {
                 if !answer.status().is_success() {
                     return Err(unauthorized(answer.status()));
                 }
-                let body = answer.bytes().await.map_err(http_error)?;
+                let body = bounded(answer, TOKEN_LIMIT).await.map_err(http_error)?;
                 let body: serde_json::Value =
                     serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                 let token = body["token"]
@@ -235,7 +251,8 @@ impl RegistryClient {
         response: reqwest::Response,
     ) -> RegistryError {
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = bounded(response, 4096).await.unwrap_or_default();
+        let body = String::from_utf8_lossy(&body).into_owned();
         RegistryError::Status {
             reference: reference.to_string(),
             url: url.to_string(),
@@ -333,6 +350,8 @@ impl RegistryClient {
             reference: reference.to_string(),
             source,
         };
+        // Blobs written before the name is: no garbage collection meanwhile.
+        let _operation = store.operation();
         let (mut media_type, mut bytes, repo_digest) = self
             .manifest(
                 reference,
@@ -374,6 +393,15 @@ impl RegistryClient {
         }
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("manifest: {e}")))?;
+        // An artifact (a chart, a signature) is not an image to run.
+        if manifest.config.media_type != oci::OCI_CONFIG
+            && manifest.config.media_type != oci::DOCKER_CONFIG
+        {
+            return Err(invalid(format!(
+                "config media type {:?}: not a container image",
+                manifest.config.media_type
+            )));
+        }
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
             let blob_digest = Digest::parse(&blob.digest).map_err(|e| invalid(e.to_string()))?;
             if !store.has_blob(&blob_digest) {
@@ -542,6 +570,20 @@ impl RegistryClient {
         }
         Ok(image.manifest_digest)
     }
+}
+
+/// A response body read up to `limit` bytes (what is past it is dropped):
+/// a registry cannot make the agent hold more than that.
+async fn bounded(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = (limit as usize).saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() as u64 >= limit {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 fn invalid_join(reference: &Reference, error: tokio::task::JoinError) -> RegistryError {

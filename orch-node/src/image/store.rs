@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -74,6 +74,16 @@ pub enum StoreError {
     NotPresent(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("image garbage collection postponed: {0}")]
+    Busy(String),
+    #[error(
+        "layer {layer}: its uncompressed content hashes to {actual}, the image config says {diff_id}"
+    )]
+    LayerMismatch {
+        layer: Digest,
+        diff_id: Digest,
+        actual: Digest,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -105,6 +115,34 @@ pub struct ImageStore {
     layers: PathBuf,
     /// Serializes index.json's read-modify-write.
     index_lock: Mutex<()>,
+    /// Operations that may leave blobs or layers no name points at yet
+    /// (pulls, imports, builds, unpacks) running now: `collect` waits
+    /// for none, and holds this while it runs so none starts.
+    active: Arc<Mutex<usize>>,
+    /// `store.lock`, held shared while this store is open (another
+    /// process's store on the same directory holds it too): temporary
+    /// files are removed and garbage collected only when it can be
+    /// taken exclusively, so no other process's write is cut short.
+    lock_file: std::fs::File,
+}
+
+/// An operation in progress (see [`ImageStore::operation`]).
+pub struct Operation {
+    active: Arc<Mutex<usize>>,
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        *active = active.saturating_sub(1);
+    }
+}
+
+/// flock(2) on the store's lock file.
+fn flock(file: &std::fs::File, arg: nix::fcntl::FlockArg) -> nix::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    #[allow(deprecated)]
+    nix::fcntl::flock(file.as_raw_fd(), arg)
 }
 
 impl ImageStore {
@@ -121,28 +159,44 @@ impl ImageStore {
         if !layout.exists() {
             write_atomically(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
-        for parent in [&blobs, &layers] {
-            for entry in std::fs::read_dir(parent).map_err(io(parent))?.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let path = entry.path();
-                    let removed = if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                    removed.map_err(io(&path))?;
-                }
+        let lock_path = dir.join("store.lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        if flock(&lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+            // Nobody else has the store open: leftovers of interrupted
+            // writes (blobs, unpacks, imports, index updates) go.
+            for parent in [&blobs, &layers, &root] {
+                remove_temporaries(parent)?;
             }
         }
+        flock(&lock_file, nix::fcntl::FlockArg::LockShared).map_err(|errno| StoreError::Io {
+            path: lock_path.clone(),
+            source: errno.into(),
+        })?;
         Ok(Self {
             root,
             layers,
             index_lock: Mutex::new(()),
+            active: Arc::default(),
+            lock_file,
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Marks an operation that writes blobs or layers before a name
+    /// points at them; garbage collection does not run while one is.
+    pub fn operation(&self) -> Operation {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Operation {
+            active: self.active.clone(),
+        }
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -423,26 +477,61 @@ impl ImageStore {
     /// layers in `in_use` (diff ids of running containers). Returns the
     /// bytes freed.
     pub fn collect(&self, in_use: &BTreeSet<Digest>) -> Result<u64, StoreError> {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if *active > 0 {
+            return Err(StoreError::Busy(format!(
+                "{} pull(s), import(s) or unpack(s) in progress",
+                *active
+            )));
+        }
+        if flock(&self.lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+            return Err(StoreError::Busy(
+                "another process has the image store open (the node agent?)".into(),
+            ));
+        }
+        let collected = self.collect_unused(in_use);
+        let relocked = flock(&self.lock_file, nix::fcntl::FlockArg::LockShared);
+        drop(active);
+        let freed = collected?;
+        relocked.map_err(|errno| StoreError::Io {
+            path: self.root.join("store.lock"),
+            source: errno.into(),
+        })?;
+        Ok(freed)
+    }
+
+    fn collect_unused(&self, in_use: &BTreeSet<Digest>) -> Result<u64, StoreError> {
         let _guard = self.index_lock.lock().unwrap_or_else(|p| p.into_inner());
         let index = self.index()?;
         let mut blobs = BTreeSet::new();
         let mut layers = in_use.clone();
         for descriptor in &index.manifests {
-            let image = self.image(descriptor)?;
-            blobs.insert(image.manifest_digest.clone());
+            if let Ok(digest) = Digest::parse(&descriptor.digest) {
+                blobs.insert(digest);
+            }
+            if let Some(repo) = descriptor
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REPO_DIGEST))
+                && let Ok(digest) = Digest::parse(repo)
+            {
+                blobs.insert(digest);
+            }
+            // A named entry that does not read as an image keeps what it
+            // names that can be told; it is not a reason to collect nothing.
+            let image = match self.image(descriptor) {
+                Ok(image) => image,
+                Err(error) => {
+                    tracing::warn!(digest = %descriptor.digest, %error, "an unreadable image in the index; its blobs are kept");
+                    continue;
+                }
+            };
             blobs.insert(image.config_digest.clone());
             for layer in &image.manifest.layers {
                 blobs.insert(Digest::parse(&layer.digest)?);
             }
             for diff_id in &image.config.rootfs.diff_ids {
                 layers.insert(Digest::parse(diff_id)?);
-            }
-            if let Some(repo) = descriptor
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REPO_DIGEST))
-            {
-                blobs.insert(Digest::parse(repo)?);
             }
         }
         let mut freed = 0;
@@ -451,8 +540,9 @@ impl ImageStore {
             .map_err(io(&blob_dir))?
             .flatten()
         {
-            let keep = Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy()))
-                .is_ok_and(|d| blobs.contains(&d));
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = name.starts_with(".tmp-")
+                || Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| blobs.contains(&d));
             if !keep {
                 freed += entry.metadata().map_or(0, |m| m.len());
                 let path = entry.path();
@@ -463,8 +553,9 @@ impl ImageStore {
             .map_err(io(&self.layers))?
             .flatten()
         {
-            let keep = Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy()))
-                .is_ok_and(|d| layers.contains(&d));
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = name.starts_with(".tmp-")
+                || Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| layers.contains(&d));
             if !keep {
                 freed += dir_size(&entry.path());
                 let path = entry.path();
@@ -473,6 +564,22 @@ impl ImageStore {
         }
         Ok(freed)
     }
+}
+
+/// Removes the `.tmp-*` entries of `dir`.
+fn remove_temporaries(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn ref_name(descriptor: &Descriptor) -> Option<&str> {
@@ -583,5 +690,39 @@ impl BlobWriter {
     /// Drops what was written.
     pub fn abort(self) {
         let _ = std::fs::remove_file(&self.temporary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_waits_for_writers_and_other_users() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ImageStore::open(dir.path()).expect("store");
+        let orphan = store.put_bytes(b"an unnamed blob", None).expect("blob");
+        {
+            let _pulling = store.operation();
+            assert!(matches!(
+                store.collect(&BTreeSet::new()),
+                Err(StoreError::Busy(_))
+            ));
+            assert!(store.has_blob(&orphan));
+        }
+        // Another user of the directory (another process, here another
+        // open store): neither collection nor temp-file cleanup runs.
+        let mut writing = store.blob_writer(&Digest::of(b"partial")).expect("writer");
+        let other = ImageStore::open(dir.path()).expect("second store");
+        assert!(matches!(
+            other.collect(&BTreeSet::new()),
+            Err(StoreError::Busy(_))
+        ));
+        // The write in progress survived the other store's opening.
+        writing.write_all(b"partial").expect("write");
+        writing.commit(Some(7)).expect("the blob completes");
+        drop(other);
+        assert_eq!(store.collect(&BTreeSet::new()).expect("collect"), 15 + 7);
+        assert!(!store.has_blob(&orphan));
     }
 }

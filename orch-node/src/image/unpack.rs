@@ -41,6 +41,7 @@ impl<R: Read> Read for HashingReader<R> {
 /// The layer directories of `image`, bottom first, unpacking the ones
 /// not unpacked yet.
 pub fn unpacked_layers(store: &ImageStore, image: &Image) -> Result<Vec<PathBuf>, StoreError> {
+    let _operation = store.operation();
     let mut dirs = Vec::with_capacity(image.manifest.layers.len());
     for (layer, diff_id) in image
         .manifest
@@ -83,7 +84,10 @@ fn unpack_layer(
     })?;
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(std::io::BufReader::new(file)),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file))),
+        // Every gzip member, as Go's reader does (eStargz layers have many).
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            file,
+        ))),
     };
     let mut hashing = HashingReader {
         inner: reader,
@@ -107,12 +111,19 @@ fn unpack_layer(
                 .collect::<String>()
         ))?;
         if actual != *diff_id {
-            return Err(StoreError::DigestMismatch {
-                expected: diff_id.clone(),
+            return Err(StoreError::LayerMismatch {
+                layer: blob.clone(),
+                diff_id: diff_id.clone(),
                 actual,
-                size: 0,
             });
         }
+        // On disk before it is named: a layer directory that exists is
+        // taken as whole from then on.
+        let dir = std::fs::File::open(&temporary).map_err(io(&temporary))?;
+        nix::unistd::syncfs(&dir).map_err(|errno| StoreError::Io {
+            path: temporary.clone(),
+            source: errno.into(),
+        })?;
         Ok(())
     });
     let finished = unpacked.and_then(|()| {
@@ -140,14 +151,19 @@ fn unpack_tar(reader: &mut impl Read, dst: &Path) -> Result<(), StoreError> {
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
+    // xattrs are set below, without overlayfs's own (trusted.overlay.*:
+    // a layer must not steer the overlay it becomes part of).
+    archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     let entries = archive.entries().map_err(io(dst))?;
     for entry in entries {
         let mut entry = entry.map_err(io(dst))?;
         let path = entry.path().map_err(io(dst))?.into_owned();
         let Some(relative) = contained(&path) else {
-            tracing::warn!(path = %path.display(), "layer entry outside the layer; skipped");
+            if path.components().any(|c| c == Component::ParentDir) {
+                tracing::warn!(path = %path.display(), "layer entry outside the layer; skipped");
+            }
+            // Otherwise the layer's root itself ("./").
             continue;
         };
         let name = relative
@@ -158,6 +174,10 @@ fn unpack_tar(reader: &mut impl Read, dst: &Path) -> Result<(), StoreError> {
         if name == OPAQUE {
             ensure_dir_inside(dst, &parent)?;
             xattr::set(&parent, "trusted.overlay.opaque", b"y").map_err(io(&parent))?;
+            continue;
+        }
+        if name.starts_with(".wh..wh.") {
+            // Reserved for other markers; the OCI spec says to ignore them.
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
@@ -182,7 +202,22 @@ fn unpack_tar(reader: &mut impl Read, dst: &Path) -> Result<(), StoreError> {
             tracing::debug!(path = %relative.display(), "device or fifo in a layer; skipped");
             continue;
         }
-        entry.unpack_in(dst).map_err(io(&dst.join(&relative)))?;
+        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(extensions)) => extensions
+                .flatten()
+                .filter_map(|extension| {
+                    let name = extension.key().ok()?.strip_prefix("SCHILY.xattr.")?;
+                    (!name.starts_with("trusted.overlay."))
+                        .then(|| (name.to_string(), extension.value_bytes().to_vec()))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let target = dst.join(&relative);
+        entry.unpack_in(dst).map_err(io(&target))?;
+        for (name, value) in xattrs {
+            xattr::set(&target, &name, &value).map_err(io(&target))?;
+        }
     }
     Ok(())
 }

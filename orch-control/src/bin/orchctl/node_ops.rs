@@ -200,7 +200,9 @@ pub fn drain(args: DrainArgs) -> Result<()> {
                 .delete(Kind::Pod, meta.namespace.as_deref(), &name, &options)
                 .await
             {
-                Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Conflict(_)) => {}
+                Ok(_) | Err(ApiError::NotFound(_)) => {}
+                // Its uid differs: the pod we listed is gone already.
+                Err(ApiError::Conflict(message)) if message.contains("UID in precondition") => {}
                 Err(error) => return Err(error.into()),
             }
             evicted.insert(uid);

@@ -457,6 +457,9 @@ fn raw_entry(
     tar.append(&header, data).expect("entry");
 }
 
+/// Appends entries to a layer being built.
+type LayerStep<'a> = dyn Fn(&mut tar::Builder<Vec<u8>>) + 'a;
+
 #[test]
 fn hostile_layers_stay_inside_their_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -464,7 +467,7 @@ fn hostile_layers_stay_inside_their_directory() {
     std::fs::create_dir(&outside).expect("outside dir");
     let outside_link = outside.to_str().expect("utf-8").to_string();
     // One hostile step per layer, each after a harmless entry.
-    let hostile: [&dyn Fn(&mut tar::Builder<Vec<u8>>); 3] = [
+    let hostile: [&LayerStep<'_>; 3] = [
         &|tar| raw_entry(tar, "../../escaped", tar::EntryType::Regular, None, b"x"),
         &|tar| {
             raw_entry(

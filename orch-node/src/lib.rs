@@ -4,3 +4,4 @@
 pub mod agent;
 pub mod dataplane;
 pub mod image;
+pub mod runtime;

@@ -66,6 +66,12 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as the shim of one pod (started by the agent; not for people).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        pod_dir: PathBuf,
+    },
     /// The node's image store (under --state-dir).
     Image {
         #[command(subcommand)]
@@ -161,6 +167,8 @@ fn main() -> Result<()> {
     let layout = PinLayout::new(&cli.bpffs, &node_name).context("--node-name")?;
     match cli.command {
         Some(Command::Dataplane { command }) => run_dataplane(&layout, command),
+        Some(Command::Shim { pod_dir }) => orch_node::runtime::shim::server::run(&pod_dir)
+            .map_err(|e| anyhow::anyhow!("shim {}: {e}", pod_dir.display())),
         Some(Command::Image { command, state_dir }) => run_image(&state_dir, command),
         None => run_agent(node_name, cli.agent),
     }

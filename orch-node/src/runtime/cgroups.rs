@@ -1,0 +1,56 @@
+//! Removing cgroups: libcontainer deletes a container's leaf cgroup only;
+//! the pod's (and the node's) parents are the agent's to remove, in every
+//! hierarchy (the v1 controllers and the unified one on hybrid hosts).
+
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Where `path` (absolute, like a cgroupsPath) lives in each hierarchy.
+fn locations(path: &str) -> Vec<PathBuf> {
+    let relative = path.trim_start_matches('/');
+    let mut found = Vec::new();
+    let root = Path::new(ROOT);
+    if root.join("cgroup.controllers").exists() {
+        // Pure cgroup v2.
+        found.push(root.join(relative));
+        return found;
+    }
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            let hierarchy = entry.path();
+            // Symlinks (cpu -> cpu,cpuacct) name a hierarchy twice.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(hierarchy.join(relative));
+            }
+        }
+    }
+    found
+}
+
+/// Removes the cgroup `path` and every cgroup below it, in every
+/// hierarchy. Fails (EBUSY) while a process is still in one of them.
+pub fn remove(path: &str) -> std::io::Result<()> {
+    for location in locations(path) {
+        remove_tree(&location)?;
+    }
+    Ok(())
+}
+
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    // A cgroup directory goes with rmdir, its control files with it.
+    match std::fs::remove_dir(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,8 @@
+//! Running containers: pod sandboxes, container root filesystems and
+//! runtime specs, and the per-pod shims that call libcontainer.
+
+pub mod cgroups;
+pub mod rootfs;
+pub mod sandbox;
+pub mod shim;
+pub mod spec;

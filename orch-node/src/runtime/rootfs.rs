@@ -1,0 +1,64 @@
+//! A container's root filesystem: an overlay of the image's unpacked
+//! layers (read-only, shared) with a writable layer of the container's
+//! own, mounted at `<container dir>/rootfs`.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// Mounts the overlay; returns the rootfs path. `layers` bottom first.
+pub fn mount(container_dir: &Path, layers: &[PathBuf]) -> std::io::Result<PathBuf> {
+    let rootfs = container_dir.join("rootfs");
+    let upper = container_dir.join("upper");
+    let work = container_dir.join("work");
+    for dir in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(dir)?;
+    }
+    if is_mounted(&rootfs) {
+        return Ok(rootfs);
+    }
+    // overlayfs lists the top layer first.
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(rootfs)
+}
+
+fn is_mounted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(inner), Some(Ok(outer))) => inner.dev() != outer.dev(),
+        _ => false,
+    }
+}
+
+/// Unmounts the rootfs and removes the container's directory.
+pub fn remove(container_dir: &Path) -> std::io::Result<()> {
+    let rootfs = container_dir.join("rootfs");
+    if is_mounted(&rootfs) {
+        nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
+    }
+    match std::fs::remove_dir_all(container_dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,89 @@
+//! The agent's side of a shim's socket.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::protocol::{ContainerState, Request, Response};
+
+#[derive(Debug, Error)]
+pub enum ShimClientError {
+    #[error("shim {}: {source}", socket.display())]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shim {}: unreadable answer {answer:?}: {source}", socket.display())]
+    Answer {
+        socket: PathBuf,
+        answer: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("shim: {0}")]
+    Refused(String),
+}
+
+/// The socket of the shim of the pod in `pod_dir`.
+pub fn socket_path(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("shim.sock")
+}
+
+pub struct ShimClient {
+    socket: PathBuf,
+}
+
+impl ShimClient {
+    pub fn new(pod_dir: &Path) -> Self {
+        Self {
+            socket: socket_path(pod_dir),
+        }
+    }
+
+    /// Sends one request (a connection each: the shim may have been
+    /// restarted between two calls).
+    pub fn call(&self, request: &Request) -> Result<Response, ShimClientError> {
+        let io = |source| ShimClientError::Io {
+            socket: self.socket.clone(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&self.socket).map_err(io)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io)?;
+        let mut line =
+            serde_json::to_string(request).map_err(|e| ShimClientError::Refused(e.to_string()))?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).map_err(io)?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+        let response: Response =
+            serde_json::from_str(answer.trim()).map_err(|source| ShimClientError::Answer {
+                socket: self.socket.clone(),
+                answer: answer.clone(),
+                source,
+            })?;
+        match response {
+            Response::Error { message } => Err(ShimClientError::Refused(message)),
+            other => Ok(other),
+        }
+    }
+
+    pub fn state(&self) -> Result<Vec<ContainerState>, ShimClientError> {
+        match self.call(&Request::State)? {
+            Response::State { containers } => Ok(containers),
+            other => Err(ShimClientError::Refused(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Whether a shim answers on the socket.
+    pub fn alive(&self) -> bool {
+        self.state().is_ok()
+    }
+}

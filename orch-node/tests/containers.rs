@@ -1,0 +1,287 @@
+//! Real containers through a pod shim (libcontainer): a busybox image
+//! built here, unpacked and mounted as an overlay, run in a pod sandbox
+//! (its own network, IPC and UTS namespaces) with the default seccomp
+//! profile, capabilities and limits; exit codes, signals, OOM kills and
+//! CRI-format logs as the shim reports them. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch_node::image::build::{self, BUSYBOX};
+use orch_node::image::{ImageStore, Reference, unpack};
+use orch_node::runtime::shim::client::ShimClient;
+use orch_node::runtime::shim::protocol::{ContainerState, Request, Status};
+use orch_node::runtime::spec::{ContainerSpec, Resources};
+use orch_node::runtime::{cgroups, rootfs, sandbox, spec};
+
+/// The shim process; killed (with what it runs) if the test fails early.
+struct Shim {
+    child: Child,
+    client: ShimClient,
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.client.call(&Request::Shutdown);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pod directory, sandbox and mounts, removed however the test ends.
+struct Pod {
+    dir: PathBuf,
+    containers: Vec<PathBuf>,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for container in &self.containers {
+            let _ = rootfs::remove(container);
+        }
+        let _ = sandbox::remove(&self.dir);
+        let _ = cgroups::remove(&cgroup_parent());
+    }
+}
+
+/// This test run's cgroup parent.
+fn cgroup_parent() -> String {
+    format!("/orch-test-containers-{}", std::process::id())
+}
+
+fn start_shim(pod_dir: &Path) -> Shim {
+    let child = Command::new(env!("CARGO_BIN_EXE_orch-node"))
+        .args(["shim", "--pod-dir"])
+        .arg(pod_dir)
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(pod_dir.join("shim.log")).expect("shim log"))
+        .spawn()
+        .expect("start the shim");
+    let client = ShimClient::new(pod_dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the shim did not answer: {}",
+            std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Shim { child, client }
+}
+
+fn container_spec(rootfs: PathBuf, pod_dir: &Path, name: &str, args: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        rootfs,
+        readonly_rootfs: false,
+        privileged: false,
+        add_capabilities: vec![],
+        drop_capabilities: vec![],
+        seccomp: true,
+        no_new_privileges: true,
+        namespaces: sandbox::namespaces(pod_dir),
+        cgroups_path: format!("{}/{name}", cgroup_parent()),
+        resources: Resources::default(),
+        mounts: vec![],
+        oom_score_adj: 0,
+    }
+}
+
+fn wait_exited(client: &ShimClient, id: &str) -> ContainerState {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = client
+            .state()
+            .expect("state")
+            .into_iter()
+            .find(|c| c.id == id)
+            .expect("container known");
+        if state.status == Status::Exited {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{id} still {:?}", state.status);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn containers_run_in_a_pod_sandbox_through_the_shim() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = ImageStore::open(&dir.path().join("images")).expect("store");
+    let reference = Reference::parse("orch.test/busybox:1").expect("reference");
+    build::busybox_image(&store, &reference, Path::new(BUSYBOX), &[], &["sh"]).expect("image");
+    let image = store
+        .image(&store.resolve(&reference).expect("resolve").expect("named"))
+        .expect("image");
+    let layers = unpack::unpacked_layers(&store, &image).expect("layers");
+
+    let pod_dir = dir.path().join("pod");
+    std::fs::create_dir(&pod_dir).expect("pod dir");
+    let mut pod = Pod {
+        dir: pod_dir.clone(),
+        containers: Vec::new(),
+    };
+    sandbox::create(&pod_dir, "pod-a").expect("sandbox");
+    let shim = start_shim(&pod_dir);
+    let client = &shim.client;
+    // The shim runs from a sealed in-memory copy of orch-node, not the file.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", shim.child.id())).expect("shim exe");
+    assert!(
+        exe.to_string_lossy().contains("memfd:"),
+        "{}",
+        exe.display()
+    );
+
+    let mut run = |name: &str, args: &[&str], resources: Resources| -> (String, PathBuf) {
+        let container_dir = pod_dir.join("containers").join(name);
+        pod.containers.push(container_dir.clone());
+        let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
+        let mut config = container_spec(root, &pod_dir, name, args);
+        config.resources = resources;
+        std::fs::write(
+            container_dir.join("config.json"),
+            serde_json::to_vec_pretty(&spec::runtime_spec(&config)).expect("spec"),
+        )
+        .expect("config.json");
+        let id = format!("{name}-0");
+        let log = pod_dir.join("logs").join(name).join("0.log");
+        client
+            .call(&Request::Create {
+                id: id.clone(),
+                bundle: container_dir.clone(),
+                log: log.clone(),
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create {name}: {e}\nshim log:\n{}",
+                    std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default()
+                )
+            });
+        client
+            .call(&Request::Start { id: id.clone() })
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        (id, log)
+    };
+
+    // Output, exit code, the sandbox's hostname, seccomp filtering and
+    // no_new_privs as the process sees them.
+    let (id, log) = run(
+        "hello",
+        &[
+            "sh",
+            "-c",
+            "echo hello; hostname; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo oops >&2; exit 3",
+        ],
+        Resources::default(),
+    );
+    let state = wait_exited(client, &id);
+    assert_eq!(state.exit_code, Some(3));
+    assert!(!state.oom_killed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("stderr F oops") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for expected in [
+        "stdout F hello",
+        "stdout F pod-a",
+        "stdout F Seccomp:\t2",
+        "stdout F NoNewPrivs:\t1",
+        "stderr F oops",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} not in the log:\n{text}"
+        );
+    }
+    // CRI format: an RFC 3339 time first.
+    let first = text.lines().next().expect("a line");
+    assert!(
+        first
+            .split(' ')
+            .next()
+            .is_some_and(|t| t.ends_with('Z') && t.contains('T')),
+        "{first}"
+    );
+    client.call(&Request::Delete { id }).expect("delete");
+
+    // SIGTERM reaches a process that handles it (PID 1 of its namespace
+    // ignores signals it does not handle, as in any container)...
+    let (id, _) = run(
+        "graceful",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        ],
+        Resources::default(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let running = client.state().expect("state");
+    assert_eq!(
+        running.iter().find(|c| c.id == id).map(|c| c.status),
+        Some(Status::Running)
+    );
+    client
+        .call(&Request::Kill {
+            id: id.clone(),
+            signal: 15,
+        })
+        .expect("kill");
+    assert_eq!(wait_exited(client, &id).exit_code, Some(7));
+    client.call(&Request::Delete { id }).expect("delete");
+    // ...and SIGKILL ends anything: 128 + 9.
+    let (id, _) = run("sleeper", &["sleep", "1000"], Resources::default());
+    client
+        .call(&Request::Kill {
+            id: id.clone(),
+            signal: 9,
+        })
+        .expect("kill");
+    assert_eq!(wait_exited(client, &id).exit_code, Some(137));
+    client.call(&Request::Delete { id }).expect("delete");
+
+    // Over its memory limit: killed by the kernel, reported as an OOM kill.
+    let (id, _) = run(
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+        Resources {
+            memory_limit: 16 << 20,
+            ..Resources::default()
+        },
+    );
+    let state = wait_exited(client, &id);
+    assert_eq!(state.exit_code, Some(137), "{state:?}");
+    assert!(state.oom_killed, "{state:?}");
+    client.call(&Request::Delete { id }).expect("delete");
+
+    // Everything goes: the shim on request, the mounts, the cgroups.
+    drop(shim);
+    drop(pod);
+    assert!(!sandbox::exists(&pod_dir));
+    let leftover: Vec<_> = ["memory", "pids", "cpu", "unified"]
+        .iter()
+        .map(|h| {
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(cgroup_parent().trim_start_matches('/'))
+        })
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
+}

@@ -280,3 +280,332 @@ async fn a_node_registers_and_keeps_its_lease() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A pod from YAML.
+fn pod(yaml: &str) -> Object {
+    orch_core::manifest::parse_str(yaml, "test")
+        .expect("pod manifest")
+        .remove(0)
+        .object
+}
+
+async fn pod_status(
+    client: &mut ApiClient,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::PodStatus> {
+    match client.get(Kind::Pod, Some("default"), name).await {
+        Ok(Object::Pod(pod)) => pod.status,
+        _ => None,
+    }
+}
+
+/// Waits until `check` holds for the pod's status; returns it.
+async fn until_status(
+    client: &mut ApiClient,
+    name: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&k8s_openapi::api::core::v1::PodStatus) -> bool,
+) -> k8s_openapi::api::core::v1::PodStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = pod_status(client, name).await;
+        if let Some(status) = &status
+            && check(status)
+        {
+            return status.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name}: not {what} within {within:?}: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn first_container(
+    status: &k8s_openapi::api::core::v1::PodStatus,
+) -> k8s_openapi::api::core::v1::ContainerStatus {
+    status
+        .container_statuses
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+fn waiting_reason(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
+    first_container(status)
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_pods_run_restart_and_stop_gracefully() {
+    use orch_node::image::build::{self, BUSYBOX};
+    use orch_node::image::local_registry::LocalRegistry;
+    use orch_node::image::registry::RegistryClient;
+    use orch_node::image::{ImageStore, Reference};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    replica.start(&["--init"]);
+    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
+    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+
+    // busybox, built here and served by a registry on loopback.
+    let registry =
+        LocalRegistry::start(&dir.path().join("registry")).unwrap_or_else(|e| panic!("{e}"));
+    let builder = ImageStore::open(&dir.path().join("builder")).expect("builder store");
+    let local = Reference::parse("orch.test/busybox:1").expect("reference");
+    build::busybox_image(
+        &builder,
+        &local,
+        std::path::Path::new(BUSYBOX),
+        &[],
+        &["sh"],
+    )
+    .expect("image");
+    let image = format!("{}/busybox:1", registry.addr);
+    RegistryClient::new(Vec::new())
+        .expect("registry client")
+        .push(
+            &builder,
+            &local,
+            &Reference::parse(&image).expect("ref"),
+            None,
+        )
+        .await
+        .expect("push");
+
+    let node_config = orch_control::pki::Pki::new(&replica.dir)
+        .component_config(
+            "system:node:n1",
+            Some("system:nodes"),
+            &[replica.api_addr.clone()],
+        )
+        .expect("node certificate");
+    let config_path = dir.path().join("node.conf");
+    std::fs::write(&config_path, node_config.to_yaml()).expect("node config");
+    let state = dir.path().join("node-state");
+    let log = dir.path().join("orch-node.log");
+    // However the test ends, no shim, container, mount or cgroup is left.
+    let _release = Release(state.clone());
+    let mut agent = start_agent(&config_path, &state, &log);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(Kind::Namespace, None, "default").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "namespace default never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A long-running pod: Running, ready, its output in its log.
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, \"echo started; trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done\"]\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create pod");
+    let running = until_status(
+        &mut client,
+        "web",
+        Duration::from_secs(60),
+        "Running",
+        |s| s.phase.as_deref() == Some("Running") && first_container(s).ready,
+    )
+    .await;
+    assert_eq!(running.host_ip.as_deref(), Some("10.99.0.1"));
+    let web = first_container(&running);
+    assert_eq!(web.restart_count, 0);
+    assert!(web.image_id.contains("@sha256:"), "{}", web.image_id);
+    // The node reports the image it now holds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = node(&mut client)
+            .await
+            .and_then(|n| n.status)
+            .and_then(|s| s.images)
+            .unwrap_or_default();
+        if held
+            .iter()
+            .any(|i| i.names.iter().flatten().any(|n| *n == image))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node does not list {image}: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Ok(Object::Pod(web_pod)) = client.get(Kind::Pod, Some("default"), "web").await else {
+        panic!("web pod")
+    };
+    let web_uid = web_pod.metadata.uid.clone().expect("uid");
+    let web_log = state.join("pods").join(&web_uid).join("logs/c/0.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&web_log)
+        .unwrap_or_default()
+        .contains("stdout F started")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no output in {}",
+            web_log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A container that fails: restarted with back-off (CrashLoopBackOff,
+    // its exit in lastState). An image that does not exist: ErrImagePull.
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash, namespace: default}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, 'exit 3']\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create crashing pod");
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: missing, namespace: default}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {}/nope:1\n",
+                registry.addr
+            )),
+            false,
+        )
+        .await
+        .expect("create pod with a missing image");
+    let crashing = until_status(
+        &mut client,
+        "crash",
+        Duration::from_secs(30),
+        "in back-off",
+        |s| waiting_reason(s).as_deref() == Some("CrashLoopBackOff"),
+    )
+    .await;
+    let last = first_container(&crashing)
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let missing = until_status(
+        &mut client,
+        "missing",
+        Duration::from_secs(30),
+        "failing to pull",
+        |s| {
+            matches!(
+                waiting_reason(s).as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        },
+    )
+    .await;
+    assert_eq!(missing.phase.as_deref(), Some("Pending"));
+    let message = first_container(&missing)
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(message.contains("nope:1"), "{message}");
+
+    // The agent dies: the container keeps running; a new agent adopts it
+    // without restarting it.
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = std::fs::read_to_string(&web_log).unwrap_or_default();
+    assert!(
+        !still.contains("bye"),
+        "the container stopped with the agent"
+    );
+    agent = start_agent(&config_path, &state, &log);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let adopted = until_status(
+        &mut client,
+        "web",
+        Duration::from_secs(20),
+        "Running",
+        |s| s.phase.as_deref() == Some("Running") && first_container(s).ready,
+    )
+    .await;
+    assert_eq!(first_container(&adopted).restart_count, 0);
+    assert_eq!(first_container(&adopted).container_id, web.container_id);
+
+    // Deleted: SIGTERM (the trap says bye), then everything is released
+    // and the Pod object goes.
+    client
+        .delete(Kind::Pod, Some("default"), "web", &Default::default())
+        .await
+        .expect("delete web");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get(Kind::Pod, Some("default"), "web").await {
+            Err(orch_core::api::ApiError::NotFound(_)) => break,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "pod web was not removed: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        !state.join("pods").join(&web_uid).exists(),
+        "the pod's directory is left"
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/memory/orch/n1")
+            .join(format!("pod{web_uid}"))
+            .exists(),
+        "the pod's cgroup is left"
+    );
+    for name in ["crash", "missing"] {
+        client
+            .delete(
+                Kind::Pod,
+                Some("default"),
+                name,
+                &orch_core::api::proto::DeleteRequest {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("delete");
+    }
+    // Released by the agent's housekeeping: nothing of the pods is left.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(state.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "pods left on disk");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+}
+
+/// Releases node n1's pods (shims, containers, mounts, cgroups) on drop.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Err(error) = orch_node::agent::pods::release_all(&self.0, "n1") {
+            eprintln!("releasing node n1's pods: {error}");
+        }
+    }
+}

@@ -4,80 +4,15 @@
 //! checked through a real overlay mount), imported from archives, and
 //! garbage-collected. Needs root (mknod, trusted xattrs, mount).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use orch_node::image::build::{self, ExtraFile};
+use orch_node::image::local_registry::LocalRegistry;
 use orch_node::image::registry::{RegistryClient, RegistryError};
 use orch_node::image::{ImageStore, Reference, StoreError, import, unpack};
 
-const REGISTRY: &str = "/usr/bin/docker-registry";
-
-/// docker-registry on a loopback port, removed with its storage on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    storage: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_registry(dir: &Path) -> Registry {
-    assert!(
-        Path::new(REGISTRY).exists(),
-        "{REGISTRY} is missing: run `cargo xtask setup` (Debian's docker-registry)"
-    );
-    let storage = dir.join("registry-storage");
-    for _ in 0..5 {
-        // A free port, taken back just before the registry binds it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
-                storage.display()
-            ),
-        )
-        .expect("registry config");
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).expect("log"))
-            .spawn()
-            .expect("start docker-registry");
-        let mut registry = Registry {
-            child,
-            addr,
-            storage: storage.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = registry.child.try_wait() {
-                break;
-            }
-            if std::net::TcpStream::connect(&registry.addr).is_ok() {
-                return registry;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        drop(registry);
-    }
-    panic!(
-        "docker-registry did not start: {}",
-        std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-    );
+fn start_registry(dir: &Path) -> LocalRegistry {
+    LocalRegistry::start(dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn busybox_into(store: &ImageStore, name: &str) -> Reference {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use queue::WorkQueue;
-pub use reflector::{Cache, Change, Handler, ObjectRef};
+pub use reflector::{Cache, Change, Handler, ObjectRef, Selection};
 
 /// What a reconcile asks for next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

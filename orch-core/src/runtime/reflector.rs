@@ -114,15 +114,37 @@ pub type Handler = Arc<dyn Fn(Change) + Send + Sync>;
 /// Lists and watches `kind` in every namespace into `cache`, forever.
 /// `synced` is set to true after the first complete list.
 pub async fn reflect(
+    client: ApiClient,
+    kind: Kind,
+    cache: Arc<Cache>,
+    handler: Handler,
+    synced: tokio::sync::watch::Sender<bool>,
+) {
+    reflect_selected(client, kind, Selection::default(), cache, handler, synced).await
+}
+
+/// Which objects of a kind a reflector holds: label and field selectors
+/// as the API takes them (an object that stops matching is deleted from
+/// the cache, as the API's watch reports it).
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub label_selector: String,
+    pub field_selector: String,
+}
+
+/// Like [`reflect`], for the objects `selection` picks (a node agent's
+/// pods: `spec.nodeName=<node>`).
+pub async fn reflect_selected(
     mut client: ApiClient,
     kind: Kind,
+    selection: Selection,
     cache: Arc<Cache>,
     handler: Handler,
     synced: tokio::sync::watch::Sender<bool>,
 ) {
     let mut failures = 0u32;
     loop {
-        let revision = match relist(&mut client, kind, &cache, &handler).await {
+        let revision = match relist(&mut client, kind, &selection, &cache, &handler).await {
             Ok(revision) => revision,
             Err(error) => {
                 failures += 1;
@@ -133,7 +155,7 @@ pub async fn reflect(
         };
         synced.send_replace(true);
         failures = 0;
-        match watch(&mut client, kind, &cache, &handler, revision).await {
+        match watch(&mut client, kind, &selection, &cache, &handler, revision).await {
             WatchEnd::Relist => tracing::info!(%kind, "watch revision compacted; relisting"),
             WatchEnd::Failed(error) => {
                 failures += 1;
@@ -156,11 +178,14 @@ fn backoff(failures: u32) -> Duration {
 async fn relist(
     client: &mut ApiClient,
     kind: Kind,
+    selection: &Selection,
     cache: &Cache,
     handler: &Handler,
 ) -> Result<String, ApiError> {
     let mut options = ListOptions {
         limit: 500,
+        label_selector: selection.label_selector.clone(),
+        field_selector: selection.field_selector.clone(),
         ..ListOptions::default()
     };
     let mut revision = None;
@@ -206,15 +231,18 @@ enum WatchEnd {
 async fn watch(
     client: &mut ApiClient,
     kind: Kind,
+    selection: &Selection,
     cache: &Cache,
     handler: &Handler,
     mut revision: String,
 ) -> WatchEnd {
+    let options = ListOptions {
+        label_selector: selection.label_selector.clone(),
+        field_selector: selection.field_selector.clone(),
+        ..ListOptions::default()
+    };
     loop {
-        let mut stream = match client
-            .watch(kind, None, &ListOptions::default(), &revision, true)
-            .await
-        {
+        let mut stream = match client.watch(kind, None, &options, &revision, true).await {
             Ok(stream) => stream,
             Err(ApiError::Gone(_)) => return WatchEnd::Relist,
             Err(error) => return WatchEnd::Failed(error),

@@ -1,8 +1,12 @@
 //! The node agent (the kubelet of orch): registers this node, keeps its
 //! Lease and status current, and (next) runs the pods bound to it.
 
+pub mod container_config;
 pub mod machine;
 pub mod node_status;
+pub mod pod_files;
+pub mod pod_status;
+pub mod pods;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +48,27 @@ pub struct AgentConfig {
     /// How often an unchanged status is written anyway
     /// (`--node-status-report-frequency`).
     pub status_report: Duration,
+    /// The node's images, reported in its status.
+    pub images: Option<std::sync::Arc<crate::image::ImageStore>>,
+}
+
+/// The images the node holds, as Node.status.images lists them (largest
+/// first, as the kubelet reports them).
+fn node_images(config: &AgentConfig) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+    let Some(store) = &config.images else {
+        return Vec::new();
+    };
+    let mut images: Vec<_> = store
+        .images()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|image| k8s_openapi::api::core::v1::ContainerImage {
+            names: Some(image.names),
+            size_bytes: Some(image.size as i64),
+        })
+        .collect();
+    images.sort_by_key(|image| std::cmp::Reverse(image.size_bytes));
+    images
 }
 
 fn now() -> (Time, MicroTime) {
@@ -117,7 +142,7 @@ async fn write_status(
         &config.node,
         &readings,
         node.status.as_ref(),
-        Vec::new(),
+        node_images(config),
         now,
     ));
     match client.update_status(&Object::Node(Box::new(node))).await? {
@@ -150,7 +175,7 @@ pub async fn report_status(
                 &config.node,
                 &readings,
                 current.status.as_ref(),
-                Vec::new(),
+                node_images(&config),
                 now,
             );
             let stale = current
@@ -270,3 +295,45 @@ fn node_owner(name: &str, uid: &str) -> OwnerReference {
         ..OwnerReference::default()
     }
 }
+
+/// Starts the pods side of the agent: a reflector over the pods bound to
+/// this node feeding the pod manager's queue, its workers, and the
+/// housekeeping that releases pods the API no longer has.
+pub async fn run_pods(client: ApiClient, manager: std::sync::Arc<pods::PodManager>) {
+    use orch_core::runtime::{Change, ObjectRef, Selection, reflector, run_workers};
+    let handler: reflector::Handler = {
+        let queue = manager.queue.clone();
+        std::sync::Arc::new(move |change: Change| {
+            let object = match &change {
+                Change::Applied { new, .. } => new,
+                Change::Deleted(old) => old,
+            };
+            queue.add(ObjectRef::of(object));
+        })
+    };
+    let (synced, mut is_synced) = tokio::sync::watch::channel(false);
+    let selection = Selection {
+        field_selector: format!("spec.nodeName={}", manager.node),
+        ..Selection::default()
+    };
+    tokio::spawn(reflector::reflect_selected(
+        client.clone(),
+        Kind::Pod,
+        selection,
+        manager.cache.clone(),
+        handler,
+        synced,
+    ));
+    // Pods on disk are judged against a complete list, not a partial one.
+    let _ = is_synced.wait_for(|synced| *synced).await;
+    tokio::spawn(manager.clone().housekeeping());
+    run_workers("pods", manager.queue.clone(), POD_WORKERS, move |key| {
+        let manager = manager.clone();
+        let mut client = client.clone();
+        async move { manager.reconcile(&mut client, key).await }
+    })
+    .await;
+}
+
+/// Pods worked on at once (each pod by one worker at a time).
+const POD_WORKERS: usize = 4;

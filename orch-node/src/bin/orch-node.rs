@@ -62,6 +62,10 @@ struct AgentArgs {
     /// How often an unchanged status is written anyway.
     #[arg(long, default_value_t = 300)]
     node_status_report_frequency_seconds: u64,
+    /// Registries (host[:port]) to pull from over plain HTTP; loopback
+    /// ones always are.
+    #[arg(long)]
+    insecure_registry: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +191,7 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             first_ipv4().context("--node-ip not given and no non-loopback IPv4 address found")?
         }
     };
+    let insecure_registry = args.insecure_registry.clone();
     let config = AgentConfig {
         node: NodeSpecifics {
             name: node_name,
@@ -196,10 +201,14 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             system: machine::system_info(),
             agent_port: 0,
         },
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.clone(),
         lease_duration: Duration::from_secs(args.node_lease_duration_seconds.max(1)),
         status_update: Duration::from_millis(args.node_status_update_frequency_ms.max(100)),
         status_report: Duration::from_secs(args.node_status_report_frequency_seconds.max(1)),
+        images: Some(std::sync::Arc::new(
+            orch_node::image::ImageStore::open(&args.state_dir)
+                .with_context(|| format!("the image store in {}", args.state_dir.display()))?,
+        )),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -231,8 +240,23 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             node.status.unwrap_or_default(),
             node_uid,
         ));
+        let images = config.images.clone().context("the image store")?;
+        let registry = std::sync::Arc::new(
+            orch_node::image::registry::RegistryClient::new(insecure_registry)
+                .context("the registry client")?,
+        );
+        let manager = orch_node::agent::pods::PodManager::new(
+            config.node.name.clone(),
+            config.node.internal_ip.clone(),
+            &config.state_dir,
+            images,
+            registry,
+            orch_core::runtime::Cache::new(),
+            std::env::current_exe().context("locating orch-node for the pod shims")?,
+        );
+        tokio::spawn(agent::run_pods(client.clone(), manager));
         shutdown_signal().await;
-        tracing::info!("stopping");
+        tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())
     })
 }

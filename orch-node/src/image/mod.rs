@@ -5,6 +5,7 @@
 pub mod build;
 pub mod digest;
 pub mod import;
+pub mod local_registry;
 pub mod oci;
 pub mod reference;
 pub mod registry;

@@ -126,6 +126,14 @@ pub struct ImageStore {
     lock_file: std::fs::File,
 }
 
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
 /// An operation in progress (see [`ImageStore::operation`]).
 pub struct Operation {
     active: Arc<Mutex<usize>>,

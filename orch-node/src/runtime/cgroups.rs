@@ -54,3 +54,19 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Removes the cgroup `path` where it has no child cgroups left (shared
+/// parents); leaves it where it still has some.
+pub fn remove_if_empty(path: &str) -> std::io::Result<()> {
+    for location in locations(path) {
+        match std::fs::remove_dir(&location) {
+            Ok(()) => {}
+            Err(error)
+                if matches!(error.kind(), std::io::ErrorKind::NotFound)
+                    || error.raw_os_error() == Some(nix::libc::EBUSY)
+                    || error.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

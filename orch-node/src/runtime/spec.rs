@@ -305,7 +305,7 @@ pub fn runtime_spec(spec: &ContainerSpec) -> Value {
             });
         }
     }
-    json!({
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -318,13 +318,20 @@ pub fn runtime_spec(spec: &ContainerSpec) -> Value {
             },
             // No rlimits: the container keeps the node's (the agent's),
             // which may not be raised here without CAP_SYS_RESOURCE.
-            "noNewPrivileges": spec.no_new_privileges && !spec.privileged,
             "oomScoreAdj": spec.oom_score_adj,
         },
         "root": {"path": spec.rootfs, "readonly": spec.readonly_rootfs},
         "mounts": mounts,
         "linux": linux,
-    })
+    });
+    // Only ever `true`: libcontainer 0.7 loads the seccomp filter before
+    // dropping capabilities only when the field is absent; an explicit
+    // `false` makes it load the filter after, without CAP_SYS_ADMIN, and
+    // the container fails to start.
+    if spec.no_new_privileges && !spec.privileged {
+        config["process"]["noNewPrivileges"] = json!(true);
+    }
+    config
 }
 
 #[cfg(test)]
@@ -373,6 +380,13 @@ mod tests {
         assert_eq!(config["linux"]["namespaces"][2]["path"], "/p/ns/net");
         assert_eq!(config["process"]["cwd"], "/");
         assert_eq!(config["process"]["noNewPrivileges"], true);
+        let mut escalating = spec();
+        escalating.no_new_privileges = false;
+        assert!(
+            runtime_spec(&escalating)["process"]
+                .get("noNewPrivileges")
+                .is_none()
+        );
         assert_eq!(
             config["linux"]["seccomp"]["defaultAction"],
             "SCMP_ACT_ALLOW"

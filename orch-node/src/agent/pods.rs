@@ -1,0 +1,718 @@
+//! The pods bound to this node, made real: one reconcile per pod key (the
+//! shared watch/cache/work-queue runtime, one worker per pod at a time)
+//! drives what the API asks against what the pod's shim reports: sandbox,
+//! images, containers started and restarted with back-off, status written
+//! through the status subresource, and on deletion a graceful stop
+//! (SIGTERM, the grace period, SIGKILL) before everything the pod held is
+//! released and the Pod object is finally removed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use orch_core::api::proto::DeleteRequest;
+use orch_core::api::{ApiClient, ApiError};
+use orch_core::object::{Kind, Object};
+use orch_core::runtime::{Cache, Next, ObjectRef, WorkQueue};
+
+use super::container_config::{self, ConfigError};
+use super::pod_files;
+use super::pod_status::{self, ContainerRecord};
+use crate::image::registry::RegistryClient;
+use crate::image::{ImageStore, Reference, unpack};
+use crate::runtime::shim::client::ShimClient;
+use crate::runtime::shim::protocol::{ContainerState, Request, Status};
+use crate::runtime::{cgroups, rootfs, sandbox, spec};
+
+/// First restart back-off; doubled per restart up to `MAX_BACKOFF`, reset
+/// after a container ran `BACKOFF_RESET` (the kubelet's numbers).
+const BASE_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: f64 = 600.0;
+/// How often a pod's containers are looked at while it runs.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Failures of one container's image pulls.
+struct PullFailure {
+    at: Instant,
+    count: u32,
+    message: String,
+}
+
+pub struct PodManager {
+    pub node: String,
+    pub host_ip: String,
+    pub pods_dir: PathBuf,
+    /// The node's cgroup parent (`/orch/<node>`).
+    pub cgroup_root: String,
+    pub images: Arc<ImageStore>,
+    pub registry: Arc<RegistryClient>,
+    pub cache: Arc<Cache>,
+    pub queue: Arc<WorkQueue<ObjectRef>>,
+    /// orch-node itself, run as each pod's shim.
+    pub shim_binary: PathBuf,
+    pulls: Mutex<HashMap<(String, String), PullFailure>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PodRecord {
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `<name>-<attempt>` -> (name, attempt).
+fn instance_of(id: &str) -> Option<(&str, i32)> {
+    let (name, attempt) = id.rsplit_once('-')?;
+    Some((name, attempt.parse().ok()?))
+}
+
+fn backoff(restarts: i32, ran_for: f64) -> Duration {
+    if ran_for >= BACKOFF_RESET {
+        return BASE_BACKOFF;
+    }
+    BASE_BACKOFF
+        .saturating_mul(1u32 << restarts.clamp(0, 8) as u32)
+        .min(MAX_BACKOFF)
+}
+
+impl PodManager {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: String,
+        host_ip: String,
+        state_dir: &Path,
+        images: Arc<ImageStore>,
+        registry: Arc<RegistryClient>,
+        cache: Arc<Cache>,
+        shim_binary: PathBuf,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cgroup_root: format!("/orch/{node}"),
+            node,
+            host_ip,
+            pods_dir: state_dir.join("pods"),
+            images,
+            registry,
+            cache,
+            queue: WorkQueue::new(),
+            shim_binary,
+            pulls: Mutex::default(),
+        })
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    fn pod_cgroup(&self, uid: &str) -> String {
+        format!("{}/pod{uid}", self.cgroup_root)
+    }
+
+    /// The pods this node holds on disk: (directory, record).
+    fn local_pods(&self) -> Vec<(PathBuf, PodRecord)> {
+        let Ok(entries) = std::fs::read_dir(&self.pods_dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let bytes = std::fs::read(entry.path().join("pod.json")).ok()?;
+                Some((entry.path(), serde_json::from_slice(&bytes).ok()?))
+            })
+            .collect()
+    }
+
+    /// Queues every pod held on disk that the API no longer has (found at
+    /// start and every few seconds), so its worker releases it.
+    pub async fn housekeeping(self: Arc<Self>) {
+        loop {
+            for (_, record) in self.local_pods() {
+                self.queue.add(ObjectRef {
+                    kind: Kind::Pod,
+                    namespace: Some(record.namespace),
+                    name: record.name,
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    pub async fn reconcile(
+        &self,
+        client: &mut ApiClient,
+        key: ObjectRef,
+    ) -> Result<Next, ApiError> {
+        let pod = match self.cache.get(&key).as_deref() {
+            Some(Object::Pod(pod)) => Some((**pod).clone()),
+            _ => None,
+        };
+        let uid = pod
+            .as_ref()
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default();
+        // What is on disk under this name but is not this pod (deleted, or
+        // deleted and created again) is released.
+        for (dir, record) in self.local_pods() {
+            if Some(record.namespace.as_str()) == key.namespace.as_deref()
+                && record.name == key.name
+                && record.uid != uid
+            {
+                self.stop_and_release(&dir, &record.uid, Duration::from_secs(2))
+                    .await;
+            }
+        }
+        let Some(pod) = pod else {
+            return Ok(Next::Done);
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30)
+                .max(0) as u64;
+            self.stop_and_release(&self.pod_dir(&uid), &uid, Duration::from_secs(grace))
+                .await;
+            let options = DeleteRequest {
+                grace_period_seconds: Some(0),
+                uid: uid.clone(),
+                ..DeleteRequest::default()
+            };
+            return match client
+                .delete(Kind::Pod, key.namespace.as_deref(), &key.name, &options)
+                .await
+            {
+                Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Conflict(_)) => Ok(Next::Done),
+                Err(error) => Err(error),
+            };
+        }
+        let next = self.sync(client, &pod).await?;
+        Ok(Next::After(next))
+    }
+
+    async fn ensure_shim(&self, dir: &Path) -> Result<(), String> {
+        let probe = ShimClient::new(dir);
+        if blocking(move || probe.alive()).await {
+            return Ok(());
+        }
+        let log =
+            std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
+        let mut command = std::process::Command::new(&self.shim_binary);
+        command
+            .args(["shim", "--pod-dir"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        // Its own session: the shim outlives the agent and its signals.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting the shim: {e}"))?;
+        // Reaped when it exits while the agent runs.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let probe = ShimClient::new(dir);
+            if blocking(move || probe.alive()).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the shim did not start: {}",
+                    std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Pulls (as the policy says) and unpacks the container's image.
+    async fn image_for(
+        &self,
+        uid: &str,
+        container: &Container,
+    ) -> Result<(crate::image::Image, Vec<PathBuf>, String), (String, String)> {
+        let name = container.image.clone().unwrap_or_default();
+        let reference =
+            Reference::parse(&name).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
+        let key = (uid.to_string(), container.name.clone());
+        let present = self.images.resolve(&reference).ok().flatten();
+        let needs_pull = match policy.as_str() {
+            "Always" => true,
+            "Never" => {
+                if present.is_none() {
+                    return Err((
+                        "ErrImageNeverPull".into(),
+                        format!("image {name} is not present with pull policy of Never"),
+                    ));
+                }
+                false
+            }
+            _ => present.is_none(),
+        };
+        let descriptor = if needs_pull {
+            if let Some(failure) = self
+                .pulls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+            {
+                let wait = backoff(failure.count as i32 - 1, 0.0);
+                if failure.at.elapsed() < wait {
+                    return Err((
+                        "ImagePullBackOff".into(),
+                        format!("Back-off pulling image {name:?}: {}", failure.message),
+                    ));
+                }
+            }
+            match self.registry.pull(&self.images, &reference, None).await {
+                Ok(descriptor) => {
+                    self.pulls
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    descriptor
+                }
+                Err(error) if present.is_some() && policy == "Always" => {
+                    tracing::warn!(%error, image = %name, "pull failed; using the image present");
+                    present
+                        .clone()
+                        .ok_or_else(|| ("ErrImagePull".to_string(), error.to_string()))?
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+                    let count = pulls.get(&key).map_or(0, |f| f.count) + 1;
+                    pulls.insert(
+                        key,
+                        PullFailure {
+                            at: Instant::now(),
+                            count,
+                            message: message.clone(),
+                        },
+                    );
+                    return Err(("ErrImagePull".into(), message));
+                }
+            }
+        } else {
+            present.ok_or_else(|| {
+                (
+                    "ErrImagePull".to_string(),
+                    format!("image {name} vanished from the node"),
+                )
+            })?
+        };
+        let images = self.images.clone();
+        let unpacked = blocking(move || {
+            let image = images.image(&descriptor)?;
+            let layers = unpack::unpacked_layers(&images, &image)?;
+            Ok::<_, crate::image::StoreError>((image, layers))
+        })
+        .await
+        .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        let image_id = format!("{}@{}", reference.name(), unpacked.0.manifest_digest);
+        Ok((unpacked.0, unpacked.1, image_id))
+    }
+
+    /// `registry/repository@<manifest digest>` of the container's image as
+    /// the node holds it ("" when it holds none).
+    fn image_id(&self, container: &Container) -> String {
+        let Ok(reference) = Reference::parse(container.image.as_deref().unwrap_or_default()) else {
+            return String::new();
+        };
+        match self.images.resolve(&reference) {
+            Ok(Some(descriptor)) => format!("{}@{}", reference.name(), descriptor.digest),
+            _ => String::new(),
+        }
+    }
+
+    /// Starts attempt `attempt` of `container`; (reason, message) on failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_instance(
+        &self,
+        client: &mut ApiClient,
+        pod: &Pod,
+        dir: &Path,
+        container: &Container,
+        attempt: i32,
+        volumes: &std::collections::BTreeMap<String, PathBuf>,
+    ) -> Result<String, (String, String)> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let (image, layers, image_id) = self.image_for(&uid, container).await?;
+        let config_error =
+            |e: ConfigError| ("CreateContainerConfigError".to_string(), e.to_string());
+        let resolved = pod_files::env_values(client, pod, container, &self.node, &self.host_ip)
+            .await
+            .map_err(config_error)?;
+        let id = format!("{}-{attempt}", container.name);
+        let container_dir = dir.join("containers").join(&id);
+        let mount_dir = container_dir.clone();
+        let root = blocking(move || rootfs::mount(&mount_dir, &layers))
+            .await
+            .map_err(|e| {
+                (
+                    "CreateContainerError".to_string(),
+                    format!("root filesystem: {e}"),
+                )
+            })?;
+        let built = container_config::build(
+            pod,
+            container,
+            &image.config,
+            root,
+            sandbox::namespaces(dir),
+            format!("{}/{id}", self.pod_cgroup(&uid)),
+            &dir.join("etc"),
+            volumes,
+            &resolved,
+        )
+        .map_err(config_error)?;
+        let config = spec::runtime_spec(&built.spec);
+        let bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        std::fs::write(container_dir.join("config.json"), bytes).map_err(|e| {
+            (
+                "CreateContainerError".to_string(),
+                format!("config.json: {e}"),
+            )
+        })?;
+        let log = dir
+            .join("logs")
+            .join(&container.name)
+            .join(format!("{attempt}.log"));
+        let (create, start) = (
+            Request::Create {
+                id: id.clone(),
+                bundle: container_dir.clone(),
+                log,
+            },
+            Request::Start { id: id.clone() },
+        );
+        let shim_for_call = ShimClient::new(dir);
+        let created = blocking(move || shim_for_call.call(&create).map(|_| ())).await;
+        if let Err(error) = created {
+            let _ = blocking(move || rootfs::remove(&container_dir)).await;
+            return Err(("CreateContainerError".into(), error.to_string()));
+        }
+        let shim_for_call = ShimClient::new(dir);
+        blocking(move || shim_for_call.call(&start).map(|_| ()))
+            .await
+            .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        tracing::info!(pod = %pod.metadata.name.clone().unwrap_or_default(), container = %container.name, attempt, "container started");
+        Ok(image_id)
+    }
+
+    /// One pass over a live pod; returns when to look again.
+    async fn sync(&self, client: &mut ApiClient, pod: &Pod) -> Result<Duration, ApiError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let dir = self.pod_dir(&uid);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut next = RESYNC;
+        let mut records: Vec<ContainerRecord> = spec
+            .containers
+            .iter()
+            .map(|c| ContainerRecord {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                ..ContainerRecord::default()
+            })
+            .collect();
+        let prepared: Result<std::collections::BTreeMap<String, PathBuf>, (String, String)> =
+            async {
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    (
+                        "CreateContainerError".to_string(),
+                        format!("{}: {e}", dir.display()),
+                    )
+                })?;
+                let record = serde_json::to_vec(&PodRecord {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                })
+                .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+                std::fs::write(dir.join("pod.json"), record)
+                    .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+                let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+                let sandbox_dir = dir.clone();
+                let host = hostname.clone();
+                blocking(move || sandbox::create(&sandbox_dir, &host))
+                    .await
+                    .map_err(|e| {
+                        (
+                            "CreateContainerError".to_string(),
+                            format!("pod sandbox: {e}"),
+                        )
+                    })?;
+                let pod_ip = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_default();
+                pod_files::write_etc(&dir.join("etc"), &hostname, &pod_ip)
+                    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+                let volumes = pod_files::volumes(client, pod, &dir.join("volumes"))
+                    .await
+                    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+                self.ensure_shim(&dir)
+                    .await
+                    .map_err(|e| ("CreateContainerError".to_string(), e))?;
+                Ok(volumes)
+            }
+            .await;
+        let volumes = match prepared {
+            Ok(ready) => ready,
+            Err(waiting) => {
+                for record in &mut records {
+                    record.waiting = Some(waiting.clone());
+                }
+                self.write_status(client, pod, &records).await?;
+                return Ok(Duration::from_secs(5));
+            }
+        };
+        let state_client = ShimClient::new(&dir);
+        let instances: Vec<ContainerState> = blocking(move || state_client.state())
+            .await
+            .unwrap_or_default();
+        let restart_policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        for (container, record) in spec.containers.iter().zip(records.iter_mut()) {
+            let mut mine: Vec<(i32, &ContainerState)> = instances
+                .iter()
+                .filter_map(|i| {
+                    instance_of(&i.id)
+                        .filter(|(n, _)| *n == container.name)
+                        .map(|(_, a)| (a, i))
+                })
+                .collect();
+            mine.sort_by_key(|(attempt, _)| *attempt);
+            // Older instances than the one before the current go.
+            while mine.len() > 2 {
+                let (_, old) = mine.remove(0);
+                let (id, dir_for) = (old.id.clone(), dir.clone());
+                blocking(move || {
+                    let _ = ShimClient::new(&dir_for).call(&Request::Delete { id: id.clone() });
+                    let _ = rootfs::remove(&dir_for.join("containers").join(&id));
+                })
+                .await;
+            }
+            record.current = mine.last().map(|(_, i)| (*i).clone());
+            record.previous = mine.len().checked_sub(2).map(|i| mine[i].1.clone());
+            record.restart_count = mine.last().map_or(0, |(a, _)| *a);
+            let start_attempt = match &record.current {
+                None => Some(0),
+                Some(current) if current.status == Status::Exited => {
+                    let failed = current.exit_code != Some(0);
+                    let restart =
+                        restart_policy == "Always" || (restart_policy == "OnFailure" && failed);
+                    if !restart {
+                        record.done = true;
+                        None
+                    } else {
+                        let ran =
+                            current.finished_at.unwrap_or(0.0) - current.started_at.unwrap_or(0.0);
+                        let wait = backoff(record.restart_count, ran);
+                        let since = now_seconds() - current.finished_at.unwrap_or(0.0);
+                        if since >= wait.as_secs_f64() {
+                            Some(record.restart_count + 1)
+                        } else {
+                            record.waiting = Some((
+                                "CrashLoopBackOff".into(),
+                                format!(
+                                    "back-off {}s restarting failed container={} pod={name}_{namespace}({uid})",
+                                    wait.as_secs(),
+                                    container.name
+                                ),
+                            ));
+                            next = next.min(Duration::from_secs_f64(
+                                (wait.as_secs_f64() - since).max(0.1),
+                            ));
+                            None
+                        }
+                    }
+                }
+                Some(_) => None,
+            };
+            if let Some(attempt) = start_attempt {
+                match self
+                    .start_instance(client, pod, &dir, container, attempt, &volumes)
+                    .await
+                {
+                    Ok(image_id) => {
+                        record.image_id = image_id;
+                        let state_client = ShimClient::new(&dir);
+                        let id = format!("{}-{attempt}", container.name);
+                        let fresh = blocking(move || state_client.state())
+                            .await
+                            .unwrap_or_default();
+                        record.previous = record.current.take();
+                        record.current = fresh.into_iter().find(|i| i.id == id);
+                        record.restart_count = attempt;
+                        record.done = false;
+                        record.waiting = None;
+                    }
+                    Err(waiting) => {
+                        record.waiting = Some(waiting);
+                        next = next.min(Duration::from_secs(2));
+                    }
+                }
+            } else {
+                record.image_id = self.image_id(container);
+            }
+        }
+        self.write_status(client, pod, &records).await?;
+        Ok(next)
+    }
+
+    async fn write_status(
+        &self,
+        client: &mut ApiClient,
+        pod: &Pod,
+        records: &[ContainerRecord],
+    ) -> Result<(), ApiError> {
+        let now = pod_status::time(now_seconds());
+        let fresh = pod_status::pod_status(pod, records, &self.host_ip, now);
+        let unchanged = pod.status.as_ref() == Some(&fresh);
+        if unchanged {
+            return Ok(());
+        }
+        let mut updated = pod.clone();
+        updated.status = Some(fresh);
+        match client.update_status(&Object::Pod(Box::new(updated))).await {
+            // A newer pod is in the cache soon: the next pass writes again.
+            Ok(_) | Err(ApiError::Conflict(_)) | Err(ApiError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Stops the pod's containers (SIGTERM, `grace`, SIGKILL) and releases
+    /// everything it held: shim, root filesystems, sandbox, cgroups, files.
+    async fn stop_and_release(&self, dir: &Path, uid: &str, grace: Duration) {
+        self.pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(pod, _), _| pod != uid);
+        let shim_dir = dir.to_path_buf();
+        let cgroup = self.pod_cgroup(uid);
+        let released = blocking(move || release(&shim_dir, &cgroup, grace)).await;
+        match released {
+            Ok(()) => tracing::info!(pod_uid = %uid, "pod stopped and released"),
+            Err(error) => tracing::warn!(pod_uid = %uid, %error, "releasing the pod; will retry"),
+        }
+    }
+}
+
+/// Releases every pod held under `state_dir` at once (no grace) and the
+/// node's cgroups: what tearing a node down leaves behind is nothing.
+pub fn release_all(state_dir: &Path, node: &str) -> Result<(), String> {
+    let pods = state_dir.join("pods");
+    if let Ok(entries) = std::fs::read_dir(&pods) {
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            release(
+                &entry.path(),
+                &format!("/orch/{node}/pod{uid}"),
+                Duration::ZERO,
+            )?;
+        }
+    }
+    cgroups::remove(&format!("/orch/{node}")).map_err(|e| format!("cgroup /orch/{node}: {e}"))?;
+    // The shared parent goes once no node uses it.
+    let _ = cgroups::remove_if_empty("/orch");
+    Ok(())
+}
+
+fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> {
+    let shim = ShimClient::new(dir);
+    if shim.alive() {
+        let running = |shim: &ShimClient| -> Vec<String> {
+            shim.state()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.status == Status::Running)
+                .map(|c| c.id)
+                .collect()
+        };
+        for id in running(&shim) {
+            let _ = shim.call(&Request::Kill { id, signal: 15 });
+        }
+        let deadline = Instant::now() + grace;
+        while !running(&shim).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for id in running(&shim) {
+            let _ = shim.call(&Request::Kill { id, signal: 9 });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !running(&shim).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for container in shim.state().unwrap_or_default() {
+            shim.call(&Request::Delete {
+                id: container.id.clone(),
+            })
+            .map_err(|e| format!("deleting {}: {e}", container.id))?;
+        }
+        let _ = shim.call(&Request::Shutdown);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shim.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("containers")) {
+        for entry in entries.flatten() {
+            rootfs::remove(&entry.path())
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    sandbox::remove(dir).map_err(|e| e.to_string())?;
+    cgroups::remove(cgroup).map_err(|e| format!("cgroup {cgroup}: {e}"))?;
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("{}: {error}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -604,7 +604,7 @@ struct Release(std::path::PathBuf);
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Err(error) = orch_node::agent::pods::release_all(&self.0, "n1") {
+        if let Err(error) = orch_node::runtime::release::release_all(&self.0, "n1") {
             eprintln!("releasing node n1's pods: {error}");
         }
     }

@@ -5,6 +5,7 @@ pub mod container_config;
 pub mod machine;
 pub mod node_status;
 pub mod pod_files;
+pub mod pod_images;
 pub mod pod_status;
 pub mod pods;
 

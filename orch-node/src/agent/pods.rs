@@ -6,9 +6,8 @@
 //! (SIGTERM, the grace period, SIGKILL) before everything the pod held is
 //! released and the Pod object is finally removed.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -19,12 +18,14 @@ use orch_core::runtime::{Cache, Next, ObjectRef, WorkQueue};
 
 use super::container_config::{self, ConfigError};
 use super::pod_files;
+use super::pod_images::ImagePuller;
 use super::pod_status::{self, ContainerRecord};
+use crate::image::ImageStore;
 use crate::image::registry::RegistryClient;
-use crate::image::{ImageStore, Reference, unpack};
+use crate::runtime::release::release;
 use crate::runtime::shim::client::ShimClient;
 use crate::runtime::shim::protocol::{ContainerState, Request, Status};
-use crate::runtime::{cgroups, rootfs, sandbox, spec};
+use crate::runtime::{rootfs, sandbox, spec};
 
 /// First restart back-off; doubled per restart up to `MAX_BACKOFF`, reset
 /// after a container ran `BACKOFF_RESET` (the kubelet's numbers).
@@ -34,26 +35,17 @@ const BACKOFF_RESET: f64 = 600.0;
 /// How often a pod's containers are looked at while it runs.
 const RESYNC: Duration = Duration::from_secs(1);
 
-/// Failures of one container's image pulls.
-struct PullFailure {
-    at: Instant,
-    count: u32,
-    message: String,
-}
-
 pub struct PodManager {
     pub node: String,
     pub host_ip: String,
     pub pods_dir: PathBuf,
     /// The node's cgroup parent (`/orch/<node>`).
     pub cgroup_root: String,
-    pub images: Arc<ImageStore>,
-    pub registry: Arc<RegistryClient>,
+    pub images: Arc<ImagePuller>,
     pub cache: Arc<Cache>,
     pub queue: Arc<WorkQueue<ObjectRef>>,
     /// orch-node itself, run as each pod's shim.
     pub shim_binary: PathBuf,
-    pulls: Mutex<HashMap<(String, String), PullFailure>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -63,7 +55,7 @@ struct PodRecord {
     uid: String,
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(error) => std::panic::resume_unwind(error.into_panic()),
@@ -82,7 +74,7 @@ fn instance_of(id: &str) -> Option<(&str, i32)> {
     Some((name, attempt.parse().ok()?))
 }
 
-fn backoff(restarts: i32, ran_for: f64) -> Duration {
+pub(super) fn backoff(restarts: i32, ran_for: f64) -> Duration {
     if ran_for >= BACKOFF_RESET {
         return BASE_BACKOFF;
     }
@@ -107,12 +99,10 @@ impl PodManager {
             node,
             host_ip,
             pods_dir: state_dir.join("pods"),
-            images,
-            registry,
+            images: Arc::new(ImagePuller::new(images, registry)),
             cache,
             queue: WorkQueue::new(),
             shim_binary,
-            pulls: Mutex::default(),
         })
     }
 
@@ -256,110 +246,6 @@ impl PodManager {
         }
     }
 
-    /// Pulls (as the policy says) and unpacks the container's image.
-    async fn image_for(
-        &self,
-        uid: &str,
-        container: &Container,
-    ) -> Result<(crate::image::Image, Vec<PathBuf>, String), (String, String)> {
-        let name = container.image.clone().unwrap_or_default();
-        let reference =
-            Reference::parse(&name).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
-        let policy = container
-            .image_pull_policy
-            .clone()
-            .unwrap_or_else(|| "IfNotPresent".into());
-        let key = (uid.to_string(), container.name.clone());
-        let present = self.images.resolve(&reference).ok().flatten();
-        let needs_pull = match policy.as_str() {
-            "Always" => true,
-            "Never" => {
-                if present.is_none() {
-                    return Err((
-                        "ErrImageNeverPull".into(),
-                        format!("image {name} is not present with pull policy of Never"),
-                    ));
-                }
-                false
-            }
-            _ => present.is_none(),
-        };
-        let descriptor = if needs_pull {
-            if let Some(failure) = self
-                .pulls
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-            {
-                let wait = backoff(failure.count as i32 - 1, 0.0);
-                if failure.at.elapsed() < wait {
-                    return Err((
-                        "ImagePullBackOff".into(),
-                        format!("Back-off pulling image {name:?}: {}", failure.message),
-                    ));
-                }
-            }
-            match self.registry.pull(&self.images, &reference, None).await {
-                Ok(descriptor) => {
-                    self.pulls
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&key);
-                    descriptor
-                }
-                Err(error) if present.is_some() && policy == "Always" => {
-                    tracing::warn!(%error, image = %name, "pull failed; using the image present");
-                    present
-                        .clone()
-                        .ok_or_else(|| ("ErrImagePull".to_string(), error.to_string()))?
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-                    let count = pulls.get(&key).map_or(0, |f| f.count) + 1;
-                    pulls.insert(
-                        key,
-                        PullFailure {
-                            at: Instant::now(),
-                            count,
-                            message: message.clone(),
-                        },
-                    );
-                    return Err(("ErrImagePull".into(), message));
-                }
-            }
-        } else {
-            present.ok_or_else(|| {
-                (
-                    "ErrImagePull".to_string(),
-                    format!("image {name} vanished from the node"),
-                )
-            })?
-        };
-        let images = self.images.clone();
-        let unpacked = blocking(move || {
-            let image = images.image(&descriptor)?;
-            let layers = unpack::unpacked_layers(&images, &image)?;
-            Ok::<_, crate::image::StoreError>((image, layers))
-        })
-        .await
-        .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
-        let image_id = format!("{}@{}", reference.name(), unpacked.0.manifest_digest);
-        Ok((unpacked.0, unpacked.1, image_id))
-    }
-
-    /// `registry/repository@<manifest digest>` of the container's image as
-    /// the node holds it ("" when it holds none).
-    fn image_id(&self, container: &Container) -> String {
-        let Ok(reference) = Reference::parse(container.image.as_deref().unwrap_or_default()) else {
-            return String::new();
-        };
-        match self.images.resolve(&reference) {
-            Ok(Some(descriptor)) => format!("{}@{}", reference.name(), descriptor.digest),
-            _ => String::new(),
-        }
-    }
-
     /// Starts attempt `attempt` of `container`; (reason, message) on failure.
     #[allow(clippy::too_many_arguments)]
     async fn start_instance(
@@ -372,7 +258,7 @@ impl PodManager {
         volumes: &std::collections::BTreeMap<String, PathBuf>,
     ) -> Result<String, (String, String)> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (image, layers, image_id) = self.image_for(&uid, container).await?;
+        let (image, layers, image_id) = self.images.ensure(&uid, container).await?;
         let config_error =
             |e: ConfigError| ("CreateContainerConfigError".to_string(), e.to_string());
         let resolved = pod_files::env_values(client, pod, container, &self.node, &self.host_ip)
@@ -599,7 +485,7 @@ impl PodManager {
                     }
                 }
             } else {
-                record.image_id = self.image_id(container);
+                record.image_id = self.images.image_id(container);
             }
         }
         self.write_status(client, pod, &records).await?;
@@ -630,10 +516,7 @@ impl PodManager {
     /// Stops the pod's containers (SIGTERM, `grace`, SIGKILL) and releases
     /// everything it held: shim, root filesystems, sandbox, cgroups, files.
     async fn stop_and_release(&self, dir: &Path, uid: &str, grace: Duration) {
-        self.pulls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(pod, _), _| pod != uid);
+        self.images.forget(uid);
         let shim_dir = dir.to_path_buf();
         let cgroup = self.pod_cgroup(uid);
         let released = blocking(move || release(&shim_dir, &cgroup, grace)).await;
@@ -641,78 +524,5 @@ impl PodManager {
             Ok(()) => tracing::info!(pod_uid = %uid, "pod stopped and released"),
             Err(error) => tracing::warn!(pod_uid = %uid, %error, "releasing the pod; will retry"),
         }
-    }
-}
-
-/// Releases every pod held under `state_dir` at once (no grace) and the
-/// node's cgroups: what tearing a node down leaves behind is nothing.
-pub fn release_all(state_dir: &Path, node: &str) -> Result<(), String> {
-    let pods = state_dir.join("pods");
-    if let Ok(entries) = std::fs::read_dir(&pods) {
-        for entry in entries.flatten() {
-            let uid = entry.file_name().to_string_lossy().into_owned();
-            release(
-                &entry.path(),
-                &format!("/orch/{node}/pod{uid}"),
-                Duration::ZERO,
-            )?;
-        }
-    }
-    cgroups::remove(&format!("/orch/{node}")).map_err(|e| format!("cgroup /orch/{node}: {e}"))?;
-    // The shared parent goes once no node uses it.
-    let _ = cgroups::remove_if_empty("/orch");
-    Ok(())
-}
-
-fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> {
-    let shim = ShimClient::new(dir);
-    if shim.alive() {
-        let running = |shim: &ShimClient| -> Vec<String> {
-            shim.state()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.status == Status::Running)
-                .map(|c| c.id)
-                .collect()
-        };
-        for id in running(&shim) {
-            let _ = shim.call(&Request::Kill { id, signal: 15 });
-        }
-        let deadline = Instant::now() + grace;
-        while !running(&shim).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for id in running(&shim) {
-            let _ = shim.call(&Request::Kill { id, signal: 9 });
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !running(&shim).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for container in shim.state().unwrap_or_default() {
-            shim.call(&Request::Delete {
-                id: container.id.clone(),
-            })
-            .map_err(|e| format!("deleting {}: {e}", container.id))?;
-        }
-        let _ = shim.call(&Request::Shutdown);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shim.alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(dir.join("containers")) {
-        for entry in entries.flatten() {
-            rootfs::remove(&entry.path())
-                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-        }
-    }
-    sandbox::remove(dir).map_err(|e| e.to_string())?;
-    cgroups::remove(cgroup).map_err(|e| format!("cgroup {cgroup}: {e}"))?;
-    match std::fs::remove_dir_all(dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("{}: {error}", dir.display()))
-        }
-        _ => Ok(()),
     }
 }

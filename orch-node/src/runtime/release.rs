@@ -1,0 +1,84 @@
+//! Releasing a pod: its containers stopped (SIGTERM, the grace period,
+//! SIGKILL) and deleted through its shim, the shim stopped, and the root
+//! filesystems, sandbox, cgroups and files it held removed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::shim::client::ShimClient;
+use super::shim::protocol::{Request, Status};
+use super::{cgroups, rootfs, sandbox};
+
+/// Releases every pod held under `state_dir` at once (no grace) and the
+/// node's cgroups: what tearing a node down leaves behind is nothing.
+pub fn release_all(state_dir: &Path, node: &str) -> Result<(), String> {
+    let pods = state_dir.join("pods");
+    if let Ok(entries) = std::fs::read_dir(&pods) {
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            release(
+                &entry.path(),
+                &format!("/orch/{node}/pod{uid}"),
+                Duration::ZERO,
+            )?;
+        }
+    }
+    cgroups::remove(&format!("/orch/{node}")).map_err(|e| format!("cgroup /orch/{node}: {e}"))?;
+    // The shared parent goes once no node uses it.
+    let _ = cgroups::remove_if_empty("/orch");
+    Ok(())
+}
+
+/// Releases the pod in `dir` (whose cgroup is `cgroup`).
+pub fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> {
+    let shim = ShimClient::new(dir);
+    if shim.alive() {
+        let running = |shim: &ShimClient| -> Vec<String> {
+            shim.state()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.status == Status::Running)
+                .map(|c| c.id)
+                .collect()
+        };
+        for id in running(&shim) {
+            let _ = shim.call(&Request::Kill { id, signal: 15 });
+        }
+        let deadline = Instant::now() + grace;
+        while !running(&shim).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for id in running(&shim) {
+            let _ = shim.call(&Request::Kill { id, signal: 9 });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !running(&shim).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for container in shim.state().unwrap_or_default() {
+            shim.call(&Request::Delete {
+                id: container.id.clone(),
+            })
+            .map_err(|e| format!("deleting {}: {e}", container.id))?;
+        }
+        let _ = shim.call(&Request::Shutdown);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shim.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("containers")) {
+        for entry in entries.flatten() {
+            rootfs::remove(&entry.path())
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    sandbox::remove(dir).map_err(|e| e.to_string())?;
+    cgroups::remove(cgroup).map_err(|e| format!("cgroup {cgroup}: {e}"))?;
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("{}: {error}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

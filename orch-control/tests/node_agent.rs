@@ -464,6 +464,56 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A ConfigMap as a volume and as an environment value; the volume still
+    // holds its files seconds after the start (it is not rewritten under
+    // the running container).
+    client
+        .create(
+            &pod("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: default}\ndata: {greeting: hello-volume}\n"),
+            false,
+        )
+        .await
+        .expect("create configmap");
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: reader, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: config, configMap: {{name: settings}}}}]\n  containers:\n  - name: c\n    image: {image}\n    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}]\n    volumeMounts: [{{name: config, mountPath: /config}}]\n    command: [sh, -c, 'echo env=$GREETING; sleep 2.5; echo file=$(cat /config/greeting); sleep 1000']\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create reader pod");
+    until_status(
+        &mut client,
+        "reader",
+        Duration::from_secs(30),
+        "Running",
+        |s| s.phase.as_deref() == Some("Running"),
+    )
+    .await;
+    let Ok(Object::Pod(reader)) = client.get(Kind::Pod, Some("default"), "reader").await else {
+        panic!("reader pod")
+    };
+    let reader_log = state
+        .join("pods")
+        .join(reader.metadata.uid.clone().expect("uid"))
+        .join("logs/c/0.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&reader_log).unwrap_or_default();
+        if text.contains("file=") {
+            assert!(text.contains("stdout F env=hello-volume"), "{text}");
+            assert!(text.contains("stdout F file=hello-volume"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no file= line in {}: {text}",
+            reader_log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A container that fails: restarted with back-off (CrashLoopBackOff,
     // its exit in lastState). An image that does not exist: ErrImagePull.
     client
@@ -540,7 +590,16 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     )
     .await;
     assert_eq!(first_container(&adopted).restart_count, 0);
-    assert_eq!(first_container(&adopted).container_id, web.container_id);
+    // The same process, not one started again: same start time.
+    let started = |status: &k8s_openapi::api::core::v1::ContainerStatus| {
+        status
+            .state
+            .clone()
+            .and_then(|s| s.running)
+            .and_then(|r| r.started_at)
+    };
+    assert!(started(&web).is_some());
+    assert_eq!(started(&first_container(&adopted)), started(&web));
 
     // Deleted: SIGTERM (the trap says bye), then everything is released
     // and the Pod object goes.
@@ -572,7 +631,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
             .exists(),
         "the pod's cgroup is left"
     );
-    for name in ["crash", "missing"] {
+    for name in ["crash", "missing", "reader"] {
         client
             .delete(
                 Kind::Pod,

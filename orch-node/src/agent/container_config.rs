@@ -221,22 +221,21 @@ pub fn build(
                 container.name, mount.name
             ))
         })?;
-        let source = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
-            Some(sub)
-                if Path::new(sub)
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_))) =>
-            {
-                source.join(sub)
-            }
-            Some(sub) => {
-                return Err(ConfigError(format!(
-                    "volumeMounts {}: subPath {sub:?} must be relative, without ..",
-                    mount.name
-                )));
-            }
-            None => source.clone(),
-        };
+        // subPath needs mounting through a descriptor opened without
+        // following symlinks (a container could plant one in a shared
+        // volume and reach the host); until that is built it is refused.
+        if mount.sub_path.as_deref().is_some_and(|p| !p.is_empty())
+            || mount
+                .sub_path_expr
+                .as_deref()
+                .is_some_and(|p| !p.is_empty())
+        {
+            return Err(ConfigError(format!(
+                "container {}: volumeMounts {}: subPath is not supported by this node yet",
+                container.name, mount.name
+            )));
+        }
+        let source = source.clone();
         mounts.push(BindMount {
             source,
             destination: mount.mount_path.clone(),

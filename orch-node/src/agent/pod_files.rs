@@ -83,7 +83,25 @@ fn resource(kind: Kind) -> &'static str {
     }
 }
 
-/// Prepares the pod's volumes under `dir`; returns name -> host path.
+/// Where each of the pod's volumes is on the host (after `volumes` made
+/// them), without touching them.
+pub fn volume_paths(pod: &Pod, dir: &Path) -> BTreeMap<String, PathBuf> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .map(|volume| {
+            let path = match &volume.host_path {
+                Some(host) => PathBuf::from(&host.path),
+                None => dir.join(&volume.name),
+            };
+            (volume.name.clone(), path)
+        })
+        .collect()
+}
+
+/// Prepares the pod's volumes under `dir` (once, when the pod is set up:
+/// a configMap or secret volume is not rewritten under running
+/// containers); returns name -> host path.
 pub async fn volumes(
     client: &mut ApiClient,
     pod: &Pod,

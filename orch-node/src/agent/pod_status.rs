@@ -28,10 +28,12 @@ pub struct ContainerRecord {
     pub restart_count: i32,
 }
 
+/// Whole seconds, as a `Time` goes over the wire: a status built twice
+/// from the same facts must compare equal to what the API stored, or it
+/// would be written again on every pass.
 pub fn time(seconds: f64) -> Time {
-    let whole = seconds.floor();
     Time(
-        k8s_openapi::jiff::Timestamp::new(whole as i64, ((seconds - whole) * 1e9) as i32)
+        k8s_openapi::jiff::Timestamp::new(seconds.floor() as i64, 0)
             .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     )
 }
@@ -205,7 +207,7 @@ mod tests {
             pid: Some(1),
             exit_code: code,
             created_at: 100.0,
-            started_at: Some(101.0),
+            started_at: Some(101.5),
             finished_at: code.map(|_| 102.5),
             oom_killed: false,
         }
@@ -270,6 +272,26 @@ mod tests {
             .and_then(|s| s.terminated)
             .expect("terminated");
         assert_eq!(terminated.reason.as_deref(), Some("Completed"));
+    }
+
+    #[test]
+    fn times_survive_the_round_trip_through_the_api() {
+        let status = pod_status(
+            &pod(),
+            &[ContainerRecord {
+                name: "c".into(),
+                current: Some(instance("c-0", Status::Running, None)),
+                ..ContainerRecord::default()
+            }],
+            "10.0.0.1",
+            time(200.7),
+        );
+        let stored: PodStatus =
+            serde_json::from_value(serde_json::to_value(&status).expect("encode")).expect("decode");
+        assert_eq!(
+            stored, status,
+            "a status that was stored must equal one built again"
+        );
     }
 
     #[test]

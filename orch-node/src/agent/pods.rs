@@ -68,6 +68,14 @@ fn now_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Writes `path` whole or not at all.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// `<name>-<attempt>` -> (name, attempt).
 fn instance_of(id: &str) -> Option<(&str, i32)> {
     let (name, attempt) = id.rsplit_once('-')?;
@@ -164,7 +172,7 @@ impl PodManager {
                 && record.uid != uid
             {
                 self.stop_and_release(&dir, &record.uid, Duration::from_secs(2))
-                    .await;
+                    .await?;
             }
         }
         let Some(pod) = pod else {
@@ -181,8 +189,10 @@ impl PodManager {
                 })
                 .unwrap_or(30)
                 .max(0) as u64;
+            // The Pod goes only once everything it held is released: the
+            // API must not say it is gone while its processes run.
             self.stop_and_release(&self.pod_dir(&uid), &uid, Duration::from_secs(grace))
-                .await;
+                .await?;
             let options = DeleteRequest {
                 grace_period_seconds: Some(0),
                 uid: uid.clone(),
@@ -322,6 +332,75 @@ impl PodManager {
         Ok(image_id)
     }
 
+    /// Sets the pod up once: its directory and identity record, sandbox,
+    /// etc files and volumes (a `prepared` marker, written last, says it is
+    /// done); then makes sure its shim runs. Returns the volumes' paths.
+    async fn prepare(
+        &self,
+        client: &mut ApiClient,
+        pod: &Pod,
+        dir: &Path,
+    ) -> Result<std::collections::BTreeMap<String, PathBuf>, (String, String)> {
+        let failed = |reason: &str| {
+            let reason = reason.to_string();
+            move |e: String| (reason.clone(), e)
+        };
+        let marker = dir.join("prepared");
+        let volumes = if marker.exists() {
+            pod_files::volume_paths(pod, &dir.join("volumes"))
+        } else {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let namespace = pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))
+                .map_err(failed("CreateContainerError"))?;
+            // The identity first, so a pod set up halfway is still found
+            // (and released) by name.
+            let record = serde_json::to_vec(&PodRecord {
+                namespace,
+                name: name.clone(),
+                uid,
+            })
+            .map_err(|e| e.to_string())
+            .map_err(failed("CreateContainerError"))?;
+            write_atomically(&dir.join("pod.json"), &record)
+                .map_err(failed("CreateContainerError"))?;
+            let hostname = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .unwrap_or_else(|| name.clone());
+            let (sandbox_dir, host) = (dir.to_path_buf(), hostname.clone());
+            blocking(move || sandbox::create(&sandbox_dir, &host))
+                .await
+                .map_err(|e| format!("pod sandbox: {e}"))
+                .map_err(failed("CreateContainerError"))?;
+            let pod_ip = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
+            pod_files::write_etc(&dir.join("etc"), &hostname, &pod_ip)
+                .map_err(|e| e.to_string())
+                .map_err(failed("CreateContainerConfigError"))?;
+            let volumes = pod_files::volumes(client, pod, &dir.join("volumes"))
+                .await
+                .map_err(|e| e.to_string())
+                .map_err(failed("CreateContainerConfigError"))?;
+            write_atomically(&marker, b"").map_err(failed("CreateContainerError"))?;
+            volumes
+        };
+        self.ensure_shim(dir)
+            .await
+            .map_err(failed("CreateContainerError"))?;
+        Ok(volumes)
+    }
+
     /// One pass over a live pod; returns when to look again.
     async fn sync(&self, client: &mut ApiClient, pod: &Pod) -> Result<Duration, ApiError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -343,52 +422,16 @@ impl PodManager {
                 ..ContainerRecord::default()
             })
             .collect();
-        let prepared: Result<std::collections::BTreeMap<String, PathBuf>, (String, String)> =
-            async {
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    (
-                        "CreateContainerError".to_string(),
-                        format!("{}: {e}", dir.display()),
-                    )
-                })?;
-                let record = serde_json::to_vec(&PodRecord {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                })
-                .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-                std::fs::write(dir.join("pod.json"), record)
-                    .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-                let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
-                let sandbox_dir = dir.clone();
-                let host = hostname.clone();
-                blocking(move || sandbox::create(&sandbox_dir, &host))
-                    .await
-                    .map_err(|e| {
-                        (
-                            "CreateContainerError".to_string(),
-                            format!("pod sandbox: {e}"),
-                        )
-                    })?;
-                let pod_ip = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.clone())
-                    .unwrap_or_default();
-                pod_files::write_etc(&dir.join("etc"), &hostname, &pod_ip)
-                    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
-                let volumes = pod_files::volumes(client, pod, &dir.join("volumes"))
-                    .await
-                    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
-                self.ensure_shim(&dir)
-                    .await
-                    .map_err(|e| ("CreateContainerError".to_string(), e))?;
-                Ok(volumes)
-            }
-            .await;
+        // Once a pod is a terminal phase it is never run again.
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return Ok(Duration::from_secs(60));
+        }
+        let prepared = self.prepare(client, pod, &dir).await;
         let volumes = match prepared {
-            Ok(ready) => ready,
+            Ok(volumes) => volumes,
             Err(waiting) => {
+                // Nothing runs before the pod is set up: every container waits.
                 for record in &mut records {
                     record.waiting = Some(waiting.clone());
                 }
@@ -397,9 +440,15 @@ impl PodManager {
             }
         };
         let state_client = ShimClient::new(&dir);
-        let instances: Vec<ContainerState> = blocking(move || state_client.state())
-            .await
-            .unwrap_or_default();
+        let instances: Vec<ContainerState> = match blocking(move || state_client.state()).await {
+            Ok(instances) => instances,
+            Err(error) => {
+                // Unknown is not "none": starting containers again could
+                // run them twice. Look again shortly.
+                tracing::warn!(pod = %name, %error, "asking the pod's shim for its containers");
+                return Ok(Duration::from_secs(2));
+            }
+        };
         let restart_policy = spec
             .restart_policy
             .clone()
@@ -459,6 +508,23 @@ impl PodManager {
                         }
                     }
                 }
+                Some(current) if current.status == Status::Created => {
+                    // Created but never started (a start that failed or
+                    // was cut short): start it now.
+                    let (start, shim_dir) = (
+                        Request::Start {
+                            id: current.id.clone(),
+                        },
+                        dir.clone(),
+                    );
+                    if let Err(error) =
+                        blocking(move || ShimClient::new(&shim_dir).call(&start)).await
+                    {
+                        record.waiting = Some(("RunContainerError".into(), error.to_string()));
+                        next = next.min(Duration::from_secs(2));
+                    }
+                    None
+                }
                 Some(_) => None,
             };
             if let Some(attempt) = start_attempt {
@@ -515,14 +581,19 @@ impl PodManager {
 
     /// Stops the pod's containers (SIGTERM, `grace`, SIGKILL) and releases
     /// everything it held: shim, root filesystems, sandbox, cgroups, files.
-    async fn stop_and_release(&self, dir: &Path, uid: &str, grace: Duration) {
+    async fn stop_and_release(
+        &self,
+        dir: &Path,
+        uid: &str,
+        grace: Duration,
+    ) -> Result<(), ApiError> {
         self.images.forget(uid);
         let shim_dir = dir.to_path_buf();
         let cgroup = self.pod_cgroup(uid);
-        let released = blocking(move || release(&shim_dir, &cgroup, grace)).await;
-        match released {
-            Ok(()) => tracing::info!(pod_uid = %uid, "pod stopped and released"),
-            Err(error) => tracing::warn!(pod_uid = %uid, %error, "releasing the pod; will retry"),
-        }
+        blocking(move || release(&shim_dir, &cgroup, grace))
+            .await
+            .map_err(|error| ApiError::Unavailable(format!("releasing pod {uid}: {error}")))?;
+        tracing::info!(pod_uid = %uid, "pod stopped and released");
+        Ok(())
     }
 }

@@ -70,3 +70,34 @@ pub fn remove_if_empty(path: &str) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// SIGKILLs every process left in the cgroup `path` and below (in every
+/// hierarchy): what a dead shim can no longer stop. Returns how many.
+pub fn kill_all(path: &str) -> usize {
+    fn walk(dir: &Path, killed: &mut usize) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+                {
+                    *killed += 1;
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&entry.path(), killed);
+                }
+            }
+        }
+    }
+    let mut killed = 0;
+    for location in locations(path) {
+        walk(&location, &mut killed);
+    }
+    killed
+}

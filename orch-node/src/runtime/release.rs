@@ -73,6 +73,11 @@ pub fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> 
                 .map_err(|e| format!("{}: {e}", entry.path().display()))?;
         }
     }
+    // Whatever is still in the pod's cgroups (a shim that died left its
+    // containers behind) is killed before the cgroups go.
+    if cgroups::kill_all(cgroup) > 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     sandbox::remove(dir).map_err(|e| e.to_string())?;
     cgroups::remove(cgroup).map_err(|e| format!("cgroup {cgroup}: {e}"))?;
     match std::fs::remove_dir_all(dir) {

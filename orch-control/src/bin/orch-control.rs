@@ -3,10 +3,6 @@
 //! `--api-listen`; and the controller manager, whose controllers run on the
 //! replica holding their Lease. The scheduler joins it in later work.
 
-/// mimalloc: glibc's malloc took ~10% of a replica's CPU under write load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

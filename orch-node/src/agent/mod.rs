@@ -336,5 +336,7 @@ pub async fn run_pods(client: ApiClient, manager: std::sync::Arc<pods::PodManage
     .await;
 }
 
-/// Pods worked on at once (each pod by one worker at a time).
-const POD_WORKERS: usize = 4;
+/// Pods worked on at once (each pod by one worker at a time). Generous:
+/// a pod being stopped holds its worker for its grace period, and an image
+/// pull for its download.
+const POD_WORKERS: usize = 16;

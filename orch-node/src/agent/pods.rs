@@ -68,6 +68,20 @@ fn now_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The pods held on disk under `pods_dir`: (directory, record).
+fn local_pods_in(pods_dir: &Path) -> Vec<(PathBuf, PodRecord)> {
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let bytes = std::fs::read(entry.path().join("pod.json")).ok()?;
+            Some((entry.path(), serde_json::from_slice(&bytes).ok()?))
+        })
+        .collect()
+}
+
 /// Writes `path` whole or not at all.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let temporary = path.with_extension("tmp");
@@ -122,25 +136,12 @@ impl PodManager {
         format!("{}/pod{uid}", self.cgroup_root)
     }
 
-    /// The pods this node holds on disk: (directory, record).
-    fn local_pods(&self) -> Vec<(PathBuf, PodRecord)> {
-        let Ok(entries) = std::fs::read_dir(&self.pods_dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|entry| {
-                let bytes = std::fs::read(entry.path().join("pod.json")).ok()?;
-                Some((entry.path(), serde_json::from_slice(&bytes).ok()?))
-            })
-            .collect()
-    }
-
     /// Queues every pod held on disk that the API no longer has (found at
     /// start and every few seconds), so its worker releases it.
     pub async fn housekeeping(self: Arc<Self>) {
         loop {
-            for (_, record) in self.local_pods() {
+            let pods_dir = self.pods_dir.clone();
+            for (_, record) in blocking(move || local_pods_in(&pods_dir)).await {
                 self.queue.add(ObjectRef {
                     kind: Kind::Pod,
                     namespace: Some(record.namespace),
@@ -166,7 +167,11 @@ impl PodManager {
             .unwrap_or_default();
         // What is on disk under this name but is not this pod (deleted, or
         // deleted and created again) is released.
-        for (dir, record) in self.local_pods() {
+        let scan = {
+            let pods_dir = self.pods_dir.clone();
+            blocking(move || local_pods_in(&pods_dir)).await
+        };
+        for (dir, record) in scan {
             if Some(record.namespace.as_str()) == key.namespace.as_deref()
                 && record.name == key.name
                 && record.uid != uid

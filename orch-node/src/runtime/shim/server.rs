@@ -54,6 +54,12 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
     let socket = socket_path(pod_dir);
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // Only root (the agent) may talk to the shim.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", socket.display()))?;
+    }
     let (events, queue) = mpsc::channel::<Event>();
 
     let signals = events.clone();
@@ -211,11 +217,15 @@ fn handle(
             if entry.state.status == Status::Exited {
                 return Ok(Response::Ok);
             }
+            let everyone = signal == nix::sys::signal::Signal::SIGKILL as i32;
             let signal = libcontainer::signal::Signal::try_from(signal)
                 .map_err(|e| format!("signal {signal}: {e}"))?;
+            // Like runc and containerd: a signal goes to the container's
+            // init (its process decides what its children get); SIGKILL
+            // goes to every process of the container.
             entry
                 .container
-                .kill(signal, true)
+                .kill(signal, everyone)
                 .map_err(|e| format!("signalling {id}: {e}"))?;
             Ok(Response::Ok)
         }

@@ -514,6 +514,61 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // An init container runs to completion first: what it leaves in an
+    // emptyDir is there when the app container starts.
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: staged, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: work, emptyDir: {{}}}}]\n  initContainers:\n  - name: setup\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'sleep 0.5; echo prepared > /work/flag']\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'echo found=$(cat /work/flag); sleep 1000']\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create staged pod");
+    let staged = until_status(
+        &mut client,
+        "staged",
+        Duration::from_secs(30),
+        "Running",
+        |s| s.phase.as_deref() == Some("Running"),
+    )
+    .await;
+    let init = staged.init_container_statuses.clone().unwrap_or_default();
+    let setup = init
+        .first()
+        .and_then(|c| c.state.clone())
+        .and_then(|s| s.terminated)
+        .expect("the init container terminated");
+    assert_eq!(
+        (setup.exit_code, setup.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    let initialized = staged
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Initialized")
+        .map(|c| c.status.clone());
+    assert_eq!(initialized.as_deref(), Some("True"));
+    let Ok(Object::Pod(staged_pod)) = client.get(Kind::Pod, Some("default"), "staged").await else {
+        panic!("staged pod")
+    };
+    let staged_log = state
+        .join("pods")
+        .join(staged_pod.metadata.uid.clone().expect("uid"))
+        .join("logs/c/0.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&staged_log)
+        .unwrap_or_default()
+        .contains("stdout F found=prepared")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the app container did not see the init container's file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A container that fails: restarted with back-off (CrashLoopBackOff,
     // its exit in lastState). An image that does not exist: ErrImagePull.
     client
@@ -631,7 +686,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
             .exists(),
         "the pod's cgroup is left"
     );
-    for name in ["crash", "missing", "reader"] {
+    for name in ["crash", "missing", "reader", "staged"] {
         client
             .delete(
                 Kind::Pod,

@@ -148,9 +148,32 @@ fn condition(type_: &str, status: bool, previous: Option<&PodStatus>, now: &Time
 }
 
 /// The pod's status: `previous` (as stored) keeps what the agent does not
-/// decide (PodScheduled, startTime once set).
-pub fn pod_status(pod: &Pod, records: &[ContainerRecord], host_ip: &str, now: Time) -> PodStatus {
+/// decide (PodScheduled, startTime once set). `init` are the init
+/// containers, in order.
+pub fn pod_status(
+    pod: &Pod,
+    init: &[ContainerRecord],
+    records: &[ContainerRecord],
+    host_ip: &str,
+    now: Time,
+) -> PodStatus {
     let previous = pod.status.as_ref();
+    let init_succeeded = |r: &ContainerRecord| {
+        r.current
+            .as_ref()
+            .is_some_and(|c| c.status == Status::Exited && c.exit_code == Some(0))
+    };
+    let initialized = init.iter().all(init_succeeded);
+    // An init container that failed and will not be restarted fails the pod.
+    let init_failed = init.iter().any(|r| r.done && !init_succeeded(r));
+    let init_statuses: Vec<ContainerStatus> = init
+        .iter()
+        .map(|r| {
+            let mut status = container_status(r);
+            status.ready = init_succeeded(r);
+            status
+        })
+        .collect();
     let statuses: Vec<ContainerStatus> = records.iter().map(container_status).collect();
     let all_done = !records.is_empty() && records.iter().all(|r| r.done);
     let any_running = statuses
@@ -159,7 +182,11 @@ pub fn pod_status(pod: &Pod, records: &[ContainerRecord], host_ip: &str, now: Ti
     let any_started = records
         .iter()
         .any(|r| r.current.is_some() || r.restart_count > 0);
-    let phase = if all_done {
+    let phase = if init_failed {
+        "Failed"
+    } else if !initialized {
+        "Pending"
+    } else if all_done {
         let all_succeeded = records
             .iter()
             .all(|r| r.current.as_ref().and_then(|c| c.exit_code) == Some(0));
@@ -176,7 +203,7 @@ pub fn pod_status(pod: &Pod, records: &[ContainerRecord], host_ip: &str, now: Ti
         .into_iter()
         .filter(|c| !["Initialized", "ContainersReady", "Ready"].contains(&c.type_.as_str()))
         .collect();
-    conditions.push(condition("Initialized", true, previous, &now));
+    conditions.push(condition("Initialized", initialized, previous, &now));
     conditions.push(condition("ContainersReady", ready, previous, &now));
     conditions.push(condition("Ready", ready, previous, &now));
     PodStatus {
@@ -191,6 +218,7 @@ pub fn pod_status(pod: &Pod, records: &[ContainerRecord], host_ip: &str, now: Ti
         pod_ips: previous.and_then(|p| p.pod_ips.clone()),
         start_time: previous.and_then(|p| p.start_time.clone()).or(Some(now)),
         container_statuses: Some(statuses),
+        init_container_statuses: Some(init_statuses).filter(|s| !s.is_empty()),
         qos_class: previous.and_then(|p| p.qos_class.clone()),
         ..PodStatus::default()
     }
@@ -225,7 +253,7 @@ mod tests {
             current: Some(instance("c-0", Status::Running, None)),
             ..ContainerRecord::default()
         };
-        let status = pod_status(&pod(), &[running], "10.0.0.1", time(200.0));
+        let status = pod_status(&pod(), &[], &[running], "10.0.0.1", time(200.0));
         assert_eq!(status.phase.as_deref(), Some("Running"));
         let ready = status
             .conditions
@@ -242,7 +270,7 @@ mod tests {
             restart_count: 1,
             ..ContainerRecord::default()
         };
-        let status = pod_status(&pod(), &[looping], "10.0.0.1", time(200.0));
+        let status = pod_status(&pod(), &[], &[looping], "10.0.0.1", time(200.0));
         assert_eq!(status.phase.as_deref(), Some("Running"));
         let c = &status.container_statuses.expect("statuses")[0];
         let waiting = c
@@ -264,7 +292,7 @@ mod tests {
             done: true,
             ..ContainerRecord::default()
         };
-        let status = pod_status(&pod(), &[done], "10.0.0.1", time(200.0));
+        let status = pod_status(&pod(), &[], &[done], "10.0.0.1", time(200.0));
         assert_eq!(status.phase.as_deref(), Some("Succeeded"));
         let terminated = status.container_statuses.expect("statuses")[0]
             .state
@@ -278,6 +306,7 @@ mod tests {
     fn times_survive_the_round_trip_through_the_api() {
         let status = pod_status(
             &pod(),
+            &[],
             &[ContainerRecord {
                 name: "c".into(),
                 current: Some(instance("c-0", Status::Running, None)),
@@ -295,13 +324,54 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_gate_the_pod() {
+        let app = ContainerRecord {
+            name: "c".into(),
+            waiting: Some(("PodInitializing".into(), String::new())),
+            ..ContainerRecord::default()
+        };
+        let running_init = ContainerRecord {
+            name: "init".into(),
+            current: Some(instance("init-0", Status::Running, None)),
+            ..ContainerRecord::default()
+        };
+        let status = pod_status(
+            &pod(),
+            std::slice::from_ref(&running_init),
+            std::slice::from_ref(&app),
+            "",
+            time(5.0),
+        );
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        let initialized = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Initialized")
+            .expect("Initialized");
+        assert_eq!(initialized.status, "False");
+        assert_eq!(
+            status.init_container_statuses.as_ref().map(Vec::len),
+            Some(1)
+        );
+        let failed_init = ContainerRecord {
+            name: "init".into(),
+            current: Some(instance("init-0", Status::Exited, Some(2))),
+            done: true,
+            ..ContainerRecord::default()
+        };
+        let status = pod_status(&pod(), &[failed_init], &[app], "", time(5.0));
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
     fn a_container_never_started_keeps_the_pod_pending() {
         let pulling = ContainerRecord {
             name: "c".into(),
             waiting: Some(("ErrImagePull".into(), "manifest unknown".into())),
             ..ContainerRecord::default()
         };
-        let status = pod_status(&pod(), &[pulling], "10.0.0.1", time(200.0));
+        let status = pod_status(&pod(), &[], &[pulling], "10.0.0.1", time(200.0));
         assert_eq!(status.phase.as_deref(), Some("Pending"));
         let c = &status.container_statuses.expect("statuses")[0];
         let waiting = c

@@ -410,11 +410,6 @@ impl PodManager {
     async fn sync(&self, client: &mut ApiClient, pod: &Pod) -> Result<Duration, ApiError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
         let dir = self.pod_dir(&uid);
         let spec = pod.spec.clone().unwrap_or_default();
         let mut next = RESYNC;
@@ -440,7 +435,7 @@ impl PodManager {
                 for record in &mut records {
                     record.waiting = Some(waiting.clone());
                 }
-                self.write_status(client, pod, &records).await?;
+                self.write_status(client, pod, &[], &records).await?;
                 return Ok(Duration::from_secs(5));
             }
         };
@@ -458,119 +453,203 @@ impl PodManager {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
-        for (container, record) in spec.containers.iter().zip(records.iter_mut()) {
-            let mut mine: Vec<(i32, &ContainerState)> = instances
-                .iter()
-                .filter_map(|i| {
-                    instance_of(&i.id)
-                        .filter(|(n, _)| *n == container.name)
-                        .map(|(_, a)| (a, i))
-                })
-                .collect();
-            mine.sort_by_key(|(attempt, _)| *attempt);
-            // Older instances than the one before the current go.
-            while mine.len() > 2 {
-                let (_, old) = mine.remove(0);
-                let (id, dir_for) = (old.id.clone(), dir.clone());
-                blocking(move || {
-                    let _ = ShimClient::new(&dir_for).call(&Request::Delete { id: id.clone() });
-                    let _ = rootfs::remove(&dir_for.join("containers").join(&id));
-                })
-                .await;
-            }
-            record.current = mine.last().map(|(_, i)| (*i).clone());
-            record.previous = mine.len().checked_sub(2).map(|i| mine[i].1.clone());
-            record.restart_count = mine.last().map_or(0, |(a, _)| *a);
-            let start_attempt = match &record.current {
-                None => Some(0),
-                Some(current) if current.status == Status::Exited => {
-                    let failed = current.exit_code != Some(0);
-                    let restart =
-                        restart_policy == "Always" || (restart_policy == "OnFailure" && failed);
-                    if !restart {
-                        record.done = true;
-                        None
-                    } else {
-                        let ran =
-                            current.finished_at.unwrap_or(0.0) - current.started_at.unwrap_or(0.0);
-                        let wait = backoff(record.restart_count, ran);
-                        let since = now_seconds() - current.finished_at.unwrap_or(0.0);
-                        if since >= wait.as_secs_f64() {
-                            Some(record.restart_count + 1)
-                        } else {
-                            record.waiting = Some((
-                                "CrashLoopBackOff".into(),
-                                format!(
-                                    "back-off {}s restarting failed container={} pod={name}_{namespace}({uid})",
-                                    wait.as_secs(),
-                                    container.name
-                                ),
-                            ));
-                            next = next.min(Duration::from_secs_f64(
-                                (wait.as_secs_f64() - since).max(0.1),
-                            ));
-                            None
-                        }
-                    }
-                }
-                Some(current) if current.status == Status::Created => {
-                    // Created but never started (a start that failed or
-                    // was cut short): start it now.
-                    let (start, shim_dir) = (
-                        Request::Start {
-                            id: current.id.clone(),
-                        },
-                        dir.clone(),
-                    );
-                    if let Err(error) =
-                        blocking(move || ShimClient::new(&shim_dir).call(&start)).await
-                    {
-                        record.waiting = Some(("RunContainerError".into(), error.to_string()));
-                        next = next.min(Duration::from_secs(2));
-                    }
-                    None
-                }
-                Some(_) => None,
+        // Init containers first, one at a time, each to success (restarted
+        // on failure unless the policy is Never); then the app containers.
+        let init_policy = if restart_policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        let mut init_records: Vec<ContainerRecord> = Vec::new();
+        let mut initialized = true;
+        for container in spec.init_containers.iter().flatten() {
+            let mut record = ContainerRecord {
+                name: container.name.clone(),
+                image: container.image.clone().unwrap_or_default(),
+                ..ContainerRecord::default()
             };
-            if let Some(attempt) = start_attempt {
-                match self
-                    .start_instance(client, pod, &dir, container, attempt, &volumes)
-                    .await
-                {
-                    Ok(image_id) => {
-                        record.image_id = image_id;
-                        let state_client = ShimClient::new(&dir);
-                        let id = format!("{}-{attempt}", container.name);
-                        let fresh = blocking(move || state_client.state())
-                            .await
-                            .unwrap_or_default();
-                        record.previous = record.current.take();
-                        record.current = fresh.into_iter().find(|i| i.id == id);
-                        record.restart_count = attempt;
-                        record.done = false;
-                        record.waiting = None;
-                    }
-                    Err(waiting) => {
-                        record.waiting = Some(waiting);
-                        next = next.min(Duration::from_secs(2));
-                    }
+            if initialized {
+                self.step(
+                    client,
+                    pod,
+                    &dir,
+                    &instances,
+                    container,
+                    &mut record,
+                    init_policy,
+                    &volumes,
+                    &mut next,
+                )
+                .await;
+                let succeeded = record
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.status == Status::Exited && c.exit_code == Some(0));
+                if succeeded {
+                    record.done = true;
+                    record.waiting = None;
                 }
+                initialized = succeeded;
             } else {
-                record.image_id = self.images.image_id(container);
+                record.waiting = Some(("PodInitializing".into(), String::new()));
+            }
+            init_records.push(record);
+        }
+        for (container, record) in spec.containers.iter().zip(records.iter_mut()) {
+            if initialized {
+                self.step(
+                    client,
+                    pod,
+                    &dir,
+                    &instances,
+                    container,
+                    record,
+                    &restart_policy,
+                    &volumes,
+                    &mut next,
+                )
+                .await;
+            } else {
+                record.waiting = Some(("PodInitializing".into(), String::new()));
             }
         }
-        self.write_status(client, pod, &records).await?;
+        self.write_status(client, pod, &init_records, &records)
+            .await?;
         Ok(next)
+    }
+
+    /// One container's turn: what the shim says of its instances, and a
+    /// (re)start when it has none or its last one exited and `policy`
+    /// says so (after the back-off).
+    #[allow(clippy::too_many_arguments)]
+    async fn step(
+        &self,
+        client: &mut ApiClient,
+        pod: &Pod,
+        dir: &Path,
+        instances: &[ContainerState],
+        container: &Container,
+        record: &mut ContainerRecord,
+        policy: &str,
+        volumes: &std::collections::BTreeMap<String, PathBuf>,
+        next: &mut Duration,
+    ) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let dir = dir.to_path_buf();
+        let mut mine: Vec<(i32, &ContainerState)> = instances
+            .iter()
+            .filter_map(|i| {
+                instance_of(&i.id)
+                    .filter(|(n, _)| *n == container.name)
+                    .map(|(_, a)| (a, i))
+            })
+            .collect();
+        mine.sort_by_key(|(attempt, _)| *attempt);
+        // Older instances than the one before the current go.
+        while mine.len() > 2 {
+            let (_, old) = mine.remove(0);
+            let (id, dir_for) = (old.id.clone(), dir.clone());
+            blocking(move || {
+                let _ = ShimClient::new(&dir_for).call(&Request::Delete { id: id.clone() });
+                let _ = rootfs::remove(&dir_for.join("containers").join(&id));
+            })
+            .await;
+        }
+        record.current = mine.last().map(|(_, i)| (*i).clone());
+        record.previous = mine.len().checked_sub(2).map(|i| mine[i].1.clone());
+        record.restart_count = mine.last().map_or(0, |(a, _)| *a);
+        let start_attempt = match &record.current {
+            None => Some(0),
+            Some(current) if current.status == Status::Exited => {
+                let failed = current.exit_code != Some(0);
+                let restart = policy == "Always" || (policy == "OnFailure" && failed);
+                if !restart {
+                    record.done = true;
+                    None
+                } else {
+                    let ran =
+                        current.finished_at.unwrap_or(0.0) - current.started_at.unwrap_or(0.0);
+                    let wait = backoff(record.restart_count, ran);
+                    let since = now_seconds() - current.finished_at.unwrap_or(0.0);
+                    if since >= wait.as_secs_f64() {
+                        Some(record.restart_count + 1)
+                    } else {
+                        record.waiting = Some((
+                            "CrashLoopBackOff".into(),
+                            format!(
+                                "back-off {}s restarting failed container={} pod={name}_{namespace}({uid})",
+                                wait.as_secs(),
+                                container.name
+                            ),
+                        ));
+                        *next = (*next).min(Duration::from_secs_f64(
+                            (wait.as_secs_f64() - since).max(0.1),
+                        ));
+                        None
+                    }
+                }
+            }
+            Some(current) if current.status == Status::Created => {
+                // Created but never started (a start that failed or
+                // was cut short): start it now.
+                let (start, shim_dir) = (
+                    Request::Start {
+                        id: current.id.clone(),
+                    },
+                    dir.clone(),
+                );
+                if let Err(error) = blocking(move || ShimClient::new(&shim_dir).call(&start)).await
+                {
+                    record.waiting = Some(("RunContainerError".into(), error.to_string()));
+                    *next = (*next).min(Duration::from_secs(2));
+                }
+                None
+            }
+            Some(_) => None,
+        };
+        if let Some(attempt) = start_attempt {
+            match self
+                .start_instance(client, pod, &dir, container, attempt, volumes)
+                .await
+            {
+                Ok(image_id) => {
+                    record.image_id = image_id;
+                    let state_client = ShimClient::new(&dir);
+                    let id = format!("{}-{attempt}", container.name);
+                    let fresh = blocking(move || state_client.state())
+                        .await
+                        .unwrap_or_default();
+                    record.previous = record.current.take();
+                    record.current = fresh.into_iter().find(|i| i.id == id);
+                    record.restart_count = attempt;
+                    record.done = false;
+                    record.waiting = None;
+                }
+                Err(waiting) => {
+                    record.waiting = Some(waiting);
+                    *next = (*next).min(Duration::from_secs(2));
+                }
+            }
+        } else {
+            record.image_id = self.images.image_id(container);
+        }
     }
 
     async fn write_status(
         &self,
         client: &mut ApiClient,
         pod: &Pod,
+        init_records: &[ContainerRecord],
         records: &[ContainerRecord],
     ) -> Result<(), ApiError> {
         let now = pod_status::time(now_seconds());
-        let fresh = pod_status::pod_status(pod, records, &self.host_ip, now);
+        let fresh = pod_status::pod_status(pod, init_records, records, &self.host_ip, now);
         let unchanged = pod.status.as_ref() == Some(&fresh);
         if unchanged {
             return Ok(());

@@ -4,6 +4,7 @@
 pub mod container_config;
 pub mod machine;
 pub mod node_status;
+mod pod_containers;
 pub mod pod_files;
 pub mod pod_images;
 pub mod pod_status;

@@ -10,22 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use orch_core::api::proto::DeleteRequest;
 use orch_core::api::{ApiClient, ApiError};
 use orch_core::object::{Kind, Object};
 use orch_core::runtime::{Cache, Next, ObjectRef, WorkQueue};
 
-use super::container_config::{self, ConfigError};
 use super::pod_files;
 use super::pod_images::ImagePuller;
 use super::pod_status::{self, ContainerRecord};
 use crate::image::ImageStore;
 use crate::image::registry::RegistryClient;
 use crate::runtime::release::release;
+use crate::runtime::sandbox;
 use crate::runtime::shim::client::ShimClient;
-use crate::runtime::shim::protocol::{ContainerState, Request, Status};
-use crate::runtime::{rootfs, sandbox, spec};
+use crate::runtime::shim::protocol::{ContainerState, Status};
 
 /// First restart back-off; doubled per restart up to `MAX_BACKOFF`, reset
 /// after a container ran `BACKOFF_RESET` (the kubelet's numbers).
@@ -62,7 +61,7 @@ pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send 
     }
 }
 
-fn now_seconds() -> f64 {
+pub(super) fn now_seconds() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -91,7 +90,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// `<name>-<attempt>` -> (name, attempt).
-fn instance_of(id: &str) -> Option<(&str, i32)> {
+pub(super) fn instance_of(id: &str) -> Option<(&str, i32)> {
     let (name, attempt) = id.rsplit_once('-')?;
     Some((name, attempt.parse().ok()?))
 }
@@ -132,7 +131,7 @@ impl PodManager {
         self.pods_dir.join(uid)
     }
 
-    fn pod_cgroup(&self, uid: &str) -> String {
+    pub(super) fn pod_cgroup(&self, uid: &str) -> String {
         format!("{}/pod{uid}", self.cgroup_root)
     }
 
@@ -259,82 +258,6 @@ impl PodManager {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Starts attempt `attempt` of `container`; (reason, message) on failure.
-    #[allow(clippy::too_many_arguments)]
-    async fn start_instance(
-        &self,
-        client: &mut ApiClient,
-        pod: &Pod,
-        dir: &Path,
-        container: &Container,
-        attempt: i32,
-        volumes: &std::collections::BTreeMap<String, PathBuf>,
-    ) -> Result<String, (String, String)> {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (image, layers, image_id) = self.images.ensure(&uid, container).await?;
-        let config_error =
-            |e: ConfigError| ("CreateContainerConfigError".to_string(), e.to_string());
-        let resolved = pod_files::env_values(client, pod, container, &self.node, &self.host_ip)
-            .await
-            .map_err(config_error)?;
-        let id = format!("{}-{attempt}", container.name);
-        let container_dir = dir.join("containers").join(&id);
-        let mount_dir = container_dir.clone();
-        let root = blocking(move || rootfs::mount(&mount_dir, &layers))
-            .await
-            .map_err(|e| {
-                (
-                    "CreateContainerError".to_string(),
-                    format!("root filesystem: {e}"),
-                )
-            })?;
-        let built = container_config::build(
-            pod,
-            container,
-            &image.config,
-            root,
-            sandbox::namespaces(dir),
-            format!("{}/{id}", self.pod_cgroup(&uid)),
-            &dir.join("etc"),
-            volumes,
-            &resolved,
-        )
-        .map_err(config_error)?;
-        let config = spec::runtime_spec(&built.spec);
-        let bytes = serde_json::to_vec_pretty(&config)
-            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-        std::fs::write(container_dir.join("config.json"), bytes).map_err(|e| {
-            (
-                "CreateContainerError".to_string(),
-                format!("config.json: {e}"),
-            )
-        })?;
-        let log = dir
-            .join("logs")
-            .join(&container.name)
-            .join(format!("{attempt}.log"));
-        let (create, start) = (
-            Request::Create {
-                id: id.clone(),
-                bundle: container_dir.clone(),
-                log,
-            },
-            Request::Start { id: id.clone() },
-        );
-        let shim_for_call = ShimClient::new(dir);
-        let created = blocking(move || shim_for_call.call(&create).map(|_| ())).await;
-        if let Err(error) = created {
-            let _ = blocking(move || rootfs::remove(&container_dir)).await;
-            return Err(("CreateContainerError".into(), error.to_string()));
-        }
-        let shim_for_call = ShimClient::new(dir);
-        blocking(move || shim_for_call.call(&start).map(|_| ()))
-            .await
-            .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
-        tracing::info!(pod = %pod.metadata.name.clone().unwrap_or_default(), container = %container.name, attempt, "container started");
-        Ok(image_id)
     }
 
     /// Sets the pod up once: its directory and identity record, sandbox,
@@ -516,129 +439,6 @@ impl PodManager {
         self.write_status(client, pod, &init_records, &records)
             .await?;
         Ok(next)
-    }
-
-    /// One container's turn: what the shim says of its instances, and a
-    /// (re)start when it has none or its last one exited and `policy`
-    /// says so (after the back-off).
-    #[allow(clippy::too_many_arguments)]
-    async fn step(
-        &self,
-        client: &mut ApiClient,
-        pod: &Pod,
-        dir: &Path,
-        instances: &[ContainerState],
-        container: &Container,
-        record: &mut ContainerRecord,
-        policy: &str,
-        volumes: &std::collections::BTreeMap<String, PathBuf>,
-        next: &mut Duration,
-    ) {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let dir = dir.to_path_buf();
-        let mut mine: Vec<(i32, &ContainerState)> = instances
-            .iter()
-            .filter_map(|i| {
-                instance_of(&i.id)
-                    .filter(|(n, _)| *n == container.name)
-                    .map(|(_, a)| (a, i))
-            })
-            .collect();
-        mine.sort_by_key(|(attempt, _)| *attempt);
-        // Older instances than the one before the current go.
-        while mine.len() > 2 {
-            let (_, old) = mine.remove(0);
-            let (id, dir_for) = (old.id.clone(), dir.clone());
-            blocking(move || {
-                let _ = ShimClient::new(&dir_for).call(&Request::Delete { id: id.clone() });
-                let _ = rootfs::remove(&dir_for.join("containers").join(&id));
-            })
-            .await;
-        }
-        record.current = mine.last().map(|(_, i)| (*i).clone());
-        record.previous = mine.len().checked_sub(2).map(|i| mine[i].1.clone());
-        record.restart_count = mine.last().map_or(0, |(a, _)| *a);
-        let start_attempt = match &record.current {
-            None => Some(0),
-            Some(current) if current.status == Status::Exited => {
-                let failed = current.exit_code != Some(0);
-                let restart = policy == "Always" || (policy == "OnFailure" && failed);
-                if !restart {
-                    record.done = true;
-                    None
-                } else {
-                    let ran =
-                        current.finished_at.unwrap_or(0.0) - current.started_at.unwrap_or(0.0);
-                    let wait = backoff(record.restart_count, ran);
-                    let since = now_seconds() - current.finished_at.unwrap_or(0.0);
-                    if since >= wait.as_secs_f64() {
-                        Some(record.restart_count + 1)
-                    } else {
-                        record.waiting = Some((
-                            "CrashLoopBackOff".into(),
-                            format!(
-                                "back-off {}s restarting failed container={} pod={name}_{namespace}({uid})",
-                                wait.as_secs(),
-                                container.name
-                            ),
-                        ));
-                        *next = (*next).min(Duration::from_secs_f64(
-                            (wait.as_secs_f64() - since).max(0.1),
-                        ));
-                        None
-                    }
-                }
-            }
-            Some(current) if current.status == Status::Created => {
-                // Created but never started (a start that failed or
-                // was cut short): start it now.
-                let (start, shim_dir) = (
-                    Request::Start {
-                        id: current.id.clone(),
-                    },
-                    dir.clone(),
-                );
-                if let Err(error) = blocking(move || ShimClient::new(&shim_dir).call(&start)).await
-                {
-                    record.waiting = Some(("RunContainerError".into(), error.to_string()));
-                    *next = (*next).min(Duration::from_secs(2));
-                }
-                None
-            }
-            Some(_) => None,
-        };
-        if let Some(attempt) = start_attempt {
-            match self
-                .start_instance(client, pod, &dir, container, attempt, volumes)
-                .await
-            {
-                Ok(image_id) => {
-                    record.image_id = image_id;
-                    let state_client = ShimClient::new(&dir);
-                    let id = format!("{}-{attempt}", container.name);
-                    let fresh = blocking(move || state_client.state())
-                        .await
-                        .unwrap_or_default();
-                    record.previous = record.current.take();
-                    record.current = fresh.into_iter().find(|i| i.id == id);
-                    record.restart_count = attempt;
-                    record.done = false;
-                    record.waiting = None;
-                }
-                Err(waiting) => {
-                    record.waiting = Some(waiting);
-                    *next = (*next).min(Duration::from_secs(2));
-                }
-            }
-        } else {
-            record.image_id = self.images.image_id(container);
-        }
     }
 
     async fn write_status(

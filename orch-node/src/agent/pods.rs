@@ -229,6 +229,8 @@ impl PodManager {
             .stdout(std::process::Stdio::null())
             .stderr(log);
         // Its own session: the shim outlives the agent and its signals.
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setsid(2), which is async-signal-safe; it allocates nothing.
         unsafe {
             use std::os::unix::process::CommandExt as _;
             command.pre_exec(|| {

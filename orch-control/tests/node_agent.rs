@@ -569,6 +569,39 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Probes: ready once its port answers (tcpSocket); restarted when its
+    // liveness check (httpGet) fails twice, with restartCount counting it.
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    ports: [{{name: http, containerPort: 8080}}]\n    command: [sh, -c, 'mkdir -p /www; echo ok > /www/healthz; (sleep 4; rm /www/healthz) & exec httpd -f -p 8080 -h /www']\n    readinessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 1}}\n    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 2}}\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create probed pod");
+    until_status(
+        &mut client,
+        "probed",
+        Duration::from_secs(30),
+        "ready",
+        |s| first_container(s).ready,
+    )
+    .await;
+    let restarted = until_status(
+        &mut client,
+        "probed",
+        Duration::from_secs(60),
+        "restarted by its liveness probe",
+        |s| first_container(s).restart_count >= 1,
+    )
+    .await;
+    let last = first_container(&restarted)
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated after a liveness restart");
+    assert_ne!(last.exit_code, 0, "{last:?}");
+
     // A container that fails: restarted with back-off (CrashLoopBackOff,
     // its exit in lastState). An image that does not exist: ErrImagePull.
     client
@@ -686,7 +719,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
             .exists(),
         "the pod's cgroup is left"
     );
-    for name in ["crash", "missing", "reader", "staged"] {
+    for name in ["crash", "missing", "reader", "staged", "probed"] {
         client
             .delete(
                 Kind::Pod,

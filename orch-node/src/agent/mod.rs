@@ -9,6 +9,7 @@ pub mod pod_files;
 pub mod pod_images;
 pub mod pod_status;
 pub mod pods;
+pub mod probes;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -110,7 +110,39 @@ impl PodManager {
                 }
                 None
             }
-            Some(_) => None,
+            Some(current) => {
+                // Running: what its probes say.
+                let grace = Duration::from_secs(
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(0) as u64,
+                );
+                let netns = sandbox::namespaces(&dir).network;
+                let verdict = self
+                    .prober
+                    .check(&uid, &netns, container, current, grace)
+                    .await;
+                record.ready = Some(verdict.ready);
+                if let Some((reason, signal)) = verdict.restart {
+                    if signal != 0 {
+                        tracing::info!(pod = %name, container = %container.name, %reason, signal, "restarting the container");
+                        let (kill, shim_dir) = (
+                            Request::Kill {
+                                id: current.id.clone(),
+                                signal,
+                            },
+                            dir.clone(),
+                        );
+                        let _ = blocking(move || ShimClient::new(&shim_dir).call(&kill)).await;
+                    }
+                    *next = (*next).min(Duration::from_millis(500));
+                }
+                // The next probe is due within its period.
+                *next = (*next).min(Duration::from_secs(1));
+                None
+            }
         };
         if let Some(attempt) = start_attempt {
             match self

@@ -26,6 +26,8 @@ pub struct ContainerRecord {
     /// Exited and not to be started again (restart policy).
     pub done: bool,
     pub restart_count: i32,
+    /// What the readiness (and startup) probes say, when it has one.
+    pub ready: Option<bool>,
 }
 
 /// Whole seconds, as a `Time` goes over the wire: a status built twice
@@ -117,7 +119,7 @@ pub fn container_status(record: &ContainerRecord) -> ContainerStatus {
         image: record.image.clone(),
         image_id: record.image_id.clone(),
         container_id: record.current.as_ref().map(|c| format!("orch://{}", c.id)),
-        ready: running,
+        ready: running && record.ready.unwrap_or(true),
         started: Some(running),
         restart_count: record.restart_count,
         state: Some(state),

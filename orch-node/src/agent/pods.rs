@@ -45,6 +45,7 @@ pub struct PodManager {
     pub queue: Arc<WorkQueue<ObjectRef>>,
     /// orch-node itself, run as each pod's shim.
     pub shim_binary: PathBuf,
+    pub prober: super::probes::Prober,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -124,6 +125,7 @@ impl PodManager {
             cache,
             queue: WorkQueue::new(),
             shim_binary,
+            prober: super::probes::Prober::default(),
         })
     }
 
@@ -474,6 +476,7 @@ impl PodManager {
         grace: Duration,
     ) -> Result<(), ApiError> {
         self.images.forget(uid);
+        self.prober.forget(uid);
         let shim_dir = dir.to_path_buf();
         let cgroup = self.pod_cgroup(uid);
         blocking(move || release(&shim_dir, &cgroup, grace))

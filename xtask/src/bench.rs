@@ -12,17 +12,24 @@ pub enum Bench {
     Store,
     /// The API of a 3-replica control plane holding 10,000 pods.
     Api,
+    /// orch-node's container runtime next to runc and crun.
+    Pods,
 }
 
 pub fn run(bench: Bench, args: &[String]) -> Result<()> {
     setup::run()?;
-    let name = match bench {
-        Bench::Store => "store",
-        Bench::Api => "api",
+    let (package, name) = match bench {
+        Bench::Store => ("orch-control", "store"),
+        Bench::Api => ("orch-control", "api"),
+        Bench::Pods => ("orch-node", "pods"),
     };
+    if let Bench::Pods = bench {
+        // The shim the benchmark runs is the release orch-node.
+        run_command(cargo().args(["build", "--release", "-p", "orch-node"]))?;
+    }
     run_command(
         cargo()
-            .args(["bench", "-p", "orch-control", "--bench", name, "--"])
+            .args(["bench", "-p", package, "--bench", name, "--"])
             .args(args),
     )
 }

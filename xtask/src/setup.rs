@@ -17,10 +17,13 @@ use crate::{cargo, output, run_command};
 /// protobuf-compiler (protoc, for the gRPC definitions), etcd-server and
 /// etcd-client (etcd and etcdctl: the anchor `cargo xtask bench store`
 /// measures orch's store against), docker-registry (the OCI registry the
-/// image tests pull from, started on loopback by the tests).
+/// image tests pull from, started on loopback by the tests), runc and crun
+/// (the anchors `cargo xtask bench pods` measures orch-node's runtime
+/// against).
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
+    "crun",
     "docker-registry",
     "etcd-client",
     "etcd-server",
@@ -29,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "pkg-config",
     "procps",
     "protobuf-compiler",
+    "runc",
 ];
 
 /// bpf-linker links the kernel programs; pinned so builds don't move.

@@ -1,0 +1,206 @@
+//! `cargo xtask bench pods`: orch-node's container runtime next to runc
+//! and crun (Debian's) on the same bundle, in the same run: create, start,
+//! wait and delete of `true`, one container after another. A benchmark,
+//! not a test: it prints figures and ratios, it never fails on them.
+//!
+//! All three run the same config.json (the spec orch-node builds: new pid
+//! and mount namespaces, the pod sandbox's network/IPC/UTS joined, cgroup
+//! limits, capabilities, seccomp) on the same read-only busybox root.
+//! crun refuses this host's hybrid cgroup layout, so it runs in a mount
+//! namespace of its own without /sys/fs/cgroup/unified, one shell loop
+//! timing each run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch_node::image::build::{self, BUSYBOX};
+use orch_node::image::{ImageStore, Reference, unpack};
+use orch_node::runtime::shim::client::ShimClient;
+use orch_node::runtime::shim::protocol::{Request, Status};
+use orch_node::runtime::spec::{ContainerSpec, Resources};
+use orch_node::runtime::{cgroups, sandbox, spec};
+
+const RUNS: usize = 200;
+
+fn median_and_p99(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |p: f64| {
+        let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[index].as_secs_f64() * 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+fn bundle(dir: &Path, rootfs: &Path, pod_dir: &Path, cgroup: &str) -> PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    let config = ContainerSpec {
+        args: vec!["/bin/true".into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        rootfs: rootfs.to_path_buf(),
+        readonly_rootfs: true,
+        privileged: false,
+        add_capabilities: vec![],
+        drop_capabilities: vec![],
+        seccomp: true,
+        no_new_privileges: true,
+        namespaces: sandbox::namespaces(pod_dir),
+        cgroups_path: cgroup.into(),
+        resources: Resources {
+            memory_limit: 64 << 20,
+            pids_limit: 100,
+            ..Resources::default()
+        },
+        mounts: vec![],
+        oom_score_adj: 0,
+    };
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec::runtime_spec(&config)).expect("spec"),
+    )
+    .expect("config.json");
+    bundle
+}
+
+fn orch(pod_dir: &Path, bundle: &Path) -> Vec<Duration> {
+    let shim_binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/orch-node");
+    let mut shim = Command::new(&shim_binary)
+        .args(["shim", "--pod-dir"])
+        .arg(pod_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (cargo build --release -p orch-node first)",
+                shim_binary.display()
+            )
+        });
+    let client = ShimClient::new(pod_dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.alive() {
+        assert!(Instant::now() < deadline, "the shim did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = pod_dir.join("bench.log");
+    let mut samples = Vec::with_capacity(RUNS);
+    for i in 0..RUNS {
+        let id = format!("true-{i}");
+        let started = Instant::now();
+        client
+            .call(&Request::Create {
+                id: id.clone(),
+                bundle: bundle.to_path_buf(),
+                log: log.clone(),
+            })
+            .expect("create");
+        client
+            .call(&Request::Start { id: id.clone() })
+            .expect("start");
+        loop {
+            let state = client.state().expect("state");
+            if state
+                .iter()
+                .any(|c| c.id == id && c.status == Status::Exited)
+            {
+                break;
+            }
+        }
+        client.call(&Request::Delete { id }).expect("delete");
+        samples.push(started.elapsed());
+    }
+    let _ = client.call(&Request::Shutdown);
+    let _ = shim.wait();
+    samples
+}
+
+/// Times each `<runtime> run` of a shell loop (nanoseconds, one per line).
+fn shell_loop(prefix: &str, runtime: &str, root: &Path, bundle: &Path) -> Vec<Duration> {
+    let script = format!(
+        "{prefix}for i in $(seq {RUNS}); do s=$(date +%s%N); {runtime} --root {root} run -b {bundle} bench-$i >/dev/null 2>&1 || exit 1; e=$(date +%s%N); echo $((e - s)); done",
+        root = root.display(),
+        bundle = bundle.display()
+    );
+    let output = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("{runtime}: {e}"));
+    assert!(
+        output.status.success(),
+        "{runtime} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .collect()
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = ImageStore::open(&dir.path().join("images")).expect("store");
+    let reference = Reference::parse("orch.bench/busybox:1").expect("reference");
+    build::busybox_image(&store, &reference, Path::new(BUSYBOX), &[], &["sh"]).expect("image");
+    let image = store
+        .image(&store.resolve(&reference).expect("resolve").expect("named"))
+        .expect("image");
+    let layers = unpack::unpacked_layers(&store, &image).expect("layers");
+    let pod_dir = dir.path().join("pod");
+    std::fs::create_dir_all(&pod_dir).expect("pod dir");
+    sandbox::create(&pod_dir, "bench").expect("sandbox");
+    let cgroup = format!("/orch-bench-{}", std::process::id());
+    let bundle = bundle(dir.path(), &layers[0], &pod_dir, &format!("{cgroup}/c"));
+
+    // The same shell loop timing costs each external runtime a fork and
+    // two `date` runs per sample; the figure is what a caller waits.
+    let orch_samples = orch(&pod_dir, &bundle);
+    let runc_samples = shell_loop("", "runc", &dir.path().join("runc-state"), &bundle);
+    let crun_samples = shell_loop(
+        "umount /sys/fs/cgroup/unified 2>/dev/null; ",
+        "crun",
+        &dir.path().join("crun-state"),
+        &bundle,
+    );
+    // The loop's own cost (a fork, two `date` runs) is measured with a
+    // command that does nothing and taken off the anchors' samples.
+    let (overhead, _) = median_and_p99(shell_loop("", "true", dir.path(), &bundle));
+    let less_overhead = |samples: Vec<Duration>| -> Vec<Duration> {
+        let overhead = Duration::from_secs_f64(overhead / 1000.0);
+        samples.into_iter().map(|s| s.saturating_sub(overhead)).collect()
+    };
+    let (runc_samples, crun_samples) = (less_overhead(runc_samples), less_overhead(crun_samples));
+    let _ = sandbox::remove(&pod_dir);
+    let _ = cgroups::remove(&cgroup);
+
+    let (orch_p50, orch_p99) = median_and_p99(orch_samples);
+    println!(
+        "pods benchmark: {RUNS} runs each; create + start + wait + delete of `true`, same bundle"
+    );
+    println!(
+        "{:<48} {:>10} {:>10} {:>10}",
+        "measure", "orch", "anchor", "ratio"
+    );
+    for (anchor, samples) in [("runc", runc_samples), ("crun", crun_samples)] {
+        let (p50, p99) = median_and_p99(samples);
+        println!(
+            "{:<48} {:>10.2} {:>10.2} {:>9.2}x",
+            format!("p50 ms (anchor {anchor})"),
+            orch_p50,
+            p50,
+            orch_p50 / p50
+        );
+        println!(
+            "{:<48} {:>10.2} {:>10.2} {:>9.2}x",
+            format!("p99 ms (anchor {anchor})"),
+            orch_p99,
+            p99,
+            orch_p99 / p99
+        );
+    }
+}

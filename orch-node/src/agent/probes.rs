@@ -93,6 +93,15 @@ impl Prober {
         let mut due = Vec::new();
         {
             let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
+            // Earlier instances (`<name>-<attempt>`) of this container
+            // are done with.
+            let same_container = |id: &str| {
+                id.rsplit_once('-').is_some_and(|(name, attempt)| {
+                    name == container.name && attempt.parse::<u32>().is_ok()
+                })
+            };
+            histories
+                .retain(|(pod, id), _| pod != uid || *id == instance.id || !same_container(id));
             let history = histories.entry(key.clone()).or_default();
             if container.startup_probe.is_none() {
                 history.started = true;

@@ -12,4 +12,5 @@ pub mod object;
 pub mod quantity;
 pub mod runtime;
 pub mod selector;
+pub mod time;
 pub mod validation;

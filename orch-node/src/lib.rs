@@ -3,5 +3,6 @@
 
 pub mod agent;
 pub mod dataplane;
+pub mod files;
 pub mod image;
 pub mod runtime;

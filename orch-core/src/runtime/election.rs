@@ -43,17 +43,7 @@ pub struct Candidate {
 }
 
 fn now() -> MicroTime {
-    // jiff here is built without its `std` clock: take the time from std.
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    MicroTime(
-        k8s_openapi::jiff::Timestamp::new(
-            since_epoch.as_secs() as i64,
-            (since_epoch.subsec_micros() * 1_000) as i32,
-        )
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
+    crate::time::now_micro()
 }
 
 /// What was last seen of the lease, and when (by this process's clock).

@@ -75,16 +75,8 @@ fn node_images(config: &AgentConfig) -> Vec<k8s_openapi::api::core::v1::Containe
 }
 
 fn now() -> (Time, MicroTime) {
-    // jiff is built without its own clock here: take the time from std.
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let timestamp = k8s_openapi::jiff::Timestamp::new(
-        since_epoch.as_secs() as i64,
-        (since_epoch.subsec_micros() * 1_000) as i32,
-    )
-    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    (Time(timestamp), MicroTime(timestamp))
+    let now = orch_core::time::now_micro();
+    (Time(now.0), now)
 }
 
 /// The machine now.

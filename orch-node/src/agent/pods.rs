@@ -82,12 +82,10 @@ fn local_pods_in(pods_dir: &Path) -> Vec<(PathBuf, PodRecord)> {
         .collect()
 }
 
-/// Writes `path` whole or not at all.
+/// Writes `path` whole or not at all (the reason, for a waiting reason).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, bytes)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    crate::files::write_atomically(path, bytes)
+        .map_err(|(path, e)| format!("{}: {e}", path.display()))
 }
 
 /// `<name>-<attempt>` -> (name, attempt).

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::pods::now_seconds;
 use crate::runtime::shim::protocol::ContainerState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -181,12 +182,6 @@ impl Prober {
             };
         Verdict { ready, restart }
     }
-}
-
-fn now_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The port a probe names: a number, or a container port's name.

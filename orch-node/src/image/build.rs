@@ -9,7 +9,7 @@ use flate2::Compression as Level;
 use flate2::write::GzEncoder;
 
 use super::digest::Digest;
-use super::oci::{self, Descriptor, ImageConfig, Manifest, RootFs, RunConfig};
+use super::oci::{self, Descriptor, ImageConfig, RootFs, RunConfig};
 use super::reference::Reference;
 use super::store::{ImageStore, StoreError};
 
@@ -137,35 +137,15 @@ pub fn busybox_image(
     };
     let config_bytes =
         serde_json::to_vec(&config).map_err(|e| invalid(format!("image config: {e}")))?;
-    let config_digest = store.put_bytes(&config_bytes, None)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(oci::OCI_MANIFEST.into()),
-        config: Descriptor {
-            media_type: oci::OCI_CONFIG.into(),
-            digest: config_digest.to_string(),
-            size: config_bytes.len() as u64,
-            platform: None,
-            annotations: None,
-        },
-        layers: vec![Descriptor {
-            media_type: oci::OCI_LAYER_GZIP.into(),
-            digest: layer_digest.to_string(),
-            size: compressed.len() as u64,
-            platform: None,
-            annotations: None,
-        }],
-    };
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| invalid(format!("manifest: {e}")))?;
-    let manifest_digest = store.put_bytes(&manifest_bytes, None)?;
-    let descriptor = Descriptor {
-        media_type: oci::OCI_MANIFEST.into(),
-        digest: manifest_digest.to_string(),
-        size: manifest_bytes.len() as u64,
-        platform: None,
-        annotations: None,
-    };
+    let descriptor = store.put_manifest(
+        &config_bytes,
+        vec![Descriptor::new(
+            oci::OCI_LAYER_GZIP,
+            &layer_digest,
+            compressed.len() as u64,
+        )],
+    )?;
+    let manifest_digest = Digest::parse(&descriptor.digest)?;
     store.tag(reference, &descriptor, &manifest_digest)?;
     Ok(descriptor)
 }

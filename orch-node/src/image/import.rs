@@ -201,7 +201,6 @@ fn import_docker_save(
                 ),
             ));
         }
-        let config_digest = store.put_bytes(&config_bytes, None)?;
         let mut layers = Vec::new();
         for (layer, diff_id) in image.layers.iter().zip(&config.rootfs.diff_ids) {
             // docker save's layers are the uncompressed tars: their digest
@@ -221,35 +220,10 @@ fn import_docker_save(
                         other => invalid(archive, format!("{layer}: {other}")),
                     })?;
             }
-            layers.push(Descriptor {
-                media_type: oci::OCI_LAYER_TAR.into(),
-                digest: digest.to_string(),
-                size,
-                platform: None,
-                annotations: None,
-            });
+            layers.push(Descriptor::new(oci::OCI_LAYER_TAR, &digest, size));
         }
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(oci::OCI_MANIFEST.into()),
-            config: Descriptor {
-                media_type: oci::OCI_CONFIG.into(),
-                digest: config_digest.to_string(),
-                size: config_bytes.len() as u64,
-                platform: None,
-                annotations: None,
-            },
-            layers,
-        };
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| invalid(archive, e))?;
-        let manifest_digest = store.put_bytes(&bytes, None)?;
-        let descriptor = Descriptor {
-            media_type: oci::OCI_MANIFEST.into(),
-            digest: manifest_digest.to_string(),
-            size: bytes.len() as u64,
-            platform: None,
-            annotations: None,
-        };
+        let descriptor = store.put_manifest(&config_bytes, layers)?;
+        let manifest_digest = Digest::parse(&descriptor.digest)?;
         for tag in image.repo_tags.iter().flatten() {
             let reference = Reference::parse(tag).map_err(|e| invalid(archive, e))?;
             store.tag(&reference, &descriptor, &manifest_digest)?;

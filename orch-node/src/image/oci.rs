@@ -63,6 +63,20 @@ pub struct Descriptor {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+impl Descriptor {
+    /// A descriptor of `size` bytes hashing to `digest`, with no platform
+    /// or annotations.
+    pub fn new(media_type: &str, digest: &crate::image::Digest, size: u64) -> Self {
+        Self {
+            media_type: media_type.to_string(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+            annotations: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {

@@ -410,13 +410,7 @@ impl RegistryClient {
             }
         }
         store.put_bytes(&bytes, Some(&digest)).map_err(stored)?;
-        let descriptor = Descriptor {
-            media_type,
-            digest: digest.to_string(),
-            size: bytes.len() as u64,
-            platform: None,
-            annotations: None,
-        };
+        let descriptor = Descriptor::new(&media_type, &digest, bytes.len() as u64);
         store
             .tag(reference, &descriptor, &repo_digest)
             .map_err(stored)?;

@@ -250,6 +250,31 @@ impl ImageStore {
         Ok(digest)
     }
 
+    /// Stores `config` (an image config's JSON) and an OCI manifest naming
+    /// it and `layers` (blobs already stored); returns the manifest's
+    /// descriptor. Images built or converted here are made this way.
+    pub fn put_manifest(
+        &self,
+        config: &[u8],
+        layers: Vec<Descriptor>,
+    ) -> Result<Descriptor, StoreError> {
+        let config_digest = self.put_bytes(config, None)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(oci::OCI_MANIFEST.into()),
+            config: Descriptor::new(oci::OCI_CONFIG, &config_digest, config.len() as u64),
+            layers,
+        };
+        let bytes = serde_json::to_vec(&manifest)
+            .map_err(|e| StoreError::Unsupported(format!("encoding a manifest: {e}")))?;
+        let digest = self.put_bytes(&bytes, None)?;
+        Ok(Descriptor::new(
+            oci::OCI_MANIFEST,
+            &digest,
+            bytes.len() as u64,
+        ))
+    }
+
     /// Stores what `reader` yields, which must hash to `expected`.
     pub fn put_reader(
         &self,
@@ -610,30 +635,12 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A process-unique suffix for temporary names.
-pub(super) fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub(super) use crate::files::unique_suffix;
 
 /// Writes `path` whole or not at all.
 pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let temporary = path.with_file_name(format!(
-        ".tmp-{}-{}",
-        path.file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        unique_suffix()
-    ));
-    let mut file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io(&temporary))?;
-    std::fs::rename(&temporary, path).map_err(io(path))
+    crate::files::write_atomically(path, bytes)
+        .map_err(|(path, source)| StoreError::Io { path, source })
 }
 
 /// A blob being written: hashed on the way, renamed into place by

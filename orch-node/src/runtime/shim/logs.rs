@@ -31,14 +31,7 @@ impl LogWriter {
     }
 
     fn record(&self, stream: &str, text: &[u8], full: bool) {
-        // jiff is built without its own clock here: take the time from std.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let time =
-            k8s_openapi::jiff::Timestamp::new(since.as_secs() as i64, since.subsec_nanos() as i32)
-                .map(|t| format!("{t:.9}"))
-                .unwrap_or_default();
+        let time = format!("{:.9}", orch_core::time::now());
         let mut line = format!("{time} {stream} {} ", if full { 'F' } else { 'P' }).into_bytes();
         line.extend_from_slice(text);
         line.push(b'\n');

@@ -13,6 +13,7 @@ use orch_node::image::{ImageStore, Reference, unpack};
 use orch_node::runtime::shim::client::ShimClient;
 use orch_node::runtime::shim::protocol::{ContainerState, Request, Status};
 use orch_node::runtime::spec::{ContainerSpec, Resources};
+use orch_node::runtime::exec::{self, ExecIo, ExecOptions};
 use orch_node::runtime::{cgroups, rootfs, sandbox, spec};
 
 /// The shim process; killed (with what it runs) if the test fails early.
@@ -252,6 +253,22 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     assert_eq!(wait_exited(client, &id).exit_code, Some(137));
     client.call(&Request::Delete { id }).expect("delete");
 
+    // Processes exec'd into a running container.
+    let (id, _) = run("target", &["sleep", "1000"], Resources::default());
+    exec_into(&pod_dir, &id);
+    client
+        .call(&Request::Kill {
+            id: id.clone(),
+            signal: 9,
+        })
+        .expect("kill");
+    wait_exited(client, &id);
+    let refused = exec::start(&pod_dir, &id, vec!["true".into()], ExecOptions::default())
+        .err()
+        .expect("no exec into a stopped container");
+    assert!(refused.to_string().contains("not running"), "{refused}");
+    client.call(&Request::Delete { id }).expect("delete");
+
     // Over its memory limit: killed by the kernel, reported as an OOM kill.
     let (id, _) = run(
         "hog",
@@ -284,4 +301,85 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         .filter(|p| p.exists())
         .collect();
     assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
+}
+
+fn read_all(fd: std::os::fd::OwnedFd) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text).expect("read");
+    text
+}
+
+/// exec with pipes (stdin, stdout, stderr apart) and with a terminal.
+fn exec_into(pod_dir: &Path, id: &str) {
+    use std::io::Write as _;
+    let script = "echo out; echo err >&2; hostname; id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+                  cat; exit 4";
+    let (process, io) = exec::start(
+        pod_dir,
+        id,
+        vec!["sh".into(), "-c".into(), script.into()],
+        ExecOptions {
+            stdin: true,
+            tty: false,
+        },
+    )
+    .expect("exec with pipes");
+    let ExecIo::Pipes {
+        stdin: Some(stdin),
+        stdout,
+        stderr,
+    } = io
+    else {
+        panic!("pipes with a stdin were asked for");
+    };
+    let mut stdin = std::fs::File::from(stdin);
+    stdin.write_all(b"typed in\n").expect("write stdin");
+    drop(stdin);
+    let errors = std::thread::spawn(move || read_all(stderr));
+    let output = read_all(stdout);
+    assert_eq!(process.wait().expect("wait"), 4);
+    assert_eq!(errors.join().expect("stderr"), "err\n");
+    for expected in ["out\n", "pod-a\n", "0\n", "Seccomp:\t2", "NoNewPrivs:\t1", "typed in\n"] {
+        assert!(output.contains(expected), "{expected:?} not in {output:?}");
+    }
+
+    // A terminal: the process sees a tty and reads what is typed into it.
+    let (process, io) = exec::start(
+        pod_dir,
+        id,
+        vec!["sh".into()],
+        ExecOptions {
+            stdin: true,
+            tty: true,
+        },
+    )
+    .expect("exec with a terminal");
+    let ExecIo::Terminal { master } = io else {
+        panic!("a terminal was asked for");
+    };
+    let mut terminal = std::fs::File::from(master);
+    terminal
+        .write_all(b"tty; echo done-$((6 * 7)); exit 5\n")
+        .expect("type");
+    let mut screen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Reading the master fails with EIO once the process is gone.
+    while let Ok(read @ 1..) = std::io::Read::read(&mut terminal, &mut buffer) {
+        screen.extend_from_slice(&buffer[..read]);
+    }
+    assert_eq!(process.wait().expect("wait"), 5);
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("done-42"), "{screen}");
+
+    // A command the image does not have: refused, with the reason.
+    let missing = exec::start(
+        pod_dir,
+        id,
+        vec!["no-such-command".into()],
+        ExecOptions::default(),
+    )
+    .err()
+    .expect("a missing command is refused");
+    assert!(missing.to_string().contains("no-such-command"), "{missing}");
 }

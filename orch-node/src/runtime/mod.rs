@@ -2,6 +2,7 @@
 //! runtime specs, and the per-pod shims that call libcontainer.
 
 pub mod cgroups;
+pub mod exec;
 pub mod release;
 pub mod rootfs;
 pub mod sandbox;

@@ -1,6 +1,7 @@
 //! The agent's side of a shim's socket.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::protocol::{ContainerState, Request, Response};
+use super::wire::send_line;
 
 #[derive(Debug, Error)]
 pub enum ShimClientError {
@@ -47,18 +49,26 @@ impl ShimClient {
     /// Sends one request (a connection each: the shim may have been
     /// restarted between two calls).
     pub fn call(&self, request: &Request) -> Result<Response, ShimClientError> {
+        self.call_with(request, &[], Some(Duration::from_secs(30)))
+    }
+
+    /// Sends one request with `fds` attached, waiting at most `timeout`
+    /// (None: as long as it takes, for an exec's exit) for the answer.
+    pub fn call_with(
+        &self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> Result<Response, ShimClientError> {
         let io = |source| ShimClientError::Io {
             socket: self.socket.clone(),
             source,
         };
-        let mut stream = UnixStream::connect(&self.socket).map_err(io)?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(io)?;
-        let mut line =
+        let stream = UnixStream::connect(&self.socket).map_err(io)?;
+        stream.set_read_timeout(timeout).map_err(io)?;
+        let line =
             serde_json::to_string(request).map_err(|e| ShimClientError::Refused(e.to_string()))?;
-        line.push('\n');
-        stream.write_all(line.as_bytes()).map_err(io)?;
+        send_line(&stream, &line, fds).map_err(io)?;
         let mut answer = String::new();
         BufReader::new(stream).read_line(&mut answer).map_err(io)?;
         let response: Response =

@@ -27,6 +27,28 @@ pub enum Request {
     Delete {
         id: String,
     },
+    /// Runs `args` in running container `id`'s namespaces and cgroup,
+    /// with its user, environment, working directory, capabilities and
+    /// seccomp filter (like `runc exec`). Its stdio: with
+    /// `console_socket`, a new terminal whose master end is sent to that
+    /// socket; otherwise the descriptors sent with this request, in the
+    /// order stdin (when `stdin`), stdout, stderr. Answers `Started`.
+    Exec {
+        id: String,
+        exec_id: String,
+        args: Vec<String>,
+        stdin: bool,
+        console_socket: Option<PathBuf>,
+    },
+    /// Answers `Exited` once the process of `exec_id` has exited.
+    ExecWait {
+        exec_id: String,
+    },
+    /// Sends `signal` to the process of `exec_id` unless it has exited.
+    ExecKill {
+        exec_id: String,
+        signal: i32,
+    },
     /// Every container the shim holds.
     State,
     /// The shim exits once it holds no running container.
@@ -62,5 +84,8 @@ pub struct ContainerState {
 pub enum Response {
     Ok,
     State { containers: Vec<ContainerState> },
+    Started { pid: i32 },
+    /// An exec'd process's exit code (128 + the signal that ended it).
+    Exited { exit_code: i32 },
     Error { message: String },
 }

@@ -10,7 +10,7 @@
 //! an agent restart: the agent finds it again by its socket.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use super::client::socket_path;
 use super::protocol::{ContainerState, Request, Response, Status};
 
 enum Event {
-    Request(Request, mpsc::Sender<Response>),
+    Request(Request, Vec<OwnedFd>, mpsc::Sender<Response>),
     ChildExited,
 }
 
@@ -81,20 +81,59 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
     });
 
     let mut held: HashMap<String, Held> = HashMap::new();
+    let mut execs = super::exec::Execs::new(pod_dir.join("exec"));
     let mut shutting_down = false;
     while let Ok(event) = queue.recv() {
         match event {
-            Event::ChildExited => reap(&mut held),
-            Event::Request(request, reply) => {
-                if request == Request::Shutdown {
+            Event::ChildExited => reap(&mut held, &mut execs),
+            Event::Request(request, fds, reply) => match request {
+                Request::Shutdown => {
                     shutting_down = true;
                     let _ = reply.send(Response::Ok);
-                } else {
-                    let response = handle(&mut held, &state_root, request)
+                }
+                Request::Exec {
+                    id,
+                    exec_id,
+                    args,
+                    stdin,
+                    console_socket,
+                } => {
+                    let response = match held.get(&id) {
+                        Some(entry) if entry.state.status == Status::Running => execs
+                            .start(
+                                &state_root,
+                                &entry.container,
+                                super::exec::ExecStart {
+                                    exec_id,
+                                    args,
+                                    stdin,
+                                    console_socket,
+                                    fds,
+                                },
+                            )
+                            .map(|pid| Response::Started { pid }),
+                        Some(_) => Err(format!("container {id} is not running")),
+                        None => Err(format!("no container {id}")),
+                    };
+                    let _ = reply.send(response.unwrap_or_else(|message| Response::Error { message }));
+                }
+                Request::ExecWait { exec_id } => {
+                    reap(&mut held, &mut execs);
+                    execs.wait(&exec_id, reply);
+                }
+                Request::ExecKill { exec_id, signal } => {
+                    reap(&mut held, &mut execs);
+                    let response = execs
+                        .kill(&exec_id, signal)
+                        .map_or_else(|message| Response::Error { message }, |()| Response::Ok);
+                    let _ = reply.send(response);
+                }
+                request => {
+                    let response = handle(&mut held, &mut execs, &state_root, request)
                         .unwrap_or_else(|message| Response::Error { message });
                     let _ = reply.send(response);
                 }
-            }
+            },
         }
         if shutting_down && held.values().all(|h| h.state.status != Status::Running) {
             let _ = std::fs::remove_file(&socket);
@@ -105,18 +144,13 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
 }
 
 fn serve_connection(stream: UnixStream, requests: mpsc::Sender<Event>) {
-    let Ok(reader) = stream.try_clone() else {
-        return;
-    };
-    let mut writer = stream;
-    for line in BufReader::new(reader).lines() {
-        let Ok(line) = line else {
-            return;
-        };
+    let mut reader = super::wire::LineReader::new();
+    let mut writer = &stream;
+    while let Ok(Some((line, fds))) = reader.next(&stream) {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 let (reply, answer) = mpsc::channel();
-                if requests.send(Event::Request(request, reply)).is_err() {
+                if requests.send(Event::Request(request, fds, reply)).is_err() {
                     return;
                 }
                 answer.recv().unwrap_or(Response::Error {
@@ -139,6 +173,7 @@ fn serve_connection(stream: UnixStream, requests: mpsc::Sender<Event>) {
 
 fn handle(
     held: &mut HashMap<String, Held>,
+    execs: &mut super::exec::Execs,
     state_root: &Path,
     request: Request,
 ) -> Result<Response, String> {
@@ -241,18 +276,22 @@ fn handle(
             Ok(Response::Ok)
         }
         Request::State => {
-            reap(held);
+            reap(held, execs);
             let mut containers: Vec<ContainerState> =
                 held.values().map(|h| h.state.clone()).collect();
             containers.sort_by(|a, b| a.id.cmp(&b.id));
             Ok(Response::State { containers })
         }
-        Request::Shutdown => Ok(Response::Ok),
+        Request::Shutdown
+        | Request::Exec { .. }
+        | Request::ExecWait { .. }
+        | Request::ExecKill { .. } => Err("handled by the main loop".into()),
     }
 }
 
-/// Collects every exited child; records the containers' exit codes.
-fn reap(held: &mut HashMap<String, Held>) {
+/// Collects every exited child; records the containers' and the exec'd
+/// processes' exit codes.
+fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
     loop {
         let (pid, code) =
             match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -270,6 +309,8 @@ fn reap(held: &mut HashMap<String, Held>) {
             entry.state.finished_at = Some(now());
             entry.state.oom_killed = oom_kills(&entry.cgroups_path) > 0;
             let _ = entry.container.refresh_status();
+        } else {
+            execs.exited(pid.as_raw(), code);
         }
     }
 }

@@ -477,7 +477,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     client
         .create(
             &pod(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: reader, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: config, configMap: {{name: settings}}}}]\n  containers:\n  - name: c\n    image: {image}\n    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}]\n    volumeMounts: [{{name: config, mountPath: /config}}]\n    command: [sh, -c, 'echo env=$GREETING; sleep 2.5; echo file=$(cat /config/greeting); sleep 1000']\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: reader, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: config, configMap: {{name: settings}}}}]\n  containers:\n  - name: c\n    image: {image}\n    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}]\n    volumeMounts: [{{name: config, mountPath: /config}}]\n    command: [sh, -c, 'echo env=$GREETING; sleep 2.5; echo file=$(cat /config/greeting); sleep 1000']\n    readinessProbe: {{exec: {{command: [test, -f, /config/absent]}}, periodSeconds: 1}}\n"
             )),
             false,
         )
@@ -513,24 +513,28 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its exec readiness probe's command fails: running, never ready.
+    let reader_status = pod_status(&mut client, "reader").await.expect("status");
+    assert!(!first_container(&reader_status).ready, "{reader_status:?}");
 
     // An init container runs to completion first: what it leaves in an
     // emptyDir is there when the app container starts.
     client
         .create(
             &pod(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: staged, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: work, emptyDir: {{}}}}]\n  initContainers:\n  - name: setup\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'sleep 0.5; echo prepared > /work/flag']\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'echo found=$(cat /work/flag); sleep 1000']\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: staged, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: work, emptyDir: {{}}}}]\n  initContainers:\n  - name: setup\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'sleep 0.5; echo prepared > /work/flag']\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'echo found=$(cat /work/flag); sleep 1000']\n    readinessProbe: {{exec: {{command: [grep, -q, prepared, /work/flag]}}, periodSeconds: 1}}\n"
             )),
             false,
         )
         .await
         .expect("create staged pod");
+    // Ready once its exec readiness probe's command succeeds.
     let staged = until_status(
         &mut client,
         "staged",
         Duration::from_secs(30),
-        "Running",
-        |s| s.phase.as_deref() == Some("Running"),
+        "Running and ready",
+        |s| s.phase.as_deref() == Some("Running") && first_container(s).ready,
     )
     .await;
     let init = staged.init_container_statuses.clone().unwrap_or_default();

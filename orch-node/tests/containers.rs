@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use orch_node::image::build::{self, BUSYBOX};
 use orch_node::image::{ImageStore, Reference, unpack};
+use orch_node::runtime::exec::{self, ExecIo, ExecOptions};
 use orch_node::runtime::shim::client::ShimClient;
 use orch_node::runtime::shim::protocol::{ContainerState, Request, Status};
 use orch_node::runtime::spec::{ContainerSpec, Resources};
-use orch_node::runtime::exec::{self, ExecIo, ExecOptions};
 use orch_node::runtime::{cgroups, rootfs, sandbox, spec};
 
 /// The shim process; killed (with what it runs) if the test fails early.
@@ -56,6 +56,9 @@ fn start_shim(pod_dir: &Path) -> Shim {
         .args(["shim", "--pod-dir"])
         .arg(pod_dir)
         .env_remove("RUST_BACKTRACE")
+        // libcontainer's debug logs must reach the shim's log, never a
+        // container's output (asserted below).
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(pod_dir.join("shim.log")).expect("shim log"))
         .spawn()
@@ -206,6 +209,11 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             "{expected:?} not in the log:\n{text}"
         );
     }
+    assert_eq!(
+        text.lines().count(),
+        5,
+        "only the container's output:\n{text}"
+    );
     // CRI format: an RFC 3339 time first.
     let first = text.lines().next().expect("a line");
     assert!(
@@ -339,7 +347,14 @@ fn exec_into(pod_dir: &Path, id: &str) {
     let output = read_all(stdout);
     assert_eq!(process.wait().expect("wait"), 4);
     assert_eq!(errors.join().expect("stderr"), "err\n");
-    for expected in ["out\n", "pod-a\n", "0\n", "Seccomp:\t2", "NoNewPrivs:\t1", "typed in\n"] {
+    for expected in [
+        "out\n",
+        "pod-a\n",
+        "0\n",
+        "Seccomp:\t2",
+        "NoNewPrivs:\t1",
+        "typed in\n",
+    ] {
         assert!(output.contains(expected), "{expected:?} not in {output:?}");
     }
 

@@ -119,10 +119,9 @@ impl PodManager {
                         .unwrap_or(30)
                         .max(0) as u64,
                 );
-                let netns = sandbox::namespaces(&dir).network;
                 let verdict = self
                     .prober
-                    .check(&uid, &netns, container, current, grace)
+                    .check(&uid, &dir, container, current, grace)
                     .await;
                 record.ready = Some(verdict.ready);
                 if let Some((reason, signal)) = verdict.restart {

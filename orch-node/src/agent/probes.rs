@@ -1,9 +1,8 @@
 //! Container probes as the kubelet runs them: startup, liveness and
 //! readiness, by HTTP GET or TCP connect from inside the pod's network
-//! namespace, with initialDelaySeconds, periodSeconds, timeoutSeconds,
-//! failureThreshold and successThreshold. Exec probes need exec into the
-//! container, which the runtime does not offer yet: such a probe is
-//! reported as failing with that reason rather than passing unchecked.
+//! namespace, or by a command exec'd into the container (success: exit
+//! code 0), with initialDelaySeconds, periodSeconds, timeoutSeconds,
+//! failureThreshold and successThreshold.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -16,6 +15,8 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pods::now_seconds;
+use crate::runtime::exec::{self, ExecIo, ExecOptions};
+use crate::runtime::sandbox;
 use crate::runtime::shim::protocol::ContainerState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,11 +64,11 @@ impl Prober {
     }
 
     /// Runs the probes of `container` (instance `instance`, running) that
-    /// are due, in the pod network namespace `netns`.
+    /// are due, in the pod whose directory is `pod_dir`.
     pub async fn check(
         &self,
         uid: &str,
-        netns: &Path,
+        pod_dir: &Path,
         container: &Container,
         instance: &ContainerState,
         grace: Duration,
@@ -131,7 +132,8 @@ impl Prober {
         }
         let mut results = Vec::new();
         for (kind, probe) in due {
-            let outcome = run(netns.to_path_buf(), container, &probe).await;
+            let netns = sandbox::namespaces(pod_dir).network;
+            let outcome = run(netns, pod_dir, &instance.id, container, &probe).await;
             results.push((kind, probe, outcome));
         }
         let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,8 +200,15 @@ fn port(container: &Container, port: &IntOrString) -> Result<u16, String> {
     }
 }
 
-/// Runs one probe; Err says why it failed.
-async fn run(netns: PathBuf, container: &Container, probe: &Probe) -> Result<(), String> {
+/// Runs one probe against container instance `id` of the pod in
+/// `pod_dir` (network namespace `netns`); Err says why it failed.
+async fn run(
+    netns: PathBuf,
+    pod_dir: &Path,
+    id: &str,
+    container: &Container,
+    probe: &Probe,
+) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(http) = &probe.http_get {
         if http
@@ -228,10 +237,70 @@ async fn run(netns: PathBuf, container: &Container, probe: &Probe) -> Result<(),
         })
         .await;
     }
-    if probe.exec.is_some() {
-        return Err("exec probes are not supported by this node yet".into());
+    if let Some(exec) = &probe.exec {
+        let command = exec.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            return Err("the exec probe has no command".into());
+        }
+        let (pod_dir, id) = (pod_dir.to_path_buf(), id.to_string());
+        return tokio::task::spawn_blocking(move || exec_probe(&pod_dir, &id, command, timeout))
+            .await
+            .unwrap_or_else(|_| Err("the probe thread died".into()));
     }
     Err("the probe names no handler (httpGet, tcpSocket, exec)".into())
+}
+
+/// The most output of an exec probe kept for its failure message (the
+/// kubelet's limit).
+const MAX_PROBE_OUTPUT: u64 = 10 * 1024;
+
+/// Runs `command` in the container; success is exit code 0 within
+/// `timeout` (a process still running then is killed).
+fn exec_probe(
+    pod_dir: &Path,
+    id: &str,
+    command: Vec<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (process, io) = exec::start(pod_dir, id, command.clone(), ExecOptions::default())
+        .map_err(|e| e.to_string())?;
+    let ExecIo::Pipes { stdout, stderr, .. } = io else {
+        return Err("exec: a terminal came without being asked for".into());
+    };
+    let read = |fd: std::os::fd::OwnedFd| {
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::from(fd);
+            let mut text = Vec::new();
+            let _ = (&mut file).take(MAX_PROBE_OUTPUT).read_to_end(&mut text);
+            // Whatever else it writes is drained, so it never blocks.
+            let _ = std::io::copy(&mut file, &mut std::io::sink());
+            text
+        })
+    };
+    let (out, err) = (read(stdout), read(stderr));
+    let (done, exit) = std::sync::mpsc::channel();
+    let process = std::sync::Arc::new(process);
+    let waiting = process.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(waiting.wait());
+    });
+    let code = match exit.recv_timeout(timeout) {
+        Ok(result) => result.map_err(|e| e.to_string())?,
+        Err(_) => {
+            let _ = process.kill(9);
+            return Err(format!("command {command:?} timed out after {timeout:?}"));
+        }
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    let mut output = out.join().unwrap_or_default();
+    output.extend(err.join().unwrap_or_default());
+    let output = String::from_utf8_lossy(&output);
+    Err(format!(
+        "command {command:?} exited with {code}: {}",
+        output.trim()
+    ))
 }
 
 /// Runs `work` on a thread of its own inside the network namespace
@@ -334,6 +403,8 @@ mod tests {
         assert_eq!(
             run(
                 netns.clone(),
+                Path::new("/nonexistent"),
+                "c-0",
                 &container,
                 &probe(&format!("httpGet: {{path: /, port: {ok}}}"))
             )
@@ -343,6 +414,8 @@ mod tests {
         let bad = serve_once(500);
         let error = run(
             netns.clone(),
+            Path::new("/nonexistent"),
+            "c-0",
             &container,
             &probe(&format!("httpGet: {{path: /, port: {bad}}}")),
         )
@@ -357,6 +430,8 @@ mod tests {
         assert!(
             run(
                 netns.clone(),
+                Path::new("/nonexistent"),
+                "c-0",
                 &container,
                 &probe(&format!("tcpSocket: {{port: {closed}}}"))
             )
@@ -367,15 +442,25 @@ mod tests {
         assert_eq!(
             run(
                 netns.clone(),
+                Path::new("/nonexistent"),
+                "c-0",
                 &container,
                 &probe(&format!("tcpSocket: {{port: {open}}}"))
             )
             .await,
             Ok(())
         );
-        let error = run(netns, &container, &probe("exec: {command: [true]}"))
-            .await
-            .expect_err("exec");
-        assert!(error.contains("not supported"), "{error}");
+        // An exec probe needs the pod's shim: without one, it fails and
+        // says where it looked.
+        let error = run(
+            netns,
+            Path::new("/nonexistent"),
+            "c-0",
+            &container,
+            &probe("exec: {command: [true]}"),
+        )
+        .await
+        .expect_err("no shim");
+        assert!(error.contains("/nonexistent/shim.sock"), "{error}");
     }
 }

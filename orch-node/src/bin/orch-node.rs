@@ -153,14 +153,29 @@ impl InterfaceArgs {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if matches!(cli.command, Some(Command::Shim { .. })) {
+        // libcontainer logs from the container's process too, after it
+        // made the container's stdio its fds 0-2: the shim's log goes to
+        // a copy of its own stderr, so none of it lands in a container's
+        // output.
+        let log = std::os::fd::AsFd::as_fd(&std::io::stderr())
+            .try_clone_to_owned()
+            .context("duplicating the shim's stderr")?;
+        let log = std::sync::Arc::new(std::fs::File::from(log));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(log)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let node_name = match cli.node_name {
         Some(name) => name,
         None => nix::unistd::gethostname()

@@ -108,12 +108,19 @@ pub fn start(
             ExecIo::Terminal { master },
         ));
     }
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Io(format!("pipe: {e}")));
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ExecError::Io(format!("pipe: {e}")))
+    };
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
     let (stdin_write, response) = if options.stdin {
         let (stdin_read, stdin_write) = pipe()?;
-        let sent = [stdin_read.as_fd(), stdout_write.as_fd(), stderr_write.as_fd()];
+        let sent = [
+            stdin_read.as_fd(),
+            stdout_write.as_fd(),
+            stderr_write.as_fd(),
+        ];
         let response = shim.call_with(&request(None), &sent, Some(Duration::from_secs(30)))?;
         (Some(stdin_write), response)
     } else {

@@ -5,7 +5,8 @@
 //! (user, environment, working directory, capabilities, no_new_privs)
 //! with other arguments. libcontainer 0.7 drops the container's seccomp
 //! filter for a tenant, so the executor here loads it again right
-//! before exec, as runc does for `runc exec`.
+//! before exec, as runc does for `runc exec` (which is why an exec'd
+//! process always runs with no_new_privs; see `start`).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -103,6 +104,13 @@ impl Execs {
                     .map_err(|e| format!("{}: linux.seccomp: {e}", bundle.display()))?,
             ),
         };
+        if seccomp.is_some() {
+            // The filter is loaded after the capabilities are dropped, which
+            // the kernel allows only under no_new_privs: an exec'd process
+            // always has it (setuid programs do not elevate it), rather
+            // than running without the container's filter.
+            process["noNewPrivileges"] = serde_json::json!(true);
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let process_file = self.dir.join(format!("{exec_id}.json"));
         std::fs::write(

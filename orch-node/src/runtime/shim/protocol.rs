@@ -83,9 +83,17 @@ pub struct ContainerState {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    State { containers: Vec<ContainerState> },
-    Started { pid: i32 },
+    State {
+        containers: Vec<ContainerState>,
+    },
+    Started {
+        pid: i32,
+    },
     /// An exec'd process's exit code (128 + the signal that ended it).
-    Exited { exit_code: i32 },
-    Error { message: String },
+    Exited {
+        exit_code: i32,
+    },
+    Error {
+        message: String,
+    },
 }

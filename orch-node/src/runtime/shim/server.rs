@@ -115,7 +115,8 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
                         Some(_) => Err(format!("container {id} is not running")),
                         None => Err(format!("no container {id}")),
                     };
-                    let _ = reply.send(response.unwrap_or_else(|message| Response::Error { message }));
+                    let _ =
+                        reply.send(response.unwrap_or_else(|message| Response::Error { message }));
                 }
                 Request::ExecWait { exec_id } => {
                     reap(&mut held, &mut execs);

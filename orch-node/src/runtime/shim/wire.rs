@@ -121,7 +121,10 @@ pub fn receive_fd(stream: &UnixStream) -> std::io::Result<OwnedFd> {
     for control in message.cmsgs().map_err(std::io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = control {
             // SAFETY: installed in this process by the kernel just now.
-            received.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            received.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     received.into_iter().next().ok_or_else(|| {

@@ -381,6 +381,33 @@ impl Pki {
         })
     }
 
+    /// A node agent's client config: a certificate for
+    /// `system:node:<name>` (organization `system:nodes`) that also serves
+    /// the agent's port and names the node, which is what the API server
+    /// checks when it calls the node for logs and exec.
+    pub fn node_config(
+        &self,
+        node_name: &str,
+        servers: &[String],
+    ) -> Result<ClientConfig, PkiError> {
+        let (cert, key) = self.sign(
+            &format!("system:node:{node_name}"),
+            Some(orch_core::api::identity::NODES),
+            &[node_name.to_string()],
+            &[
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+        )?;
+        Ok(ClientConfig {
+            servers: servers.to_vec(),
+            certificate_authority: read(&self.path(CA_CERT))?,
+            client_certificate: Some(cert),
+            client_key: Some(key),
+            token: None,
+        })
+    }
+
     /// The serving identity and the CA, for the API server's TLS.
     pub fn server_tls(&self) -> Result<tonic::transport::ServerTlsConfig, PkiError> {
         let identity = tonic::transport::Identity::from_pem(

@@ -39,7 +39,11 @@ fn start_agent(config: &std::path::Path, state: &std::path::Path, log: &std::pat
         .arg(state)
         .args([
             "--node-ip",
-            "10.99.0.1",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "0",
             "--system-reserved",
             "cpu=100m,memory=128Mi",
             "--node-lease-duration-seconds",
@@ -86,17 +90,25 @@ async fn a_node_registers_and_keeps_its_lease() {
     let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
     let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
 
-    // The node's own credentials: a certificate of the cluster CA for
-    // system:node:n1 in group system:nodes.
-    let node_config = orch_control::pki::Pki::new(&replica.dir)
-        .component_config(
-            "system:node:n1",
-            Some("system:nodes"),
-            &[replica.api_addr.clone()],
-        )
-        .expect("node certificate");
+    // The node's own credentials, as an operator makes them: a
+    // certificate of the cluster CA for system:node:n1 in group
+    // system:nodes, written by `orch-control node-config`.
     let config_path = dir.path().join("node.conf");
-    std::fs::write(&config_path, node_config.to_yaml()).expect("node config");
+    let made = Command::new(env!("CARGO_BIN_EXE_orch-control"))
+        .arg("node-config")
+        .arg("--data-dir")
+        .arg(&replica.dir)
+        .args(["--node-name", "n1", "--server", &replica.api_addr, "-o"])
+        .arg(&config_path)
+        .output()
+        .expect("orch-control node-config");
+    assert!(made.status.success(), "{made:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&config_path)
+            .expect("node.conf")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 
     // A config that is not there is named.
     let refused = Command::new(orch_node())
@@ -168,9 +180,17 @@ async fn a_node_registers_and_keeps_its_lease() {
     assert!(
         addresses
             .iter()
-            .any(|a| a.type_ == "InternalIP" && a.address == "10.99.0.1"),
+            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"),
         "{addresses:?}"
     );
+    // The agent's port, where the API servers reach it for logs and exec.
+    let port = status
+        .daemon_endpoints
+        .clone()
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .unwrap_or_default();
+    assert!(port > 0, "{:?}", status.daemon_endpoints);
     let ready = status
         .conditions
         .iter()
@@ -381,11 +401,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         .expect("push");
 
     let node_config = orch_control::pki::Pki::new(&replica.dir)
-        .component_config(
-            "system:node:n1",
-            Some("system:nodes"),
-            &[replica.api_addr.clone()],
-        )
+        .node_config("n1", &[replica.api_addr.clone()])
         .expect("node certificate");
     let config_path = dir.path().join("node.conf");
     std::fs::write(&config_path, node_config.to_yaml()).expect("node config");
@@ -422,7 +438,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         |s| s.phase.as_deref() == Some("Running") && first_container(s).ready,
     )
     .await;
-    assert_eq!(running.host_ip.as_deref(), Some("10.99.0.1"));
+    assert_eq!(running.host_ip.as_deref(), Some("127.0.0.1"));
     let web = first_container(&running);
     assert_eq!(web.restart_count, 0);
     assert!(web.image_id.contains("@sha256:"), "{}", web.image_id);
@@ -463,6 +479,8 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    logs_and_exec(&mut client, &config, dir.path()).await;
 
     // A ConfigMap as a volume and as an environment value; the volume still
     // holds its files seconds after the start (it is not rewritten under
@@ -611,7 +629,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     client
         .create(
             &pod(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash, namespace: default}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, 'exit 3']\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: crash, namespace: default}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, 'echo crashing; exit 3']\n"
             )),
             false,
         )
@@ -640,6 +658,19 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         .and_then(|s| s.terminated)
         .expect("lastState.terminated");
     assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    // The log of the instance before the last restart.
+    let previous = read_logs(
+        &mut client,
+        orch_core::api::proto::PodLogsRequest {
+            namespace: "default".into(),
+            name: "crash".into(),
+            previous: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("previous log");
+    assert_eq!(previous, "crashing\n");
     let missing = until_status(
         &mut client,
         "missing",
@@ -693,12 +724,36 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     assert!(started(&web).is_some());
     assert_eq!(started(&first_container(&adopted)), started(&web));
 
+    // Followed, the log streams until the container exits.
+    let mut follower = client.clone();
+    let followed = tokio::spawn(async move {
+        read_logs(
+            &mut follower,
+            orch_core::api::proto::PodLogsRequest {
+                namespace: "default".into(),
+                name: "web".into(),
+                follow: true,
+                ..Default::default()
+            },
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!followed.is_finished(), "a followed log ended early");
+
     // Deleted: SIGTERM (the trap says bye), then everything is released
     // and the Pod object goes.
     client
         .delete(Kind::Pod, Some("default"), "web", &Default::default())
         .await
         .expect("delete web");
+    let followed = tokio::time::timeout(Duration::from_secs(30), followed)
+        .await
+        .expect("the followed log ends with the container")
+        .expect("follow task")
+        .expect("followed log");
+    assert!(followed.starts_with("started\n"), "{followed}");
+    assert!(followed.ends_with("bye\n"), "{followed}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match client.get(Kind::Pod, Some("default"), "web").await {
@@ -748,6 +803,198 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(agent);
+}
+
+/// A whole log, as text.
+async fn read_logs(
+    client: &mut ApiClient,
+    request: orch_core::api::proto::PodLogsRequest,
+) -> Result<String, orch_core::api::ApiError> {
+    let mut stream = client.pod_logs(request).await?;
+    let mut text = Vec::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| orch_core::api::ApiError::from_status(&s))?
+    {
+        text.extend(chunk.data);
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// What an exec session gave back: stdout, stderr, exit code.
+async fn exec_in(
+    client: &mut ApiClient,
+    pod: &str,
+    command: &[&str],
+    stdin: Option<&[u8]>,
+    tty: bool,
+) -> Result<(String, String, Option<i32>), orch_core::api::ApiError> {
+    use orch_core::api::proto::{ExecInput, ExecStart, exec_input, exec_output};
+    let (input, inbound) = tokio::sync::mpsc::channel(4);
+    if let Some(data) = stdin {
+        input
+            .send(ExecInput {
+                input: Some(exec_input::Input::Stdin(data.to_vec())),
+            })
+            .await
+            .expect("queue stdin");
+        if !tty {
+            input
+                .send(ExecInput {
+                    input: Some(exec_input::Input::CloseStdin(true)),
+                })
+                .await
+                .expect("queue end of stdin");
+        }
+    }
+    let start = ExecStart {
+        namespace: "default".into(),
+        name: pod.into(),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        stdin: stdin.is_some(),
+        tty,
+        ..Default::default()
+    };
+    let mut stream = client.pod_exec(start, inbound).await?;
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| orch_core::api::ApiError::from_status(&s))?
+    {
+        match message.output {
+            Some(exec_output::Output::Stdout(data)) => out.extend(data),
+            Some(exec_output::Output::Stderr(data)) => err.extend(data),
+            Some(exec_output::Output::ExitCode(exit)) => code = Some(exit),
+            None => {}
+        }
+    }
+    drop(input);
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        code,
+    ))
+}
+
+/// `orchctl logs` and `orchctl exec` against the running pod `web`, the
+/// same through the typed client (stdin, a terminal), the refusals, and
+/// the node's port refusing anyone but a control-plane replica.
+async fn logs_and_exec(
+    client: &mut ApiClient,
+    admin: &orch_core::api::config::ClientConfig,
+    dir: &std::path::Path,
+) {
+    let admin_path = dir.join("admin.conf");
+    std::fs::write(&admin_path, admin.to_yaml()).expect("admin config");
+    let orchctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_orchctl"))
+            .arg(args[0])
+            .arg("--config")
+            .arg(&admin_path)
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("orchctl")
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let logs = orchctl(&["logs", "web"]);
+    assert!(logs.status.success(), "{logs:?}");
+    assert_eq!(text(&logs.stdout), "started\n");
+    let stamped = orchctl(&["logs", "pod/web", "--timestamps", "--tail", "1"]);
+    let line = text(&stamped.stdout);
+    assert!(
+        line.ends_with("Z started\n") && line.contains('T'),
+        "{line}"
+    );
+
+    let ran = orchctl(&["exec", "web", "--", "sh", "-c", "hostname; exit 4"]);
+    assert_eq!(ran.status.code(), Some(4), "{ran:?}");
+    assert_eq!(text(&ran.stdout), "web\n");
+    assert!(
+        text(&ran.stderr).contains("command terminated with exit code 4"),
+        "{ran:?}"
+    );
+
+    let (out, err, code) = exec_in(
+        client,
+        "web",
+        &["sh", "-c", "echo out; echo err >&2; cat; exit 3"],
+        Some(b"typed\n"),
+        false,
+    )
+    .await
+    .expect("exec with stdin");
+    assert_eq!(
+        (out.as_str(), err.as_str(), code),
+        ("out\ntyped\n", "err\n", Some(3))
+    );
+
+    let (screen, _, code) = exec_in(
+        client,
+        "web",
+        &["sh"],
+        Some(b"tty; echo tty-$((6 * 7)); exit 5\n"),
+        true,
+    )
+    .await
+    .expect("exec with a terminal");
+    assert_eq!(code, Some(5), "{screen}");
+    assert!(
+        screen.contains("/dev/pts/") && screen.contains("tty-42"),
+        "{screen}"
+    );
+
+    let mut wrong = client.clone();
+    let error = read_logs(
+        &mut wrong,
+        orch_core::api::proto::PodLogsRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            container: "nope".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("no such container");
+    assert!(
+        error
+            .to_string()
+            .contains("container nope is not valid for pod web"),
+        "{error}"
+    );
+    let missing = exec_in(client, "web", &["no-such-command"], None, false)
+        .await
+        .expect_err("a command the image lacks");
+    assert!(missing.to_string().contains("no-such-command"), "{missing}");
+
+    // The node's port takes only replicas: an administrator's certificate
+    // of the same CA is refused there.
+    let node = match client.get(Kind::Node, None, "n1").await {
+        Ok(Object::Node(node)) => node,
+        other => panic!("node n1: {other:?}"),
+    };
+    let port = node
+        .status
+        .and_then(|s| s.daemon_endpoints)
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .expect("the node's port");
+    let tls =
+        orch_control::store::raft::peer_tls::PeerTls::from_client_config(admin).expect("admin tls");
+    let channel = tls
+        .endpoint_for(&format!("127.0.0.1:{port}"), "n1")
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the node's port answers TLS for n1");
+    let status = orch_core::api::proto::node_agent_client::NodeAgentClient::new(channel)
+        .container_logs(orch_core::api::proto::PodLogsRequest::default())
+        .await
+        .expect_err("an administrator may not call the node directly");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
 /// Releases node n1's pods (shims, containers, mounts, cgroups) on drop.

@@ -2,12 +2,14 @@
 //! address. Requests pass one admission chain (`admission`), objects live
 //! in the store under `/registry/...` (`registry`), writes and linearizable
 //! reads reach the Raft leader and watches are served from this replica
-//! (`access`).
+//! (`access`). Logs and exec are relayed to the pod's node agent
+//! (`node_proxy`).
 
 pub mod access;
 pub mod admission;
 pub mod auth;
 pub mod filter;
+pub mod node_proxy;
 pub mod registry;
 pub mod service;
 

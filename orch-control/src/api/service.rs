@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use orch_core::api::proto::api_server::{Api, ApiServer};
 use orch_core::api::proto::{
-    DeleteRequest, GetRequest, ListReply, ListRequest, ObjectReply, ObjectRequest, PatchRequest,
-    WatchEvent, WatchRequest,
+    DeleteRequest, ExecInput, GetRequest, ListReply, ListRequest, ObjectReply, ObjectRequest,
+    PatchRequest, PodLogsRequest, WatchEvent, WatchRequest,
 };
 use orch_core::api::{ApiError, kind_of_resource, kind_prefix};
 use orch_core::object::{Kind, Object};
@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::filter::Filter;
+use super::node_proxy::{ExecStream, LogStream, NodeProxy};
 use super::registry::{DeleteOptions, Registry, UpdateKind, Written, object_from_kv};
 use crate::store::types::{Event, EventKind, Revision};
 
@@ -25,10 +26,11 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct ApiService {
     registry: Arc<Registry>,
+    nodes: Arc<NodeProxy>,
 }
 
-pub fn api_server(registry: Arc<Registry>) -> ApiServer<ApiService> {
-    ApiServer::new(ApiService { registry })
+pub fn api_server(registry: Arc<Registry>, nodes: Arc<NodeProxy>) -> ApiServer<ApiService> {
+    ApiServer::new(ApiService { registry, nodes })
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(64 << 20)
 }
@@ -117,6 +119,36 @@ impl ApiService {
 #[tonic::async_trait]
 impl Api for ApiService {
     type WatchStream = WatchStream;
+    type PodLogsStream = LogStream;
+    type PodExecStream = ExecStream;
+
+    async fn pod_logs(
+        &self,
+        request: Request<PodLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        instrumented("logs", "pods", async move {
+            let stream = self
+                .nodes
+                .logs(&self.registry, request.into_inner())
+                .await?;
+            Ok(Response::new(stream))
+        })
+        .await
+    }
+
+    async fn pod_exec(
+        &self,
+        request: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        instrumented("exec", "pods", async move {
+            let stream = self
+                .nodes
+                .exec(&self.registry, request.into_inner())
+                .await?;
+            Ok(Response::new(stream))
+        })
+        .await
+    }
 
     async fn create(
         &self,

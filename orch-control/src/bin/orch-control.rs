@@ -44,6 +44,23 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Subcommand {
+    /// Write a node agent's client config (`orch-node --config`): the API
+    /// servers, the cluster CA, and a certificate for `system:node:NAME`
+    /// signed by the CA in this replica's data directory.
+    NodeConfig {
+        /// A replica's data directory (its pki/ holds the cluster CA).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's name, as the agent's --node-name.
+        #[arg(long)]
+        node_name: String,
+        /// The API servers' addresses (host:port), comma-separated.
+        #[arg(long = "server", required = true, value_delimiter = ',')]
+        servers: Vec<String>,
+        /// Where to write it (mode 0600); stdout when not given.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Build a data directory for a new cluster from a snapshot file
     /// (`orchctl snapshot save`); then start it with --init.
     Restore {
@@ -134,8 +151,45 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Subcommand::Restore { file, data_dir }) => restore(&file, &data_dir),
+        Some(Subcommand::NodeConfig {
+            data_dir,
+            node_name,
+            servers,
+            output,
+        }) => node_config(&data_dir, &node_name, &servers, output.as_deref()),
         None => run(cli.run).await,
     }
+}
+
+fn node_config(
+    data_dir: &Path,
+    node_name: &str,
+    servers: &[String],
+    output: Option<&Path>,
+) -> Result<()> {
+    let problems = orch_core::names::is_dns1123_subdomain(node_name);
+    if !problems.is_empty() {
+        bail!("--node-name {node_name:?}: {}", problems.join("; "));
+    }
+    let config = Pki::new(data_dir)
+        .node_config(node_name, servers)
+        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    match output {
+        None => print!("{}", config.to_yaml()),
+        Some(path) => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("--output {}", path.display()))?;
+            file.write_all(config.to_yaml().as_bytes())
+                .with_context(|| format!("--output {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Like `etcdutl snapshot restore`: the data, without the old cluster's
@@ -266,7 +320,12 @@ async fn run(cli: RunArgs) -> Result<()> {
         .tls_config(pki.server_tls()?)
         .context("the API's TLS")?
         .add_service(InterceptedService::new(
-            api_server(registry.clone()),
+            api_server(
+                registry.clone(),
+                Arc::new(orch_control::api::node_proxy::NodeProxy::new(
+                    peer_tls.clone(),
+                )),
+            ),
             Authenticator::new(tokens),
         ))
         .serve_with_incoming_shutdown(

@@ -337,6 +337,51 @@ impl ApiClient {
         .await
     }
 
+    /// A container's log (`orchctl logs`), streamed from the pod's node.
+    pub async fn pod_logs(
+        &mut self,
+        request: proto::PodLogsRequest,
+    ) -> Result<tonic::Streaming<proto::LogChunk>, ApiError> {
+        self.call(request, |mut c, request| async move {
+            c.pod_logs(request).await
+        })
+        .await
+    }
+
+    /// Runs a command in a pod's container (`orchctl exec`): `start`
+    /// first, then whatever `input` yields (stdin, its end, terminal
+    /// sizes); the output comes back, the exit code last. The session
+    /// goes to the first replica that answers (a get of the pod finds
+    /// it); a session is not moved once started.
+    pub async fn pod_exec(
+        &mut self,
+        start: proto::ExecStart,
+        input: tokio::sync::mpsc::Receiver<proto::ExecInput>,
+    ) -> Result<tonic::Streaming<proto::ExecOutput>, ApiError> {
+        self.get(Kind::Pod, Some(&start.namespace), &start.name)
+            .await?;
+        let (_, client) = &self.replicas[self.preferred];
+        let first = proto::ExecInput {
+            input: Some(proto::exec_input::Input::Start(start)),
+        };
+        let stream = tokio_stream::StreamExt::chain(
+            tokio_stream::once(first),
+            tokio_stream::wrappers::ReceiverStream::new(input),
+        );
+        let mut request = tonic::Request::new(stream);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let reply = client
+            .clone()
+            .pod_exec(request)
+            .await
+            .map_err(|s| ApiError::from_status(&s))?;
+        Ok(reply.into_inner())
+    }
+
     /// Watches `kind` from `resource_version` (empty: current objects as
     /// ADDED first). The stream ends with `ApiError::Gone` when the
     /// revision has been compacted: relist and watch again.

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod config;
 mod error;
+pub mod identity;
 
 pub use client::{ApiClient, ListOptions, ObjectList, WatchEvent, WatchEventType};
 pub use error::ApiError;
@@ -16,6 +17,18 @@ pub mod proto {
 }
 
 use crate::object::Kind;
+
+/// An error with its causes (which name, say, what TLS refused).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
 
 /// The kind a request's `resource` (plural) names.
 pub fn kind_of_resource(resource: &str) -> Option<Kind> {

@@ -2,6 +2,8 @@
 //! Lease and status current, and (next) runs the pods bound to it.
 
 pub mod container_config;
+pub mod container_logs;
+pub mod exec_session;
 pub mod machine;
 pub mod node_status;
 mod pod_containers;
@@ -10,6 +12,7 @@ pub mod pod_images;
 pub mod pod_status;
 pub mod pods;
 pub mod probes;
+pub mod server;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -66,6 +66,14 @@ struct AgentArgs {
     /// ones always are.
     #[arg(long)]
     insecure_registry: Vec<String>,
+    /// Address the agent's port (logs and exec for the API servers, TLS)
+    /// listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// The agent's port, like the kubelet's; 0 picks a free one. The node
+    /// reports it in status.daemonEndpoints.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +215,12 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
         }
     };
     let insecure_registry = args.insecure_registry.clone();
+    let agent_tls = orch_node::agent::server::tls(&client_config)
+        .map_err(|e| anyhow::anyhow!("--config {}: {e}", config_path.display()))?;
+    let agent_listener = std::net::TcpListener::bind((args.address, args.port))
+        .with_context(|| format!("--address {} --port {}", args.address, args.port))?;
+    agent_listener.set_nonblocking(true)?;
+    let agent_port = agent_listener.local_addr()?.port();
     let config = AgentConfig {
         node: NodeSpecifics {
             name: node_name,
@@ -214,7 +228,7 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             max_pods: args.max_pods,
             reserved: parse_reserved(&args.system_reserved).context("--system-reserved")?,
             system: machine::system_info(),
-            agent_port: 0,
+            agent_port: i32::from(agent_port),
         },
         state_dir: args.state_dir.clone(),
         lease_duration: Duration::from_secs(args.node_lease_duration_seconds.max(1)),
@@ -230,6 +244,20 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(
+            tokio::net::TcpListener::from_std(agent_listener)?,
+        );
+        let agent_server = tonic::transport::Server::builder()
+            .tls_config(agent_tls)
+            .context("the agent port's TLS")?
+            .add_service(orch_node::agent::server::service(&config.state_dir))
+            .serve_with_incoming(incoming);
+        tokio::spawn(async move {
+            if let Err(error) = agent_server.await {
+                tracing::error!(%error, "the agent's port stopped");
+            }
+        });
+        tracing::info!(port = agent_port, "serving logs and exec");
         let client = ApiClient::new(&client_config, Duration::from_secs(20))
             .context("connecting to the API servers")?;
         let node = loop {

@@ -4,6 +4,7 @@ mod change;
 mod cluster;
 mod node_ops;
 mod objects;
+mod pod_io;
 mod table;
 
 use std::path::PathBuf;
@@ -61,6 +62,10 @@ enum Command {
     Uncordon(change::NodeArgs),
     /// Cordon a node and delete its pods, waiting until they are gone.
     Drain(node_ops::DrainArgs),
+    /// Print a container's log.
+    Logs(pod_io::LogsArgs),
+    /// Run a command in a container: `orchctl exec -it POD -- sh`.
+    Exec(pod_io::ExecArgs),
     /// List events, newest last (kubectl events).
     Events(node_ops::EventsArgs),
     /// The client config in use.
@@ -183,6 +188,16 @@ fn main() -> ExitCode {
         Command::Uncordon(args) => change::cordon(args, false).map(|()| true),
         Command::Drain(args) => node_ops::drain(args).map(|()| true),
         Command::Events(args) => node_ops::events(args).map(|()| true),
+        Command::Logs(args) => pod_io::logs(args).map(|()| true),
+        Command::Exec(args) => match pod_io::exec(args) {
+            // The command's own exit code, as kubectl exec returns it.
+            Ok(0) => Ok(true),
+            Ok(code) => {
+                eprintln!("command terminated with exit code {code}");
+                return ExitCode::from(u8::try_from(code).unwrap_or(1));
+            }
+            Err(error) => Err(error),
+        },
         Command::Config {
             command: ConfigCommand::View(args),
         } => change::config_view(args).map(|()| true),

@@ -201,7 +201,7 @@ pub async fn membership(
         .connect()
         .await
         .map_err(|e| {
-            let why = chain(&e);
+            let why = orch_core::api::error_chain(&e);
             if super::peer_tls::untrusted_certificate(&why) {
                 tonic::Status::unauthenticated(format!(
                     "{addr} and this replica do not share a cluster CA (pki/ca.crt): {why}"
@@ -215,18 +215,6 @@ pub async fn membership(
             }
         })?;
     Ok(super::transport::proto::membership_client::MembershipClient::new(channel))
-}
-
-/// An error with its causes, which name what TLS refused.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
 }
 
 /// The replica at `addr`'s own view of the cluster: its id, the cluster

@@ -55,13 +55,23 @@ impl PeerTls {
     /// one must be noticed in seconds, not when TCP gives up: HTTP/2 pings
     /// every 5 s, even when idle, answered within 3 s.
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, PeerTlsError> {
+        self.endpoint_with(addr, self.client.clone())
+    }
+
+    /// An endpoint for `addr` whose certificate must name `server_name`
+    /// (a node agent's names its node), whatever address it is reached at.
+    pub fn endpoint_for(&self, addr: &str, server_name: &str) -> Result<Endpoint, PeerTlsError> {
+        self.endpoint_with(addr, self.client.clone().domain_name(server_name))
+    }
+
+    fn endpoint_with(&self, addr: &str, tls: ClientTlsConfig) -> Result<Endpoint, PeerTlsError> {
         let address = |source| PeerTlsError::Address {
             addr: addr.to_string(),
             source,
         };
         Ok(Endpoint::from_shared(format!("https://{addr}"))
             .map_err(address)?
-            .tls_config(self.client.clone())
+            .tls_config(tls)
             .map_err(address)?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_keepalive(Some(std::time::Duration::from_secs(30)))

@@ -10,7 +10,6 @@ use tonic::{Request, Response, Status};
 
 use super::NodeId;
 use super::node::{RaftNode, WriteError};
-use super::peer_auth::PeerAuthorizer;
 use super::transport::proto::membership_server::{Membership, MembershipServer};
 use super::transport::proto::store_server::{Store, StoreServer};
 use super::transport::proto::{
@@ -21,6 +20,7 @@ use crate::store::StoreError;
 use crate::store::types::{
     Event, RangeResult, Request as StoreRequest, Response as StoreResponse, Revision,
 };
+use orch_core::api::identity::OrganizationAuthorizer;
 use tonic::service::interceptor::InterceptedService;
 
 /// What `Store.Range` asks.
@@ -83,21 +83,21 @@ pub struct StoreService {
 /// Membership changes and status, open to replicas and administrators.
 pub fn membership_server(
     node: Arc<RaftNode>,
-) -> InterceptedService<MembershipServer<MembershipService>, PeerAuthorizer> {
+) -> InterceptedService<MembershipServer<MembershipService>, OrganizationAuthorizer> {
     InterceptedService::new(
         MembershipServer::new(MembershipService { node }),
-        PeerAuthorizer::replicas_and_admins("Membership"),
+        super::peer_auth::replicas_and_admins("Membership"),
     )
 }
 
 /// The store protocol, open to replicas and administrators.
 pub fn store_server(
     node: Arc<RaftNode>,
-) -> InterceptedService<StoreServer<StoreService>, PeerAuthorizer> {
+) -> InterceptedService<StoreServer<StoreService>, OrganizationAuthorizer> {
     let server = StoreServer::new(StoreService { node })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    InterceptedService::new(server, PeerAuthorizer::replicas_and_admins("Store"))
+    InterceptedService::new(server, super::peer_auth::replicas_and_admins("Store"))
 }
 
 impl MembershipService {

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 
-use super::peer_auth::PeerAuthorizer;
 use super::peer_tls::PeerTls;
+use orch_core::api::identity::OrganizationAuthorizer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -66,7 +66,7 @@ impl TransportService {
     pub fn server(
         raft: Raft<TypeConfig>,
         cluster: ClusterId,
-    ) -> InterceptedService<RaftTransportServer<Self>, PeerAuthorizer> {
+    ) -> InterceptedService<RaftTransportServer<Self>, OrganizationAuthorizer> {
         let server = RaftTransportServer::new(Self {
             raft,
             cluster,
@@ -74,7 +74,7 @@ impl TransportService {
         })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-        InterceptedService::new(server, PeerAuthorizer::replicas("Raft"))
+        InterceptedService::new(server, super::peer_auth::replicas("Raft"))
     }
 
     /// Refuses a Raft RPC from a replica of another cluster (a data

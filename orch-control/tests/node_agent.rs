@@ -591,6 +591,17 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Every shim runs from the agent's one sealed in-memory copy of
+    // orch-node, never from the file on disk nor from a copy of its own.
+    let shims = shim_executables(&state);
+    assert!(shims.len() >= 3, "{shims:?}");
+    assert!(
+        shims
+            .iter()
+            .all(|(_, exe, inode)| exe.contains("memfd:") && *inode == shims[0].2),
+        "{shims:?}"
+    );
+
     // Probes: ready once its port answers (tcpSocket); restarted when its
     // liveness check (httpGet) fails twice, with restartCount counting it.
     client
@@ -803,6 +814,33 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(agent);
+}
+
+/// The shims of the node whose state is `state`: pid, what /proc says
+/// their executable is, and its inode.
+fn shim_executables(state: &std::path::Path) -> Vec<(u32, String, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let needle = state.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = args.get(1).is_some_and(|a| a == "shim")
+                && args.iter().any(|a| a.starts_with(&needle));
+            if !is_shim {
+                return None;
+            }
+            let exe = std::fs::read_link(entry.path().join("exe")).ok()?;
+            let inode = std::fs::metadata(entry.path().join("exe")).ok()?.ino();
+            Some((pid, exe.to_string_lossy().into_owned(), inode))
+        })
+        .collect()
 }
 
 /// A whole log, as text.

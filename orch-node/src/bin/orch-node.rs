@@ -239,6 +239,9 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
                 .with_context(|| format!("the image store in {}", args.state_dir.display()))?,
         )),
     };
+    // Held for the agent's life: the shims it starts run from it.
+    let shim_binary = orch_node::runtime::shim::SealedBinary::of_current_exe()
+        .context("a sealed copy of orch-node for the pod shims")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -295,7 +298,7 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             images,
             registry,
             orch_core::runtime::Cache::new(),
-            std::env::current_exe().context("locating orch-node for the pod shims")?,
+            shim_binary.path(),
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
         shutdown_signal().await;

@@ -12,7 +12,8 @@ pub enum Bench {
     Store,
     /// The API of a 3-replica control plane holding 10,000 pods.
     Api,
-    /// orch-node's container runtime next to runc and crun.
+    /// orch-node's container runtime next to runc and crun, then pod
+    /// start latency and memory through a real control plane and agent.
     Pods,
 }
 
@@ -24,12 +25,21 @@ pub fn run(bench: Bench, args: &[String]) -> Result<()> {
         Bench::Pods => ("orch-node", "pods"),
     };
     if let Bench::Pods = bench {
-        // The shim the benchmark runs is the release orch-node.
+        // The shims and the agent the benchmarks run are the release
+        // orch-node.
         run_command(cargo().args(["build", "--release", "-p", "orch-node"]))?;
     }
     run_command(
         cargo()
             .args(["bench", "-p", package, "--bench", name, "--"])
             .args(args),
-    )
+    )?;
+    if let Bench::Pods = bench {
+        run_command(
+            cargo()
+                .args(["bench", "-p", "orch-control", "--bench", "pod_start", "--"])
+                .args(args),
+        )?;
+    }
+    Ok(())
 }

@@ -97,6 +97,7 @@ fn orch(pod_dir: &Path, bundle: &Path) -> Vec<Duration> {
                 id: id.clone(),
                 bundle: bundle.to_path_buf(),
                 log: log.clone(),
+                log_rotation: None,
             })
             .expect("create");
         client

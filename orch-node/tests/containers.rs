@@ -12,7 +12,7 @@ use orch_node::image::build::{self, BUSYBOX};
 use orch_node::image::{ImageStore, Reference, unpack};
 use orch_node::runtime::exec::{self, ExecIo, ExecOptions};
 use orch_node::runtime::shim::client::ShimClient;
-use orch_node::runtime::shim::protocol::{ContainerState, Request, Status};
+use orch_node::runtime::shim::protocol::{ContainerState, LogRotation, Request, Status};
 use orch_node::runtime::spec::{ContainerSpec, Resources};
 use orch_node::runtime::{cgroups, rootfs, sandbox, spec};
 
@@ -144,7 +144,11 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         exe.display()
     );
 
-    let mut run = |name: &str, args: &[&str], resources: Resources| -> (String, PathBuf) {
+    let mut run = |name: &str,
+                   args: &[&str],
+                   resources: Resources,
+                   log_rotation: Option<LogRotation>|
+     -> (String, PathBuf) {
         let container_dir = pod_dir.join("containers").join(name);
         pod.containers.push(container_dir.clone());
         let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
@@ -162,6 +166,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
                 id: id.clone(),
                 bundle: container_dir.clone(),
                 log: log.clone(),
+                log_rotation,
             })
             .unwrap_or_else(|e| {
                 panic!(
@@ -185,6 +190,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             "echo hello; hostname; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo oops >&2; exit 3",
         ],
         Resources::default(),
+        None,
     );
     let state = wait_exited(client, &id);
     assert_eq!(state.exit_code, Some(3));
@@ -235,6 +241,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             "trap 'exit 7' TERM; while true; do sleep 0.1; done",
         ],
         Resources::default(),
+        None,
     );
     std::thread::sleep(Duration::from_millis(300));
     let running = client.state().expect("state");
@@ -251,7 +258,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     assert_eq!(wait_exited(client, &id).exit_code, Some(7));
     client.call(&Request::Delete { id }).expect("delete");
     // ...and SIGKILL ends anything: 128 + 9.
-    let (id, _) = run("sleeper", &["sleep", "1000"], Resources::default());
+    let (id, _) = run("sleeper", &["sleep", "1000"], Resources::default(), None);
     client
         .call(&Request::Kill {
             id: id.clone(),
@@ -262,7 +269,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     client.call(&Request::Delete { id }).expect("delete");
 
     // Processes exec'd into a running container.
-    let (id, _) = run("target", &["sleep", "1000"], Resources::default());
+    let (id, _) = run("target", &["sleep", "1000"], Resources::default(), None);
     exec_into(&pod_dir, &id);
     client
         .call(&Request::Kill {
@@ -289,10 +296,58 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             memory_limit: 16 << 20,
             ..Resources::default()
         },
+        None,
     );
     let state = wait_exited(client, &id);
     assert_eq!(state.exit_code, Some(137), "{state:?}");
     assert!(state.oom_killed, "{state:?}");
+    client.call(&Request::Delete { id }).expect("delete");
+
+    // A log rotated by size: the live file and two older ones, the oldest
+    // dropped; every record whole.
+    let (id, log) = run(
+        "chatty",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200 ]; do echo line-$i-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; i=$((i+1)); done",
+        ],
+        Resources::default(),
+        Some(LogRotation {
+            max_bytes: 2000,
+            max_files: 3,
+        }),
+    );
+    assert_eq!(wait_exited(client, &id).exit_code, Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let rotated = |k: u32| PathBuf::from(format!("{}.{k}", log.display()));
+    assert!(
+        rotated(1).exists() && rotated(2).exists(),
+        "no rotated files"
+    );
+    assert!(!rotated(3).exists(), "more files kept than asked");
+    // Oldest first, the kept lines are the last ones, in order, none lost
+    // between the files.
+    let mut numbers = Vec::new();
+    for path in [rotated(2), rotated(1), log.clone()] {
+        let text = std::fs::read_to_string(&path).expect("log file");
+        assert!(
+            text.len() < 2000 + 200,
+            "{}: {} bytes",
+            path.display(),
+            text.len()
+        );
+        for line in text.lines() {
+            let number = line
+                .split("stdout F line-")
+                .nth(1)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            numbers.push(number.unwrap_or_else(|| panic!("not a whole record: {line}")));
+        }
+    }
+    assert_eq!(numbers.last(), Some(&199), "{numbers:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
     client.call(&Request::Delete { id }).expect("delete");
 
     // Everything goes: the shim on request, the mounts, the cgroups.

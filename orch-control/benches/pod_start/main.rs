@@ -143,7 +143,13 @@ fn proportional_bytes(pid: u32) -> Result<u64> {
     let kib = text
         .lines()
         .find_map(|line| line.strip_prefix("Pss:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .context("no Pss in smaps_rollup")?;
     Ok(kib * 1024)
 }
@@ -235,7 +241,14 @@ async fn main() -> Result<()> {
         .arg(&node_config_path)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--node-ip", "127.0.0.1", "--address", "127.0.0.1", "--port", "0"])
+        .args([
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
         .args(["--max-pods", &(count + 10).to_string()])
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
@@ -250,14 +263,22 @@ async fn main() -> Result<()> {
 
     // The image on the node first: a pod pulls it.
     let mut watch = client
-        .watch(Kind::Pod, Some("default"), &ListOptions::default(), "", false)
+        .watch(
+            Kind::Pod,
+            Some("default"),
+            &ListOptions::default(),
+            "",
+            false,
+        )
         .await?;
     client.create(&pod("warm-up", &image)?, false).await?;
-    until_running(&mut watch, &["warm-up".to_string()], Duration::from_secs(120))
-        .await
-        .with_context(|| {
-            std::fs::read_to_string(root.join("orch-node.log")).unwrap_or_default()
-        })?;
+    until_running(
+        &mut watch,
+        &["warm-up".to_string()],
+        Duration::from_secs(120),
+    )
+    .await
+    .with_context(|| std::fs::read_to_string(root.join("orch-node.log")).unwrap_or_default())?;
     delete_all(&mut client, &["warm-up".to_string()]).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = resident_bytes(agent_pid)?;
@@ -269,7 +290,12 @@ async fn main() -> Result<()> {
         let name = format!("one-{i}");
         let started = Instant::now();
         client.create(&pod(&name, &image)?, false).await?;
-        let seen = until_running(&mut watch, std::slice::from_ref(&name), Duration::from_secs(60)).await?;
+        let seen = until_running(
+            &mut watch,
+            std::slice::from_ref(&name),
+            Duration::from_secs(60),
+        )
+        .await?;
         one_by_one.push(seen[&name] - started);
         names.push(name);
     }
@@ -299,9 +325,9 @@ async fn main() -> Result<()> {
     }
     let seen_task = {
         let names = names.clone();
-        tokio::spawn(async move {
-            until_running(&mut watch, &names, Duration::from_secs(300)).await
-        })
+        tokio::spawn(
+            async move { until_running(&mut watch, &names, Duration::from_secs(300)).await },
+        )
     };
     let mut started = HashMap::new();
     for (name, create) in names.iter().zip(creates) {
@@ -312,8 +338,14 @@ async fn main() -> Result<()> {
     delete_all(&mut client, &names).await?;
     drop(agent);
 
-    let (p50, p99) = (percentile(&mut one_by_one, 50.0), percentile(&mut one_by_one, 99.0));
-    let (burst50, burst99) = (percentile(&mut at_once, 50.0), percentile(&mut at_once, 99.0));
+    let (p50, p99) = (
+        percentile(&mut one_by_one, 50.0),
+        percentile(&mut one_by_one, 99.0),
+    );
+    let (burst50, burst99) = (
+        percentile(&mut at_once, 50.0),
+        percentile(&mut at_once, 99.0),
+    );
     let shims_seen = shim_pids.len().max(1) as u64;
     println!("pod start benchmark: {count} pods, image present, create -> Running seen in a watch");
     println!("{:<52} {:>12} {:>12}", "measure", "orch", "target");
@@ -322,9 +354,21 @@ async fn main() -> Result<()> {
     };
     row("one by one: p50 ms", format!("{p50:.1}"), "<= 60");
     row("one by one: p99 ms", format!("{p99:.1}"), "<= 200");
-    row(&format!("{count} at once: p50 ms"), format!("{burst50:.1}"), "");
-    row(&format!("{count} at once: p99 ms"), format!("{burst99:.1}"), "<= 2000");
-    row("orch-node RSS idle, MiB", format!("{:.1}", mib(idle_rss)), "< 40");
+    row(
+        &format!("{count} at once: p50 ms"),
+        format!("{burst50:.1}"),
+        "",
+    );
+    row(
+        &format!("{count} at once: p99 ms"),
+        format!("{burst99:.1}"),
+        "<= 2000",
+    );
+    row(
+        "orch-node RSS idle, MiB",
+        format!("{:.1}", mib(idle_rss)),
+        "< 40",
+    );
     row(
         &format!("orch-node RSS with {count} pods, MiB"),
         format!("{:.1}", mib(loaded_rss)),

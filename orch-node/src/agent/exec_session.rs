@@ -64,9 +64,8 @@ pub async fn run(
             .into_iter()
             .filter(|c| c.status == ContainerStatus::Running)
             .filter_map(|c| {
-                let (base, attempt) = c.id.rsplit_once('-')?;
-                (base == container)
-                    .then(|| attempt.parse::<u32>().ok().map(|a| (a, c.id.clone())))?
+                let (base, attempt) = super::pods::instance_of(&c.id)?;
+                (base == container).then(|| (attempt, c.id.clone()))
             })
             .max()
             .map(|(_, id)| id)

@@ -230,6 +230,7 @@ impl PodManager {
                 id: id.clone(),
                 bundle: container_dir.clone(),
                 log,
+                log_rotation: Some(self.log_rotation),
             },
             Request::Start { id: id.clone() },
         );

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use orch_core::api::proto::DeleteRequest;
@@ -24,7 +24,7 @@ use crate::image::registry::RegistryClient;
 use crate::runtime::release::release;
 use crate::runtime::sandbox;
 use crate::runtime::shim::client::ShimClient;
-use crate::runtime::shim::protocol::{ContainerState, Status};
+use crate::runtime::shim::protocol::{ContainerState, LogRotation, Status};
 
 /// First restart back-off; doubled per restart up to `MAX_BACKOFF`, reset
 /// after a container ran `BACKOFF_RESET` (the kubelet's numbers).
@@ -45,6 +45,8 @@ pub struct PodManager {
     pub queue: Arc<WorkQueue<ObjectRef>>,
     /// orch-node itself, run as each pod's shim.
     pub shim_binary: PathBuf,
+    /// How the containers' log files are rotated.
+    pub log_rotation: LogRotation,
     pub prober: super::probes::Prober,
 }
 
@@ -113,6 +115,7 @@ impl PodManager {
         registry: Arc<RegistryClient>,
         cache: Arc<Cache>,
         shim_binary: PathBuf,
+        log_rotation: LogRotation,
     ) -> Arc<Self> {
         Arc::new(Self {
             cgroup_root: format!("/orch/{node}"),
@@ -123,6 +126,7 @@ impl PodManager {
             cache,
             queue: WorkQueue::new(),
             shim_binary,
+            log_rotation,
             prober: super::probes::Prober::default(),
         })
     }
@@ -226,7 +230,7 @@ impl PodManager {
             .args(["shim", "--pod-dir"])
             .arg(dir)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(log);
         // Its own session: the shim outlives the agent and its signals.
         // SAFETY: the closure runs in the forked child before exec and only
@@ -242,23 +246,24 @@ impl PodManager {
         let mut child = command
             .spawn()
             .map_err(|e| format!("starting the shim: {e}"))?;
+        let stdout = child.stdout.take();
         // Reaped when it exits while the agent runs.
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let probe = ShimClient::new(dir);
-            if blocking(move || probe.alive()).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the shim did not start: {}",
-                    std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // The shim says "ready" on its stdout once its socket listens.
+        let ready = blocking(move || {
+            let mut said = [0u8; 6];
+            stdout.is_some_and(|mut out| {
+                std::io::Read::read(&mut out, &mut said).is_ok_and(|n| n > 0)
+            })
+        });
+        match tokio::time::timeout(Duration::from_secs(10), ready).await {
+            Ok(true) => Ok(()),
+            _ => Err(format!(
+                "the shim did not start: {}",
+                std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
+            )),
         }
     }
 

@@ -74,6 +74,14 @@ struct AgentArgs {
     /// reports it in status.daemonEndpoints.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// A container's log file is rotated when it reaches this size (the
+    /// kubelet's containerLogMaxSize).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Log files kept per container, the live one included (at least 2;
+    /// the kubelet's containerLogMaxFiles).
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: u32,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +223,7 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
         }
     };
     let insecure_registry = args.insecure_registry.clone();
+    let log_rotation = log_rotation(&args)?;
     let agent_tls = orch_node::agent::server::tls(&client_config)
         .map_err(|e| anyhow::anyhow!("--config {}: {e}", config_path.display()))?;
     let agent_listener = std::net::TcpListener::bind((args.address, args.port))
@@ -299,6 +308,7 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             registry,
             orch_core::runtime::Cache::new(),
             shim_binary.path(),
+            log_rotation,
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
         shutdown_signal().await;
@@ -353,6 +363,24 @@ fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<()> {
 }
 
 /// `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
+fn log_rotation(args: &AgentArgs) -> Result<orch_node::runtime::shim::protocol::LogRotation> {
+    let size =
+        orch_core::quantity::parse_k8s(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            args.container_log_max_size.clone(),
+        ))
+        .map_err(|e| anyhow::anyhow!("--container-log-max-size: {e}"))?;
+    if size.value() < 1024 {
+        anyhow::bail!("--container-log-max-size: at least 1Ki");
+    }
+    if args.container_log_max_files < 2 {
+        anyhow::bail!("--container-log-max-files: at least 2 (the live file and one rotated)");
+    }
+    Ok(orch_node::runtime::shim::protocol::LogRotation {
+        max_bytes: size.value() as u64,
+        max_files: args.container_log_max_files,
+    })
+}
+
 fn parse_reserved(text: &str) -> Result<Reserved> {
     let mut reserved = Reserved::default();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {

@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Creates container `id` from the OCI bundle (config.json + rootfs)
-    /// at `bundle`; its stdout and stderr go to `log` (CRI format).
+    /// at `bundle`; its stdout and stderr go to `log` (CRI format),
+    /// rotated as `log_rotation` says (never when absent).
     Create {
         id: String,
         bundle: PathBuf,
         log: PathBuf,
+        #[serde(default)]
+        log_rotation: Option<LogRotation>,
     },
     Start {
         id: String,
@@ -53,6 +56,25 @@ pub enum Request {
     State,
     /// The shim exits once it holds no running container.
     Shutdown,
+}
+
+/// When a container's log file is rotated, and how many files are kept
+/// (the live one included), like the kubelet's containerLogMaxSize and
+/// containerLogMaxFiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRotation {
+    pub max_bytes: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 << 20,
+            max_files: 5,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,6 +60,16 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("{}: {e}", socket.display()))?;
     }
+    // Whoever started the shim (the agent reads its stdout) learns the
+    // socket is there without polling; then the shim lets go of that pipe.
+    {
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(b"ready\n");
+        let _ = stdout.flush();
+    }
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
     let (events, queue) = mpsc::channel::<Event>();
 
     let signals = events.clone();
@@ -179,7 +189,12 @@ fn handle(
     request: Request,
 ) -> Result<Response, String> {
     match request {
-        Request::Create { id, bundle, log } => {
+        Request::Create {
+            id,
+            bundle,
+            log,
+            log_rotation,
+        } => {
             if held.contains_key(&id) {
                 return Err(format!("container {id} exists"));
             }
@@ -208,7 +223,7 @@ fn handle(
                 .with_detach(true)
                 .build()
                 .map_err(|e| format!("creating {id}: {e}"))?;
-            let log_writer = super::logs::LogWriter::open(&log)
+            let log_writer = super::logs::LogWriter::open(&log, log_rotation)
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             super::logs::copy_stream(out_read, "stdout", log_writer.clone());
             super::logs::copy_stream(err_read, "stderr", log_writer);

@@ -703,6 +703,8 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         .unwrap_or_default();
     assert!(message.contains("nope:1"), "{message}");
 
+    private_registry(&mut client, dir.path(), &builder, &local).await;
+
     // The agent dies: the container keeps running; a new agent adopts it
     // without restarting it.
     let _ = agent.0.kill();
@@ -841,6 +843,114 @@ fn shim_executables(state: &std::path::Path) -> Vec<(u32, String, u64)> {
             Some((pid, exe.to_string_lossy().into_owned(), inode))
         })
         .collect()
+}
+
+/// A registry that wants a password: a pod without an image pull secret
+/// fails to pull and says why; with a dockerconfigjson Secret naming the
+/// registry it runs.
+async fn private_registry(
+    client: &mut ApiClient,
+    dir: &std::path::Path,
+    builder: &orch_node::image::ImageStore,
+    local: &orch_node::image::Reference,
+) {
+    use orch_node::image::local_registry::LocalRegistry;
+    use orch_node::image::registry::{Credentials, RegistryClient};
+    let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+    let registry = LocalRegistry::start_with_htpasswd(
+        &dir.join("private-registry"),
+        Some(&format!("puller:{hash}\n")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let image = format!("{}/private/busybox:1", registry.addr);
+    let credentials = Credentials {
+        username: "puller".into(),
+        password: "s3cret".into(),
+    };
+    RegistryClient::new(Vec::new())
+        .expect("registry client")
+        .push(
+            builder,
+            local,
+            &orch_node::image::Reference::parse(&image).expect("ref"),
+            Some(&credentials),
+        )
+        .await
+        .expect("push with the password");
+    let pod_yaml = |name: &str, secrets: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 0\n{secrets}  containers:\n  - name: c\n    image: {image}\n    command: [sleep, '1000']\n"
+        )
+    };
+    client
+        .create(&pod(&pod_yaml("private-denied", "")), false)
+        .await
+        .expect("create pod without a pull secret");
+    let denied = until_status(
+        client,
+        "private-denied",
+        Duration::from_secs(30),
+        "refused by the registry",
+        |s| {
+            matches!(
+                waiting_reason(s).as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        },
+    )
+    .await;
+    let message = first_container(&denied)
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(message.contains("imagePullSecrets"), "{message}");
+
+    let config = serde_json::json!({"auths": {registry.addr.clone(): {
+        "auth": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "puller:s3cret"),
+    }}});
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "pull", "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config.to_string()},
+    });
+    client
+        .create(&pod(&secret.to_string()), false)
+        .await
+        .expect("create the pull secret");
+    client
+        .create(
+            &pod(&pod_yaml(
+                "private-ok",
+                "  imagePullSecrets: [{name: pull}]\n",
+            )),
+            false,
+        )
+        .await
+        .expect("create pod with a pull secret");
+    until_status(
+        client,
+        "private-ok",
+        Duration::from_secs(30),
+        "Running with the pull secret",
+        |s| s.phase.as_deref() == Some("Running"),
+    )
+    .await;
+    for name in ["private-denied", "private-ok"] {
+        client
+            .delete(
+                Kind::Pod,
+                Some("default"),
+                name,
+                &orch_core::api::proto::DeleteRequest {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("delete");
+    }
 }
 
 /// A whole log, as text.

@@ -40,8 +40,20 @@ pub fn apply_defaults(object: &mut Object) {
         Object::ReplicaSet(rs) => default_replica_set(rs),
         Object::Service(service) => default_service(service),
         Object::EndpointSlice(slice) => default_endpoint_slice(slice),
-        Object::Secret(secret) => default_string(&mut secret.type_, "Opaque"),
+        Object::Secret(secret) => default_secret(secret),
         Object::Lease(_) | Object::Event(_) | Object::ConfigMap(_) => {}
+    }
+}
+
+/// The type Opaque when none is given; stringData (write-only, as in
+/// Kubernetes) merged over data, so readers find every key in data.
+fn default_secret(secret: &mut k8s_openapi::api::core::v1::Secret) {
+    default_string(&mut secret.type_, "Opaque");
+    if let Some(strings) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(Default::default);
+        for (key, value) in strings {
+            data.insert(key, k8s_openapi::ByteString(value.into_bytes()));
+        }
     }
 }
 

@@ -9,7 +9,14 @@ fn agent(config: &std::path::Path, state: &std::path::Path, extra: &[&str]) -> (
         .arg(config)
         .arg("--state-dir")
         .arg(state)
-        .args(["--node-ip", "127.0.0.1", "--address", "127.0.0.1", "--port", "0"])
+        .args([
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
         .args(extra)
         .env_remove("RUST_BACKTRACE")
         .output()
@@ -45,10 +52,7 @@ fn bad_agent_flags_are_refused_by_name() {
             &["--container-log-max-size", "10"][..],
             "--container-log-max-size: at least 1Ki",
         ),
-        (
-            &[][..],
-            "no client-certificate and client-key",
-        ),
+        (&[][..], "no client-certificate and client-key"),
     ] {
         let (ok, stderr) = agent(&config, &state, flags);
         assert!(!ok, "{flags:?} was accepted");

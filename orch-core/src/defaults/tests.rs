@@ -380,3 +380,18 @@ proptest! {
         prop_assert_eq!(once, twice);
     }
 }
+
+#[test]
+fn secret_string_data_is_merged_into_data() {
+    let secret = defaulted(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s", "namespace": "default"},
+        "data": {"a": "b2xk", "b": "a2VwdA=="},
+        "stringData": {"a": "new"},
+    }));
+    assert_eq!(secret["type"], "Opaque");
+    // base64 of "new" and of "kept"; stringData itself is not stored.
+    assert_eq!(secret["data"]["a"], "bmV3");
+    assert_eq!(secret["data"]["b"], "a2VwdA==");
+    assert!(secret.get("stringData").is_none(), "{secret}");
+}

@@ -183,7 +183,13 @@ impl PodManager {
         volumes: &std::collections::BTreeMap<String, PathBuf>,
     ) -> Result<String, (String, String)> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (image, layers, image_id) = self.images.ensure(&uid, container).await?;
+        let credentials = super::pod_images::pull_credentials(
+            client,
+            pod,
+            container.image.as_deref().unwrap_or_default(),
+        )
+        .await;
+        let (image, layers, image_id) = self.images.ensure(&uid, container, credentials).await?;
         let config_error =
             |e: ConfigError| ("CreateContainerConfigError".to_string(), e.to_string());
         let resolved = pod_files::env_values(client, pod, container, &self.node, &self.host_ip)

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Container;
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use orch_core::api::ApiClient;
+use orch_core::object::{Kind, Object};
 
 use super::pods::{backoff, blocking};
-use crate::image::registry::RegistryClient;
+use crate::image::registry::{Credentials, RegistryClient};
 use crate::image::{ImageStore, Reference, unpack};
 
 /// Failures of one container's image pulls.
@@ -44,11 +47,13 @@ impl ImagePuller {
             .retain(|(pod, _), _| pod != uid);
     }
 
-    /// Pulls (as the policy says) and unpacks the container's image.
+    /// Pulls (as the policy says, with `credentials` when the pod has
+    /// them for the image's registry) and unpacks the container's image.
     pub async fn ensure(
         &self,
         uid: &str,
         container: &Container,
+        credentials: Option<Credentials>,
     ) -> Result<(crate::image::Image, Vec<PathBuf>, String), (String, String)> {
         let name = container.image.clone().unwrap_or_default();
         let reference =
@@ -87,7 +92,11 @@ impl ImagePuller {
                     ));
                 }
             }
-            match self.registry.pull(&self.store, &reference, None).await {
+            match self
+                .registry
+                .pull(&self.store, &reference, credentials.as_ref())
+                .await
+            {
                 Ok(descriptor) => {
                     self.pulls
                         .lock()
@@ -146,5 +155,125 @@ impl ImagePuller {
             Ok(Some(descriptor)) => format!("{}@{}", reference.name(), descriptor.digest),
             _ => String::new(),
         }
+    }
+}
+
+/// A registry as a docker config names it (`https://host/v1/`, `host`,
+/// `host:port`) reduced to host[:port], Docker Hub's aliases made one.
+fn registry_host(key: &str) -> String {
+    let host = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".into(),
+        _ => host,
+    }
+}
+
+/// The credentials a docker config (`.dockerconfigjson`'s `auths`, or an
+/// old `.dockercfg` map) holds for `registry`.
+pub fn credentials_in(config: &serde_json::Value, registry: &str) -> Option<Credentials> {
+    let entries = config.get("auths").unwrap_or(config).as_object()?;
+    let wanted = registry_host(registry);
+    let entry = entries
+        .iter()
+        .find(|(key, _)| registry_host(key) == wanted)
+        .map(|(_, entry)| entry)?;
+    let field = |name: &str| entry.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+    if !field("username").is_empty() {
+        return Some(Credentials {
+            username: field("username").to_string(),
+            password: field("password").to_string(),
+        });
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(field("auth"))
+        .ok()?;
+    let (username, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(Credentials {
+        username: username.to_string(),
+        password: password.to_string(),
+    })
+}
+
+/// The credentials of the pod's imagePullSecrets for `image`'s registry:
+/// the first secret that has some, as the kubelet tries them in order. A
+/// secret that is missing or unreadable is skipped (the pull then fails
+/// with the registry's refusal, naming imagePullSecrets).
+pub async fn pull_credentials(
+    client: &mut ApiClient,
+    pod: &Pod,
+    image: &str,
+) -> Option<Credentials> {
+    let reference = Reference::parse(image).ok()?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let secrets = pod
+        .spec
+        .as_ref()?
+        .image_pull_secrets
+        .clone()
+        .unwrap_or_default();
+    for name in secrets
+        .iter()
+        .map(|s| s.name.clone())
+        .filter(|n| !n.is_empty())
+    {
+        let secret = match client.get(Kind::Secret, Some(&namespace), &name).await {
+            Ok(Object::Secret(secret)) => secret,
+            other => {
+                tracing::warn!(secret = %name, pod = ?pod.metadata.name, error = ?other.err(), "an image pull secret could not be read");
+                continue;
+            }
+        };
+        let data = secret.data.unwrap_or_default();
+        let Some(bytes) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        else {
+            continue;
+        };
+        let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes.0) else {
+            tracing::warn!(secret = %name, "an image pull secret is not a docker config");
+            continue;
+        };
+        if let Some(found) = credentials_in(&config, &reference.registry) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_configs_give_the_registry_s_credentials() {
+        let config = serde_json::json!({"auths": {
+            "https://index.docker.io/v1/": {"auth": "aHViOnNlY3JldA=="},
+            "127.0.0.1:5000": {"username": "alice", "password": "pw"},
+        }});
+        assert_eq!(
+            credentials_in(&config, "docker.io"),
+            Some(Credentials {
+                username: "hub".into(),
+                password: "secret".into()
+            })
+        );
+        assert_eq!(
+            credentials_in(&config, "127.0.0.1:5000").map(|c| c.username),
+            Some("alice".into())
+        );
+        assert_eq!(credentials_in(&config, "quay.io"), None);
+        // The old .dockercfg: the map itself.
+        let old = serde_json::json!({"quay.io": {"username": "q", "password": "p"}});
+        assert_eq!(
+            credentials_in(&old, "quay.io").map(|c| c.password),
+            Some("p".into())
+        );
     }
 }

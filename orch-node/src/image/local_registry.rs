@@ -25,6 +25,12 @@ impl Drop for LocalRegistry {
 impl LocalRegistry {
     /// Starts a registry with its config, storage and log under `dir`.
     pub fn start(dir: &Path) -> Result<Self, String> {
+        Self::start_with_htpasswd(dir, None)
+    }
+
+    /// Starts a registry that takes only the users of `htpasswd` (the
+    /// file's contents: `user:<bcrypt hash>` lines), by basic auth.
+    pub fn start_with_htpasswd(dir: &Path, htpasswd: Option<&str>) -> Result<Self, String> {
         if !Path::new(DOCKER_REGISTRY).exists() {
             return Err(format!(
                 "{DOCKER_REGISTRY} is missing: run `cargo xtask setup` (Debian's docker-registry)"
@@ -42,14 +48,19 @@ impl LocalRegistry {
                 .port();
             let addr = format!("127.0.0.1:{port}");
             let config = dir.join("registry.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
-                    storage.display()
-                ),
-            )
-            .map_err(|e| format!("{}: {e}", config.display()))?;
+            let mut text = format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
+                storage.display()
+            );
+            if let Some(users) = htpasswd {
+                let path = dir.join("htpasswd");
+                std::fs::write(&path, users).map_err(|e| format!("{}: {e}", path.display()))?;
+                text.push_str(&format!(
+                    "auth:\n  htpasswd: {{realm: orch, path: {}}}\n",
+                    path.display()
+                ));
+            }
+            std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
             let child = Command::new(DOCKER_REGISTRY)
                 .arg("serve")
                 .arg(&config)

@@ -32,6 +32,15 @@ impl Drop for Agent {
 }
 
 fn start_agent(config: &std::path::Path, state: &std::path::Path, log: &std::path::Path) -> Agent {
+    start_agent_with(config, state, log, &[])
+}
+
+fn start_agent_with(
+    config: &std::path::Path,
+    state: &std::path::Path,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Agent {
     let child = Command::new(orch_node())
         .args(["--node-name", "n1", "--config"])
         .arg(config)
@@ -51,6 +60,7 @@ fn start_agent(config: &std::path::Path, state: &std::path::Path, log: &std::pat
             "--node-status-update-frequency-ms",
             "300",
         ])
+        .args(extra)
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log"))
@@ -1154,4 +1164,153 @@ impl Drop for Release {
             eprintln!("releasing node n1's pods: {error}");
         }
     }
+}
+
+/// The images node n1 lists in its status.
+async fn node_images(client: &mut ApiClient) -> Vec<String> {
+    node(client)
+        .await
+        .and_then(|n| n.status)
+        .and_then(|s| s.images)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|i| i.names.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_images_are_collected_under_disk_pressure() {
+    use orch_node::image::build::{self, BUSYBOX};
+    use orch_node::image::local_registry::LocalRegistry;
+    use orch_node::image::registry::RegistryClient;
+    use orch_node::image::{ImageStore, Reference};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    replica.start(&["--init"]);
+    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
+    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    // Two different images: one a running pod uses, one a finished pod
+    // used.
+    let registry =
+        LocalRegistry::start(&dir.path().join("registry")).unwrap_or_else(|e| panic!("{e}"));
+    let builder = ImageStore::open(&dir.path().join("builder")).expect("builder store");
+    let mut images = Vec::new();
+    for (tag, cmd) in [("kept", "sh"), ("spare", "ls")] {
+        let local = Reference::parse(&format!("orch.test/{tag}:1")).expect("reference");
+        build::busybox_image(&builder, &local, std::path::Path::new(BUSYBOX), &[], &[cmd])
+            .expect("image");
+        let image = format!("{}/{tag}:1", registry.addr);
+        RegistryClient::new(Vec::new())
+            .expect("registry client")
+            .push(
+                &builder,
+                &local,
+                &Reference::parse(&image).expect("ref"),
+                None,
+            )
+            .await
+            .expect("push");
+        images.push(image);
+    }
+    let (kept, spare) = (images[0].clone(), images[1].clone());
+
+    let node_config = orch_control::pki::Pki::new(&replica.dir)
+        .node_config("n1", &[replica.api_addr.clone()])
+        .expect("node certificate");
+    let config_path = dir.path().join("node.conf");
+    std::fs::write(&config_path, node_config.to_yaml()).expect("node config");
+    let state = dir.path().join("node-state");
+    let _release = Release(state.clone());
+    // Any use of the disk counts as pressure: every unused image goes.
+    let _agent = start_agent_with(
+        &config_path,
+        &state,
+        &dir.path().join("orch-node.log"),
+        &[
+            "--image-gc-high-threshold",
+            "1",
+            "--image-gc-low-threshold",
+            "0",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(Kind::Namespace, None, "default").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "namespace default never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: keeper, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {kept}\n    command: [sleep, '1000']\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create keeper");
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: once, namespace: default}}\nspec:\n  nodeName: n1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {spare}\n    command: ['true']\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create once");
+    until_status(
+        &mut client,
+        "keeper",
+        Duration::from_secs(60),
+        "Running",
+        |s| s.phase.as_deref() == Some("Running"),
+    )
+    .await;
+    until_status(
+        &mut client,
+        "once",
+        Duration::from_secs(60),
+        "Succeeded",
+        |s| s.phase.as_deref() == Some("Succeeded"),
+    )
+    .await;
+    // While a pod names it, even a finished one, the image stays.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let listed = node_images(&mut client).await;
+    assert!(
+        listed.contains(&spare) && listed.contains(&kept),
+        "{listed:?}"
+    );
+
+    client
+        .delete(
+            Kind::Pod,
+            Some("default"),
+            "once",
+            &orch_core::api::proto::DeleteRequest {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("delete once");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = node_images(&mut client).await;
+        if !listed.contains(&spare) {
+            assert!(listed.contains(&kept), "the image in use went: {listed:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unused image stayed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The running pod never noticed.
+    let keeper = pod_status(&mut client, "keeper").await.expect("keeper");
+    assert_eq!(keeper.phase.as_deref(), Some("Running"));
+    assert_eq!(first_container(&keeper).restart_count, 0);
 }

@@ -4,6 +4,7 @@
 pub mod container_config;
 pub mod container_logs;
 pub mod exec_session;
+pub mod image_gc;
 pub mod machine;
 pub mod node_status;
 mod pod_containers;

@@ -28,6 +28,8 @@ pub struct ImagePuller {
     pub registry: Arc<RegistryClient>,
     /// (pod uid, container) -> its last failures.
     pulls: Mutex<HashMap<(String, String), PullFailure>>,
+    /// When each image was last used, for image garbage collection.
+    pub last_used: super::image_gc::LastUsed,
 }
 
 impl ImagePuller {
@@ -36,6 +38,7 @@ impl ImagePuller {
             store,
             registry,
             pulls: Mutex::default(),
+            last_used: Default::default(),
         }
     }
 
@@ -141,6 +144,8 @@ impl ImagePuller {
         })
         .await
         .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        self.last_used
+            .touch(&unpacked.0.manifest_digest.to_string());
         let image_id = format!("{}@{}", reference.name(), unpacked.0.manifest_digest);
         Ok((unpacked.0, unpacked.1, image_id))
     }

@@ -47,6 +47,8 @@ pub struct PodManager {
     pub shim_binary: PathBuf,
     /// How the containers' log files are rotated.
     pub log_rotation: LogRotation,
+    /// When unused images are deleted.
+    pub image_gc: super::image_gc::ImageGcPolicy,
     pub prober: super::probes::Prober,
 }
 
@@ -116,6 +118,7 @@ impl PodManager {
         cache: Arc<Cache>,
         shim_binary: PathBuf,
         log_rotation: LogRotation,
+        image_gc: super::image_gc::ImageGcPolicy,
     ) -> Arc<Self> {
         Arc::new(Self {
             cgroup_root: format!("/orch/{node}"),
@@ -127,6 +130,7 @@ impl PodManager {
             queue: WorkQueue::new(),
             shim_binary,
             log_rotation,
+            image_gc,
             prober: super::probes::Prober::default(),
         })
     }
@@ -151,7 +155,45 @@ impl PodManager {
                     name: record.name,
                 });
             }
+            self.collect_images().await;
             tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Deletes images no pod of the node names when the disk is full.
+    async fn collect_images(&self) {
+        let wanted: Vec<String> = self
+            .cache
+            .select(|_| true)
+            .iter()
+            .filter_map(|object| match object.as_ref() {
+                Object::Pod(pod) => pod.spec.clone(),
+                _ => None,
+            })
+            .flat_map(|spec| {
+                let init = spec.init_containers.unwrap_or_default();
+                init.into_iter().chain(spec.containers)
+            })
+            .filter_map(|c| c.image)
+            .collect();
+        let images = self.images.clone();
+        let policy = self.image_gc;
+        let collected = blocking(move || {
+            super::image_gc::collect_under_pressure(
+                &images.store,
+                policy,
+                &wanted,
+                &images.last_used,
+            )
+        })
+        .await;
+        match collected {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(?deleted, "unused images deleted under disk pressure");
+            }
+            Ok(_) => {}
+            // Busy (a pull runs) or unreadable: the next round tries again.
+            Err(error) => tracing::debug!(%error, "image garbage collection"),
         }
     }
 

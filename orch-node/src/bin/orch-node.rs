@@ -82,6 +82,13 @@ struct AgentArgs {
     /// the kubelet's containerLogMaxFiles).
     #[arg(long, default_value_t = 5)]
     container_log_max_files: u32,
+    /// Percent of the state dir's filesystem in use above which unused
+    /// images are deleted (100: never), like the kubelet's.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Percent in use that image garbage collection brings it down to.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +231,11 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
     };
     let insecure_registry = args.insecure_registry.clone();
     let log_rotation = log_rotation(&args)?;
+    let image_gc = orch_node::agent::image_gc::ImageGcPolicy::new(
+        args.image_gc_high_threshold,
+        args.image_gc_low_threshold,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let agent_tls = orch_node::agent::server::tls(&client_config)
         .map_err(|e| anyhow::anyhow!("--config {}: {e}", config_path.display()))?;
     let agent_listener = std::net::TcpListener::bind((args.address, args.port))
@@ -309,6 +321,7 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             orch_core::runtime::Cache::new(),
             shim_binary.path(),
             log_rotation,
+            image_gc,
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
         shutdown_signal().await;
@@ -362,7 +375,7 @@ fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<()> {
     Ok(())
 }
 
-/// `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
+/// `--container-log-max-size` and `--container-log-max-files`.
 fn log_rotation(args: &AgentArgs) -> Result<orch_node::runtime::shim::protocol::LogRotation> {
     let size =
         orch_core::quantity::parse_k8s(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(
@@ -381,6 +394,7 @@ fn log_rotation(args: &AgentArgs) -> Result<orch_node::runtime::shim::protocol::
     })
 }
 
+/// `cpu=100m,memory=256Mi,ephemeral-storage=1Gi`.
 fn parse_reserved(text: &str) -> Result<Reserved> {
     let mut reserved = Reserved::default();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {

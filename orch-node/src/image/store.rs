@@ -494,6 +494,19 @@ impl ImageStore {
             .collect())
     }
 
+    /// Every image name held and the manifest it names.
+    pub fn names(&self) -> Result<Vec<(Reference, Descriptor)>, StoreError> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .filter_map(|descriptor| {
+                let name = Reference::parse(ref_name(&descriptor)?).ok()?;
+                Some((name, descriptor))
+            })
+            .collect())
+    }
+
     /// Forgets the name `reference` (the blobs stay until `collect`).
     pub fn untag(&self, reference: &Reference) -> Result<bool, StoreError> {
         let name = reference.to_string();

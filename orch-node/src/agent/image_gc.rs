@@ -1,0 +1,143 @@
+//! Image garbage collection under disk pressure, as the kubelet does it:
+//! when the image filesystem is fuller than the high threshold, images no
+//! pod of the node uses are deleted, least recently used first, until it
+//! is below the low threshold.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use thiserror::Error;
+
+use super::machine;
+use crate::image::{Digest, ImageStore, Reference, StoreError};
+
+#[derive(Debug, Error)]
+pub enum ImageGcError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Machine(#[from] machine::MachineError),
+}
+
+/// The kubelet's `--image-gc-high-threshold` and `--image-gc-low-threshold`
+/// (percent of the filesystem used); a high threshold of 100 turns
+/// collection off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageGcPolicy {
+    pub high_percent: u8,
+    pub low_percent: u8,
+}
+
+impl Default for ImageGcPolicy {
+    fn default() -> Self {
+        Self {
+            high_percent: 85,
+            low_percent: 80,
+        }
+    }
+}
+
+impl ImageGcPolicy {
+    pub fn new(high_percent: u8, low_percent: u8) -> Result<Self, String> {
+        if high_percent > 100 {
+            return Err("--image-gc-high-threshold: a percent, 0 to 100".into());
+        }
+        if low_percent >= high_percent && high_percent != 100 {
+            return Err(
+                "--image-gc-low-threshold must be lower than --image-gc-high-threshold".into(),
+            );
+        }
+        Ok(Self {
+            high_percent,
+            low_percent,
+        })
+    }
+}
+
+/// When each image (manifest digest) was last used by a container.
+#[derive(Default)]
+pub struct LastUsed(std::sync::Mutex<HashMap<String, Instant>>);
+
+impl LastUsed {
+    pub fn touch(&self, manifest: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(manifest.to_string(), Instant::now());
+    }
+
+    fn get(&self, manifest: &str) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(manifest)
+            .copied()
+    }
+}
+
+fn used_percent(store: &ImageStore) -> Result<f64, ImageGcError> {
+    let disk = machine::disk(store.root())?;
+    if disk.total == 0 {
+        return Ok(0.0);
+    }
+    Ok((disk.total - disk.available) as f64 * 100.0 / disk.total as f64)
+}
+
+/// Collects when the filesystem is over the policy's high threshold.
+/// `wanted` are the images the node's pods name. Returns the names
+/// deleted. Blocking.
+pub fn collect_under_pressure(
+    store: &ImageStore,
+    policy: ImageGcPolicy,
+    wanted: &[String],
+    last_used: &LastUsed,
+) -> Result<Vec<String>, ImageGcError> {
+    if policy.high_percent >= 100 || used_percent(store)? < f64::from(policy.high_percent) {
+        return Ok(Vec::new());
+    }
+    let names = store.names()?;
+    // What the pods name stays, under every name it has, with its layers.
+    let mut kept_manifests = BTreeSet::new();
+    let mut kept_layers = BTreeSet::new();
+    for image in wanted {
+        let Ok(reference) = Reference::parse(image) else {
+            continue;
+        };
+        if let Some(descriptor) = store.resolve(&reference)? {
+            if let Ok(held) = store.image(&descriptor) {
+                kept_layers.extend(
+                    held.config
+                        .rootfs
+                        .diff_ids
+                        .iter()
+                        .filter_map(|d| Digest::parse(d).ok()),
+                );
+            }
+            kept_manifests.insert(descriptor.digest);
+        }
+    }
+    let mut unused: Vec<(Option<Instant>, String)> = names
+        .iter()
+        .map(|(_, d)| d.digest.clone())
+        .filter(|digest| !kept_manifests.contains(digest))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|digest| (last_used.get(&digest), digest))
+        .collect();
+    // Never used since the agent started sorts first (None < Some).
+    unused.sort();
+    let mut deleted = Vec::new();
+    for (_, digest) in unused {
+        if used_percent(store)? < f64::from(policy.low_percent) {
+            break;
+        }
+        for (name, _) in names.iter().filter(|(_, d)| d.digest == digest) {
+            if store.untag(name)? {
+                deleted.push(name.to_string());
+            }
+        }
+        let freed = store.collect(&kept_layers)?;
+        tracing::info!(image = %digest, freed, "image collected under disk pressure");
+    }
+    Ok(deleted)
+}

@@ -492,9 +492,8 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
 
     logs_and_exec(&mut client, &config, dir.path()).await;
 
-    // A ConfigMap as a volume and as an environment value; the volume still
-    // holds its files seconds after the start (it is not rewritten under
-    // the running container).
+    // A ConfigMap as a volume and as an environment value, and a Secret
+    // as a volume; the volumes hold their files seconds after the start.
     client
         .create(
             &pod("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: default}\ndata: {greeting: hello-volume}\n"),
@@ -504,8 +503,15 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         .expect("create configmap");
     client
         .create(
+            &pod("apiVersion: v1\nkind: Secret\nmetadata: {name: token, namespace: default}\nstringData: {token: t0ps3cret}\n"),
+            false,
+        )
+        .await
+        .expect("create secret");
+    client
+        .create(
             &pod(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: reader, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: config, configMap: {{name: settings}}}}]\n  containers:\n  - name: c\n    image: {image}\n    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}]\n    volumeMounts: [{{name: config, mountPath: /config}}]\n    command: [sh, -c, 'echo env=$GREETING; sleep 2.5; echo file=$(cat /config/greeting); sleep 1000']\n    readinessProbe: {{exec: {{command: [test, -f, /config/absent]}}, periodSeconds: 1}}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: reader, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: config, configMap: {{name: settings}}}}, {{name: token, secret: {{secretName: token}}}}]\n  containers:\n  - name: c\n    image: {image}\n    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}]\n    volumeMounts: [{{name: config, mountPath: /config}}, {{name: token, mountPath: /secret}}]\n    command: [sh, -c, 'echo env=$GREETING; sleep 2.5; echo file=$(cat /config/greeting); sleep 1000']\n    readinessProbe: {{exec: {{command: [test, -f, /config/absent]}}, periodSeconds: 1}}\n"
             )),
             false,
         )
@@ -544,6 +550,53 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     // Its exec readiness probe's command fails: running, never ready.
     let reader_status = pod_status(&mut client, "reader").await.expect("status");
     assert!(!first_container(&reader_status).ready, "{reader_status:?}");
+    // The secret is there, on a tmpfs (never on the node's disk).
+    let (out, _, code) = exec_in(
+        &mut client,
+        "reader",
+        &[
+            "sh",
+            "-c",
+            "cat /secret/token; echo; awk '$2==\"/secret\" {print $3}' /proc/mounts",
+        ],
+        None,
+        false,
+    )
+    .await
+    .expect("exec in reader");
+    assert_eq!((out.as_str(), code), ("t0ps3cret\ntmpfs\n", Some(0)));
+    // An update of the ConfigMap reaches the running container's volume.
+    client
+        .patch(
+            Kind::ConfigMap,
+            Some("default"),
+            "settings",
+            &serde_json::json!({"data": {"greeting": "hello-again"}}),
+            false,
+        )
+        .await
+        .expect("update the configmap");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (out, _, _) = exec_in(
+            &mut client,
+            "reader",
+            &["cat", "/config/greeting"],
+            None,
+            false,
+        )
+        .await
+        .expect("exec cat");
+        if out == "hello-again" {
+            break;
+        }
+        assert_eq!(out, "hello-volume", "neither the old nor the new value");
+        assert!(
+            Instant::now() < deadline,
+            "the update never reached the volume"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // An init container runs to completion first: what it leaves in an
     // emptyDir is there when the app container starts.

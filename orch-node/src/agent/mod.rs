@@ -14,6 +14,7 @@ pub mod pod_status;
 pub mod pods;
 pub mod probes;
 pub mod server;
+pub mod volume_writer;
 
 use std::path::PathBuf;
 use std::time::Duration;

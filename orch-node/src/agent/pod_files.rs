@@ -11,6 +11,7 @@ use orch_core::api::{ApiClient, ApiError};
 use orch_core::object::{Kind, Object};
 
 use super::container_config::ConfigError;
+use super::volume_writer;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
     move |e| ConfigError(format!("{}: {e}", path.display()))
@@ -99,9 +100,9 @@ pub fn volume_paths(pod: &Pod, dir: &Path) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
-/// Prepares the pod's volumes under `dir` (once, when the pod is set up:
-/// a configMap or secret volume is not rewritten under running
-/// containers); returns name -> host path.
+/// Prepares the pod's volumes under `dir`, or brings configMap and secret
+/// volumes up to date (each swapped whole, see `volume_writer`; secrets on
+/// a tmpfs); returns name -> host path.
 pub async fn volumes(
     client: &mut ApiClient,
     pod: &Pod,
@@ -167,10 +168,6 @@ pub async fn volumes(
                     )));
                 }
             };
-            // Written anew each time, then renamed over the old copy.
-            let fresh = dir.join(format!(".{}-new", volume.name));
-            let _ = std::fs::remove_dir_all(&fresh);
-            std::fs::create_dir_all(&fresh).map_err(io(&fresh))?;
             let files: Vec<(String, String, Option<i32>)> = match &items {
                 Some(items) => items
                     .iter()
@@ -178,6 +175,7 @@ pub async fn volumes(
                     .collect(),
                 None => data.keys().map(|k| (k.clone(), k.clone(), None)).collect(),
             };
+            let mut projected = Vec::new();
             for (key, relative, item_mode) in files {
                 let Some(bytes) = data.get(&key) else {
                     if optional == Some(true) {
@@ -188,27 +186,22 @@ pub async fn volumes(
                         resource(kind)
                     )));
                 };
-                if !Path::new(&relative)
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_)))
-                {
+                if !volume_writer::valid_path(&relative) {
                     return Err(ConfigError(format!(
-                        "volume {}: path {relative:?} must be relative, without ..",
+                        "volume {}: path {relative:?} must be relative, without .. and not start with ..",
                         volume.name
                     )));
                 }
-                let file = fresh.join(&relative);
-                if let Some(parent) = file.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                std::fs::write(&file, bytes).map_err(io(&file))?;
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = item_mode.or(mode).unwrap_or(0o644) as u32;
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
-                    .map_err(io(&file))?;
+                projected.push(volume_writer::VolumeFile {
+                    path: relative,
+                    bytes: bytes.clone(),
+                    mode: item_mode.or(mode).unwrap_or(0o644) as u32,
+                });
             }
-            let _ = std::fs::remove_dir_all(&own);
-            std::fs::rename(&fresh, &own).map_err(io(&own))?;
+            if kind == Kind::Secret {
+                volume_writer::mount_tmpfs(&own).map_err(io(&own))?;
+            }
+            volume_writer::write(&own, &projected).map_err(io(&own))?;
             own
         };
         out.insert(volume.name.clone(), path);

@@ -33,6 +33,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: f64 = 600.0;
 /// How often a pod's containers are looked at while it runs.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How often a running pod's configMap and secret volumes are brought up
+/// to date (the kubelet takes up to a minute).
+const VOLUME_RESYNC: Duration = Duration::from_secs(10);
 
 pub struct PodManager {
     pub node: String,
@@ -49,6 +52,8 @@ pub struct PodManager {
     pub log_rotation: LogRotation,
     /// When unused images are deleted.
     pub image_gc: super::image_gc::ImageGcPolicy,
+    /// Pod uid -> when its volumes were last brought up to date.
+    volumes_synced: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub prober: super::probes::Prober,
 }
 
@@ -131,6 +136,7 @@ impl PodManager {
             shim_binary,
             log_rotation,
             image_gc,
+            volumes_synced: Default::default(),
             prober: super::probes::Prober::default(),
         })
     }
@@ -378,6 +384,22 @@ impl PodManager {
         Ok(volumes)
     }
 
+    /// Whether the pod's volumes are due to be brought up to date (not on
+    /// the first look: `prepare` just wrote them).
+    fn volumes_due(&self, uid: &str) -> bool {
+        let mut synced = self
+            .volumes_synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let last = synced.entry(uid.to_string()).or_insert(now);
+        if now.duration_since(*last) >= VOLUME_RESYNC {
+            *last = now;
+            return true;
+        }
+        false
+    }
+
     /// One pass over a live pod; returns when to look again.
     async fn sync(&self, client: &mut ApiClient, pod: &Pod) -> Result<Duration, ApiError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -411,6 +433,12 @@ impl PodManager {
                 return Ok(Duration::from_secs(5));
             }
         };
+        if self.volumes_due(&uid)
+            && let Err(error) = pod_files::volumes(client, pod, &dir.join("volumes")).await
+        {
+            // The volumes keep what they held (as the kubelet's do).
+            tracing::debug!(pod = %name, %error, "bringing configMap and secret volumes up to date");
+        }
         let state_client = ShimClient::new(&dir);
         let instances: Vec<ContainerState> = match blocking(move || state_client.state()).await {
             Ok(instances) => instances,
@@ -522,6 +550,10 @@ impl PodManager {
     ) -> Result<(), ApiError> {
         self.images.forget(uid);
         self.prober.forget(uid);
+        self.volumes_synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
         let shim_dir = dir.to_path_buf();
         let cgroup = self.pod_cgroup(uid);
         blocking(move || release(&shim_dir, &cgroup, grace))

@@ -238,7 +238,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         &[
             "sh",
             "-c",
-            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+            "trap 'exit 130' TERM; while true; do sleep 0.1; done",
         ],
         Resources::default(),
         None,
@@ -255,7 +255,9 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             signal: 15,
         })
         .expect("kill");
-    assert_eq!(wait_exited(client, &id).exit_code, Some(7));
+    // Its own exit code 130 is not a signal.
+    let exited = wait_exited(client, &id);
+    assert_eq!((exited.exit_code, exited.signal), (Some(130), None));
     client.call(&Request::Delete { id }).expect("delete");
     // ...and SIGKILL ends anything: 128 + 9.
     let (id, _) = run("sleeper", &["sleep", "1000"], Resources::default(), None);
@@ -265,7 +267,8 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             signal: 9,
         })
         .expect("kill");
-    assert_eq!(wait_exited(client, &id).exit_code, Some(137));
+    let killed = wait_exited(client, &id);
+    assert_eq!((killed.exit_code, killed.signal), (Some(137), Some(9)));
     client.call(&Request::Delete { id }).expect("delete");
 
     // Processes exec'd into a running container.

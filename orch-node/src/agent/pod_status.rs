@@ -44,7 +44,7 @@ fn terminated(state: &ContainerState) -> ContainerStateTerminated {
     let code = state.exit_code.unwrap_or(0);
     ContainerStateTerminated {
         exit_code: code,
-        signal: (code > 128).then_some(code - 128),
+        signal: state.signal,
         reason: Some(
             if state.oom_killed {
                 "OOMKilled"
@@ -236,6 +236,7 @@ mod tests {
             status,
             pid: Some(1),
             exit_code: code,
+            signal: None,
             created_at: 100.0,
             started_at: Some(101.5),
             finished_at: code.map(|_| 102.5),

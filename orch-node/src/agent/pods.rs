@@ -103,6 +103,27 @@ pub(super) fn instance_of(id: &str) -> Option<(&str, i32)> {
     Some((name, attempt.parse().ok()?))
 }
 
+/// Seconds of grace a deleted pod has left at `now` (Unix seconds): the
+/// API server set deletionTimestamp to the deletion's time plus the grace
+/// period, so an agent restarted in the middle does not start it over.
+fn deletion_grace(pod: &Pod, now: i64) -> u64 {
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(0);
+    pod.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(grace, |at| at.0.as_second() - now)
+        .clamp(0, grace) as u64
+}
+
 pub(super) fn backoff(restarts: i32, ran_for: f64) -> Duration {
     if ran_for >= BACKOFF_RESET {
         return BASE_BACKOFF;
@@ -235,16 +256,7 @@ impl PodManager {
             return Ok(Next::Done);
         };
         if pod.metadata.deletion_timestamp.is_some() {
-            let grace = pod
-                .metadata
-                .deletion_grace_period_seconds
-                .or_else(|| {
-                    pod.spec
-                        .as_ref()
-                        .and_then(|s| s.termination_grace_period_seconds)
-                })
-                .unwrap_or(30)
-                .max(0) as u64;
+            let grace = deletion_grace(&pod, now_seconds() as i64);
             // The Pod goes only once everything it held is released: the
             // API must not say it is gone while its processes run.
             self.stop_and_release(&self.pod_dir(&uid), &uid, Duration::from_secs(grace))
@@ -561,5 +573,24 @@ impl PodManager {
             .map_err(|error| ApiError::Unavailable(format!("releasing pod {uid}: {error}")))?;
         tracing::info!(pod_uid = %uid, "pod stopped and released");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_pod_gets_what_is_left_of_its_grace() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:30Z", "deletionGracePeriodSeconds": 30},
+        }))
+        .expect("pod");
+        let deleted_at = 1_767_225_600; // 2026-01-01T00:00:00Z
+        assert_eq!(deletion_grace(&pod, deleted_at), 30);
+        assert_eq!(deletion_grace(&pod, deleted_at + 20), 10);
+        assert_eq!(deletion_grace(&pod, deleted_at + 60), 0);
+        // A clock behind the API server's never gives more than the grace.
+        assert_eq!(deletion_grace(&pod, deleted_at - 100), 30);
     }
 }

@@ -93,6 +93,10 @@ pub struct ContainerState {
     pub pid: Option<i32>,
     /// The exit code; 128 + the signal for a process killed by one.
     pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did (an exit code above 128
+    /// alone does not say so: a process may exit with 130 itself).
+    #[serde(default)]
+    pub signal: Option<i32>,
     /// Unix seconds (with fraction).
     pub created_at: f64,
     pub started_at: Option<f64>,

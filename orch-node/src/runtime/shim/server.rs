@@ -237,6 +237,7 @@ fn handle(
                         status: Status::Created,
                         pid,
                         exit_code: None,
+                        signal: None,
                         created_at: now(),
                         started_at: None,
                         finished_at: None,
@@ -309,10 +310,12 @@ fn handle(
 /// processes' exit codes.
 fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
     loop {
-        let (pid, code) =
+        let (pid, code, signal) =
             match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code, None),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, 128 + signal as i32, Some(signal as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
@@ -322,6 +325,7 @@ fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
         {
             entry.state.status = Status::Exited;
             entry.state.exit_code = Some(code);
+            entry.state.signal = signal;
             entry.state.finished_at = Some(now());
             entry.state.oom_killed = oom_kills(&entry.cgroups_path) > 0;
             let _ = entry.container.refresh_status();

@@ -603,7 +603,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     client
         .create(
             &pod(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: staged, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: work, emptyDir: {{}}}}]\n  initContainers:\n  - name: setup\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'sleep 0.5; echo prepared > /work/flag']\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'echo found=$(cat /work/flag); sleep 1000']\n    readinessProbe: {{exec: {{command: [grep, -q, prepared, /work/flag]}}, periodSeconds: 1}}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: staged, namespace: default}}\nspec:\n  nodeName: n1\n  volumes: [{{name: work, emptyDir: {{}}}}]\n  initContainers:\n  - name: setup\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [sh, -c, 'sleep 0.5; echo prepared > /work/flag; mkdir /work/sub; echo inner > /work/sub/file']\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}, {{name: work, mountPath: /data, subPath: sub}}]\n    command: [sh, -c, 'echo found=$(cat /work/flag); sleep 1000']\n    readinessProbe: {{exec: {{command: [grep, -q, prepared, /work/flag]}}, periodSeconds: 1}}\n"
             )),
             false,
         )
@@ -653,6 +653,40 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A volume's sub path, mounted alone.
+    let (out, _, _) = exec_in(&mut client, "staged", &["cat", "/data/file"], None, false)
+        .await
+        .expect("exec in staged");
+    assert_eq!(out, "inner\n");
+    // A sub path the container made a symlink out of the volume is
+    // refused, naming it: nothing of the host is mounted.
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: escaper, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 0\n  volumes: [{{name: work, emptyDir: {{}}}}]\n  initContainers:\n  - name: plant\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /work}}]\n    command: [ln, -s, /etc, /work/escape]\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: work, mountPath: /host-etc, subPath: escape}}]\n    command: [sleep, '1000']\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create escaper");
+    let escaper = until_status(
+        &mut client,
+        "escaper",
+        Duration::from_secs(30),
+        "refused",
+        |s| waiting_reason(s).as_deref() == Some("CreateContainerConfigError"),
+    )
+    .await;
+    let message = first_container(&escaper)
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("subPath \"escape\"") && message.contains("out of the volume"),
+        "{message}"
+    );
 
     // Every shim runs from the agent's one sealed in-memory copy of
     // orch-node, never from the file on disk nor from a copy of its own.
@@ -854,7 +888,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
             .exists(),
         "the pod's cgroup is left"
     );
-    for name in ["crash", "missing", "reader", "staged", "probed"] {
+    for name in ["crash", "missing", "reader", "staged", "probed", "escaper"] {
         client
             .delete(
                 Kind::Pod,

@@ -180,6 +180,15 @@ fn user(pod: &Pod, container: &Container, image: &ImageConfig) -> Result<(u32, u
 /// Everything the runtime spec needs besides the rootfs and cgroup path.
 pub struct Built {
     pub spec: ContainerSpec,
+    /// Mounts of a volume's sub path: `spec.mounts[mount]` must get, as its
+    /// source, the staging path `runtime::subpath::prepare` mounts.
+    pub sub_paths: Vec<SubPathMount>,
+}
+
+pub struct SubPathMount {
+    pub mount: usize,
+    pub volume: PathBuf,
+    pub sub_path: String,
 }
 
 /// The runtime spec of `container` of `pod`.
@@ -214,6 +223,7 @@ pub fn build(
             readonly: false,
         },
     ];
+    let mut sub_paths = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let source = volumes.get(&mount.name).ok_or_else(|| {
             ConfigError(format!(
@@ -221,23 +231,38 @@ pub fn build(
                 container.name, mount.name
             ))
         })?;
-        // subPath needs mounting through a descriptor opened without
-        // following symlinks (a container could plant one in a shared
-        // volume and reach the host); until that is built it is refused.
-        if mount.sub_path.as_deref().is_some_and(|p| !p.is_empty())
-            || mount
-                .sub_path_expr
-                .as_deref()
-                .is_some_and(|p| !p.is_empty())
-        {
-            return Err(ConfigError(format!(
-                "container {}: volumeMounts {}: subPath is not supported by this node yet",
-                container.name, mount.name
-            )));
+        let sub_path = match (
+            mount.sub_path.as_deref().filter(|p| !p.is_empty()),
+            mount.sub_path_expr.as_deref().filter(|p| !p.is_empty()),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(format!(
+                    "container {}: volumeMounts {}: subPath and subPathExpr are mutually exclusive",
+                    container.name, mount.name
+                )));
+            }
+            (Some(path), None) => Some(path.to_string()),
+            (None, Some(expr)) => {
+                let known: BTreeMap<String, String> = environment(container, image, resolved_env)
+                    .into_iter()
+                    .filter_map(|pair| {
+                        let (k, v) = pair.split_once('=')?;
+                        Some((k.to_string(), v.to_string()))
+                    })
+                    .collect();
+                Some(expand(expr, &known))
+            }
+            (None, None) => None,
+        };
+        if let Some(sub_path) = sub_path {
+            sub_paths.push(SubPathMount {
+                mount: mounts.len(),
+                volume: source.clone(),
+                sub_path,
+            });
         }
-        let source = source.clone();
         mounts.push(BindMount {
-            source,
+            source: source.clone(),
             destination: mount.mount_path.clone(),
             readonly: mount.read_only.unwrap_or(false),
         });
@@ -291,6 +316,7 @@ pub fn build(
             mounts,
             oom_score_adj: 0,
         },
+        sub_paths,
     })
 }
 

@@ -14,6 +14,7 @@ use super::pod_status::ContainerRecord;
 use super::pods::{PodManager, backoff, blocking, instance_of, now_seconds};
 use crate::runtime::shim::client::ShimClient;
 use crate::runtime::shim::protocol::{ContainerState, Request, Status};
+use crate::runtime::subpath;
 use crate::runtime::{rootfs, sandbox, spec};
 
 impl PodManager {
@@ -218,6 +219,18 @@ impl PodManager {
             &resolved,
         )
         .map_err(config_error)?;
+        let mut built = built;
+        for sub in std::mem::take(&mut built.sub_paths) {
+            let staging = dir
+                .join("volume-subpaths")
+                .join(&container.name)
+                .join(sub.mount.to_string());
+            let target = staging.clone();
+            blocking(move || subpath::prepare(&sub.volume, &sub.sub_path, &target))
+                .await
+                .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+            built.spec.mounts[sub.mount].source = staging;
+        }
         let config = spec::runtime_spec(&built.spec);
         let bytes = serde_json::to_vec_pretty(&config)
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;

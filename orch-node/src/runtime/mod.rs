@@ -8,3 +8,4 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;
+pub mod subpath;

@@ -31,8 +31,10 @@ impl Drop for Agent {
     }
 }
 
+/// An agent that never collects images (whatever this machine's disk
+/// holds, the tests' images stay).
 fn start_agent(config: &std::path::Path, state: &std::path::Path, log: &std::path::Path) -> Agent {
-    start_agent_with(config, state, log, &[])
+    start_agent_with(config, state, log, &["--image-gc-high-threshold", "100"])
 }
 
 fn start_agent_with(
@@ -491,6 +493,8 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     }
 
     logs_and_exec(&mut client, &config, dir.path()).await;
+
+    import_through_the_api(&mut client, &config, dir.path()).await;
 
     // A ConfigMap as a volume and as an environment value, and a Secret
     // as a volume; the volumes hold their files seconds after the start.
@@ -1048,6 +1052,81 @@ async fn private_registry(
             .await
             .expect("delete");
     }
+}
+
+/// `orchctl image import FILE --node n1`: an OCI layout tarball goes to
+/// the node through the API server and the node lists the image; a node
+/// that does not exist and an archive that is not one are refused.
+async fn import_through_the_api(
+    client: &mut ApiClient,
+    admin: &orch_core::api::config::ClientConfig,
+    dir: &std::path::Path,
+) {
+    use orch_node::image::build::{self, BUSYBOX};
+    use orch_node::image::{ImageStore, Reference};
+    let layout = dir.join("export");
+    let store = ImageStore::open(&layout).expect("export store");
+    let reference = Reference::parse("orch.test/imported:1").expect("reference");
+    build::busybox_image(
+        &store,
+        &reference,
+        std::path::Path::new(BUSYBOX),
+        &[],
+        &["sh"],
+    )
+    .expect("image");
+    let archive = dir.join("imported.oci.tar");
+    let packed = Command::new("tar")
+        .arg("-C")
+        .arg(store.root())
+        .arg("-cf")
+        .arg(&archive)
+        .args(["index.json", "oci-layout", "blobs"])
+        .output()
+        .expect("tar");
+    assert!(packed.status.success(), "{packed:?}");
+    let admin_path = dir.join("admin-import.conf");
+    std::fs::write(&admin_path, admin.to_yaml()).expect("admin config");
+    let orchctl = |file: &std::path::Path, node: &str| {
+        Command::new(env!("CARGO_BIN_EXE_orchctl"))
+            .args(["image", "import"])
+            .arg(file)
+            .args(["--node", node, "--config"])
+            .arg(&admin_path)
+            .output()
+            .expect("orchctl")
+    };
+    let imported = orchctl(&archive, "n1");
+    assert!(imported.status.success(), "{imported:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&imported.stdout),
+        "orch.test/imported:1 imported on node n1\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node_images(client)
+        .await
+        .contains(&"orch.test/imported:1".to_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node does not list the import"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nowhere = orchctl(&archive, "nope");
+    assert!(!nowhere.status.success());
+    assert!(
+        String::from_utf8_lossy(&nowhere.stderr).contains("NotFound"),
+        "{nowhere:?}"
+    );
+    let garbage = dir.join("garbage.tar");
+    std::fs::write(&garbage, b"not an archive").expect("garbage");
+    let refused = orchctl(&garbage, "n1");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the uploaded image archive"),
+        "{refused:?}"
+    );
 }
 
 /// A whole log, as text.

@@ -11,7 +11,9 @@ use std::pin::Pin;
 use k8s_openapi::api::core::v1::Pod;
 use orch_core::api::ApiError;
 use orch_core::api::proto::node_agent_client::NodeAgentClient;
-use orch_core::api::proto::{ExecInput, ExecOutput, LogChunk, PodLogsRequest, exec_input};
+use orch_core::api::proto::{
+    ExecInput, ExecOutput, ImageImportChunk, ImageImportReply, LogChunk, PodLogsRequest, exec_input,
+};
 use orch_core::object::{Kind, Object};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::Channel;
@@ -87,14 +89,36 @@ impl NodeProxy {
             .node_name
             .filter(|n| !n.is_empty())
             .ok_or_else(|| invalid(format!("pod {name} is not scheduled to a node yet")))?;
-        let node_object = match registry.get(Kind::Node, "", &node).await {
+        let addr = self
+            .node_addr(
+                registry,
+                &node,
+                &format!("pod {name} is bound to node {node}"),
+            )
+            .await?;
+        Ok(Target {
+            uid: pod.metadata.uid.unwrap_or_default(),
+            container,
+            node,
+            addr,
+        })
+    }
+
+    /// The address of node `node`'s agent port (`what` names why it is
+    /// wanted, for the error when the node is not registered).
+    async fn node_addr(
+        &self,
+        registry: &Registry,
+        node: &str,
+        what: &str,
+    ) -> Result<String, Status> {
+        let node_object = match registry.get(Kind::Node, "", node).await {
             Ok(Object::Node(node)) => node,
             Ok(_) => return Err(Status::internal("the store holds a non-node under nodes")),
             Err(ApiError::NotFound(_)) => {
-                return Err(ApiError::Unavailable(format!(
-                    "pod {name} is bound to node {node}, which is not registered"
-                ))
-                .to_status());
+                return Err(
+                    ApiError::Unavailable(format!("{what}, which is not registered")).to_status(),
+                );
             }
             Err(error) => return Err(error.to_status()),
         };
@@ -121,15 +145,9 @@ impl NodeProxy {
             .map(|e| e.port)
             .filter(|p| (1..=65535).contains(p))
             .ok_or_else(|| unreachable("reports no agent port (daemonEndpoints)"))?;
-        let addr = match address.parse::<std::net::IpAddr>() {
+        Ok(match address.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
             _ => format!("{address}:{port}"),
-        };
-        Ok(Target {
-            uid: pod.metadata.uid.unwrap_or_default(),
-            container,
-            node,
-            addr,
         })
     }
 
@@ -168,6 +186,44 @@ impl NodeProxy {
         let mut client = self.connect(&target).await?;
         let stream = client.container_logs(request).await?.into_inner();
         Ok(Box::pin(stream))
+    }
+
+    /// An image archive for the node the first chunk names; the names it
+    /// now holds.
+    pub async fn import_image(
+        &self,
+        registry: &Registry,
+        mut inbound: Streaming<ImageImportChunk>,
+    ) -> Result<ImageImportReply, Status> {
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| invalid("an image import names its node in its first chunk".into()))?;
+        if first.node.is_empty() {
+            return Err(invalid(
+                "an image import names its node in its first chunk".into(),
+            ));
+        }
+        let node = first.node.clone();
+        registry
+            .get(Kind::Node, "", &node)
+            .await
+            .map_err(|e| e.to_status())?;
+        let addr = self
+            .node_addr(registry, &node, &format!("node {node}"))
+            .await?;
+        let target = Target {
+            uid: String::new(),
+            container: String::new(),
+            node,
+            addr,
+        };
+        let mut client = self.connect(&target).await?;
+        let rest = inbound.map_while(Result::ok);
+        let reply = client
+            .import_image(tokio_stream::once(first).chain(rest))
+            .await?;
+        Ok(reply.into_inner())
     }
 
     /// An exec session: `first` (the start) and the caller's further

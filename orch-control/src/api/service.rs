@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use orch_core::api::proto::api_server::{Api, ApiServer};
 use orch_core::api::proto::{
-    DeleteRequest, ExecInput, GetRequest, ListReply, ListRequest, ObjectReply, ObjectRequest,
-    PatchRequest, PodLogsRequest, WatchEvent, WatchRequest,
+    DeleteRequest, ExecInput, GetRequest, ImageImportChunk, ImageImportReply, ListReply,
+    ListRequest, ObjectReply, ObjectRequest, PatchRequest, PodLogsRequest, WatchEvent,
+    WatchRequest,
 };
 use orch_core::api::{ApiError, kind_of_resource, kind_prefix};
 use orch_core::object::{Kind, Object};
@@ -132,6 +133,20 @@ impl Api for ApiService {
                 .logs(&self.registry, request.into_inner())
                 .await?;
             Ok(Response::new(stream))
+        })
+        .await
+    }
+
+    async fn import_image(
+        &self,
+        request: Request<tonic::Streaming<ImageImportChunk>>,
+    ) -> Result<Response<ImageImportReply>, Status> {
+        instrumented("import", "images", async move {
+            let reply = self
+                .nodes
+                .import_image(&self.registry, request.into_inner())
+                .await?;
+            Ok(Response::new(reply))
         })
         .await
     }

@@ -348,6 +348,63 @@ impl ApiClient {
         .await
     }
 
+    /// Sends an image archive (`docker save` or an OCI layout tarball) to
+    /// node `node` through the API server; the names the node now holds.
+    /// Like exec, it goes to the first replica that answers a get of the
+    /// node, and is not moved once sending.
+    pub async fn import_image(
+        &mut self,
+        node: &str,
+        archive: &std::path::Path,
+    ) -> Result<Vec<String>, ApiError> {
+        use tokio::io::AsyncReadExt as _;
+        let mut file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| ApiError::Invalid(format!("{}: {e}", archive.display())))?;
+        self.get(Kind::Node, None, node).await?;
+        let (chunks, outbound) = tokio::sync::mpsc::channel(4);
+        let (node, path) = (node.to_string(), archive.to_path_buf());
+        let reader = tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let mut data = vec![0u8; 1 << 20];
+                let read = file
+                    .read(&mut data)
+                    .await
+                    .map_err(|e| ApiError::Invalid(format!("{}: {e}", path.display())))?;
+                if read == 0 && !first {
+                    return Ok(());
+                }
+                data.truncate(read);
+                let chunk = proto::ImageImportChunk {
+                    node: if first { node.clone() } else { String::new() },
+                    data,
+                };
+                first = false;
+                if chunks.send(chunk).await.is_err() || read == 0 {
+                    return Ok(());
+                }
+            }
+        });
+        let (_, client) = &self.replicas[self.preferred];
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let reply = client.clone().import_image(request).await;
+        // A file that could not be read is the error, not what followed.
+        if let Ok(Err(error)) = reader.await {
+            return Err(error);
+        }
+        Ok(reply
+            .map_err(|s| ApiError::from_status(&s))?
+            .into_inner()
+            .images)
+    }
+
     /// Runs a command in a pod's container (`orchctl exec`): `start`
     /// first, then whatever `input` yields (stdin, its end, terminal
     /// sizes); the output comes back, the exit code last. The session

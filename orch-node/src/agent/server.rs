@@ -1,15 +1,22 @@
-//! The agent's own port (the kubelet's 10250): container logs and exec for
-//! the API servers, over TLS with the node's certificate. Only control-
-//! plane replicas (organization `system:orch-control`) may call it; the
-//! API server authenticated and authorized the person behind the call.
+//! The agent's own port (the kubelet's 10250): container logs, exec and
+//! image imports for the API servers, over TLS with the node's
+//! certificate. Only control-plane replicas (organization
+//! `system:orch-control`) may call it; the API server authenticated and
+//! authorized the person behind the call.
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use crate::image::{ImageStore, import};
+
+use orch_core::api::ApiError;
 use orch_core::api::config::ClientConfig;
 use orch_core::api::identity::{OrganizationAuthorizer, REPLICAS};
 use orch_core::api::proto::node_agent_server::{NodeAgent, NodeAgentServer};
-use orch_core::api::proto::{ExecInput, ExecOutput, LogChunk, PodLogsRequest};
+use orch_core::api::proto::{
+    ExecInput, ExecOutput, ImageImportChunk, ImageImportReply, LogChunk, PodLogsRequest,
+};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
@@ -22,6 +29,9 @@ type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Status>> + Send>>
 pub struct AgentService {
     /// `<state>/pods`.
     pods_dir: PathBuf,
+    /// Where uploaded image archives wait for their import.
+    imports_dir: PathBuf,
+    images: Arc<ImageStore>,
 }
 
 #[tonic::async_trait]
@@ -37,6 +47,62 @@ impl NodeAgent for AgentService {
         let dir = super::container_logs::pod_dir(&self.pods_dir, &request.pod_uid)?;
         let receiver = super::container_logs::stream(dir, request)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn import_image(
+        &self,
+        request: Request<Streaming<ImageImportChunk>>,
+    ) -> Result<Response<ImageImportReply>, Status> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut inbound = request.into_inner();
+        let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
+        tokio::fs::create_dir_all(&self.imports_dir)
+            .await
+            .map_err(|e| internal(&e))?;
+        let path = self.imports_dir.join(format!(
+            "{}-{}.tar",
+            std::process::id(),
+            orch_core::time::now().as_nanosecond()
+        ));
+        let received = async {
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| internal(&e))?;
+            let room = super::machine::disk(&self.imports_dir)
+                .map(|d| d.available)
+                .unwrap_or(u64::MAX);
+            let mut total = 0u64;
+            while let Some(chunk) = inbound.message().await? {
+                total += chunk.data.len() as u64;
+                if total > room {
+                    return Err(Status::resource_exhausted(format!(
+                        "the image archive is larger than the node's free space ({room} bytes)"
+                    )));
+                }
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| internal(&e))?;
+            }
+            file.sync_all().await.map_err(|e| internal(&e))
+        }
+        .await;
+        let imported = match received {
+            Ok(()) => {
+                let (images, archive) = (self.images.clone(), path.clone());
+                tokio::task::spawn_blocking(move || import::import_archive(&images, &archive))
+                    .await
+                    .map_err(|_| Status::internal("the import thread died"))?
+                    .map_err(|e| {
+                        ApiError::Invalid(format!("the uploaded image archive: {e}")).to_status()
+                    })
+            }
+            Err(status) => Err(status),
+        };
+        let _ = tokio::fs::remove_file(&path).await;
+        let names = imported?;
+        Ok(Response::new(ImageImportReply {
+            images: names.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn exec(
@@ -63,11 +129,16 @@ pub fn tls(config: &ClientConfig) -> Result<ServerTlsConfig, String> {
 
 pub fn service(
     state_dir: &std::path::Path,
+    images: Arc<ImageStore>,
 ) -> InterceptedService<NodeAgentServer<AgentService>, OrganizationAuthorizer> {
     InterceptedService::new(
         NodeAgentServer::new(AgentService {
             pods_dir: state_dir.join("pods"),
-        }),
+            imports_dir: state_dir.join("imports"),
+            images,
+        })
+        // Image archives come in chunks; each is bounded here.
+        .max_decoding_message_size(8 << 20),
         OrganizationAuthorizer::new(&[REPLICAS], "the node agent's port", "NodeAgent"),
     )
 }

@@ -274,7 +274,10 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
         let agent_server = tonic::transport::Server::builder()
             .tls_config(agent_tls)
             .context("the agent port's TLS")?
-            .add_service(orch_node::agent::server::service(&config.state_dir))
+            .add_service(orch_node::agent::server::service(
+                &config.state_dir,
+                config.images.clone().context("the image store")?,
+            ))
             .serve_with_incoming(incoming);
         tokio::spawn(async move {
             if let Err(error) = agent_server.await {

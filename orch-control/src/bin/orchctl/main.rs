@@ -66,6 +66,11 @@ enum Command {
     Logs(pod_io::LogsArgs),
     /// Run a command in a container: `orchctl exec -it POD -- sh`.
     Exec(pod_io::ExecArgs),
+    /// Node images: `orchctl image import FILE --node N`.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// List events, newest last (kubectl events).
     Events(node_ops::EventsArgs),
     /// The client config in use.
@@ -90,6 +95,12 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Put an image archive (`docker save`, OCI layout tarball) on a node.
+    Import(node_ops::ImageImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -189,6 +200,9 @@ fn main() -> ExitCode {
         Command::Drain(args) => node_ops::drain(args).map(|()| true),
         Command::Events(args) => node_ops::events(args).map(|()| true),
         Command::Logs(args) => pod_io::logs(args).map(|()| true),
+        Command::Image {
+            command: ImageCommand::Import(args),
+        } => node_ops::image_import(args).map(|()| true),
         Command::Exec(args) => match pod_io::exec(args) {
             // The command's own exit code, as kubectl exec returns it.
             Ok(0) => Ok(true),

@@ -1,5 +1,6 @@
-//! `orchctl events` (kubectl events: the newest last) and `orchctl drain`
-//! (cordon, then delete the node's pods and wait until they are gone).
+//! `orchctl events` (kubectl events: the newest last), `orchctl drain`
+//! (cordon, then delete the node's pods and wait until they are gone) and
+//! `orchctl image import` (an image archive onto a node).
 
 use std::time::{Duration, Instant};
 
@@ -245,4 +246,27 @@ pub fn drain(args: DrainArgs) -> Result<()> {
         println!("node/{} drained", args.node);
         Ok(())
     })
+}
+
+#[derive(clap::Args)]
+pub struct ImageImportArgs {
+    /// A `docker save` archive or an OCI layout tarball (gzip or not).
+    pub file: std::path::PathBuf,
+    /// The node to put the image on.
+    #[arg(long, required = true)]
+    pub node: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+pub fn image_import(args: ImageImportArgs) -> Result<()> {
+    if !args.file.is_file() {
+        bail!("{}: no such file", args.file.display());
+    }
+    let (runtime, mut client) = args.connection.session()?;
+    let names = runtime.block_on(client.import_image(&args.node, &args.file))?;
+    for name in names {
+        println!("{name} imported on node {}", args.node);
+    }
+    Ok(())
 }

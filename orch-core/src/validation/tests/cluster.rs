@@ -162,11 +162,13 @@ fn secret() {
             json!("eA=="),
             format!("data[a b]: Invalid value: \"a b\": {key}"),
         ),
+        // stringData is merged into data by defaulting, before validation
+        // (Kubernetes merges it when decoding): the key is reported there.
         case(
             &base,
             "/stringData/a b",
             json!("x"),
-            format!("stringData[a b]: Invalid value: \"a b\": {key}"),
+            format!("data[a b]: Invalid value: \"a b\": {key}"),
         ),
         case(
             &base,

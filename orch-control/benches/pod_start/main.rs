@@ -268,6 +268,9 @@ async fn main() -> Result<()> {
             "0",
         ])
         .args(["--max-pods", &(count + 10).to_string()])
+        // The image must stay between pods whatever this disk holds: a
+        // pull inside a measurement would not be a pod start.
+        .args(["--image-gc-high-threshold", "100"])
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(root.join("orch-node.log"))?)

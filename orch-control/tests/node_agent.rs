@@ -1294,6 +1294,40 @@ async fn logs_and_exec(
         .expect_err("a command the image lacks");
     assert!(missing.to_string().contains("no-such-command"), "{missing}");
 
+    // A caller that leaves mid-session: its process is hung up, not left
+    // running in the container.
+    {
+        let (input, inbound) = tokio::sync::mpsc::channel(1);
+        let start = orch_core::api::proto::ExecStart {
+            namespace: "default".into(),
+            name: "web".into(),
+            command: vec!["sleep".into(), "4242".into()],
+            ..Default::default()
+        };
+        let session = client.pod_exec(start, inbound).await.expect("exec sleep");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (listing, _, _) = exec_in(client, "web", &["ps"], None, false)
+            .await
+            .expect("exec ps");
+        assert!(listing.contains("sleep 4242"), "{listing}");
+        drop(session);
+        drop(input);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (listing, _, _) = exec_in(client, "web", &["ps"], None, false)
+            .await
+            .expect("exec ps");
+        if !listing.contains("sleep 4242") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an abandoned exec still runs: {listing}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // The node's port takes only replicas: an administrator's certificate
     // of the same CA is refused there.
     let node = match client.get(Kind::Node, None, "n1").await {

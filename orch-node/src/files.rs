@@ -35,3 +35,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::
     }
     std::fs::rename(&temporary, path).map_err(|error| (path.to_path_buf(), error))
 }
+
+/// Removes a file when dropped (a temporary one, however its user ends).
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -219,6 +219,8 @@ impl NodeProxy {
             addr,
         };
         let mut client = self.connect(&target).await?;
+        // A caller's stream that breaks ends the relay without the `done`
+        // chunk, so the node imports nothing.
         let rest = inbound.map_while(Result::ok);
         let reply = client
             .import_image(tokio_stream::once(first).chain(rest))

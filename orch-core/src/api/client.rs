@@ -372,13 +372,11 @@ impl ApiClient {
                     .read(&mut data)
                     .await
                     .map_err(|e| ApiError::Invalid(format!("{}: {e}", path.display())))?;
-                if read == 0 && !first {
-                    return Ok(());
-                }
                 data.truncate(read);
                 let chunk = proto::ImageImportChunk {
                     node: if first { node.clone() } else { String::new() },
                     data,
+                    done: read == 0,
                 };
                 first = false;
                 if chunks.send(chunk).await.is_err() || read == 0 {

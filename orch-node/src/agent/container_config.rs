@@ -261,10 +261,18 @@ pub fn build(
                 sub_path,
             });
         }
+        // configMap and secret volumes are always read-only, as in
+        // Kubernetes: the agent rewrites them, so a container must not be
+        // able to plant anything in them.
+        let projected = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(|v| v.name == mount.name && (v.config_map.is_some() || v.secret.is_some()));
         mounts.push(BindMount {
             source: source.clone(),
             destination: mount.mount_path.clone(),
-            readonly: mount.read_only.unwrap_or(false),
+            readonly: projected || mount.read_only.unwrap_or(false),
         });
     }
     let capabilities = context.and_then(|c| c.capabilities.as_ref());

@@ -4,7 +4,7 @@
 //! each line's time; the last N lines, those of the last N seconds, a byte
 //! limit; and, following, what the container writes until it exits.
 
-use std::io::{BufRead as _, BufReader, Seek as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,24 +24,25 @@ fn invalid(message: String) -> Status {
     ApiError::Invalid(message).to_status()
 }
 
-/// One record of a CRI log line.
+/// One record of a CRI log line (the text is the container's bytes, not
+/// necessarily UTF-8).
 struct Record<'a> {
     time: &'a str,
-    text: &'a str,
+    text: &'a [u8],
     /// The end of a line (F), not a part of one (P).
     full: bool,
 }
 
-fn parse(line: &str) -> Option<Record<'_>> {
-    let mut parts = line.splitn(4, ' ');
-    let time = parts.next()?;
+fn parse(line: &[u8]) -> Option<Record<'_>> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?;
     let _stream = parts.next()?;
     let tag = parts.next()?;
-    let text = parts.next().unwrap_or("");
+    let text = parts.next().unwrap_or(b"");
     Some(Record {
         time,
         text,
-        full: tag != "P",
+        full: tag != b"P",
     })
 }
 
@@ -147,7 +148,7 @@ impl Renderer {
             out.extend_from_slice(record.time.as_bytes());
             out.push(b' ');
         }
-        out.extend_from_slice(record.text.as_bytes());
+        out.extend_from_slice(record.text);
         if record.full {
             out.push(b'\n');
         }
@@ -199,7 +200,10 @@ pub fn stream(
     std::thread::spawn(move || {
         let send =
             |data: Vec<u8>| data.is_empty() || sender.blocking_send(Ok(LogChunk { data })).is_ok();
-        if let Err(error) = copy(&pod_dir, &dir, &container, instance, &request, follow, send) {
+        let gone = || sender.is_closed();
+        if let Err(error) = copy(
+            &pod_dir, &dir, &container, instance, &request, follow, send, gone,
+        ) {
             let _ = sender.blocking_send(Err(Status::internal(error)));
         }
     });
@@ -219,7 +223,32 @@ fn running(pod_dir: &Path, container: &str, instance: u32) -> bool {
         })
 }
 
-/// Sends the instance's log through `send` (false: the caller is gone).
+/// Reads one complete record (without its newline) into `line`; false at
+/// the end of what is written so far (a record being written is left for
+/// the next read).
+fn next_record(
+    reader: &mut BufReader<std::fs::File>,
+    line: &mut Vec<u8>,
+    path: &Path,
+) -> Result<bool, String> {
+    line.clear();
+    match reader.read_until(b'\n', line) {
+        Ok(0) => Ok(false),
+        Ok(read) if line.last() != Some(&b'\n') => {
+            let _ = reader.seek_relative(-(read as i64));
+            Ok(false)
+        }
+        Ok(_) => {
+            line.pop();
+            Ok(true)
+        }
+        Err(error) => Err(format!("{}: {error}", path.display())),
+    }
+}
+
+/// Sends the instance's log through `send` (false: the caller is gone);
+/// `gone` says the caller left while nothing was being sent.
+#[allow(clippy::too_many_arguments)]
 fn copy(
     pod_dir: &Path,
     dir: &Path,
@@ -228,55 +257,54 @@ fn copy(
     request: &PodLogsRequest,
     follow: bool,
     mut send: impl FnMut(Vec<u8>) -> bool,
+    gone: impl Fn() -> bool,
 ) -> Result<(), String> {
     let mut renderer = Renderer::new(request);
     let files = instance_files(dir, instance);
     let tail = request.tail_lines.filter(|t| *t >= 0).map(|t| t as usize);
-    // What is on disk now: every file's records, or only the last lines.
-    let mut records: Vec<String> = Vec::new();
-    let mut live_position = 0u64;
+    // With --tail, only the last lines are kept (a partial record goes
+    // with the line its full record ends); without, records go out as
+    // they are read.
+    let mut kept: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut kept_lines = 0usize;
+    let mut live = None;
+    let mut line = Vec::new();
     for (index, path) in files.iter().enumerate() {
         let Ok(file) = std::fs::File::open(path) else {
             continue;
         };
         let mut reader = BufReader::new(file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => break,
-                Ok(_) if !line.ends_with('\n') => break,
-                Ok(read) => {
-                    if index == files.len() - 1 {
-                        live_position += read as u64;
+        while next_record(&mut reader, &mut line, path)? {
+            match tail {
+                Some(lines) => {
+                    if parse(&line).is_some_and(|r| r.full) {
+                        kept_lines += 1;
                     }
-                    records.push(line.trim_end_matches('\n').to_string());
+                    kept.push_back(line.clone());
+                    while kept_lines > lines {
+                        let dropped = kept.pop_front().unwrap_or_default();
+                        if parse(&dropped).is_some_and(|r| r.full) {
+                            kept_lines -= 1;
+                        }
+                    }
                 }
-                Err(error) => return Err(format!("{}: {error}", path.display())),
+                None => {
+                    if renderer.exhausted() {
+                        return Ok(());
+                    }
+                    if let Some(record) = parse(&line)
+                        && !send(renderer.render(&record))
+                    {
+                        return Ok(());
+                    }
+                }
             }
+        }
+        if index == files.len() - 1 {
+            live = Some(reader);
         }
     }
-    let start = match tail {
-        Some(lines) => {
-            // Lines, not records: a partial record belongs to the line
-            // its full record ends.
-            let mut full_lines = 0;
-            let mut start = records.len();
-            while start > 0 {
-                let full = parse(&records[start - 1]).is_some_and(|r| r.full);
-                if full {
-                    if full_lines == lines {
-                        break;
-                    }
-                    full_lines += 1;
-                }
-                start -= 1;
-            }
-            start
-        }
-        None => 0,
-    };
-    for record in &records[start..] {
+    for record in &kept {
         if renderer.exhausted() {
             return Ok(());
         }
@@ -286,79 +314,78 @@ fn copy(
             return Ok(());
         }
     }
-    if !follow {
+    if !follow || renderer.exhausted() {
         return Ok(());
     }
-    drop(records);
+    drop(kept);
     follow_live(
         pod_dir,
         dir,
         container,
         instance,
-        live_position,
+        live,
         &mut renderer,
         &mut send,
+        &gone,
     )
 }
 
-/// Keeps sending what is appended to the live file (following it when it
-/// is rotated) until the container instance is no longer running.
+/// Keeps sending what is appended to the live file (`reader`, positioned
+/// after what was sent; following it when it is rotated) until the
+/// container instance is no longer running or the caller is gone.
+#[allow(clippy::too_many_arguments)]
 fn follow_live(
     pod_dir: &Path,
     dir: &Path,
     container: &str,
     instance: u32,
-    position: u64,
+    mut reader: Option<BufReader<std::fs::File>>,
     renderer: &mut Renderer,
     send: &mut impl FnMut(Vec<u8>) -> bool,
+    gone: &impl Fn() -> bool,
 ) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let path = dir.join(format!("{instance}.log"));
-    let open = |position: u64| -> Option<(BufReader<std::fs::File>, u64)> {
-        let mut file = std::fs::File::open(&path).ok()?;
-        let inode = file.metadata().ok()?.ino();
-        file.seek(std::io::SeekFrom::Start(position)).ok()?;
-        Some((BufReader::new(file), inode))
-    };
-    let mut current = open(position);
-    let mut line = String::new();
+    let inode_of =
+        |reader: &BufReader<std::fs::File>| reader.get_ref().metadata().map(|m| m.ino()).ok();
+    let mut line = Vec::new();
     loop {
         // Everything complete that is there now.
-        if let Some((reader, _)) = &mut current {
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(read) if read > 0 && line.ends_with('\n') => {
-                        if let Some(record) = parse(line.trim_end_matches('\n'))
-                            && !send(renderer.render(&record))
-                        {
-                            return Ok(());
-                        }
-                        if renderer.exhausted() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(read) => {
-                        // A line being written: read it again whole.
-                        let back = -(read as i64);
-                        let _ = reader.seek_relative(back);
-                        break;
-                    }
-                    Err(error) => return Err(format!("{}: {error}", path.display())),
+        if let Some(reader) = &mut reader {
+            while next_record(reader, &mut line, &path)? {
+                if let Some(record) = parse(&line)
+                    && !send(renderer.render(&record))
+                {
+                    return Ok(());
+                }
+                if renderer.exhausted() {
+                    return Ok(());
                 }
             }
         }
-        // Rotated: the rest of the old file was read; go on in the new.
-        let rotated = match (&current, std::fs::metadata(&path)) {
-            (Some((_, inode)), Ok(meta)) => meta.ino() != *inode,
-            (None, Ok(_)) => true,
+        // Rotated: the old file was read to its end just above (its last
+        // lines included); go on from the start of the new one.
+        let now = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        let rotated = match (&reader, now) {
+            (Some(open), Some(inode)) => inode_of(open) != Some(inode),
+            (None, Some(_)) => true,
             _ => false,
         };
         if rotated {
-            current = open(0);
+            if let Some(open) = &mut reader {
+                // Lines written between the read above and the rename.
+                while next_record(open, &mut line, &path)? {
+                    if let Some(record) = parse(&line)
+                        && !send(renderer.render(&record))
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            reader = std::fs::File::open(&path).ok().map(BufReader::new);
             continue;
         }
-        if !running(pod_dir, container, instance) {
+        if gone() || !running(pod_dir, container, instance) {
             return Ok(());
         }
         std::thread::sleep(FOLLOW_POLL);
@@ -442,6 +469,17 @@ mod tests {
         assert_eq!(
             read(pod.path(), "previous").expect("previous"),
             "one\ntwo\nthree\nfour\n"
+        );
+        // Bytes that are not UTF-8 come through as they were written.
+        let binary = tempfile::tempdir().expect("temp dir");
+        let binary_logs = binary.path().join("logs/c");
+        std::fs::create_dir_all(&binary_logs).expect("dir");
+        let mut record = format!("{old} stdout F ").into_bytes();
+        record.extend_from_slice(&[0xff, 0xfe, b'\n']);
+        std::fs::write(binary_logs.join("0.log"), record).expect("write");
+        assert_eq!(
+            read(binary.path(), "").expect("binary"),
+            "\u{fffd}\u{fffd}\n"
         );
         let empty = tempfile::tempdir().expect("temp dir");
         let error = read(empty.path(), "").expect_err("never started");

@@ -22,6 +22,9 @@ use crate::runtime::shim::protocol::Status as ContainerStatus;
 /// (a child it left behind may hold its stdout open forever).
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// How long a process whose caller left has after SIGHUP.
+const HANG_UP_GRACE: Duration = Duration::from_secs(5);
+
 nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, nix::pty::Winsize);
 
 fn invalid(message: String) -> Status {
@@ -80,7 +83,10 @@ pub async fn run(
     .await
     .map_err(|_| Status::internal("the exec thread died"))??;
 
-    let (output, receiver) = mpsc::channel(16);
+    // The pumps and the exit code go through `inner`; one forwarder
+    // passes them on and ends the session at the exit code, so a child
+    // left holding stdout cannot keep it open.
+    let (output, inner) = mpsc::channel(16);
     let (readers, input) = match io {
         ExecIo::Pipes {
             stdin,
@@ -103,9 +109,11 @@ pub async fn run(
             )
         }
     };
+    let process = std::sync::Arc::new(process);
     tokio::spawn(feed(inbound, input));
+    let waiting = process.clone();
     std::thread::spawn(move || {
-        let exit = process.wait();
+        let exit = waiting.wait();
         let deadline = std::time::Instant::now() + DRAIN;
         for reader in readers {
             while !reader.is_finished() && std::time::Instant::now() < deadline {
@@ -120,7 +128,43 @@ pub async fn run(
         };
         let _ = output.blocking_send(last);
     });
+    let (session, receiver) = mpsc::channel(16);
+    tokio::spawn(forward(inner, session, process));
     Ok(receiver)
+}
+
+/// Passes the session's output on until the exit code; when the caller
+/// is gone first, hangs the process up (SIGHUP, then SIGKILL), as closing
+/// a terminal would.
+async fn forward(
+    mut inner: mpsc::Receiver<Result<ExecOutput, Status>>,
+    session: Output,
+    process: std::sync::Arc<exec::ExecProcess>,
+) {
+    loop {
+        let message = tokio::select! {
+            message = inner.recv() => message,
+            () = session.closed() => None,
+        };
+        let Some(message) = message else { break };
+        let last = !matches!(
+            message,
+            Ok(ExecOutput {
+                output: Some(exec_output::Output::Stdout(_) | exec_output::Output::Stderr(_))
+            })
+        );
+        if session.send(message).await.is_err() {
+            break;
+        }
+        if last {
+            return;
+        }
+    }
+    // The caller left before the process ended.
+    let hang_up = process.clone();
+    let _ = tokio::task::spawn_blocking(move || hang_up.kill(nix::libc::SIGHUP)).await;
+    tokio::time::sleep(HANG_UP_GRACE).await;
+    let _ = tokio::task::spawn_blocking(move || process.kill(nix::libc::SIGKILL)).await;
 }
 
 /// Copies what the process writes to `fd` into the session's output.
@@ -152,12 +196,14 @@ async fn feed(mut inbound: Streaming<ExecInput>, input: Option<(OwnedFd, bool)>)
     let Some((fd, terminal)) = input else {
         return;
     };
-    let (bytes, queue) = std::sync::mpsc::channel::<Vec<u8>>();
+    // Bounded: a process not reading its stdin holds the caller back
+    // (gRPC flow control) rather than filling the agent's memory.
+    let (bytes, mut queue) = mpsc::channel::<Vec<u8>>(16);
     // Its own copy of a terminal's master, for setting the size.
     let control = if terminal { fd.try_clone().ok() } else { None };
     std::thread::spawn(move || {
         let mut file = std::fs::File::from(fd);
-        while let Ok(data) = queue.recv() {
+        while let Some(data) = queue.blocking_recv() {
             if file.write_all(&data).is_err() {
                 return;
             }
@@ -167,7 +213,9 @@ async fn feed(mut inbound: Streaming<ExecInput>, input: Option<(OwnedFd, bool)>)
         match message.input {
             Some(exec_input::Input::Stdin(data)) => {
                 // The writer stopped (the process closed its stdin).
-                let Ok(()) = bytes.send(data) else { break };
+                let Ok(()) = bytes.send(data).await else {
+                    break;
+                };
             }
             Some(exec_input::Input::CloseStdin(true)) => break,
             Some(exec_input::Input::Resize(size)) => {

@@ -4,6 +4,7 @@
 //! is below the low threshold.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::time::Instant;
 
 use thiserror::Error;
@@ -83,6 +84,26 @@ fn used_percent(store: &ImageStore) -> Result<f64, ImageGcError> {
     Ok((disk.total - disk.available) as f64 * 100.0 / disk.total as f64)
 }
 
+/// The layers (diff ids) some mounted root filesystem stacks: whatever
+/// image a container was started from, its layers stay while it runs
+/// (a tag may since name another image).
+fn mounted_layers(store: &ImageStore) -> BTreeSet<Digest> {
+    let layers_root = store.layers_root();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter(|line| line.contains(" - overlay "))
+        .filter_map(|line| line.rsplit(' ').next())
+        .flat_map(|options| options.split(','))
+        .filter_map(|option| option.strip_prefix("lowerdir="))
+        .flat_map(|lower| lower.split(':'))
+        .filter_map(|dir| {
+            let hex = Path::new(dir).strip_prefix(layers_root).ok()?.to_str()?;
+            Digest::parse(&format!("sha256:{hex}")).ok()
+        })
+        .collect()
+}
+
 /// Collects when the filesystem is over the policy's high threshold.
 /// `wanted` are the images the node's pods name. Returns the names
 /// deleted. Blocking.
@@ -95,10 +116,21 @@ pub fn collect_under_pressure(
     if policy.high_percent >= 100 || used_percent(store)? < f64::from(policy.high_percent) {
         return Ok(Vec::new());
     }
+    // Nothing is untagged while a pull or an import runs (collecting
+    // would fail then, leaving images unnamed and no space freed).
+    let mut kept_layers = mounted_layers(store);
+    match store.collect(&kept_layers) {
+        Err(StoreError::Busy(why)) => {
+            tracing::debug!(%why, "image garbage collection waits");
+            return Ok(Vec::new());
+        }
+        other => {
+            other?;
+        }
+    }
     let names = store.names()?;
     // What the pods name stays, under every name it has, with its layers.
     let mut kept_manifests = BTreeSet::new();
-    let mut kept_layers = BTreeSet::new();
     for image in wanted {
         let Ok(reference) = Reference::parse(image) else {
             continue;

@@ -267,17 +267,23 @@ fn exec_probe(
     let ExecIo::Pipes { stdout, stderr, .. } = io else {
         return Err("exec: a terminal came without being asked for".into());
     };
+    // What it writes is kept (up to the limit) as it comes; the rest is
+    // drained so it never blocks. Nobody waits for these readers: a child
+    // the command left behind may hold its output open for ever.
+    let output = std::sync::Arc::new(Mutex::new(Vec::new()));
     let read = |fd: std::os::fd::OwnedFd| {
+        let output = output.clone();
         std::thread::spawn(move || {
             let mut file = std::fs::File::from(fd);
-            let mut text = Vec::new();
-            let _ = (&mut file).take(MAX_PROBE_OUTPUT).read_to_end(&mut text);
-            // Whatever else it writes is drained, so it never blocks.
-            let _ = std::io::copy(&mut file, &mut std::io::sink());
-            text
+            let mut buffer = [0u8; 4096];
+            while let Ok(read @ 1..) = file.read(&mut buffer) {
+                let mut kept = output.lock().unwrap_or_else(|p| p.into_inner());
+                let room = (MAX_PROBE_OUTPUT as usize).saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..read.min(room)]);
+            }
         })
     };
-    let (out, err) = (read(stdout), read(stderr));
+    let _readers = (read(stdout), read(stderr));
     let (done, exit) = std::sync::mpsc::channel();
     let process = std::sync::Arc::new(process);
     let waiting = process.clone();
@@ -294,8 +300,9 @@ fn exec_probe(
     if code == 0 {
         return Ok(());
     }
-    let mut output = out.join().unwrap_or_default();
-    output.extend(err.join().unwrap_or_default());
+    // A moment for the last of its output to arrive.
+    std::thread::sleep(Duration::from_millis(50));
+    let output = output.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let output = String::from_utf8_lossy(&output);
     Err(format!(
         "command {command:?} exited with {code}: {}",

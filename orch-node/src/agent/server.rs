@@ -64,6 +64,8 @@ impl NodeAgent for AgentService {
             std::process::id(),
             orch_core::time::now().as_nanosecond()
         ));
+        // Removed however this call ends (the caller may vanish mid-upload).
+        let _upload = crate::files::RemoveOnDrop(path.clone());
         let received = async {
             let mut file = tokio::fs::File::create(&path)
                 .await
@@ -72,7 +74,9 @@ impl NodeAgent for AgentService {
                 .map(|d| d.available)
                 .unwrap_or(u64::MAX);
             let mut total = 0u64;
+            let mut done = false;
             while let Some(chunk) = inbound.message().await? {
+                done = chunk.done;
                 total += chunk.data.len() as u64;
                 if total > room {
                     return Err(Status::resource_exhausted(format!(
@@ -82,6 +86,12 @@ impl NodeAgent for AgentService {
                 file.write_all(&chunk.data)
                     .await
                     .map_err(|e| internal(&e))?;
+            }
+            if !done {
+                return Err(ApiError::Invalid(
+                    "the image archive's upload was cut short; nothing was imported".into(),
+                )
+                .to_status());
             }
             file.sync_all().await.map_err(|e| internal(&e))
         }
@@ -98,7 +108,6 @@ impl NodeAgent for AgentService {
             }
             Err(status) => Err(status),
         };
-        let _ = tokio::fs::remove_file(&path).await;
         let names = imported?;
         Ok(Response::new(ImageImportReply {
             images: names.iter().map(ToString::to_string).collect(),
@@ -131,6 +140,8 @@ pub fn service(
     state_dir: &std::path::Path,
     images: Arc<ImageStore>,
 ) -> InterceptedService<NodeAgentServer<AgentService>, OrganizationAuthorizer> {
+    // Uploads a previous agent left unfinished.
+    let _ = std::fs::remove_dir_all(state_dir.join("imports"));
     InterceptedService::new(
         NodeAgentServer::new(AgentService {
             pods_dir: state_dir.join("pods"),

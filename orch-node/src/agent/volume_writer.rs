@@ -72,9 +72,13 @@ pub fn valid_path(path: &str) -> bool {
             .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
+/// The current version directory: only ever a `..<digits>` name in
+/// `dir` (anything else in `..data` was not written here and is ignored).
 fn current(dir: &Path) -> Option<PathBuf> {
     let target = std::fs::read_link(dir.join(DATA)).ok()?;
-    Some(dir.join(target))
+    let name = target.to_str()?;
+    let digits = name.strip_prefix("..")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| dir.join(name))
 }
 
 /// Whether the current version holds exactly `files`.
@@ -87,8 +91,15 @@ fn holds(version: &Path, files: &[VolumeFile]) -> bool {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            // Never through a symlink: this version holds only what was
+            // written, regular files and directories.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                return false;
+            };
+            if meta.is_dir() {
                 stack.push(path);
+            } else if !meta.is_file() {
+                return false;
             } else if let Ok(relative) = path.strip_prefix(version) {
                 found.insert(relative.to_string_lossy().into_owned());
             }
@@ -97,6 +108,7 @@ fn holds(version: &Path, files: &[VolumeFile]) -> bool {
     found.len() == files.len()
         && files.iter().all(|file| {
             let path = version.join(&file.path);
+            // `found` lists regular files reached without symlinks only.
             found.contains(&file.path)
                 && std::fs::read(&path).is_ok_and(|bytes| bytes == file.bytes)
                 && std::fs::metadata(&path)
@@ -164,10 +176,19 @@ pub fn write(dir: &Path, files: &[VolumeFile]) -> io::Result<bool> {
         }
         std::os::unix::fs::symlink(&target, &link)?;
     }
-    if let Some(old) = old
-        && old != version
-    {
-        let _ = std::fs::remove_dir_all(old);
+    // Every other version goes (directories of this writer's names only;
+    // remove_dir_all does not follow symlinks).
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let is_version = entry_name
+            .strip_prefix("..")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+        if is_version
+            && entry_name != name
+            && std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir())
+        {
+            std::fs::remove_dir_all(entry.path())?;
+        }
     }
     Ok(true)
 }
@@ -211,6 +232,19 @@ mod tests {
             })
             .count();
         assert_eq!(versions, 1);
+        // A `..data` pointing elsewhere (planted) is never followed, and
+        // what it points at is never removed.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).expect("victim");
+        std::fs::write(victim.join("keep"), "x").expect("keep");
+        std::fs::remove_file(volume.join(DATA)).expect("unlink");
+        std::os::unix::fs::symlink(&victim, volume.join(DATA)).expect("plant");
+        assert!(write(&volume, &[file("a", "5")]).expect("rewrite"));
+        assert!(
+            victim.join("keep").exists(),
+            "the planted target was removed"
+        );
+        assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "5");
         for bad in ["..data", "../x", "/etc/passwd", "a/../b", ""] {
             assert!(!valid_path(bad), "{bad}");
         }

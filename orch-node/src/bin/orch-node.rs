@@ -272,6 +272,11 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             tokio::net::TcpListener::from_std(agent_listener)?,
         );
         let agent_server = tonic::transport::Server::builder()
+            // A caller that vanished (half-open connection) is noticed,
+            // and its followed logs and exec sessions end.
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .tls_config(agent_tls)
             .context("the agent port's TLS")?
             .add_service(orch_node::agent::server::service(

@@ -454,7 +454,8 @@ impl ImageStore {
         self.layers.join(diff_id.hex())
     }
 
-    pub(super) fn layers_root(&self) -> &Path {
+    /// Where unpacked layers live (`<dir>/layers/<diff id hex>`).
+    pub fn layers_root(&self) -> &Path {
         &self.layers
     }
 

@@ -48,6 +48,9 @@ pub struct ExecProcess {
     pub pid: i32,
 }
 
+/// Where the agent listens for terminals' master ends (root only).
+const CONSOLE_SOCKETS: &str = "/run/orch-exec";
+
 fn new_exec_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -87,8 +90,15 @@ pub fn start(
         other => Err(ExecError::Io(format!("unexpected answer {other:?}"))),
     };
     if options.tty {
-        let dir = pod_dir.join("exec");
-        std::fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+        // Not under the pod's directory: a unix socket's path must fit
+        // in 108 bytes, whatever --state-dir is.
+        let dir = Path::new(CONSOLE_SOCKETS);
+        std::fs::create_dir_all(dir).map_err(io(dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir.display()))?;
+        }
         let socket = dir.join(format!("{exec_id}.sock"));
         let listener = UnixListener::bind(&socket).map_err(io(socket.display()))?;
         let received = shim

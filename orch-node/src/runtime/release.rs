@@ -79,7 +79,8 @@ pub fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> 
         std::thread::sleep(Duration::from_millis(200));
     }
     sandbox::remove(dir).map_err(|e| e.to_string())?;
-    super::subpath::release(&dir.join("volume-subpaths"));
+    super::subpath::release(&dir.join("volume-subpaths"))
+        .map_err(|e| format!("{}: {e}", dir.join("volume-subpaths").display()))?;
     crate::agent::volume_writer::unmount_all(&dir.join("volumes"))
         .map_err(|e| format!("{}: {e}", dir.join("volumes").display()))?;
     cgroups::remove(cgroup).map_err(|e| format!("cgroup {cgroup}: {e}"))?;

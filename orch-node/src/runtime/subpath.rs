@@ -89,6 +89,17 @@ pub fn prepare(root: &Path, sub_path: &str, staging: &Path) -> io::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+    // The sub path may have changed between a file and a directory since
+    // the container's previous instance.
+    if let Ok(meta) = std::fs::symlink_metadata(staging)
+        && meta.is_dir() != is_dir
+    {
+        if meta.is_dir() {
+            std::fs::remove_dir(staging)?;
+        } else {
+            std::fs::remove_file(staging)?;
+        }
+    }
     if !staging.exists() {
         if is_dir {
             std::fs::create_dir(staging)?;
@@ -108,10 +119,12 @@ pub fn prepare(root: &Path, sub_path: &str, staging: &Path) -> io::Result<()> {
 }
 
 /// Unmounts every staging mount under `dir` (the pod's
-/// `volume-subpaths`), for a pod being released.
-pub fn release(dir: &Path) {
+/// `volume-subpaths`), for a pod being released. An error when one stays
+/// mounted: removing the directory then would delete the volume's data
+/// through it.
+pub fn release(dir: &Path) -> io::Result<()> {
     let Ok(containers) = std::fs::read_dir(dir) else {
-        return;
+        return Ok(());
     };
     for container in containers.flatten() {
         for mount in std::fs::read_dir(container.path())
@@ -123,6 +136,16 @@ pub fn release(dir: &Path) {
             let _ = nix::mount::umount2(&mount.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
+    let prefix = dir.to_string_lossy().into_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if let Some(left) = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .find(|point| point.starts_with(prefix.as_str()))
+    {
+        return Err(io::Error::other(format!("{left} is still mounted")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

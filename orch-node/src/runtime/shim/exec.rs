@@ -176,7 +176,11 @@ impl Execs {
 
     /// A reaped child: when it is an exec'd process, its exit code.
     pub fn exited(&mut self, pid: i32, exit_code: i32) {
-        if let Some(record) = self.records.values_mut().find(|r| r.pid == pid) {
+        if let Some(record) = self
+            .records
+            .values_mut()
+            .find(|r| r.exit_code.is_none() && r.pid == pid)
+        {
             record.exit_code = Some(exit_code);
             record.finished = Some(Instant::now());
             for waiter in record.waiters.drain(..) {

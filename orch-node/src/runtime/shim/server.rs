@@ -319,9 +319,11 @@ fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
+        // Only a container still running can be this pid: an exited one's
+        // pid may since have been reused by an exec'd process.
         if let Some(entry) = held
             .values_mut()
-            .find(|h| h.state.pid == Some(pid.as_raw()))
+            .find(|h| h.state.status != Status::Exited && h.state.pid == Some(pid.as_raw()))
         {
             entry.state.status = Status::Exited;
             entry.state.exit_code = Some(code);

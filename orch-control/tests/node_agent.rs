@@ -804,6 +804,37 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         .unwrap_or_default();
     assert!(message.contains("nope:1"), "{message}");
 
+    // Over its memory limit: killed by the kernel, and the status says
+    // OOMKilled.
+    client
+        .create(
+            &pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog, namespace: default}}\nspec:\n  nodeName: n1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {image}\n    resources: {{limits: {{memory: 16Mi}}}}\n    command: [sh, -c, \"x=$(head -c 100000000 /dev/zero | tr '\\\\0' a); echo survived\"]\n"
+            )),
+            false,
+        )
+        .await
+        .expect("create hog");
+    let hog = until_status(
+        &mut client,
+        "hog",
+        Duration::from_secs(60),
+        "OOMKilled",
+        |s| {
+            first_container(s)
+                .state
+                .and_then(|st| st.terminated)
+                .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
+        },
+    )
+    .await;
+    let killed = first_container(&hog)
+        .state
+        .and_then(|st| st.terminated)
+        .expect("terminated");
+    assert_eq!((killed.exit_code, killed.signal), (137, Some(9)));
+    assert_eq!(hog.phase.as_deref(), Some("Failed"));
+
     private_registry(&mut client, dir.path(), &builder, &local).await;
 
     // The agent dies: the container keeps running; a new agent adopts it
@@ -892,7 +923,9 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
             .exists(),
         "the pod's cgroup is left"
     );
-    for name in ["crash", "missing", "reader", "staged", "probed", "escaper"] {
+    for name in [
+        "crash", "missing", "reader", "staged", "probed", "escaper", "hog",
+    ] {
         client
             .delete(
                 Kind::Pod,

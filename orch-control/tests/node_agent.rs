@@ -97,10 +97,7 @@ fn renewed(lease: &k8s_openapi::api::coordination::v1::Lease) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_registers_and_keeps_its_lease() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
-    replica.start(&["--init"]);
-    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
-    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    let (replica, _, mut client) = control_plane(dir.path());
 
     // The node's own credentials, as an operator makes them: a
     // certificate of the cluster CA for system:node:n1 in group
@@ -314,6 +311,77 @@ async fn a_node_registers_and_keeps_its_lease() {
 }
 
 /// A pod from YAML.
+/// A replica bootstrapping a new cluster under `dir`, its admin config,
+/// and a client of it.
+fn control_plane(
+    dir: &std::path::Path,
+) -> (
+    common::Replica,
+    orch_core::api::config::ClientConfig,
+    ApiClient,
+) {
+    let mut replica = common::Replica::new(1, dir.join("replica-1"));
+    replica.start(&["--init"]);
+    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
+    let client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    (replica, config, client)
+}
+
+/// Waits until the cluster has made its `default` namespace.
+async fn until_default_namespace(client: &mut ApiClient) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(Kind::Namespace, None, "default").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "namespace default never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Node n1's config (its certificate signed by `replica`'s CA), written
+/// under `dir`.
+fn node_config_file(replica: &common::Replica, dir: &std::path::Path) -> std::path::PathBuf {
+    let node_config = orch_control::pki::Pki::new(&replica.dir)
+        .node_config("n1", std::slice::from_ref(&replica.api_addr))
+        .expect("node certificate");
+    let path = dir.join("node.conf");
+    std::fs::write(&path, node_config.to_yaml()).expect("node config");
+    path
+}
+
+/// busybox running `cmd`, built as `local` in `builder` and pushed to
+/// `target` (with `credentials` when the registry wants some).
+async fn push_busybox(
+    builder: &orch_node::image::ImageStore,
+    local: &str,
+    cmd: &str,
+    target: &str,
+    credentials: Option<&orch_node::image::registry::Credentials>,
+) -> orch_node::image::Reference {
+    use orch_node::image::Reference;
+    let local = Reference::parse(local).expect("reference");
+    orch_node::image::build::busybox_image(
+        builder,
+        &local,
+        std::path::Path::new(orch_node::image::build::BUSYBOX),
+        &[],
+        &[cmd],
+    )
+    .expect("image");
+    orch_node::image::registry::RegistryClient::new(Vec::new())
+        .expect("registry client")
+        .push(
+            builder,
+            &local,
+            &Reference::parse(target).expect("ref"),
+            credentials,
+        )
+        .await
+        .expect("push");
+    local
+}
+
 fn pod(yaml: &str) -> Object {
     orch_core::manifest::parse_str(yaml, "test")
         .expect("pod manifest")
@@ -376,61 +444,27 @@ fn waiting_reason(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_pods_run_restart_and_stop_gracefully() {
-    use orch_node::image::build::{self, BUSYBOX};
+    use orch_node::image::ImageStore;
     use orch_node::image::local_registry::LocalRegistry;
-    use orch_node::image::registry::RegistryClient;
-    use orch_node::image::{ImageStore, Reference};
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
-    replica.start(&["--init"]);
-    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
-    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    let (replica, config, mut client) = control_plane(dir.path());
 
     // busybox, built here and served by a registry on loopback.
     let registry =
         LocalRegistry::start(&dir.path().join("registry")).unwrap_or_else(|e| panic!("{e}"));
     let builder = ImageStore::open(&dir.path().join("builder")).expect("builder store");
-    let local = Reference::parse("orch.test/busybox:1").expect("reference");
-    build::busybox_image(
-        &builder,
-        &local,
-        std::path::Path::new(BUSYBOX),
-        &[],
-        &["sh"],
-    )
-    .expect("image");
     let image = format!("{}/busybox:1", registry.addr);
-    RegistryClient::new(Vec::new())
-        .expect("registry client")
-        .push(
-            &builder,
-            &local,
-            &Reference::parse(&image).expect("ref"),
-            None,
-        )
-        .await
-        .expect("push");
+    let local = push_busybox(&builder, "orch.test/busybox:1", "sh", &image, None).await;
 
-    let node_config = orch_control::pki::Pki::new(&replica.dir)
-        .node_config("n1", &[replica.api_addr.clone()])
-        .expect("node certificate");
-    let config_path = dir.path().join("node.conf");
-    std::fs::write(&config_path, node_config.to_yaml()).expect("node config");
+    let config_path = node_config_file(&replica, dir.path());
     let state = dir.path().join("node-state");
     let log = dir.path().join("orch-node.log");
     // However the test ends, no shim, container, mount or cgroup is left.
     let _release = Release(state.clone());
     let mut agent = start_agent(&config_path, &state, &log);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(Kind::Namespace, None, "default").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "namespace default never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_default_namespace(&mut client).await;
 
     // A long-running pod: Running, ready, its output in its log.
     client
@@ -457,15 +491,8 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     // The node reports the image it now holds.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let held = node(&mut client)
-            .await
-            .and_then(|n| n.status)
-            .and_then(|s| s.images)
-            .unwrap_or_default();
-        if held
-            .iter()
-            .any(|i| i.names.iter().flatten().any(|n| *n == image))
-        {
+        let held = node_images(&mut client).await;
+        if held.contains(&image) {
             break;
         }
         assert!(
@@ -989,7 +1016,7 @@ async fn private_registry(
     local: &orch_node::image::Reference,
 ) {
     use orch_node::image::local_registry::LocalRegistry;
-    use orch_node::image::registry::{Credentials, RegistryClient};
+    use orch_node::image::registry::Credentials;
     let hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
     let registry = LocalRegistry::start_with_htpasswd(
         &dir.join("private-registry"),
@@ -1001,16 +1028,14 @@ async fn private_registry(
         username: "puller".into(),
         password: "s3cret".into(),
     };
-    RegistryClient::new(Vec::new())
-        .expect("registry client")
-        .push(
-            builder,
-            local,
-            &orch_node::image::Reference::parse(&image).expect("ref"),
-            Some(&credentials),
-        )
-        .await
-        .expect("push with the password");
+    push_busybox(
+        builder,
+        &local.to_string(),
+        "sh",
+        &image,
+        Some(&credentials),
+    )
+    .await;
     let pod_yaml = |name: &str, secrets: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 0\n{secrets}  containers:\n  - name: c\n    image: {image}\n    command: [sleep, '1000']\n"
@@ -1413,16 +1438,11 @@ async fn node_images(client: &mut ApiClient) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unused_images_are_collected_under_disk_pressure() {
-    use orch_node::image::build::{self, BUSYBOX};
+    use orch_node::image::ImageStore;
     use orch_node::image::local_registry::LocalRegistry;
-    use orch_node::image::registry::RegistryClient;
-    use orch_node::image::{ImageStore, Reference};
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
-    replica.start(&["--init"]);
-    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
-    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    let (replica, _, mut client) = control_plane(dir.path());
     // Two different images: one a running pod uses, one a finished pod
     // used.
     let registry =
@@ -1430,29 +1450,13 @@ async fn unused_images_are_collected_under_disk_pressure() {
     let builder = ImageStore::open(&dir.path().join("builder")).expect("builder store");
     let mut images = Vec::new();
     for (tag, cmd) in [("kept", "sh"), ("spare", "ls")] {
-        let local = Reference::parse(&format!("orch.test/{tag}:1")).expect("reference");
-        build::busybox_image(&builder, &local, std::path::Path::new(BUSYBOX), &[], &[cmd])
-            .expect("image");
         let image = format!("{}/{tag}:1", registry.addr);
-        RegistryClient::new(Vec::new())
-            .expect("registry client")
-            .push(
-                &builder,
-                &local,
-                &Reference::parse(&image).expect("ref"),
-                None,
-            )
-            .await
-            .expect("push");
+        push_busybox(&builder, &format!("orch.test/{tag}:1"), cmd, &image, None).await;
         images.push(image);
     }
     let (kept, spare) = (images[0].clone(), images[1].clone());
 
-    let node_config = orch_control::pki::Pki::new(&replica.dir)
-        .node_config("n1", &[replica.api_addr.clone()])
-        .expect("node certificate");
-    let config_path = dir.path().join("node.conf");
-    std::fs::write(&config_path, node_config.to_yaml()).expect("node config");
+    let config_path = node_config_file(&replica, dir.path());
     let state = dir.path().join("node-state");
     let _release = Release(state.clone());
     // Any use of the disk counts as pressure: every unused image goes.
@@ -1467,14 +1471,7 @@ async fn unused_images_are_collected_under_disk_pressure() {
             "0",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(Kind::Namespace, None, "default").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "namespace default never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_default_namespace(&mut client).await;
     client
         .create(
             &pod(&format!(

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clusters::{OrchCluster, resident_bytes};
+use clusters::{OrchCluster, proc_bytes, resident_bytes};
 use orch_core::api::client::WatchStream;
 use orch_core::api::{ApiClient, ListOptions, WatchEventType};
 use orch_core::object::{Kind, Object};
@@ -135,41 +135,6 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort_unstable();
     let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
     samples[rank.clamp(1, samples.len()) - 1].as_secs_f64() * 1000.0
-}
-
-/// Proportional set size (shared pages split among their users), bytes.
-fn proportional_bytes(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let kib = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Pss:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .context("no Pss in smaps_rollup")?;
-    Ok(kib * 1024)
-}
-
-/// Private (anonymous) resident memory of `pid`, bytes: what a shim costs
-/// beyond the binary copy all shims share.
-fn anonymous_bytes(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = text
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .context("no RssAnon in /proc/PID/status")?;
-    Ok(kib * 1024)
 }
 
 /// The pids of the bench node's shims.
@@ -329,11 +294,13 @@ async fn main() -> Result<()> {
         .sum();
     let shim_pss: u64 = shim_pids
         .iter()
-        .filter_map(|pid| proportional_bytes(*pid).ok())
+        // Shared pages split among their users.
+        .filter_map(|pid| proc_bytes(*pid, "smaps_rollup", "Pss").ok())
         .sum();
     let shim_anon: u64 = shim_pids
         .iter()
-        .filter_map(|pid| anonymous_bytes(*pid).ok())
+        // Private memory: what a shim costs beyond the binary all share.
+        .filter_map(|pid| proc_bytes(*pid, "status", "RssAnon").ok())
         .sum();
     let sealed_copy = std::fs::metadata(&node_binary)?.len();
     delete_all(&mut client, &names).await?;

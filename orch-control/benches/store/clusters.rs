@@ -30,12 +30,13 @@ impl Drop for Process {
     }
 }
 
-/// Resident memory of `pid` in bytes (VmRSS).
-pub fn resident_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
+/// A `Field: N kB` figure of a /proc file (`status`, `smaps_rollup`), in
+/// bytes.
+pub fn proc_bytes(pid: u32, file: &str, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+    let kib = text
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| {
             rest.trim()
                 .trim_end_matches("kB")
@@ -43,8 +44,13 @@ pub fn resident_bytes(pid: u32) -> Result<u64> {
                 .parse::<u64>()
                 .ok()
         })
-        .context("no VmRSS in /proc/PID/status")?;
+        .with_context(|| format!("no {field} in /proc/PID/{file}"))?;
     Ok(kib * 1024)
+}
+
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    proc_bytes(pid, "status", "VmRSS")
 }
 
 async fn until<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>

@@ -116,6 +116,17 @@ impl ApiClient {
         })
     }
 
+    /// A request carrying the bearer token, when there is one.
+    fn request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        request
+    }
+
     /// Sends `message` with `send` to the preferred replica, then the
     /// others while they are unreachable, until one answers or the timeout
     /// passes. Each attempt carries the bearer token, when there is one.
@@ -131,12 +142,7 @@ impl ApiClient {
             let index = (self.preferred + attempt) % self.replicas.len();
             let (addr, client) = &self.replicas[index];
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut request = tonic::Request::new(message.clone());
-            if let Some(token) = &self.token {
-                request
-                    .metadata_mut()
-                    .insert("authorization", token.clone());
-            }
+            let request = self.request(message.clone());
             let error = match tokio::time::timeout(remaining, send(client.clone(), request)).await {
                 Ok(Ok(reply)) => {
                     self.preferred = index;
@@ -385,13 +391,7 @@ impl ApiClient {
             }
         });
         let (_, client) = &self.replicas[self.preferred];
-        let mut request =
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
-        if let Some(token) = &self.token {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
+        let request = self.request(tokio_stream::wrappers::ReceiverStream::new(outbound));
         let reply = client.clone().import_image(request).await;
         // A file that could not be read is the error, not what followed.
         if let Ok(Err(error)) = reader.await {
@@ -423,12 +423,7 @@ impl ApiClient {
             tokio_stream::once(first),
             tokio_stream::wrappers::ReceiverStream::new(input),
         );
-        let mut request = tonic::Request::new(stream);
-        if let Some(token) = &self.token {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
+        let request = self.request(stream);
         let reply = client
             .clone()
             .pod_exec(request)

@@ -20,7 +20,7 @@ use crate::runtime::shim::protocol::Status as ContainerStatus;
 /// How often a followed log is checked for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
-fn invalid(message: String) -> Status {
+pub(super) fn invalid(message: String) -> Status {
     ApiError::Invalid(message).to_status()
 }
 

@@ -13,7 +13,7 @@ use orch_core::api::proto::{ExecInput, ExecOutput, ExecStart, exec_input, exec_o
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::container_logs::{container_name, pod_dir};
+use super::container_logs::{container_name, invalid, pod_dir};
 use crate::runtime::exec::{self, ExecIo, ExecOptions};
 use crate::runtime::shim::client::ShimClient;
 use crate::runtime::shim::protocol::Status as ContainerStatus;
@@ -26,10 +26,6 @@ const DRAIN: Duration = Duration::from_secs(2);
 const HANG_UP_GRACE: Duration = Duration::from_secs(5);
 
 nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, nix::pty::Winsize);
-
-fn invalid(message: String) -> Status {
-    ApiError::Invalid(message).to_status()
-}
 
 type Output = mpsc::Sender<Result<ExecOutput, Status>>;
 

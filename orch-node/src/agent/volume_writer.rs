@@ -7,8 +7,10 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+
+use crate::runtime::mounts::is_mount_point;
 
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
@@ -19,15 +21,6 @@ pub struct VolumeFile {
     pub path: String,
     pub bytes: Vec<u8>,
     pub mode: u32,
-}
-
-/// Whether `path` is a mount point (on another device than its parent).
-pub fn is_mount_point(path: &Path) -> bool {
-    let parent = path.parent().unwrap_or(path);
-    match (std::fs::metadata(path), std::fs::metadata(parent)) {
-        (Ok(own), Ok(up)) => own.dev() != up.dev(),
-        _ => false,
-    }
 }
 
 /// Makes `dir` a small tmpfs (once).

@@ -3,6 +3,7 @@
 
 pub mod cgroups;
 pub mod exec;
+pub mod mounts;
 pub mod release;
 pub mod rootfs;
 pub mod sandbox;

@@ -14,7 +14,7 @@ pub fn mount(container_dir: &Path, layers: &[PathBuf]) -> std::io::Result<PathBu
     for dir in [&rootfs, &upper, &work] {
         std::fs::create_dir_all(dir)?;
     }
-    if is_mounted(&rootfs) {
+    if super::mounts::is_mount_point(&rootfs) {
         return Ok(rootfs);
     }
     // overlayfs lists the top layer first.
@@ -40,21 +40,10 @@ pub fn mount(container_dir: &Path, layers: &[PathBuf]) -> std::io::Result<PathBu
     Ok(rootfs)
 }
 
-fn is_mounted(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (
-        std::fs::metadata(path),
-        path.parent().map(std::fs::metadata),
-    ) {
-        (Ok(inner), Some(Ok(outer))) => inner.dev() != outer.dev(),
-        _ => false,
-    }
-}
-
 /// Unmounts the rootfs and removes the container's directory.
 pub fn remove(container_dir: &Path) -> std::io::Result<()> {
     let rootfs = container_dir.join("rootfs");
-    if is_mounted(&rootfs) {
+    if super::mounts::is_mount_point(&rootfs) {
         nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
     }
     match std::fs::remove_dir_all(container_dir) {

@@ -38,18 +38,8 @@ pub fn namespaces(pod_dir: &Path) -> SandboxNamespaces {
 
 /// Whether the sandbox of `pod_dir` exists (its namespaces are mounted).
 pub fn exists(pod_dir: &Path) -> bool {
-    let net = pod_dir.join("ns").join("net");
-    // A bind-mounted nsfs file is on another device than its directory.
-    match (
-        std::fs::metadata(&net),
-        std::fs::metadata(pod_dir.join("ns")),
-    ) {
-        (Ok(file), Ok(dir)) => {
-            use std::os::unix::fs::MetadataExt as _;
-            file.dev() != dir.dev()
-        }
-        _ => false,
-    }
+    // The net namespace's nsfs file is bind-mounted there.
+    super::mounts::is_mount_point(&pod_dir.join("ns").join("net"))
 }
 
 /// Creates the sandbox (idempotent: an existing one is kept).

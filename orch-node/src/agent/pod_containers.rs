@@ -184,13 +184,7 @@ impl PodManager {
         volumes: &std::collections::BTreeMap<String, PathBuf>,
     ) -> Result<String, (String, String)> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let credentials = super::pod_images::pull_credentials(
-            client,
-            pod,
-            container.image.as_deref().unwrap_or_default(),
-        )
-        .await;
-        let (image, layers, image_id) = self.images.ensure(&uid, container, credentials).await?;
+        let (image, layers, image_id) = self.images.ensure(client, pod, container).await?;
         let config_error =
             |e: ConfigError| ("CreateContainerConfigError".to_string(), e.to_string());
         let resolved = pod_files::env_values(client, pod, container, &self.node, &self.host_ip)

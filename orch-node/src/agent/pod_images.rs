@@ -50,14 +50,16 @@ impl ImagePuller {
             .retain(|(pod, _), _| pod != uid);
     }
 
-    /// Pulls (as the policy says, with `credentials` when the pod has
-    /// them for the image's registry) and unpacks the container's image.
+    /// Pulls (as the policy says, with the credentials of `pod`'s
+    /// imagePullSecrets for the image's registry, read only when a pull is
+    /// due) and unpacks the container's image.
     pub async fn ensure(
         &self,
-        uid: &str,
+        client: &mut ApiClient,
+        pod: &Pod,
         container: &Container,
-        credentials: Option<Credentials>,
     ) -> Result<(crate::image::Image, Vec<PathBuf>, String), (String, String)> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
         let name = container.image.clone().unwrap_or_default();
         let reference =
             Reference::parse(&name).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
@@ -65,7 +67,7 @@ impl ImagePuller {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
-        let key = (uid.to_string(), container.name.clone());
+        let key = (uid, container.name.clone());
         let present = self.store.resolve(&reference).ok().flatten();
         let needs_pull = match policy.as_str() {
             "Always" => true,
@@ -95,6 +97,7 @@ impl ImagePuller {
                     ));
                 }
             }
+            let credentials = pull_credentials(client, pod, &name).await;
             match self
                 .registry
                 .pull(&self.store, &reference, credentials.as_ref())

@@ -8,4 +8,5 @@ pub mod controllers;
 pub mod health;
 pub mod metrics;
 pub mod pki;
+pub mod scheduler;
 pub mod store;

@@ -13,19 +13,6 @@ use orch_core::api::{ApiClient, ApiError, ListOptions, WatchEventType};
 use orch_core::manifest;
 use orch_core::object::{Kind, Object};
 
-/// Every controller, with short election timings so a takeover fits in a
-/// test.
-const FAST_ELECTION: [&str; 8] = [
-    "--controllers",
-    "*",
-    "--leader-elect-lease-duration-ms",
-    "3000",
-    "--leader-elect-renew-deadline-ms",
-    "2000",
-    "--leader-elect-retry-period-ms",
-    "300",
-];
-
 fn config_map(name: &str, namespace: &str, owners: &[&Object]) -> Object {
     let mut object = manifest::parse_str(
         &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\ndata: {{k: v}}\n"),
@@ -49,30 +36,6 @@ fn config_map(name: &str, namespace: &str, owners: &[&Object]) -> Object {
         object.metadata_mut().owner_references = Some(references);
     }
     object
-}
-
-/// One replica running every controller, and a client of its API.
-async fn replica_with_controllers(dir: &std::path::Path) -> (common::Replica, ApiClient) {
-    let mut replica = common::Replica::new(1, dir.join("replica-1"));
-    let mut args = vec!["--init"];
-    args.extend(FAST_ELECTION);
-    replica.start(&args);
-    let client = client_of(&replica).await;
-    (replica, client)
-}
-
-async fn client_of(replica: &common::Replica) -> ApiClient {
-    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
-    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(Kind::Namespace, None, "default").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "namespace default never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    client
 }
 
 async fn exists(client: &mut ApiClient, kind: Kind, namespace: &str, name: &str) -> bool {
@@ -104,7 +67,7 @@ fn delete_with(propagation: &str) -> DeleteRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collector_follows_owner_references() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (replica, mut client) = replica_with_controllers(dir.path()).await;
+    let (replica, mut client) = common::replica_with_controllers(dir.path()).await;
     let create = async |client: &mut ApiClient, object: Object| {
         client.create(&object, false).await.expect("create")
     };
@@ -282,7 +245,7 @@ async fn garbage_collector_follows_owner_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_namespace_is_emptied_then_removed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_replica, mut client) = replica_with_controllers(dir.path()).await;
+    let (_replica, mut client) = common::replica_with_controllers(dir.path()).await;
     let namespace = manifest::parse_str(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n",
         "test",
@@ -361,14 +324,14 @@ async fn one_replica_runs_the_controllers_and_another_takes_over() {
         .map(|id| common::Replica::new(id, dir.path().join(format!("replica-{id}"))))
         .collect();
     let mut args = vec!["--init"];
-    args.extend(FAST_ELECTION);
+    args.extend(common::FAST_ELECTION);
     replicas[0].start(&args);
     let seed = replicas[0].addr.clone();
     for index in 1..3 {
         let (first, rest) = replicas.split_at_mut(index);
         rest[0].copy_ca_from(&first[0]);
         let mut args = vec!["--join", seed.as_str()];
-        args.extend(FAST_ELECTION);
+        args.extend(common::FAST_ELECTION);
         rest[0].start(&args);
     }
     let servers: Vec<String> = replicas.iter().map(|r| r.api_addr.clone()).collect();
@@ -467,7 +430,7 @@ async fn a_holder_steps_down_when_it_cannot_renew_or_is_overtaken() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
     replica.start(&["--init"]);
-    let mut client = client_of(&replica).await;
+    let mut client = common::client_of(&replica).await;
     let timings = ElectionTimings {
         lease_duration: Duration::from_millis(3000),
         renew_deadline: Duration::from_millis(2000),

@@ -11,6 +11,7 @@ pub mod names;
 pub mod object;
 pub mod quantity;
 pub mod runtime;
+pub mod scheduling;
 pub mod selector;
 pub mod time;
 pub mod validation;

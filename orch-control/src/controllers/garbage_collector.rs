@@ -78,7 +78,7 @@ fn owner_ref(dependent: &Object, owner: &OwnerReference) -> Option<ObjectRef> {
 /// was made on (uid and resourceVersion preconditions: a changed or
 /// re-created object is a conflict, looked at again); "already gone" is
 /// the goal reached.
-async fn delete(
+pub(super) async fn delete(
     client: &mut ApiClient,
     object: &Object,
     propagation: &str,
@@ -105,7 +105,7 @@ async fn delete(
 
 /// Writes `changed` (guarded by its resourceVersion: a stale cache makes
 /// it a conflict, retried); an object gone meanwhile needs nothing more.
-async fn update(client: &mut ApiClient, changed: &Object) -> Result<(), ApiError> {
+pub(super) async fn update(client: &mut ApiClient, changed: &Object) -> Result<(), ApiError> {
     match client.update(changed, false).await {
         Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
         Err(error) => Err(error),

@@ -6,6 +6,8 @@
 
 pub mod garbage_collector;
 pub mod namespace;
+pub mod pod_state;
+pub mod replica_set;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +20,11 @@ use orch_core::runtime::reflector::{self, Cache, Change};
 use orch_core::runtime::run_workers;
 use tokio::task::JoinSet;
 
+use crate::scheduler::{self, Scheduler};
 use garbage_collector::GarbageCollector;
 use namespace::NamespaceController;
+use orch_core::runtime::events::EventRecorder;
+use replica_set::ReplicaSetController;
 
 pub const LEASE_NAME: &str = "orch-controller-manager";
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -27,43 +32,48 @@ pub const LEASE_NAMESPACE: &str = "kube-system";
 /// Workers per controller.
 const WORKERS: usize = 4;
 
-/// The controllers orch-control can run, by kube-controller-manager's names.
+/// The controllers orch-control can run, by kube-controller-manager's
+/// names, and the scheduler.
 pub const GARBAGE_COLLECTOR: &str = "garbage-collector-controller";
 pub const NAMESPACE: &str = "namespace-controller";
-pub const ALL: [&str; 2] = [GARBAGE_COLLECTOR, NAMESPACE];
+pub const REPLICA_SET: &str = "replicaset-controller";
+pub const SCHEDULER: &str = "scheduler";
+pub const ALL: [&str; 4] = [GARBAGE_COLLECTOR, NAMESPACE, REPLICA_SET, SCHEDULER];
 
 /// Which controllers run (kube-controller-manager's `--controllers`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Enabled {
-    pub garbage_collector: bool,
-    pub namespace: bool,
+    names: std::collections::BTreeSet<&'static str>,
 }
 
 impl Enabled {
     /// Reads `--controllers` items: `*` (all), `name`, `-name`; an empty
     /// item enables nothing by itself. Unknown names are refused.
     pub fn parse(items: &[String]) -> Result<Self, String> {
-        let mut enabled = Self {
-            garbage_collector: false,
-            namespace: false,
-        };
+        let mut enabled = Self::default();
         for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
             let (on, name) = match item.strip_prefix('-') {
                 Some(name) => (false, name),
                 None => (true, item),
             };
-            match name {
-                "*" => {
-                    enabled.garbage_collector = on;
-                    enabled.namespace = on;
+            let names: Vec<&'static str> = if name == "*" {
+                ALL.to_vec()
+            } else {
+                match ALL.iter().find(|known| **known == name) {
+                    Some(known) => vec![*known],
+                    None => {
+                        return Err(format!(
+                            "--controllers: unknown controller {name:?} (known: *, {})",
+                            ALL.join(", ")
+                        ));
+                    }
                 }
-                GARBAGE_COLLECTOR => enabled.garbage_collector = on,
-                NAMESPACE => enabled.namespace = on,
-                other => {
-                    return Err(format!(
-                        "--controllers: unknown controller {other:?} (known: *, {})",
-                        ALL.join(", ")
-                    ));
+            };
+            for name in names {
+                if on {
+                    enabled.names.insert(name);
+                } else {
+                    enabled.names.remove(name);
                 }
             }
         }
@@ -71,7 +81,11 @@ impl Enabled {
     }
 
     pub fn any(&self) -> bool {
-        self.garbage_collector || self.namespace
+        !self.names.is_empty()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.names.contains(name)
     }
 }
 
@@ -105,7 +119,7 @@ pub async fn run(
                 return Ok(());
             }
         }
-        let mut controllers = start(&client, enabled);
+        let mut controllers = start(&client, &enabled);
         while *leader.borrow_and_update() {
             if leader.changed().await.is_err() {
                 return Ok(());
@@ -118,20 +132,36 @@ pub async fn run(
 }
 
 /// Reflectors for every kind into one cache, and the controllers' workers.
-fn start(client: &ApiClient, enabled: Enabled) -> JoinSet<()> {
+fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let cache = Cache::new();
     let gc = GarbageCollector::new(cache.clone());
     let namespaces = NamespaceController::new(cache.clone());
+    let (scheduler_events, write_events) = EventRecorder::new(client.clone(), scheduler::COMPONENT);
+    tasks.spawn(write_events);
+    let scheduler = Scheduler::new(cache.clone(), scheduler_events);
+    let (replica_set_events, write_events) =
+        EventRecorder::new(client.clone(), replica_set::COMPONENT);
+    tasks.spawn(write_events);
+    let replica_sets = ReplicaSetController::new(cache.clone(), replica_set_events);
     let handler: reflector::Handler = {
         let gc = gc.clone();
         let namespaces = namespaces.clone();
+        let scheduler = scheduler.clone();
+        let replica_sets = replica_sets.clone();
+        let enabled = enabled.clone();
         Arc::new(move |change: Change| {
-            if enabled.garbage_collector {
+            if enabled.has(GARBAGE_COLLECTOR) {
                 gc.on_change(&change);
             }
-            if enabled.namespace {
+            if enabled.has(NAMESPACE) {
                 namespaces.on_change(&change);
+            }
+            if enabled.has(SCHEDULER) {
+                scheduler.on_change(&change);
+            }
+            if enabled.has(REPLICA_SET) {
+                replica_sets.on_change(&change);
             }
         })
     };
@@ -165,14 +195,36 @@ fn start(client: &ApiClient, enabled: Enabled) -> JoinSet<()> {
                 async move { gc.reconcile(&mut client, key).await }
             }
         });
-        let namespace_workers =
-            run_workers("namespace", namespaces.queue.clone(), WORKERS, move |key| {
+        let namespace_workers = run_workers("namespace", namespaces.queue.clone(), WORKERS, {
+            let client = client.clone();
+            move |key| {
                 let namespaces = namespaces.clone();
                 let mut client = client.clone();
                 async move { namespaces.reconcile(&mut client, key).await }
-            });
+            }
+        });
+        let replica_set_workers = run_workers("replicaset", replica_sets.queue.clone(), WORKERS, {
+            let client = client.clone();
+            move |key| {
+                let replica_sets = replica_sets.clone();
+                let mut client = client.clone();
+                async move { replica_sets.reconcile(&mut client, key).await }
+            }
+        });
+        let scheduler_workers = run_workers("scheduler", scheduler.queue.clone(), WORKERS, {
+            move |key| {
+                let scheduler = scheduler.clone();
+                let mut client = client.clone();
+                async move { scheduler.reconcile(&mut client, key).await }
+            }
+        });
         // A disabled controller's queue stays empty: its workers just wait.
-        tokio::join!(gc_workers, namespace_workers);
+        tokio::join!(
+            gc_workers,
+            namespace_workers,
+            replica_set_workers,
+            scheduler_workers
+        );
     });
     tasks
 }
@@ -187,30 +239,16 @@ mod tests {
 
     #[test]
     fn controllers_flag_reads_like_kube_controller_managers() {
-        let all = Enabled {
-            garbage_collector: true,
-            namespace: true,
-        };
-        assert_eq!(parse(&["*"]), Ok(all));
-        assert_eq!(
-            parse(&["*", "-namespace-controller"]),
-            Ok(Enabled {
-                namespace: false,
-                ..all
-            })
+        let all = parse(&["*"]).expect("all");
+        assert!(ALL.iter().all(|name| all.has(name)));
+        let without = parse(&["*", "-namespace-controller"]).expect("without");
+        assert!(
+            !without.has(NAMESPACE) && without.has(GARBAGE_COLLECTOR) && without.has(SCHEDULER)
         );
         assert!(!parse(&[""]).expect("empty").any());
-        assert_eq!(
-            parse(&["namespace-controller"]),
-            Ok(Enabled {
-                garbage_collector: false,
-                namespace: true
-            })
-        );
-        let error = parse(&["replicaset"]).expect_err("unknown");
-        assert!(
-            error.contains("unknown controller \"replicaset\""),
-            "{error}"
-        );
+        let only = parse(&["namespace-controller"]).expect("one");
+        assert!(only.has(NAMESPACE) && !only.has(GARBAGE_COLLECTOR));
+        let error = parse(&["widgets"]).expect_err("unknown");
+        assert!(error.contains("unknown controller \"widgets\""), "{error}");
     }
 }

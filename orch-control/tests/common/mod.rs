@@ -1,6 +1,8 @@
 //! Harness for tests that run real `orch-control` processes on loopback.
 #![allow(dead_code)]
 
+pub mod kubelet;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -473,4 +475,49 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
         head.lines().next().unwrap_or_default().to_string(),
         body.to_string(),
     )
+}
+
+/// Every controller, with short election timings so a takeover fits in a
+/// test.
+pub const FAST_ELECTION: [&str; 8] = [
+    "--controllers",
+    "*",
+    "--leader-elect-lease-duration-ms",
+    "3000",
+    "--leader-elect-renew-deadline-ms",
+    "2000",
+    "--leader-elect-retry-period-ms",
+    "300",
+];
+
+/// A client of `replica`'s API, once the `default` namespace exists.
+pub async fn client_of(replica: &Replica) -> orch_core::api::ApiClient {
+    let config = replica.api_config(std::slice::from_ref(&replica.api_addr));
+    let mut client =
+        orch_core::api::ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(orch_core::object::Kind::Namespace, None, "default")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "namespace default never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+}
+
+/// One replica running every controller, and a client of its API.
+pub async fn replica_with_controllers(
+    dir: &std::path::Path,
+) -> (Replica, orch_core::api::ApiClient) {
+    let mut replica = Replica::new(1, dir.join("replica-1"));
+    let mut args = vec!["--init"];
+    args.extend(FAST_ELECTION);
+    replica.start(&args);
+    let client = client_of(&replica).await;
+    (replica, client)
 }

@@ -5,6 +5,7 @@
 //! API. Only the holder of the controllers' Lease runs them ([`election`]).
 
 pub mod election;
+pub mod events;
 pub mod queue;
 pub mod reflector;
 

@@ -55,10 +55,15 @@ pub enum Change {
     Deleted(Arc<Object>),
 }
 
-/// The objects of one or more kinds, as last seen by their reflectors.
+/// Objects of one kind in one namespace (None: cluster-scoped), by name.
+type Bucket = HashMap<String, Arc<Object>>;
+
+/// The objects of one or more kinds, as last seen by their reflectors,
+/// indexed by kind and namespace so a controller looking at one
+/// namespace's pods does not walk the whole cluster.
 #[derive(Default)]
 pub struct Cache {
-    objects: RwLock<HashMap<ObjectRef, Arc<Object>>>,
+    objects: RwLock<HashMap<(Kind, Option<String>), Bucket>>,
 }
 
 impl Cache {
@@ -66,44 +71,79 @@ impl Cache {
         Arc::new(Self::default())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ObjectRef, Arc<Object>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(Kind, Option<String>), Bucket>> {
         self.objects
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectRef, Arc<Object>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(Kind, Option<String>), Bucket>> {
         self.objects
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<Object>> {
-        self.read().get(key).cloned()
+        self.read()
+            .get(&(key.kind, key.namespace.clone()))
+            .and_then(|bucket| bucket.get(&key.name))
+            .cloned()
     }
 
     /// Every cached object that `keep` selects.
     pub fn select(&self, keep: impl Fn(&Object) -> bool) -> Vec<Arc<Object>> {
         self.read()
             .values()
+            .flat_map(|bucket| bucket.values())
             .filter(|object| keep(object))
             .cloned()
             .collect()
     }
 
+    /// The cached objects of `kind` in `namespace` (None for cluster-scoped
+    /// kinds) that `keep` selects.
+    pub fn select_in(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Vec<Arc<Object>> {
+        self.read()
+            .get(&(kind, namespace.map(str::to_owned)))
+            .map(|bucket| bucket.values().filter(|o| keep(o)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn put(&self, object: Arc<Object>) -> Option<Arc<Object>> {
-        self.write().insert(ObjectRef::of(&object), object)
+        let key = ObjectRef::of(&object);
+        self.write()
+            .entry((key.kind, key.namespace))
+            .or_default()
+            .insert(key.name, object)
     }
 
     fn remove(&self, key: &ObjectRef) -> Option<Arc<Object>> {
-        self.write().remove(key)
+        let mut objects = self.write();
+        let bucket_key = (key.kind, key.namespace.clone());
+        let bucket = objects.get_mut(&bucket_key)?;
+        let removed = bucket.remove(&key.name);
+        if bucket.is_empty() {
+            objects.remove(&bucket_key);
+        }
+        removed
     }
 
     fn keys_of(&self, kind: Kind) -> Vec<ObjectRef> {
         self.read()
-            .keys()
-            .filter(|key| key.kind == kind)
-            .cloned()
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .flat_map(|((kind, namespace), bucket)| {
+                bucket.keys().map(|name| ObjectRef {
+                    kind: *kind,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+            })
             .collect()
     }
 }

@@ -1,0 +1,370 @@
+//! The scheduler and the ReplicaSet controller of a real `orch-control`
+//! process, against simulated nodes (Node objects written by the test, as
+//! an agent would register them): placement honours resources, taints,
+//! selectors, affinity and spread constraints; a pod that fits nowhere
+//! says why and is placed once a node changes; a ReplicaSet keeps its
+//! count, adopts orphans and scales down the least useful pods first.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use orch_core::api::{ApiClient, ApiError, ListOptions};
+use orch_core::manifest;
+use orch_core::object::{Kind, Object};
+
+fn parse(yaml: &str) -> Object {
+    manifest::parse_str(yaml, "test")
+        .expect("manifest")
+        .remove(0)
+        .object
+}
+
+/// A node as an agent registers it: Ready (unless `ready` is false), with
+/// `cpu` allocatable and the given labels, spec and extra status.
+async fn register_node(
+    client: &mut ApiClient,
+    name: &str,
+    cpu: &str,
+    labels: &str,
+    spec: &str,
+    ready: bool,
+) {
+    let node = parse(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\nspec: {{{spec}}}\n"
+    ));
+    let created = client.create(&node, false).await.expect("create node");
+    let Object::Node(mut node) = created else {
+        panic!("not a node")
+    };
+    let status = parse(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  capacity: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  allocatable: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  conditions:\n  - {{type: Ready, status: '{}', reason: KubeletReady}}\n",
+        if ready { "True" } else { "False" }
+    ));
+    let Object::Node(status) = status else {
+        panic!("not a node")
+    };
+    node.status = status.status;
+    client
+        .update_status(&Object::Node(node))
+        .await
+        .expect("node status");
+}
+
+async fn pod_of(client: &mut ApiClient, name: &str) -> k8s_openapi::api::core::v1::Pod {
+    match client.get(Kind::Pod, Some("default"), name).await {
+        Ok(Object::Pod(pod)) => *pod,
+        other => panic!("get pod {name}: {other:?}"),
+    }
+}
+
+fn node_of(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+}
+
+/// Waits for the pod to be bound; returns its node.
+async fn bound(client: &mut ApiClient, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(node) = node_of(&pod_of(client, name).await) {
+            return node;
+        }
+        assert!(Instant::now() < deadline, "pod {name} not bound in 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for the pod's PodScheduled=False condition; returns its message.
+async fn unschedulable_message(client: &mut ApiClient, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pod = pod_of(client, name).await;
+        assert_eq!(node_of(&pod), None, "pod {name} was bound");
+        let condition = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .find(|c| c.type_ == "PodScheduled")
+            .cloned();
+        if let Some(condition) = condition {
+            assert_eq!(condition.status, "False");
+            assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
+            return condition.message.unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} has no PodScheduled condition after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn pods_by_node(client: &mut ApiClient, selector: &str) -> (usize, BTreeMap<String, usize>) {
+    let list = client
+        .list(
+            Kind::Pod,
+            Some("default"),
+            &ListOptions {
+                label_selector: selector.into(),
+                ..ListOptions::default()
+            },
+        )
+        .await
+        .expect("list pods");
+    let mut by_node = BTreeMap::new();
+    for item in &list.items {
+        if let Object::Pod(pod) = item
+            && let Some(node) = node_of(pod)
+        {
+            *by_node.entry(node).or_default() += 1;
+        }
+    }
+    (list.items.len(), by_node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_honours_resources_taints_selectors_and_affinity() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replica, mut client) = common::replica_with_controllers(dir.path()).await;
+    register_node(
+        &mut client,
+        "gpu",
+        "4",
+        "",
+        "taints: [{key: gpu, value: 'true', effect: NoSchedule}]",
+        true,
+    )
+    .await;
+    register_node(
+        &mut client,
+        "ssd",
+        "4",
+        ", disk: ssd, cores: '16'",
+        "",
+        true,
+    )
+    .await;
+    register_node(&mut client, "down", "4", "", "", false).await;
+    register_node(
+        &mut client,
+        "cordoned",
+        "4",
+        "",
+        "unschedulable: true",
+        true,
+    )
+    .await;
+    register_node(&mut client, "small", "500m", ", disk: hdd", "", true).await;
+
+    // Only "ssd" has room, no taint, is Ready and schedulable.
+    let plain = "apiVersion: v1\nkind: Pod\nmetadata: {name: plain}\nspec:\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: '1'}}}]\n";
+    client.create(&parse(plain), false).await.expect("create");
+    assert_eq!(bound(&mut client, "plain").await, "ssd");
+
+    // A toleration opens "gpu"; required affinity (Gt) and a preference
+    // for gpu=... pick between gpu and ssd.
+    let tolerant = "apiVersion: v1\nkind: Pod\nmetadata: {name: tolerant}\nspec:\n  tolerations: [{key: gpu, operator: Equal, value: 'true', effect: NoSchedule}]\n  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions: [{key: disk, operator: DoesNotExist}]\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: '1'}}}]\n";
+    client
+        .create(&parse(tolerant), false)
+        .await
+        .expect("create");
+    assert_eq!(bound(&mut client, "tolerant").await, "gpu");
+
+    let affine = "apiVersion: v1\nkind: Pod\nmetadata: {name: affine}\nspec:\n  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions: [{key: cores, operator: Gt, values: ['8']}]\n  containers: [{name: c, image: busybox}]\n";
+    client.create(&parse(affine), false).await.expect("create");
+    assert_eq!(bound(&mut client, "affine").await, "ssd");
+
+    // Fits nowhere: the message counts each node's reason.
+    let hdd = "apiVersion: v1\nkind: Pod\nmetadata: {name: wants-hdd}\nspec:\n  nodeSelector: {disk: hdd}\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: '1'}}}]\n";
+    client.create(&parse(hdd), false).await.expect("create");
+    let message = unschedulable_message(&mut client, "wants-hdd").await;
+    assert_eq!(
+        message,
+        "0/5 nodes are available: 1 Insufficient cpu, \
+         1 node(s) didn't match Pod's node affinity/selector, \
+         1 node(s) had untolerated taint {gpu: true}, \
+         1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
+         1 node(s) were unschedulable."
+    );
+    // The event says the same.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = client
+            .list(
+                Kind::Event,
+                Some("default"),
+                &ListOptions {
+                    field_selector: "involvedObject.name=wants-hdd".into(),
+                    ..ListOptions::default()
+                },
+            )
+            .await
+            .expect("events");
+        let found = events.items.iter().any(|e| match e {
+            Object::Event(e) => {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.message.as_deref() == Some(message.as_str())
+            }
+            _ => false,
+        });
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no FailedScheduling event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Room made on "small": the waiting pod is placed without being
+    // touched.
+    let Object::Node(mut small) = client.get(Kind::Node, None, "small").await.expect("get") else {
+        panic!("not a node")
+    };
+    let status = small.status.as_mut().expect("status");
+    for list in [&mut status.capacity, &mut status.allocatable] {
+        list.as_mut().expect("resources").insert(
+            "cpu".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("2".into()),
+        );
+    }
+    client
+        .update_status(&Object::Node(small))
+        .await
+        .expect("grow node");
+    assert_eq!(bound(&mut client, "wants-hdd").await, "small");
+    let pod = pod_of(&mut client, "wants-hdd").await;
+    let scheduled = pod
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "PodScheduled")
+        .expect("condition");
+    assert_eq!(scheduled.status, "True");
+
+    // "small" has 1 cpu left: a pod asking 1.5 waits, told so.
+    let more = hdd
+        .replace("wants-hdd", "wants-hdd-2")
+        .replace("'1'", "'1500m'");
+    client.create(&parse(&more), false).await.expect("create");
+    let message = unschedulable_message(&mut client, "wants-hdd-2").await;
+    assert!(message.contains("1 Insufficient cpu"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_set_spreads_keeps_its_count_and_adopts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replica, mut client) = common::replica_with_controllers(dir.path()).await;
+    for n in 1..=5 {
+        register_node(&mut client, &format!("node-{n}"), "8", "", "", true).await;
+    }
+    let kubelet = common::kubelet::start(
+        client.clone(),
+        &["node-1", "node-2", "node-3", "node-4", "node-5"],
+    );
+    // An orphan that matches the selector is adopted, not duplicated.
+    let orphan = "apiVersion: v1\nkind: Pod\nmetadata: {name: orphan, labels: {app: web}}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    client.create(&parse(orphan), false).await.expect("orphan");
+    let rs = "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 10\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}\n      containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m}}}]\n";
+    client.create(&parse(rs), false).await.expect("replica set");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (count, by_node) = pods_by_node(&mut client, "app=web").await;
+        let placed: usize = by_node.values().sum();
+        if count == 10 && placed == 10 {
+            assert_eq!(by_node.len(), 5, "{by_node:?}");
+            let most = by_node.values().max().copied().unwrap_or(0);
+            let least = by_node.values().min().copied().unwrap_or(0);
+            assert!(most - least <= 1, "skew over 1: {by_node:?}");
+            break;
+        }
+        assert!(count <= 10, "more pods than replicas: {count}");
+        assert!(
+            Instant::now() < deadline,
+            "not 10 placed pods: {count} {by_node:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let orphan = pod_of(&mut client, "orphan").await;
+    let owner = orphan
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .expect("orphan adopted");
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("ReplicaSet", "web")
+    );
+
+    // A deleted pod is replaced; status counts what runs.
+    client
+        .delete(Kind::Pod, Some("default"), "orphan", &Default::default())
+        .await
+        .expect("delete pod");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (count, by_node) = pods_by_node(&mut client, "app=web").await;
+        let replaced = match client.get(Kind::Pod, Some("default"), "orphan").await {
+            Err(ApiError::NotFound(_)) => true,
+            Ok(_) => false,
+            Err(error) => panic!("{error}"),
+        };
+        if replaced && count == 10 && by_node.values().sum::<usize>() == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pod not replaced: {count}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Status counts what the (fake) kubelet reports.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Object::ReplicaSet(rs) = client
+            .get(Kind::ReplicaSet, Some("default"), "web")
+            .await
+            .expect("get rs")
+        else {
+            panic!("not a replica set")
+        };
+        let status = rs.status.unwrap_or_default();
+        if status.ready_replicas == Some(10) {
+            assert_eq!(status.replicas, 10);
+            assert_eq!(status.fully_labeled_replicas, Some(10));
+            assert_eq!(status.available_replicas, Some(10));
+            assert_eq!(status.observed_generation, rs.metadata.generation);
+            break;
+        }
+        assert!(Instant::now() < deadline, "status not 10 ready: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Scale down: two left, the rest deleted.
+    client
+        .patch(
+            Kind::ReplicaSet,
+            Some("default"),
+            "web",
+            &serde_json::json!({"spec": {"replicas": 2}}),
+            false,
+        )
+        .await
+        .expect("scale");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (count, _) = pods_by_node(&mut client, "app=web").await;
+        if count == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {count} pods");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it stays at two.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pods_by_node(&mut client, "app=web").await.0, 2);
+    kubelet.abort();
+}

@@ -368,3 +368,210 @@ async fn a_replica_set_spreads_keeps_its_count_and_adopts() {
     assert_eq!(pods_by_node(&mut client, "app=web").await.0, 2);
     kubelet.abort();
 }
+
+/// Pods of `app` not being deleted: how many are ready, how many in all
+/// (pods on their way out count toward neither, as in Kubernetes' surge).
+async fn ready_and_total(client: &mut ApiClient, app: &str) -> (usize, usize) {
+    let list = client
+        .list(
+            Kind::Pod,
+            Some("default"),
+            &ListOptions {
+                label_selector: format!("app={app}"),
+                ..ListOptions::default()
+            },
+        )
+        .await
+        .expect("list pods");
+    let ready = list
+        .items
+        .iter()
+        .filter(|item| match item {
+            Object::Pod(pod) => {
+                pod.metadata.deletion_timestamp.is_none()
+                    && pod
+                        .status
+                        .iter()
+                        .flat_map(|s| s.conditions.iter().flatten())
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            }
+            _ => false,
+        })
+        .count();
+    let active = list
+        .items
+        .iter()
+        .filter(|item| item.metadata().deletion_timestamp.is_none())
+        .count();
+    (ready, active)
+}
+
+async fn deployment_status(
+    client: &mut ApiClient,
+    name: &str,
+) -> k8s_openapi::api::apps::v1::DeploymentStatus {
+    match client.get(Kind::Deployment, Some("default"), name).await {
+        Ok(Object::Deployment(d)) => d.status.unwrap_or_default(),
+        other => panic!("get deployment {name}: {other:?}"),
+    }
+}
+
+/// Waits until the Deployment reports its rollout complete.
+async fn rolled_out(client: &mut ApiClient, name: &str, replicas: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = deployment_status(client, name).await;
+        let complete = status.conditions.iter().flatten().any(|c| {
+            c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable")
+        });
+        if complete
+            && status.updated_replicas == Some(replicas)
+            && status.available_replicas == Some(replicas)
+            && status.replicas == Some(replicas)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout of {name} not complete: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// ReplicaSets of the Deployment: (revision, image, replicas).
+async fn revisions(client: &mut ApiClient) -> Vec<(String, String, i32)> {
+    let list = client
+        .list(Kind::ReplicaSet, Some("default"), &ListOptions::default())
+        .await
+        .expect("list replica sets");
+    let mut sets: Vec<(String, String, i32)> = list
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Object::ReplicaSet(rs) => {
+                let spec = rs.spec.as_ref()?;
+                let image = spec
+                    .template
+                    .as_ref()?
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .first()?
+                    .image
+                    .clone()?;
+                let revision = rs
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get("deployment.kubernetes.io/revision")?
+                    .clone();
+                Some((revision, image, spec.replicas.unwrap_or(0)))
+            }
+            _ => None,
+        })
+        .collect();
+    sets.sort();
+    sets
+}
+
+fn set_image(image: &str) -> serde_json::Value {
+    serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_keeps_availability_and_rolls_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replica, mut client) = common::replica_with_controllers(dir.path()).await;
+    let nodes = ["node-1", "node-2", "node-3"];
+    for node in nodes {
+        register_node(&mut client, node, "8", "", "", true).await;
+    }
+    let kubelet = common::kubelet::start(client.clone(), &nodes);
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: 'busybox:v1'}]\n";
+    client
+        .create(&parse(deployment), false)
+        .await
+        .expect("deployment");
+    rolled_out(&mut client, "web", 4).await;
+    assert_eq!(
+        revisions(&mut client).await,
+        [("1".into(), "busybox:v1".into(), 4)]
+    );
+
+    // Watch the pods through the update: never fewer than 4 - 1 ready,
+    // never more than 4 + 1 not being deleted.
+    let watching = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let (mut least_ready, mut most) = (usize::MAX, 0);
+            loop {
+                let (ready, total) = ready_and_total(&mut client, "web").await;
+                least_ready = least_ready.min(ready);
+                most = most.max(total);
+                let status = deployment_status(&mut client, "web").await;
+                let done = status.updated_replicas == Some(4)
+                    && status.available_replicas == Some(4)
+                    && status.replicas == Some(4)
+                    && status.observed_generation == Some(2);
+                if done && total == 4 {
+                    return (least_ready, most);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    client
+        .patch(
+            Kind::Deployment,
+            Some("default"),
+            "web",
+            &set_image("busybox:v2"),
+            false,
+        )
+        .await
+        .expect("update image");
+    let (least_ready, most) = tokio::time::timeout(Duration::from_secs(60), watching)
+        .await
+        .expect("rollout finished in 60 s")
+        .expect("watcher");
+    assert!(least_ready >= 3, "ready pods dropped to {least_ready}");
+    assert!(most <= 5, "{most} pods at once");
+    rolled_out(&mut client, "web", 4).await;
+    assert_eq!(
+        revisions(&mut client).await,
+        [
+            ("1".into(), "busybox:v1".into(), 0),
+            ("2".into(), "busybox:v2".into(), 4)
+        ]
+    );
+
+    // Rolling back to the first template reuses its ReplicaSet, which
+    // becomes revision 3.
+    client
+        .patch(
+            Kind::Deployment,
+            Some("default"),
+            "web",
+            &set_image("busybox:v1"),
+            false,
+        )
+        .await
+        .expect("roll back");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sets = revisions(&mut client).await;
+        if sets
+            == [
+                ("2".to_string(), "busybox:v2".to_string(), 0),
+                ("3".into(), "busybox:v1".into(), 4),
+            ]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rolled back: {sets:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rolled_out(&mut client, "web", 4).await;
+    kubelet.abort();
+}

@@ -4,10 +4,12 @@
 //! store is reached only through the API server) and share one runtime:
 //! one reflector per kind feeds one cache and every controller's handler.
 
+pub mod deployment;
 pub mod garbage_collector;
 pub mod namespace;
 pub mod pod_state;
 pub mod replica_set;
+pub mod rollout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use orch_core::runtime::run_workers;
 use tokio::task::JoinSet;
 
 use crate::scheduler::{self, Scheduler};
+use deployment::DeploymentController;
 use garbage_collector::GarbageCollector;
 use namespace::NamespaceController;
 use orch_core::runtime::events::EventRecorder;
@@ -37,8 +40,15 @@ const WORKERS: usize = 4;
 pub const GARBAGE_COLLECTOR: &str = "garbage-collector-controller";
 pub const NAMESPACE: &str = "namespace-controller";
 pub const REPLICA_SET: &str = "replicaset-controller";
+pub const DEPLOYMENT: &str = "deployment-controller";
 pub const SCHEDULER: &str = "scheduler";
-pub const ALL: [&str; 4] = [GARBAGE_COLLECTOR, NAMESPACE, REPLICA_SET, SCHEDULER];
+pub const ALL: [&str; 5] = [
+    GARBAGE_COLLECTOR,
+    NAMESPACE,
+    REPLICA_SET,
+    DEPLOYMENT,
+    SCHEDULER,
+];
 
 /// Which controllers run (kube-controller-manager's `--controllers`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -131,24 +141,53 @@ pub async fn run(
     }
 }
 
+/// Runs `$controller`'s workers on its queue: each key reconciled with a
+/// client of its own (the controllers differ only in their types).
+macro_rules! workers {
+    ($name:expr, $controller:expr, $client:expr) => {{
+        let controller = $controller.clone();
+        let client = $client.clone();
+        run_workers($name, controller.queue.clone(), WORKERS, move |key| {
+            let controller = controller.clone();
+            let mut client = client.clone();
+            async move { controller.reconcile(&mut client, key).await }
+        })
+    }};
+}
+
+/// An event recorder for `component`, its writer spawned into `tasks`.
+fn recorder(tasks: &mut JoinSet<()>, client: &ApiClient, component: &'static str) -> EventRecorder {
+    let (recorder, writer) = EventRecorder::new(client.clone(), component);
+    tasks.spawn(writer);
+    recorder
+}
+
 /// Reflectors for every kind into one cache, and the controllers' workers.
 fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let cache = Cache::new();
     let gc = GarbageCollector::new(cache.clone());
     let namespaces = NamespaceController::new(cache.clone());
-    let (scheduler_events, write_events) = EventRecorder::new(client.clone(), scheduler::COMPONENT);
-    tasks.spawn(write_events);
-    let scheduler = Scheduler::new(cache.clone(), scheduler_events);
-    let (replica_set_events, write_events) =
-        EventRecorder::new(client.clone(), replica_set::COMPONENT);
-    tasks.spawn(write_events);
-    let replica_sets = ReplicaSetController::new(cache.clone(), replica_set_events);
+    let scheduler = Scheduler::new(
+        cache.clone(),
+        recorder(&mut tasks, client, scheduler::COMPONENT),
+    );
+    let replica_sets = ReplicaSetController::new(
+        cache.clone(),
+        recorder(&mut tasks, client, replica_set::COMPONENT),
+    );
+    let deployments = DeploymentController::new(
+        cache.clone(),
+        recorder(&mut tasks, client, deployment::COMPONENT),
+    );
     let handler: reflector::Handler = {
-        let gc = gc.clone();
-        let namespaces = namespaces.clone();
-        let scheduler = scheduler.clone();
-        let replica_sets = replica_sets.clone();
+        let (gc, namespaces, scheduler, replica_sets, deployments) = (
+            gc.clone(),
+            namespaces.clone(),
+            scheduler.clone(),
+            replica_sets.clone(),
+            deployments.clone(),
+        );
         let enabled = enabled.clone();
         Arc::new(move |change: Change| {
             if enabled.has(GARBAGE_COLLECTOR) {
@@ -162,6 +201,9 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             }
             if enabled.has(REPLICA_SET) {
                 replica_sets.on_change(&change);
+            }
+            if enabled.has(DEPLOYMENT) {
+                deployments.on_change(&change);
             }
         })
     };
@@ -187,43 +229,13 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             }
         }
         tracing::info!("caches synced; controllers running");
-        let gc_workers = run_workers("garbage-collector", gc.queue.clone(), WORKERS, {
-            let client = client.clone();
-            move |key| {
-                let gc = gc.clone();
-                let mut client = client.clone();
-                async move { gc.reconcile(&mut client, key).await }
-            }
-        });
-        let namespace_workers = run_workers("namespace", namespaces.queue.clone(), WORKERS, {
-            let client = client.clone();
-            move |key| {
-                let namespaces = namespaces.clone();
-                let mut client = client.clone();
-                async move { namespaces.reconcile(&mut client, key).await }
-            }
-        });
-        let replica_set_workers = run_workers("replicaset", replica_sets.queue.clone(), WORKERS, {
-            let client = client.clone();
-            move |key| {
-                let replica_sets = replica_sets.clone();
-                let mut client = client.clone();
-                async move { replica_sets.reconcile(&mut client, key).await }
-            }
-        });
-        let scheduler_workers = run_workers("scheduler", scheduler.queue.clone(), WORKERS, {
-            move |key| {
-                let scheduler = scheduler.clone();
-                let mut client = client.clone();
-                async move { scheduler.reconcile(&mut client, key).await }
-            }
-        });
         // A disabled controller's queue stays empty: its workers just wait.
         tokio::join!(
-            gc_workers,
-            namespace_workers,
-            replica_set_workers,
-            scheduler_workers
+            workers!("garbage-collector", gc, client),
+            workers!("namespace", namespaces, client),
+            workers!("scheduler", scheduler, client),
+            workers!("replicaset", replica_sets, client),
+            workers!("deployment", deployments, client),
         );
     });
     tasks

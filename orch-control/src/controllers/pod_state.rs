@@ -39,6 +39,11 @@ pub fn is_active(object: &Object) -> bool {
         && !matches!(phase(object), "Succeeded" | "Failed")
 }
 
+/// Its containers are done for good (Succeeded or Failed).
+pub fn is_finished(object: &Object) -> bool {
+    matches!(phase(object), "Succeeded" | "Failed")
+}
+
 /// Its Ready condition is True.
 pub fn is_ready(object: &Object) -> bool {
     ready_condition(object).is_some_and(|c| c.status == "True")

@@ -3,30 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+use std::process::Command;
 
-/// orchctl with the admin client config `config`.
-fn orchctl(config: &str, args: &[&str]) -> Output {
-    Command::new(ORCHCTL)
-        .args(args)
-        .env("ORCH_CONFIG", config)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run orchctl")
-}
-
-fn ok(server: &str, args: &[&str]) -> String {
-    let output = orchctl(server, args);
-    assert!(
-        output.status.success(),
-        "orchctl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use common::{ORCHCTL, ok, orchctl};
 
 const APP: &str = "
 apiVersion: apps/v1

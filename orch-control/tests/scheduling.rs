@@ -575,3 +575,118 @@ async fn a_rolling_update_keeps_availability_and_rolls_back() {
     rolled_out(&mut client, "web", 4).await;
     kubelet.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchctl_rollout_follows_pauses_and_undoes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (replica, mut client) = common::replica_with_controllers(dir.path()).await;
+    let config = replica.dir.join("pki").join("admin.conf");
+    let config = config.to_string_lossy().into_owned();
+    register_node(&mut client, "node-1", "8", "", "", true).await;
+    let kubelet = common::kubelet::start(client.clone(), &["node-1"]);
+    let manifest = dir.path().join("web.yaml");
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: 'busybox:v1'}]\n";
+    std::fs::write(&manifest, deployment).expect("manifest");
+    let manifest = manifest.to_string_lossy().into_owned();
+    common::ok(&config, &["apply", "-f", &manifest]);
+    let status = common::ok(
+        &config,
+        &["rollout", "status", "deployment/web", "--timeout", "60s"],
+    );
+    assert!(
+        status.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{status}"
+    );
+
+    std::fs::write(&manifest, deployment.replace("busybox:v1", "busybox:v2")).expect("edit");
+    common::ok(&config, &["apply", "-f", &manifest]);
+    common::ok(
+        &config,
+        &["rollout", "status", "deployment/web", "--timeout", "60s"],
+    );
+    assert_eq!(
+        common::ok(&config, &["rollout", "history", "deployment/web"]),
+        "deployment.apps/web \nREVISION  CHANGE-CAUSE\n1         <none>\n2         <none>\n"
+    );
+    let first = common::ok(
+        &config,
+        &["rollout", "history", "deployment/web", "--revision", "1"],
+    );
+    assert!(first.contains("image: busybox:v1"), "{first}");
+
+    // Paused: a template change waits; resumed: it rolls out.
+    assert_eq!(
+        common::ok(&config, &["rollout", "pause", "deployment/web"]),
+        "deployment.apps/web paused\n"
+    );
+    assert_eq!(
+        common::ok(&config, &["rollout", "undo", "deployment/web"]),
+        "deployment.apps/web rolled back\n"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let replicas_of = |sets: &[(String, String, i32)], image: &str| {
+        sets.iter()
+            .filter(|s| s.1 == image)
+            .map(|s| s.2)
+            .sum::<i32>()
+    };
+    let sets = revisions(&mut client).await;
+    assert_eq!(
+        (
+            replicas_of(&sets, "busybox:v1"),
+            replicas_of(&sets, "busybox:v2")
+        ),
+        (0, 2),
+        "a paused deployment rolled out: {sets:?}"
+    );
+    assert_eq!(
+        common::ok(&config, &["rollout", "resume", "deployment/web"]),
+        "deployment.apps/web resumed\n"
+    );
+    common::ok(
+        &config,
+        &["rollout", "status", "deployment/web", "--timeout", "60s"],
+    );
+    assert_eq!(
+        revisions(&mut client).await,
+        [
+            ("2".into(), "busybox:v2".into(), 0),
+            ("3".into(), "busybox:v1".into(), 2)
+        ]
+    );
+    assert_eq!(
+        common::ok(
+            &config,
+            &["rollout", "undo", "deployment/web", "--to-revision", "3"]
+        ),
+        "deployment.apps/web skipped rollback (current template already matches revision 3)\n"
+    );
+    let missing = common::orchctl(
+        &config,
+        &["rollout", "undo", "deployment/web", "--to-revision", "9"],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("unable to find specified revision 9 in history"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // Restart: a new revision with the same image, every pod replaced.
+    assert_eq!(
+        common::ok(&config, &["rollout", "restart", "deployment/web"]),
+        "deployment.apps/web restarted\n"
+    );
+    common::ok(
+        &config,
+        &["rollout", "status", "deployment/web", "--timeout", "60s"],
+    );
+    let sets = revisions(&mut client).await;
+    assert_eq!(
+        sets.last().map(|r| (r.0.as_str(), r.2)),
+        Some(("4", 2)),
+        "{sets:?}"
+    );
+    kubelet.abort();
+}

@@ -254,10 +254,23 @@ impl DeploymentController {
                 );
                 Ok(Arc::new(created))
             }
-            // A ReplicaSet of that name that is not ours (or a template
-            // hash collision): bump collisionCount so the next hash
-            // differs, as Kubernetes does.
+            // Ours already, created by an earlier pass the cache has not
+            // shown yet: use it. Anything else of that name is a hash
+            // collision: bump collisionCount so the next hash differs, as
+            // Kubernetes does.
             Err(ApiError::AlreadyExists(message)) => {
+                let namespace = d.metadata.namespace.as_deref();
+                let existing = client.get(Kind::ReplicaSet, namespace, &name).await?;
+                let ours =
+                    controller_of(&existing).map(|r| r.uid.as_str()) == d.metadata.uid.as_deref();
+                let same_template = replica_set(&existing)
+                    .and_then(|rs| rs.spec.as_ref())
+                    .and_then(|spec| spec.template.as_ref())
+                    .zip(d.spec.as_ref().map(|spec| &spec.template))
+                    .is_some_and(|(a, b)| rollout::equal_ignoring_hash(a, b));
+                if ours && same_template {
+                    return Ok(Arc::new(existing));
+                }
                 let mut bumped = d.clone();
                 let status = bumped.status.get_or_insert_with(Default::default);
                 status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);

@@ -315,6 +315,57 @@ pub fn status(
     }
 }
 
+/// Where a Deployment's rollout stands, as `kubectl rollout status` says
+/// it: `Ok((message, done))`, or `Err` once its progress deadline passed.
+pub fn progress_message(d: &Deployment) -> Result<(String, bool), String> {
+    let name = d.metadata.name.as_deref().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.clone().unwrap_or_default();
+    if status.observed_generation.unwrap_or(0) < generation {
+        return Ok((
+            "Waiting for deployment spec update to be observed...".into(),
+            false,
+        ));
+    }
+    let progressing = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing");
+    if progressing.is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")) {
+        return Err(format!(
+            "deployment {name:?} exceeded its progress deadline"
+        ));
+    }
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let waiting = |what: String| {
+        Ok((
+            format!("Waiting for deployment {name:?} rollout to finish: {what}"),
+            false,
+        ))
+    };
+    if updated < wanted {
+        return waiting(format!(
+            "{updated} out of {wanted} new replicas have been updated..."
+        ));
+    }
+    if total > updated {
+        return waiting(format!(
+            "{} old replicas are pending termination...",
+            total - updated
+        ));
+    }
+    if available < updated {
+        return waiting(format!(
+            "{available} of {updated} updated replicas are available..."
+        ));
+    }
+    Ok((format!("deployment {name:?} successfully rolled out"), true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

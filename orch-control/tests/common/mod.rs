@@ -521,3 +521,25 @@ pub async fn replica_with_controllers(
     let client = client_of(&replica).await;
     (replica, client)
 }
+
+pub const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+
+/// orchctl with the admin client config `config`.
+pub fn orchctl(config: &str, args: &[&str]) -> std::process::Output {
+    Command::new(ORCHCTL)
+        .args(args)
+        .env("ORCH_CONFIG", config)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run orchctl")
+}
+
+pub fn ok(server: &str, args: &[&str]) -> String {
+    let output = orchctl(server, args);
+    assert!(
+        output.status.success(),
+        "orchctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

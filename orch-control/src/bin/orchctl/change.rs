@@ -78,7 +78,7 @@ pub struct ObjectArgs {
 }
 
 /// `deployment/web` or `deployment web` -> (kind, name).
-fn target(words: &[String]) -> Result<(Kind, String)> {
+pub(super) fn target(words: &[String]) -> Result<(Kind, String)> {
     match words {
         [one] => {
             let (kind, name) = one
@@ -91,13 +91,13 @@ fn target(words: &[String]) -> Result<(Kind, String)> {
     }
 }
 
-fn namespace_for(kind: Kind, namespace: &Option<String>) -> Option<String> {
+pub(super) fn namespace_for(kind: Kind, namespace: &Option<String>) -> Option<String> {
     kind.namespaced()
         .then(|| namespace.clone().unwrap_or_else(|| "default".into()))
 }
 
 /// Patches `kind/name` and prints `kind/name <verb>`.
-fn patch(
+pub(super) fn patch(
     connection: &Connection,
     kind: Kind,
     namespace: Option<String>,

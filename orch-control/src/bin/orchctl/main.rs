@@ -5,6 +5,7 @@ mod cluster;
 mod node_ops;
 mod objects;
 mod pod_io;
+mod rollout;
 mod table;
 
 use std::path::PathBuf;
@@ -50,6 +51,12 @@ enum Command {
     Edit(change::ObjectArgs),
     /// Set the replicas of a deployment or replicaset.
     Scale(change::ScaleArgs),
+    /// Manage a deployment's rollout: status, history, undo, restart,
+    /// pause, resume.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// Set (`key=value`) or remove (`key-`) labels.
     Label(change::MetadataArgs),
     /// Change fields of an object with a JSON merge patch (`-p`).
@@ -199,6 +206,7 @@ fn main() -> ExitCode {
         Command::Uncordon(args) => change::cordon(args, false).map(|()| true),
         Command::Drain(args) => node_ops::drain(args).map(|()| true),
         Command::Events(args) => node_ops::events(args).map(|()| true),
+        Command::Rollout { command } => rollout::run(command).map(|()| true),
         Command::Logs(args) => pod_io::logs(args).map(|()| true),
         Command::Image {
             command: ImageCommand::Import(args),

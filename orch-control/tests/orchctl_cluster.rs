@@ -78,16 +78,41 @@ async fn orchctl_applies_gets_and_deletes_like_kubectl() {
         "{row:?}"
     );
     let services = ok(&server, &["get", "svc", "-o", "wide"]);
-    assert!(
-        services.starts_with(
-            "NAME   TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   AGE   SELECTOR\n"
-        ),
+    let mut lines = services.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ],
         "{services}"
     );
-    assert!(
-        services.contains("web    ClusterIP   <none>       <none>        80/TCP    ")
-            && services.trim_end().ends_with("app=web"),
-        "{services}"
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.len(), 7, "{services}");
+    assert_eq!(
+        (row[0], row[1], row[3], row[4], row[6]),
+        ("web", "ClusterIP", "<none>", "80/TCP", "app=web")
+    );
+    // The API server gave it an address of the default service range.
+    let ip: std::net::Ipv4Addr = row[2].parse().expect("a cluster IP");
+    assert_eq!(
+        u32::from(ip) >> 20,
+        u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) >> 20,
+        "{ip}"
     );
     // -o wide: kubectl's extra columns.
     let wide = ok(&server, &["get", "deploy", "-o", "wide"]);

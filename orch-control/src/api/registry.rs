@@ -21,6 +21,8 @@ const RETRIES: usize = 8;
 
 pub struct Registry {
     pub store: StoreAccess,
+    /// Where Services' ClusterIPs and NodePorts come from.
+    pub services: ServiceRanges,
 }
 
 /// What a delete asks beyond the object's name.
@@ -145,7 +147,52 @@ fn parse_revision(text: &str) -> Result<Option<Revision>, ApiError> {
 
 impl Registry {
     pub fn new(store: StoreAccess) -> Self {
-        Self { store }
+        Self {
+            store,
+            services: ServiceRanges::default(),
+        }
+    }
+
+    pub fn with_service_ranges(mut self, services: ServiceRanges) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Whether `key` exists now.
+    async fn exists(&self, key: String) -> Result<bool, ApiError> {
+        Ok(self.store.get(&key).await?.0.is_some())
+    }
+
+    /// The Service's addresses, allocated against what is taken now
+    /// (`previous`: its stored state, on an update).
+    async fn allocate(
+        &self,
+        object: &mut Object,
+        previous: Option<&Value>,
+    ) -> Result<Allocation, ApiError> {
+        if object.kind() != Kind::Service {
+            return Ok(Allocation::default());
+        }
+        service_alloc::allocate(&self.services, object, previous, |key| self.exists(key)).await
+    }
+
+    /// After a failed write: an address the user asked for that is taken
+    /// is their error; auto-picked ones were raced and are picked again.
+    async fn refuse_taken(&self, allocation: &Allocation) -> Result<(), ApiError> {
+        for key in &allocation.requested {
+            if self.exists(key.clone()).await? {
+                let what = key.rsplit('/').next().unwrap_or_default();
+                return Err(ApiError::Invalid(format!(
+                    "spec: Invalid value: {what}: provided {} is already allocated",
+                    if key.contains("nodeports") {
+                        "port"
+                    } else {
+                        "IP"
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn current(&self, kind: Kind, key: &str, name: &str) -> Result<KeyValue, ApiError> {
@@ -195,20 +242,26 @@ impl Registry {
         admission::default_and_validate(&mut object)?;
         let key = key_of(&object)?;
         let name = name_of(&object)?;
+        let admitted = object;
         for _ in 0..RETRIES {
+            let mut object = admitted.clone();
             let namespace_guard = self.open_namespace(&object).await?;
+            let allocation = self.allocate(&mut object, None).await?;
             if dry_run {
                 return Ok(Written { object, warnings });
             }
             let mut compares = vec![guard(&key, 0)];
             compares.extend(namespace_guard);
+            compares.extend(allocation.compares.iter().cloned());
+            let mut success = vec![Op::Put {
+                key: key.clone().into_bytes(),
+                value: stored_bytes(&object)?,
+                lease: None,
+            }];
+            success.extend(allocation.ops.iter().cloned());
             let txn = Txn {
                 compares,
-                success: vec![Op::Put {
-                    key: key.clone().into_bytes(),
-                    value: stored_bytes(&object)?,
-                    lease: None,
-                }],
+                success,
                 failure: Vec::new(),
             };
             let response = self.store.write(&request(txn)).await?;
@@ -222,7 +275,9 @@ impl Registry {
                     resource_name(kind)
                 )));
             }
-            // The namespace changed in between: check it again.
+            self.refuse_taken(&allocation).await?;
+            // The namespace changed in between, or an address picked was
+            // taken meanwhile: check and pick again.
         }
         Err(ApiError::Unavailable(format!(
             "creating {} \"{name}\": too many concurrent changes to its namespace",
@@ -310,4 +365,7 @@ fn decode_continue(token: &str, prefix: &str) -> Result<Option<Vec<u8>>, ApiErro
 
 pub(super) use write::UpdateKind;
 
+pub mod service_alloc;
 mod write;
+
+use service_alloc::{Allocation, ServiceRanges};

@@ -116,6 +116,12 @@ struct RunArgs {
     /// How long a write waits for a quorum before failing with "no quorum".
     #[arg(long, default_value_t = 5000)]
     write_timeout_ms: u64,
+    /// Where Services' ClusterIPs come from (IPv4 CIDR).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// Where NodePorts come from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
     /// Revisions of history kept for watches to replay (like etcd's
     /// --auto-compaction-retention in revision mode); the leader compacts
     /// older history away. 0 keeps everything.
@@ -214,6 +220,11 @@ async fn run(cli: RunArgs) -> Result<()> {
     }
     let enabled =
         orch_control::controllers::Enabled::parse(&cli.controllers).map_err(anyhow::Error::msg)?;
+    let service_ranges = orch_control::api::registry::service_alloc::ServiceRanges::parse(
+        &cli.service_cluster_ip_range,
+        &cli.service_node_port_range,
+    )
+    .map_err(anyhow::Error::msg)?;
     // The holder must have stepped down (renew deadline, plus at most one
     // retry period) before another may take over (lease duration).
     if !(cli.leader_elect_retry_period_ms < cli.leader_elect_renew_deadline_ms
@@ -299,10 +310,13 @@ async fn run(cli: RunArgs) -> Result<()> {
         .context("reading the health address")?;
     println!("orch-control health on {health_addr}");
     tokio::spawn(orch_control::health::serve(health_listener, node.clone()));
-    let registry = Arc::new(Registry::new(StoreAccess::new(
-        node.clone(),
-        Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),
-    )));
+    let registry = Arc::new(
+        Registry::new(StoreAccess::new(
+            node.clone(),
+            Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),
+        ))
+        .with_service_ranges(service_ranges),
+    );
     let server = tonic::transport::Server::builder()
         .tls_config(pki.peer_server_tls()?)
         .context("the replication port's TLS")?

@@ -7,6 +7,7 @@ use orch_core::api::{ApiError, kind_prefix, object_key};
 use orch_core::object::{Kind, Object};
 use serde_json::Value;
 
+use super::service_alloc::{self, Allocation};
 use super::{
     DeleteOptions, RETRIES, Registry, Written, conflict, guard, name_of, object_from,
     parse_revision, request, stored_bytes, stored_value, succeeded, uid_conflict,
@@ -273,6 +274,7 @@ impl Registry {
     ) -> Result<Attempt, ApiError> {
         let mut object = object_from(kind, merged, kv.mod_revision)?;
         admission::default_and_validate(&mut object)?;
+        let previous = stored_value(kv)?;
         let meta = object.metadata();
         // The last finalizer gone from an object being deleted: delete it.
         // Unless a grace period still runs (a pod its node agent stops) or a
@@ -284,30 +286,43 @@ impl Registry {
                 || self
                     .namespace_is_empty(meta.name.as_deref().unwrap_or_default())
                     .await?);
+        let allocation = if finished {
+            Allocation::default()
+        } else {
+            self.allocate(&mut object, Some(&previous)).await?
+        };
         if dry_run {
             return Ok(Attempt::Done(Written {
                 object,
                 warnings: Vec::new(),
             }));
         }
-        let op = if finished {
-            Op::Delete {
+        let mut success = if finished {
+            let mut ops = vec![Op::Delete {
                 key: key.as_bytes().to_vec(),
+            }];
+            if kind == Kind::Service {
+                ops.extend(service_alloc::release(&previous));
             }
+            ops
         } else {
-            Op::Put {
+            vec![Op::Put {
                 key: key.as_bytes().to_vec(),
                 value: stored_bytes(&object)?,
                 lease: None,
-            }
+            }]
         };
+        success.extend(allocation.ops.iter().cloned());
+        let mut compares = vec![guard(key, kv.mod_revision)];
+        compares.extend(allocation.compares.iter().cloned());
         let txn = Txn {
-            compares: vec![guard(key, kv.mod_revision)],
-            success: vec![op],
+            compares,
+            success,
             failure: Vec::new(),
         };
         let response = self.store.write(&request(txn)).await?;
         if !succeeded(&response.outcome)? {
+            self.refuse_taken(&allocation).await?;
             return Ok(Attempt::Raced);
         }
         object.metadata_mut().resource_version = Some(response.revision.to_string());
@@ -399,9 +414,14 @@ impl Registry {
             if options.dry_run {
                 return object_from(kind, value, kv.mod_revision);
             }
+            let mut success = Vec::new();
+            if kind == Kind::Service && matches!(op, Op::Delete { .. }) {
+                success.extend(service_alloc::release(&value));
+            }
+            success.insert(0, op);
             let txn = Txn {
                 compares: vec![guard(&key, kv.mod_revision)],
-                success: vec![op],
+                success,
                 failure: Vec::new(),
             };
             let response = self.store.write(&request(txn)).await?;

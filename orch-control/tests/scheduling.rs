@@ -690,3 +690,180 @@ async fn orchctl_rollout_follows_pauses_and_undoes() {
     );
     kubelet.abort();
 }
+
+/// A slice as the tests read it: its (port name, number)s and endpoints as
+/// (address, ready, serving, terminating).
+type SliceView = (Vec<(Option<String>, i32)>, Vec<(String, bool, bool, bool)>);
+
+/// The Service's EndpointSlices, sorted.
+async fn slices_of(client: &mut ApiClient, service: &str) -> Vec<SliceView> {
+    let list = client
+        .list(
+            Kind::EndpointSlice,
+            Some("default"),
+            &ListOptions {
+                label_selector: format!("kubernetes.io/service-name={service}"),
+                ..ListOptions::default()
+            },
+        )
+        .await
+        .expect("list slices");
+    let mut slices: Vec<_> = list
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Object::EndpointSlice(slice) => Some(slice),
+            _ => None,
+        })
+        .map(|slice| {
+            let ports = slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.clone(), p.port.unwrap_or(0)))
+                .collect();
+            let mut endpoints: Vec<_> = slice
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let c = e.conditions.clone().unwrap_or_default();
+                    (
+                        e.addresses.join(","),
+                        c.ready == Some(true),
+                        c.serving == Some(true),
+                        c.terminating == Some(true),
+                    )
+                })
+                .collect();
+            endpoints.sort();
+            (ports, endpoints)
+        })
+        .collect();
+    slices.sort();
+    slices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_follow_the_pods_a_service_selects() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replica, mut client) = common::replica_with_controllers(dir.path()).await;
+    register_node(&mut client, "node-1", "64", "", "", true).await;
+    // Cordoned: only pods given it by name go there, and no kubelet
+    // finishes them.
+    register_node(&mut client, "ghost", "8", "", "unschedulable: true", true).await;
+    let kubelet = common::kubelet::start(client.clone(), &["node-1"]);
+    let objects = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}]}]\n";
+    for document in manifest::parse_str(objects, "test").expect("manifests") {
+        client
+            .create(&document.object, false)
+            .await
+            .expect("create");
+    }
+    let until = async |client: &mut ApiClient, what: &str, check: &dyn Fn(&[SliceView]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let slices = slices_of(client, "web").await;
+            if check(&slices) {
+                return slices;
+            }
+            assert!(Instant::now() < deadline, "{what}: {slices:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // The named targetPort resolves to the pods' 8080.
+    let slices = until(&mut client, "three ready endpoints", &|s| {
+        s.len() == 1 && s[0].1.len() == 3 && s[0].1.iter().all(|e| e.1)
+    })
+    .await;
+    assert_eq!(slices[0].0, [(Some("http".to_string()), 8080)]);
+
+    // A pod being deleted stays listed, terminating, while it drains (on
+    // "ghost" no kubelet finishes it).
+    let ghost = parse(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: draining, labels: {app: web}}\nspec:\n  nodeName: ghost\n  containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 9090}]}]\n",
+    );
+    let Object::Pod(mut ghost) = client.create(&ghost, false).await.expect("ghost pod") else {
+        panic!("not a pod")
+    };
+    let status = ghost.status.get_or_insert_with(Default::default);
+    status.phase = Some("Running".into());
+    status.pod_ip = Some("10.99.0.7".into());
+    status.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        ..Default::default()
+    }]);
+    client
+        .update_status(&Object::Pod(ghost))
+        .await
+        .expect("ghost status");
+    until(&mut client, "the ghost's own slice (port 9090)", &|s| {
+        s.iter().any(|(ports, eps)| {
+            ports == &[(Some("http".to_string()), 9090)]
+                && eps == &[("10.99.0.7".to_string(), true, true, false)]
+        })
+    })
+    .await;
+    client
+        .delete(Kind::Pod, Some("default"), "draining", &Default::default())
+        .await
+        .expect("delete ghost");
+    until(
+        &mut client,
+        "the ghost terminating, serving, not ready",
+        &|s| {
+            s.iter()
+                .any(|(_, eps)| eps == &[("10.99.0.7".to_string(), false, true, true)])
+        },
+    )
+    .await;
+
+    // Settled slices are not rewritten.
+    let versions = async |client: &mut ApiClient| {
+        let list = client
+            .list(
+                Kind::EndpointSlice,
+                Some("default"),
+                &ListOptions::default(),
+            )
+            .await
+            .expect("slices");
+        list.items
+            .iter()
+            .map(|s| s.metadata().resource_version.clone())
+            .collect::<Vec<_>>()
+    };
+    let before = versions(&mut client).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        versions(&mut client).await,
+        before,
+        "slices rewritten with nothing changed"
+    );
+
+    // 105 pods: 100 in one slice, the rest in another.
+    client
+        .patch(
+            Kind::Deployment,
+            Some("default"),
+            "web",
+            &serde_json::json!({"spec": {"replicas": 105}}),
+            false,
+        )
+        .await
+        .expect("scale");
+    until(
+        &mut client,
+        "105 endpoints in slices of at most 100",
+        &|s| {
+            let on_8080: Vec<usize> = s
+                .iter()
+                .filter(|(ports, _)| ports == &[(Some("http".to_string()), 8080)])
+                .map(|(_, eps)| eps.len())
+                .collect();
+            on_8080.iter().sum::<usize>() == 105 && on_8080.iter().all(|n| *n <= 100)
+        },
+    )
+    .await;
+    kubelet.abort();
+}

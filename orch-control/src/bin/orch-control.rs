@@ -140,7 +140,8 @@ struct RunArgs {
     /// Controllers to run on the leader, as kube-controller-manager's
     /// `--controllers`: `*` for all, `NAME` to enable, `-NAME` to disable
     /// (garbage-collector-controller, namespace-controller,
-    /// replicaset-controller, deployment-controller, scheduler); an empty value
+    /// replicaset-controller, deployment-controller, endpointslice-controller,
+    /// scheduler); an empty value
     /// runs none (a replica serving only the store and the API).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,

@@ -5,6 +5,7 @@
 //! one reflector per kind feeds one cache and every controller's handler.
 
 pub mod deployment;
+pub mod endpoint_slice;
 pub mod garbage_collector;
 pub mod namespace;
 pub mod pod_state;
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::scheduler::{self, Scheduler};
 use deployment::DeploymentController;
+use endpoint_slice::EndpointSliceController;
 use garbage_collector::GarbageCollector;
 use namespace::NamespaceController;
 use orch_core::runtime::events::EventRecorder;
@@ -41,12 +43,14 @@ pub const GARBAGE_COLLECTOR: &str = "garbage-collector-controller";
 pub const NAMESPACE: &str = "namespace-controller";
 pub const REPLICA_SET: &str = "replicaset-controller";
 pub const DEPLOYMENT: &str = "deployment-controller";
+pub const ENDPOINT_SLICE: &str = "endpointslice-controller";
 pub const SCHEDULER: &str = "scheduler";
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     GARBAGE_COLLECTOR,
     NAMESPACE,
     REPLICA_SET,
     DEPLOYMENT,
+    ENDPOINT_SLICE,
     SCHEDULER,
 ];
 
@@ -180,13 +184,15 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
         cache.clone(),
         recorder(&mut tasks, client, deployment::COMPONENT),
     );
+    let endpoint_slices = EndpointSliceController::new(cache.clone());
     let handler: reflector::Handler = {
-        let (gc, namespaces, scheduler, replica_sets, deployments) = (
+        let (gc, namespaces, scheduler, replica_sets, deployments, endpoint_slices) = (
             gc.clone(),
             namespaces.clone(),
             scheduler.clone(),
             replica_sets.clone(),
             deployments.clone(),
+            endpoint_slices.clone(),
         );
         let enabled = enabled.clone();
         Arc::new(move |change: Change| {
@@ -204,6 +210,9 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             }
             if enabled.has(DEPLOYMENT) {
                 deployments.on_change(&change);
+            }
+            if enabled.has(ENDPOINT_SLICE) {
+                endpoint_slices.on_change(&change);
             }
         })
     };
@@ -236,6 +245,7 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             workers!("scheduler", scheduler, client),
             workers!("replicaset", replica_sets, client),
             workers!("deployment", deployments, client),
+            workers!("endpointslice", endpoint_slices, client),
         );
     });
     tasks

@@ -34,10 +34,7 @@ async fn register_node(
     let node = parse(&format!(
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\nspec: {{{spec}}}\n"
     ));
-    let created = client.create(&node, false).await.expect("create node");
-    let Object::Node(mut node) = created else {
-        panic!("not a node")
-    };
+    client.create(&node, false).await.expect("create node");
     let status = parse(&format!(
         "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  capacity: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  allocatable: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  conditions:\n  - {{type: Ready, status: '{}', reason: KubeletReady}}\n",
         if ready { "True" } else { "False" }
@@ -45,11 +42,20 @@ async fn register_node(
     let Object::Node(status) = status else {
         panic!("not a node")
     };
-    node.status = status.status;
-    client
-        .update_status(&Object::Node(node))
-        .await
-        .expect("node status");
+    // Node IPAM writes the node meanwhile: on a conflict, read again.
+    for _ in 0..10 {
+        let Object::Node(mut node) = client.get(Kind::Node, None, name).await.expect("get node")
+        else {
+            panic!("not a node")
+        };
+        node.status = status.status.clone();
+        match client.update_status(&Object::Node(node)).await {
+            Ok(_) => return,
+            Err(ApiError::Conflict(_)) => continue,
+            Err(error) => panic!("node status: {error}"),
+        }
+    }
+    panic!("node {name}: status kept conflicting");
 }
 
 async fn pod_of(client: &mut ApiClient, name: &str) -> k8s_openapi::api::core::v1::Pod {
@@ -866,4 +872,189 @@ async fn endpoint_slices_follow_the_pods_a_service_selects() {
     )
     .await;
     kubelet.abort();
+}
+
+async fn node(client: &mut ApiClient, name: &str) -> k8s_openapi::api::core::v1::Node {
+    match client.get(Kind::Node, None, name).await {
+        Ok(Object::Node(node)) => *node,
+        other => panic!("get node {name}: {other:?}"),
+    }
+}
+
+/// Active (not being deleted) pods of app=web, by node.
+async fn active_by_node(client: &mut ApiClient) -> BTreeMap<String, usize> {
+    let list = client
+        .list(
+            Kind::Pod,
+            Some("default"),
+            &ListOptions {
+                label_selector: "app=web".into(),
+                ..ListOptions::default()
+            },
+        )
+        .await
+        .expect("pods");
+    let mut by_node = BTreeMap::new();
+    for item in &list.items {
+        if let Object::Pod(pod) = item
+            && pod.metadata.deletion_timestamp.is_none()
+            && let Some(node) = node_of(pod)
+        {
+            *by_node.entry(node).or_default() += 1;
+        }
+    }
+    by_node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_tainted_and_its_pods_move() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_replica, mut client) = common::replica_with_controllers_and(
+        dir.path(),
+        &[
+            "--node-monitor-grace-period",
+            "2",
+            "--default-unreachable-toleration-seconds",
+            "2",
+        ],
+    )
+    .await;
+    register_node(&mut client, "node-1", "8", "", "", true).await;
+    register_node(&mut client, "node-2", "8", "", "", true).await;
+    let first = common::kubelet::start(client.clone(), &["node-1"]);
+    let second = common::kubelet::start(client.clone(), &["node-2"]);
+
+    // Node IPAM: each node its own /24 of 10.244.0.0/16.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut cidrs = loop {
+        let mut cidrs = Vec::new();
+        for name in ["node-1", "node-2"] {
+            cidrs.extend(node(&mut client, name).await.spec.and_then(|s| s.pod_cidr));
+        }
+        if cidrs.len() == 2 {
+            break cidrs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod CIDRs not assigned: {cidrs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.244.0.0/24", "10.244.1.0/24"]);
+
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: web}}}\n      containers: [{name: c, image: busybox}]\n";
+    client
+        .create(&parse(deployment), false)
+        .await
+        .expect("deployment");
+    rolled_out(&mut client, "web", 4).await;
+    let spread = active_by_node(&mut client).await;
+    assert_eq!(spread.get("node-2"), Some(&2), "{spread:?}");
+    // Every pod got the default unreachable toleration (2 s here).
+    let Object::Pod(sample) = client
+        .list(Kind::Pod, Some("default"), &ListOptions::default())
+        .await
+        .expect("pods")
+        .items
+        .remove(0)
+    else {
+        panic!("not a pod")
+    };
+    let tolerations = sample.spec.and_then(|s| s.tolerations).unwrap_or_default();
+    assert!(
+        tolerations.iter().any(
+            |t| t.key.as_deref() == Some("node.kubernetes.io/unreachable")
+                && t.effect.as_deref() == Some("NoExecute")
+                && t.toleration_seconds == Some(2)
+        ),
+        "{tolerations:?}"
+    );
+
+    // node-2's agent goes quiet: Unknown, tainted, its pods move.
+    second.abort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let silent = node(&mut client, "node-2").await;
+        let ready = silent
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status.clone());
+        let taints: Vec<(String, String)> = silent
+            .spec
+            .iter()
+            .flat_map(|s| s.taints.iter().flatten())
+            .map(|t| (t.key.clone(), t.effect.clone()))
+            .collect();
+        let unreachable = |effect: &str| {
+            taints.contains(&(
+                "node.kubernetes.io/unreachable".to_string(),
+                effect.to_string(),
+            ))
+        };
+        if ready.as_deref() == Some("Unknown")
+            && unreachable("NoSchedule")
+            && unreachable("NoExecute")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-2 not marked: {ready:?} {taints:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let by_node = active_by_node(&mut client).await;
+        let status = deployment_status(&mut client, "web").await;
+        if by_node.get("node-1") == Some(&4)
+            && by_node.len() == 1
+            && status.available_replicas == Some(4)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods not moved: {by_node:?} {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back: the agent renews and reports Ready (again whenever it reads
+    // otherwise, as orch-node does); the taints go.
+    let second = common::kubelet::start(client.clone(), &["node-2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut back = node(&mut client, "node-2").await;
+        let taints = back
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        if taints.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "taints stay: {taints:?}");
+        let mut reported = false;
+        for condition in back
+            .status
+            .iter_mut()
+            .flat_map(|s| s.conditions.iter_mut().flatten())
+        {
+            if condition.type_ == "Ready" && condition.status != "True" {
+                condition.status = "True".into();
+                condition.reason = Some("KubeletReady".into());
+                reported = true;
+            }
+        }
+        if reported {
+            let _ = client.update_status(&Object::Node(Box::new(back))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.abort();
+    second.abort();
 }

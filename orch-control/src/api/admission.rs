@@ -162,6 +162,41 @@ pub fn now_plus(seconds_later: i64) -> Time {
 }
 
 /// Defaulting, then validation; the error reads like the API server's.
+/// Kubernetes' DefaultTolerationSeconds admission: a new pod that does not
+/// say how long it stays on a not-ready or unreachable node gets
+/// NoExecute tolerations for those taints with these seconds, after which
+/// the node lifecycle controller evicts it.
+pub fn default_tolerations(object: &mut Object, not_ready: i64, unreachable: i64) {
+    let Object::Pod(pod) = object else {
+        return;
+    };
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
+    ] {
+        let covered = tolerations.iter().any(|t| {
+            let effect = t.effect.as_deref().unwrap_or_default();
+            let any_key = t.key.as_deref().unwrap_or_default().is_empty()
+                && t.operator.as_deref() == Some("Exists");
+            (any_key || t.key.as_deref() == Some(key))
+                && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !covered {
+            tolerations.push(k8s_openapi::api::core::v1::Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(seconds),
+                value: None,
+            });
+        }
+    }
+}
+
 pub fn default_and_validate(object: &mut Object) -> Result<(), ApiError> {
     apply_defaults(object);
     validate(object).map_err(|errors| {

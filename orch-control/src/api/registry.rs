@@ -23,6 +23,9 @@ pub struct Registry {
     pub store: StoreAccess,
     /// Where Services' ClusterIPs and NodePorts come from.
     pub services: ServiceRanges,
+    /// tolerationSeconds of the not-ready and unreachable NoExecute
+    /// tolerations every new pod gets (DefaultTolerationSeconds).
+    pub default_toleration_seconds: (i64, i64),
 }
 
 /// What a delete asks beyond the object's name.
@@ -150,7 +153,13 @@ impl Registry {
         Self {
             store,
             services: ServiceRanges::default(),
+            default_toleration_seconds: (300, 300),
         }
+    }
+
+    pub fn with_default_toleration_seconds(mut self, not_ready: i64, unreachable: i64) -> Self {
+        self.default_toleration_seconds = (not_ready, unreachable);
+        self
     }
 
     pub fn with_service_ranges(mut self, services: ServiceRanges) -> Self {
@@ -239,6 +248,8 @@ impl Registry {
         let (mut object, warnings) = admission::decode(kind, bytes)?;
         admission::settle_namespace(&mut object, namespace)?;
         admission::set_create_fields(&mut object)?;
+        let (not_ready, unreachable) = self.default_toleration_seconds;
+        admission::default_tolerations(&mut object, not_ready, unreachable);
         admission::default_and_validate(&mut object)?;
         let key = key_of(&object)?;
         let name = name_of(&object)?;

@@ -141,10 +141,27 @@ struct RunArgs {
     /// `--controllers`: `*` for all, `NAME` to enable, `-NAME` to disable
     /// (garbage-collector-controller, namespace-controller,
     /// replicaset-controller, deployment-controller, endpointslice-controller,
-    /// scheduler); an empty value
-    /// runs none (a replica serving only the store and the API).
+    /// node-ipam-controller, node-lifecycle-controller, scheduler); an empty
+    /// value runs none (a replica serving only the store and the API).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
+    /// Seconds a node's Lease may go unrenewed before the node is marked
+    /// Unknown and tainted unreachable.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// The pod network; each node gets a slice of it as its podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// tolerationSeconds of the not-ready:NoExecute toleration every pod
+    /// gets unless it has one (how long it stays on a not-ready node).
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// The same for the unreachable:NoExecute taint.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
 }
 
 #[tokio::main]
@@ -221,6 +238,11 @@ async fn run(cli: RunArgs) -> Result<()> {
     }
     let enabled =
         orch_control::controllers::Enabled::parse(&cli.controllers).map_err(anyhow::Error::msg)?;
+    let cluster_cidr = orch_control::controllers::node_ipam::ClusterCidr::parse(
+        &cli.cluster_cidr,
+        cli.node_cidr_mask_size,
+    )
+    .map_err(anyhow::Error::msg)?;
     let service_ranges = orch_control::api::registry::service_alloc::ServiceRanges::parse(
         &cli.service_cluster_ip_range,
         &cli.service_node_port_range,
@@ -316,7 +338,11 @@ async fn run(cli: RunArgs) -> Result<()> {
             node.clone(),
             Duration::from_millis(cli.write_timeout_ms.max(1000) * 2),
         ))
-        .with_service_ranges(service_ranges),
+        .with_service_ranges(service_ranges)
+        .with_default_toleration_seconds(
+            cli.default_not_ready_toleration_seconds,
+            cli.default_unreachable_toleration_seconds,
+        ),
     );
     let server = tonic::transport::Server::builder()
         .tls_config(pki.peer_server_tls()?)
@@ -391,9 +417,15 @@ async fn run(cli: RunArgs) -> Result<()> {
         retry_period: Duration::from_millis(cli.leader_elect_retry_period_ms),
     };
     let identity_name = format!("orch-control-{node_id}_{}", identity.cluster);
+    let settings = orch_control::controllers::Settings {
+        enabled,
+        node_monitor_grace: Duration::from_secs(cli.node_monitor_grace_period),
+        cluster_cidr,
+    };
     tokio::spawn(async move {
         if let Err(error) =
-            orch_control::controllers::run(controller_config, identity_name, timings, enabled).await
+            orch_control::controllers::run(controller_config, identity_name, timings, settings)
+                .await
         {
             tracing::error!(%error, "the controller manager stopped");
         }

@@ -421,12 +421,24 @@ impl DeploymentController {
             .filter_map(|rs| replica_set(rs))
             .map(spec_replicas)
             .sum();
+        // Room to surge counts the pods an old ReplicaSet still has, not
+        // just what it was told to keep: its scale-down takes effect a
+        // moment later, and until then those pods run (stricter than
+        // Kubernetes, which counts specs only and can briefly exceed
+        // maxSurge).
+        let running: i32 = sets
+            .old
+            .iter()
+            .chain(std::iter::once(new))
+            .filter_map(|rs| replica_set(rs))
+            .map(|rs| spec_replicas(rs).max(status_of(rs).0))
+            .sum();
         // Grow (or trim) the new ReplicaSet first; the old ones shrink on
         // a later pass, once its pods show up in the counts.
         let target = if new_spec > replicas {
             replicas
         } else {
-            let room = (replicas + max_surge - all_specs).max(0);
+            let room = (replicas + max_surge - running).max(0);
             new_spec + room.min(replicas - new_spec)
         };
         if target != new_spec {

@@ -8,6 +8,8 @@ pub mod deployment;
 pub mod endpoint_slice;
 pub mod garbage_collector;
 pub mod namespace;
+pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod pod_state;
 pub mod replica_set;
 pub mod rollout;
@@ -28,6 +30,8 @@ use deployment::DeploymentController;
 use endpoint_slice::EndpointSliceController;
 use garbage_collector::GarbageCollector;
 use namespace::NamespaceController;
+use node_ipam::NodeIpamController;
+use node_lifecycle::NodeLifecycleController;
 use orch_core::runtime::events::EventRecorder;
 use replica_set::ReplicaSetController;
 
@@ -44,15 +48,30 @@ pub const NAMESPACE: &str = "namespace-controller";
 pub const REPLICA_SET: &str = "replicaset-controller";
 pub const DEPLOYMENT: &str = "deployment-controller";
 pub const ENDPOINT_SLICE: &str = "endpointslice-controller";
+pub const NODE_IPAM: &str = "node-ipam-controller";
+pub const NODE_LIFECYCLE: &str = "node-lifecycle-controller";
 pub const SCHEDULER: &str = "scheduler";
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 8] = [
     GARBAGE_COLLECTOR,
     NAMESPACE,
     REPLICA_SET,
     DEPLOYMENT,
     ENDPOINT_SLICE,
+    NODE_IPAM,
+    NODE_LIFECYCLE,
     SCHEDULER,
 ];
+
+/// How the controllers behave, from orch-control's flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub enabled: Enabled,
+    /// How long a node's Lease may go unrenewed before it is Unknown
+    /// (--node-monitor-grace-period).
+    pub node_monitor_grace: Duration,
+    /// Where nodes' pod CIDRs come from.
+    pub cluster_cidr: node_ipam::ClusterCidr,
+}
 
 /// Which controllers run (kube-controller-manager's `--controllers`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,9 +128,9 @@ pub async fn run(
     config: ClientConfig,
     identity: String,
     timings: ElectionTimings,
-    enabled: Enabled,
+    settings: Settings,
 ) -> Result<(), orch_core::api::ApiError> {
-    if !enabled.any() {
+    if !settings.enabled.any() {
         tracing::info!("no controllers enabled; not competing for the lease");
         return Ok(());
     }
@@ -133,7 +152,7 @@ pub async fn run(
                 return Ok(());
             }
         }
-        let mut controllers = start(&client, &enabled);
+        let mut controllers = start(&client, &settings);
         while *leader.borrow_and_update() {
             if leader.changed().await.is_err() {
                 return Ok(());
@@ -167,7 +186,8 @@ fn recorder(tasks: &mut JoinSet<()>, client: &ApiClient, component: &'static str
 }
 
 /// Reflectors for every kind into one cache, and the controllers' workers.
-fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
+fn start(client: &ApiClient, settings: &Settings) -> JoinSet<()> {
+    let enabled = &settings.enabled;
     let mut tasks = JoinSet::new();
     let cache = Cache::new();
     let gc = GarbageCollector::new(cache.clone());
@@ -185,6 +205,12 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
         recorder(&mut tasks, client, deployment::COMPONENT),
     );
     let endpoint_slices = EndpointSliceController::new(cache.clone());
+    let node_ipam = NodeIpamController::new(cache.clone(), settings.cluster_cidr);
+    let node_lifecycle = NodeLifecycleController::new(
+        cache.clone(),
+        recorder(&mut tasks, client, node_lifecycle::COMPONENT),
+        settings.node_monitor_grace,
+    );
     let handler: reflector::Handler = {
         let (gc, namespaces, scheduler, replica_sets, deployments, endpoint_slices) = (
             gc.clone(),
@@ -194,6 +220,7 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             deployments.clone(),
             endpoint_slices.clone(),
         );
+        let (node_ipam, node_lifecycle) = (node_ipam.clone(), node_lifecycle.clone());
         let enabled = enabled.clone();
         Arc::new(move |change: Change| {
             if enabled.has(GARBAGE_COLLECTOR) {
@@ -213,6 +240,12 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             }
             if enabled.has(ENDPOINT_SLICE) {
                 endpoint_slices.on_change(&change);
+            }
+            if enabled.has(NODE_IPAM) {
+                node_ipam.on_change(&change);
+            }
+            if enabled.has(NODE_LIFECYCLE) {
+                node_lifecycle.on_change(&change);
             }
         })
     };
@@ -246,6 +279,8 @@ fn start(client: &ApiClient, enabled: &Enabled) -> JoinSet<()> {
             workers!("replicaset", replica_sets, client),
             workers!("deployment", deployments, client),
             workers!("endpointslice", endpoint_slices, client),
+            workers!("node-ipam", node_ipam, client),
+            workers!("node-lifecycle", node_lifecycle, client),
         );
     });
     tasks

@@ -1,8 +1,8 @@
 //! A fake kubelet for simulated nodes (Node objects a test writes, with no
 //! agent behind them): pods bound to those nodes are reported Running and
-//! Ready with an address of their own (10.<100 + node>.x.y), and pods being
+//! Ready with an address of their own (10.<100 + node>.x.y), pods being
 //! deleted there are removed, as an agent would once their containers
-//! stopped. Scheduler and controller tests need no real
+//! stopped, and each node's Lease is renewed every second. Scheduler and controller tests need no real
 //! containers; the node agent's own tests run real ones.
 
 use std::time::Duration;
@@ -20,7 +20,12 @@ pub fn start(client: ApiClient, nodes: &[&str]) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut client = client;
         let mut next_host = 1u32;
-        loop {
+        for round in 0u64.. {
+            if round % 10 == 0 {
+                for node in &nodes {
+                    renew_lease(&mut client, node).await;
+                }
+            }
             if let Ok(list) = client.list(Kind::Pod, None, &ListOptions::default()).await {
                 for item in list.items {
                     let Object::Pod(pod) = &item else { continue };
@@ -76,4 +81,31 @@ pub fn start(client: ApiClient, nodes: &[&str]) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// Creates or renews `kube-node-lease/<node>`, as an agent does.
+async fn renew_lease(client: &mut ApiClient, node: &str) {
+    let now = orch_core::time::now_micro();
+    match client.get(Kind::Lease, Some("kube-node-lease"), node).await {
+        Ok(Object::Lease(mut lease)) => {
+            lease.spec.get_or_insert_with(Default::default).renew_time = Some(now);
+            let _ = client.update(&Object::Lease(lease), false).await;
+        }
+        _ => {
+            let lease = k8s_openapi::api::coordination::v1::Lease {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some("kube-node-lease".into()),
+                    ..Default::default()
+                },
+                spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(40),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            let _ = client.create(&Object::from(lease), false).await;
+        }
+    }
 }

@@ -514,9 +514,18 @@ pub async fn client_of(replica: &Replica) -> orch_core::api::ApiClient {
 pub async fn replica_with_controllers(
     dir: &std::path::Path,
 ) -> (Replica, orch_core::api::ApiClient) {
+    replica_with_controllers_and(dir, &[]).await
+}
+
+/// [`replica_with_controllers`] with more flags.
+pub async fn replica_with_controllers_and(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Replica, orch_core::api::ApiClient) {
     let mut replica = Replica::new(1, dir.join("replica-1"));
     let mut args = vec!["--init"];
     args.extend(FAST_ELECTION);
+    args.extend(extra);
     replica.start(&args);
     let client = client_of(&replica).await;
     (replica, client)

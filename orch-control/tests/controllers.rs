@@ -298,53 +298,21 @@ async fn a_deleted_namespace_is_emptied_then_removed() {
     assert!(left.items.is_empty(), "{:?}", left.items);
 }
 
-/// The Lease's holder, once one holds it.
-async fn lease_holder(client: &mut ApiClient) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Object::Lease(lease)) = client
-            .get(Kind::Lease, Some("kube-system"), "orch-controller-manager")
-            .await
-            && let Some(holder) = lease.spec.and_then(|s| s.holder_identity)
-        {
-            return holder;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nobody took the controllers' lease"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_replica_runs_the_controllers_and_another_takes_over() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replicas: Vec<common::Replica> = (1..=3)
-        .map(|id| common::Replica::new(id, dir.path().join(format!("replica-{id}"))))
-        .collect();
-    let mut args = vec!["--init"];
-    args.extend(common::FAST_ELECTION);
-    replicas[0].start(&args);
-    let seed = replicas[0].addr.clone();
-    for index in 1..3 {
-        let (first, rest) = replicas.split_at_mut(index);
-        rest[0].copy_ca_from(&first[0]);
-        let mut args = vec!["--join", seed.as_str()];
-        args.extend(common::FAST_ELECTION);
-        rest[0].start(&args);
-    }
+    let mut replicas = common::replicas_with_controllers(dir.path(), 3);
     let servers: Vec<String> = replicas.iter().map(|r| r.api_addr.clone()).collect();
     let mut client =
         ApiClient::new(&replicas[0].api_config(&servers), Duration::from_secs(20)).expect("client");
-    let holder = lease_holder(&mut client).await;
+    let holder = common::controller_lease_holder(&mut client).await;
     let leader = replicas
         .iter()
         .position(|r| holder.starts_with(&format!("orch-control-{}_", r.id)))
         .unwrap_or_else(|| panic!("holder {holder:?} is no replica"));
     // The holder renews: the lease keeps its holder while it lives.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(lease_holder(&mut client).await, holder);
+    assert_eq!(common::controller_lease_holder(&mut client).await, holder);
 
     replicas[leader].kill();
     let killed = Instant::now();
@@ -357,7 +325,7 @@ async fn one_replica_runs_the_controllers_and_another_takes_over() {
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(30);
     let new_holder = loop {
-        let now = lease_holder(&mut client).await;
+        let now = common::controller_lease_holder(&mut client).await;
         if now != holder {
             break now;
         }

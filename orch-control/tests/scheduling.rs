@@ -1058,3 +1058,52 @@ async fn a_silent_node_is_tainted_and_its_pods_move() {
     first.abort();
     second.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_kill_moves_the_controllers_without_duplicate_pods() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = common::replicas_with_controllers(dir.path(), 3);
+    let servers: Vec<String> = replicas.iter().map(|r| r.api_addr.clone()).collect();
+    let config = replicas[0].api_config(&servers);
+    let mut client = ApiClient::new(&config, Duration::from_secs(20)).expect("client");
+    let nodes = ["node-1", "node-2", "node-3"];
+    for name in nodes {
+        register_node(&mut client, name, "8", "", "", true).await;
+    }
+    let kubelet = common::kubelet::start(client.clone(), &nodes);
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox}]\n";
+    client
+        .create(&parse(deployment), false)
+        .await
+        .expect("deployment");
+    rolled_out(&mut client, "web", 6).await;
+
+    // Kill the replica running the controllers, and scale meanwhile.
+    let holder = common::controller_lease_holder(&mut client).await;
+    let leader = replicas
+        .iter()
+        .position(|r| holder.starts_with(&format!("orch-control-{}_", r.id)))
+        .unwrap_or_else(|| panic!("holder {holder:?} is no replica"));
+    replicas[leader].kill();
+    client
+        .patch(
+            Kind::Deployment,
+            Some("default"),
+            "web",
+            &serde_json::json!({"spec": {"replicas": 9}}),
+            false,
+        )
+        .await
+        .expect("scale during the failover");
+    rolled_out(&mut client, "web", 9).await;
+    assert_ne!(common::controller_lease_holder(&mut client).await, holder);
+    // Exactly nine pods, one ReplicaSet, and it stays so.
+    for _ in 0..10 {
+        let (_, by_node) = pods_by_node(&mut client, "app=web").await;
+        let active: usize = active_by_node(&mut client).await.values().sum();
+        assert_eq!(active, 9, "{by_node:?}");
+        assert_eq!(revisions(&mut client).await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kubelet.abort();
+}

@@ -254,7 +254,14 @@ impl Registry {
         let key = key_of(&object)?;
         let name = name_of(&object)?;
         let admitted = object;
-        for _ in 0..RETRIES {
+        // Services racing for the last free addresses of a range may lose
+        // a few rounds in a row.
+        let attempts = if kind == Kind::Service {
+            4 * RETRIES
+        } else {
+            RETRIES
+        };
+        for _ in 0..attempts {
             let mut object = admitted.clone();
             let namespace_guard = self.open_namespace(&object).await?;
             let allocation = self.allocate(&mut object, None).await?;

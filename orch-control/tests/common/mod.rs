@@ -552,3 +552,46 @@ pub fn ok(server: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// `count` replicas of one cluster, every one running the controllers
+/// when it holds their Lease (short election timings).
+pub fn replicas_with_controllers(dir: &std::path::Path, count: u64) -> Vec<Replica> {
+    let mut replicas: Vec<Replica> = (1..=count)
+        .map(|id| Replica::new(id, dir.join(format!("replica-{id}"))))
+        .collect();
+    let mut args = vec!["--init"];
+    args.extend(FAST_ELECTION);
+    replicas[0].start(&args);
+    let seed = replicas[0].addr.clone();
+    for index in 1..replicas.len() {
+        let (first, rest) = replicas.split_at_mut(index);
+        rest[0].copy_ca_from(&first[0]);
+        let mut args = vec!["--join", seed.as_str()];
+        args.extend(FAST_ELECTION);
+        rest[0].start(&args);
+    }
+    replicas
+}
+
+/// Who holds the controller manager's Lease now.
+pub async fn controller_lease_holder(client: &mut orch_core::api::ApiClient) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(orch_core::object::Object::Lease(lease)) = client
+            .get(
+                orch_core::object::Kind::Lease,
+                Some("kube-system"),
+                "orch-controller-manager",
+            )
+            .await
+            && let Some(holder) = lease.spec.and_then(|s| s.holder_identity)
+        {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no controller lease holder in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -298,14 +298,16 @@ where
     Fut: std::future::Future<Output = Result<bool, ApiError>>,
 {
     let size = u64::from(ranges.size());
-    // Random tries first, then a scan from a random point: a nearly full
-    // range still finds its last free addresses.
+    // A few random tries (a big, sparse range is found free at once), then
+    // a scan from a random point, so a nearly full range still finds its
+    // last free addresses.
+    const RANDOM_TRIES: u64 = 8;
     let start = next_random() % size;
-    for step in 0..size.min(4096) {
-        let offset = if step < 32 {
+    for step in 0..RANDOM_TRIES + size.min(1 << 16) {
+        let offset = if step < RANDOM_TRIES {
             next_random() % size
         } else {
-            (start + step) % size
+            (start + step - RANDOM_TRIES) % size
         };
         let ip = Ipv4Addr::from(ranges.network.wrapping_add(offset as u32));
         if ranges.usable(ip) && !taken(format!("{IP_PREFIX}{ip}")).await? {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench store`: benchmarks, run as optimized builds against
+//! `cargo xtask bench store|api|scheduler|pods`: benchmarks, run as optimized builds against
 //! their anchors (installed by setup) in the same run. Not tests: they
 //! print figures and ratios, they don't pass or fail on them.
 
@@ -12,6 +12,9 @@ pub enum Bench {
     Store,
     /// The API of a 3-replica control plane holding 10,000 pods.
     Api,
+    /// The scheduler: 30,000 pods onto 5,000 simulated nodes through a
+    /// 3-replica control plane.
+    Scheduler,
     /// orch-node's container runtime next to runc and crun, then pod
     /// start latency and memory through a real control plane and agent.
     Pods,
@@ -22,6 +25,7 @@ pub fn run(bench: Bench, args: &[String]) -> Result<()> {
     let (package, name) = match bench {
         Bench::Store => ("orch-control", "store"),
         Bench::Api => ("orch-control", "api"),
+        Bench::Scheduler => ("orch-control", "scheduler"),
         Bench::Pods => ("orch-node", "pods"),
     };
     if let Bench::Pods = bench {

@@ -3,7 +3,7 @@
 //! - `setup`: install what the project needs on a fresh machine (idempotent)
 //! - `build-ebpf`: build the kernel programs for bpfel-unknown-none
 //! - `test`: setup, build-ebpf, fmt check, clippy and the whole test suite
-//! - `bench store|api`: benchmarks beside their anchors or targets
+//! - `bench store|api|scheduler|pods`: benchmarks beside their anchors or targets
 //! - `fuzz`: the fuzz targets, each for a fixed time
 
 mod bench;

@@ -78,16 +78,24 @@ pub struct OrchCluster {
     /// replica 1 made it.
     tls: Option<PeerTls>,
     procs: Vec<Option<Process>>,
+    /// Flags every replica starts with.
+    flags: Vec<String>,
 }
 
 impl OrchCluster {
     pub async fn start(replicas: usize) -> Result<Self> {
+        Self::start_with(replicas, &[]).await
+    }
+
+    /// [`Self::start`], every replica with `flags` too.
+    pub async fn start_with(replicas: usize, flags: &[&str]) -> Result<Self> {
         let root = tempfile::tempdir()?;
         let mut cluster = Self {
             addrs: vec!["127.0.0.1:0".into(); replicas],
             api_addrs: vec![String::new(); replicas],
             tls: None,
             procs: (0..replicas).map(|_| None).collect(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             root,
         };
         cluster.spawn(0, &["--init"])?;
@@ -122,6 +130,7 @@ impl OrchCluster {
             .args(["--health-listen", "127.0.0.1:0"])
             .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout-ms", &ELECTION_MS.to_string()])
+            .args(&self.flags)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)

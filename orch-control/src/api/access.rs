@@ -71,7 +71,20 @@ impl StoreAccess {
         Ok(client)
     }
 
+    /// Writes through this replica's own batcher when it leads (no gRPC,
+    /// TLS or encoding on the way), else through the leader. A direct
+    /// write that fails for any reason but a refusal goes the long way
+    /// with the same request id, which the store answers from its record
+    /// if the first attempt was committed after all.
     pub async fn write(&self, request: &Request) -> Result<Response, ApiError> {
+        let leads = self.node.raft.metrics().borrow().current_leader == Some(self.node.id);
+        if leads {
+            match self.node.write(request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(WriteError::Rejected(reason)) => return Err(ApiError::Invalid(reason)),
+                Err(_) => {}
+            }
+        }
         self.client()?.write(request).await.map_err(store_error)
     }
 
@@ -103,6 +116,18 @@ impl StoreAccess {
         let page = self.range(key.as_bytes(), None, 1).await?;
         let found = page.kvs.into_iter().find(|kv| kv.key == key.as_bytes());
         Ok((found, page.revision))
+    }
+
+    /// One key as this replica has it now, without a read-index round:
+    /// for writes guarded by the mod revision read, where a stale copy only
+    /// fails the guard.
+    pub async fn get_local(&self, key: &str) -> Result<Option<KeyValue>, ApiError> {
+        let store = self.node.store();
+        let key = key.as_bytes().to_vec();
+        tokio::task::spawn_blocking(move || store.get(&key))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// Changes under `prefix` from revision `start`, from this replica.

@@ -212,9 +212,34 @@ impl Registry {
             .ok_or_else(|| not_found(kind, name))
     }
 
+    /// The stored object a guarded write starts from. The first attempt
+    /// (`fresh` false) reads this replica's copy without a read-index
+    /// round: a stale copy only fails the write's guard, and the retry
+    /// reads linearizably. What is missing locally is looked for
+    /// linearizably at once (it may have just been created elsewhere).
+    async fn current_for_write(
+        &self,
+        kind: Kind,
+        key: &str,
+        name: &str,
+        fresh: bool,
+    ) -> Result<KeyValue, ApiError> {
+        if !fresh && let Some(kv) = self.store.get_local(key).await? {
+            return Ok(kv);
+        }
+        self.current(kind, key, name).await
+    }
+
     /// The namespace `object` goes in must exist and not be terminating;
     /// returns its key and mod revision, to guard the write with.
-    async fn open_namespace(&self, object: &Object) -> Result<Option<Compare>, ApiError> {
+    /// `fresh` false reads this replica's copy first (the guard catches a
+    /// stale one); anything that would refuse the create is confirmed by
+    /// a linearizable read.
+    async fn open_namespace(
+        &self,
+        object: &Object,
+        fresh: bool,
+    ) -> Result<Option<Compare>, ApiError> {
         let Some(namespace) = object
             .metadata()
             .namespace
@@ -224,13 +249,21 @@ impl Registry {
             return Ok(None);
         };
         let key = object_key(Kind::Namespace, None, namespace);
+        let terminating = |value: &Value| {
+            !value["metadata"]["deletionTimestamp"].is_null()
+                || value["status"]["phase"] == "Terminating"
+        };
+        if !fresh
+            && let Some(kv) = self.store.get_local(&key).await?
+            && !terminating(&stored_value(&kv)?)
+        {
+            return Ok(Some(guard(&key, kv.mod_revision)));
+        }
         let (found, _) = self.store.get(&key).await?;
         let kv = found
             .ok_or_else(|| ApiError::NotFound(format!("namespaces \"{namespace}\" not found")))?;
         let value = stored_value(&kv)?;
-        if !value["metadata"]["deletionTimestamp"].is_null()
-            || value["status"]["phase"] == "Terminating"
-        {
+        if terminating(&value) {
             return Err(ApiError::Forbidden(format!(
                 "unable to create new content in namespace {namespace} because it is being terminated"
             )));
@@ -261,9 +294,9 @@ impl Registry {
         } else {
             RETRIES
         };
-        for _ in 0..attempts {
+        for attempt in 0..attempts {
             let mut object = admitted.clone();
-            let namespace_guard = self.open_namespace(&object).await?;
+            let namespace_guard = self.open_namespace(&object, attempt > 0).await?;
             let allocation = self.allocate(&mut object, None).await?;
             if dry_run {
                 return Ok(Written { object, warnings });

@@ -164,13 +164,21 @@ pub async fn run(
     }
 }
 
+/// Scheduler workers: each holds the table's lock only to decide, then
+/// waits on its binding's write, so many bindings are in flight at once
+/// (kube-scheduler binds asynchronously for the same reason).
+const SCHEDULER_WORKERS: usize = 32;
+
 /// Runs `$controller`'s workers on its queue: each key reconciled with a
 /// client of its own (the controllers differ only in their types).
 macro_rules! workers {
-    ($name:expr, $controller:expr, $client:expr) => {{
+    ($name:expr, $controller:expr, $client:expr) => {
+        workers!($name, $controller, $client, WORKERS)
+    };
+    ($name:expr, $controller:expr, $client:expr, $count:expr) => {{
         let controller = $controller.clone();
         let client = $client.clone();
-        run_workers($name, controller.queue.clone(), WORKERS, move |key| {
+        run_workers($name, controller.queue.clone(), $count, move |key| {
             let controller = controller.clone();
             let mut client = client.clone();
             async move { controller.reconcile(&mut client, key).await }
@@ -275,7 +283,7 @@ fn start(client: &ApiClient, settings: &Settings) -> JoinSet<()> {
         tokio::join!(
             workers!("garbage-collector", gc, client),
             workers!("namespace", namespaces, client),
-            workers!("scheduler", scheduler, client),
+            workers!("scheduler", scheduler, client, SCHEDULER_WORKERS),
             workers!("replicaset", replica_sets, client),
             workers!("deployment", deployments, client),
             workers!("endpointslice", endpoint_slices, client),

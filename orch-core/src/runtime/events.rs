@@ -27,6 +27,11 @@ pub struct EventRecorder {
 
 /// Distinguishes events made in the same nanosecond.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+/// Events dropped so far (logged at 1, 2, 4, 8, ... so a flood does not
+/// flood the log too).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Events being written at once.
+const IN_FLIGHT: usize = 8;
 
 impl EventRecorder {
     /// A recorder reporting as `component` (`default-scheduler`,
@@ -45,12 +50,16 @@ impl EventRecorder {
     pub fn record(&self, object: &Object, type_: &str, reason: &str, message: String) {
         let event = self.event(object, type_, reason, message);
         if self.sender.try_send(event).is_err() {
-            tracing::warn!(
-                component = self.component,
-                object = %object.display_name(),
-                reason,
-                "event dropped: too many waiting to be written"
-            );
+            let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    component = self.component,
+                    object = %object.display_name(),
+                    reason,
+                    dropped,
+                    "events dropped: too many waiting to be written"
+                );
+            }
         }
     }
 
@@ -99,12 +108,21 @@ impl EventRecorder {
     }
 }
 
-async fn write_events(mut client: ApiClient, mut receiver: mpsc::Receiver<Event>) {
+async fn write_events(client: ApiClient, mut receiver: mpsc::Receiver<Event>) {
+    let mut writing = tokio::task::JoinSet::new();
     while let Some(event) = receiver.recv().await {
-        let object = Object::from(event);
-        if let Err(error) = client.create(&object, false).await {
-            // A namespace being deleted refuses new events: nothing to keep.
-            tracing::debug!(event = %object.display_name(), %error, "event not written");
+        while writing.len() >= IN_FLIGHT {
+            writing.join_next().await;
         }
+        let mut client = client.clone();
+        writing.spawn(async move {
+            let object = Object::from(event);
+            if let Err(error) = client.create(&object, false).await {
+                // A namespace being deleted refuses new events: nothing to
+                // keep.
+                tracing::debug!(event = %object.display_name(), %error, "event not written");
+            }
+        });
     }
+    while writing.join_next().await.is_some() {}
 }

@@ -236,11 +236,16 @@ impl Registry {
             )));
         }
         let key = object_key(kind, namespace, name);
-        for _ in 0..RETRIES {
-            let kv = self.current(kind, &key, name).await?;
+        for attempt in 0..RETRIES {
+            let fresh = attempt > 0;
+            let kv = self.current_for_write(kind, &key, name, fresh).await?;
             if let Some(wanted) = precondition
                 && wanted != kv.mod_revision
             {
+                if !fresh {
+                    // Perhaps only this replica's copy is behind.
+                    continue;
+                }
                 return Err(conflict(kind, name, kv.mod_revision, wanted));
             }
             let current = stored_value(&kv)?;

@@ -1,0 +1,352 @@
+//! `cargo xtask bench scheduler`: a 3-replica control plane (real
+//! processes, TLS, the Raft store) schedules 30,000 pods onto 5,000
+//! simulated nodes (Node objects written through the API, as agents
+//! register them), every binding persisted through the API and the store.
+//! Printed: pods bound per second, pod created -> bound latency p50/p99
+//! (the binding seen in a watch), the create rate (the ceiling of the
+//! former in this setup: pods are created through the same API), the time
+//! for a 1,000-replica Deployment to have every pod bound, and each
+//! replica's resident memory.
+//!
+//! Arguments (after `--`): `--nodes N` (5000), `--pods N` (30000),
+//! `--deployment N` (1000), `--quick` (500 nodes, 3,000 pods, 100).
+
+#[allow(dead_code)]
+#[path = "../store/clusters.rs"]
+mod clusters;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clusters::{OrchCluster, resident_bytes};
+use orch_core::api::{ApiClient, ApiError, ListOptions, WatchEventType};
+use orch_core::object::{Kind, Object};
+
+const CLIENTS: usize = 64;
+
+fn parse(yaml: &str) -> Result<Object> {
+    let mut documents =
+        orch_core::manifest::parse_str(yaml, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    documents.pop().map(|d| d.object).context("an object")
+}
+
+/// A node as an agent registers it: Ready, 32 CPUs, 256 GiB, 110 pods.
+async fn register_node(client: &mut ApiClient, name: &str) -> Result<()> {
+    let node = parse(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
+    ))?;
+    client.create(&node, false).await?;
+    let status = parse(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  capacity: {{cpu: '32', memory: 256Gi, pods: '110'}}\n  allocatable: {{cpu: '32', memory: 256Gi, pods: '110'}}\n  conditions: [{{type: Ready, status: 'True', reason: KubeletReady}}]\n"
+    ))?;
+    let Object::Node(status) = status else {
+        bail!("not a node")
+    };
+    // Node IPAM patches the node meanwhile: read again on a conflict.
+    for _ in 0..20 {
+        let Object::Node(mut node) = client.get(Kind::Node, None, name).await? else {
+            bail!("not a node")
+        };
+        node.status = status.status.clone();
+        match client.update_status(&Object::Node(node)).await {
+            Ok(_) => return Ok(()),
+            Err(ApiError::Conflict(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    bail!("node {name}: status kept conflicting")
+}
+
+fn pod(name: &str) -> Result<Object> {
+    parse(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: bench}}}}\nspec:\n  containers: [{{name: c, image: busybox, resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}}}]\n"
+    ))
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+/// When each pod was seen bound, by name.
+type Bound = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Follows every pod from `revision`, noting when each first shows a node.
+fn watch_bindings(mut client: ApiClient, revision: String, bound: Bound) {
+    tokio::spawn(async move {
+        let Ok(mut stream) = client
+            .watch(Kind::Pod, None, &ListOptions::default(), &revision, false)
+            .await
+        else {
+            eprintln!("bench scheduler: the watch failed to start");
+            return;
+        };
+        while let Ok(Some(event)) = stream.next().await {
+            if !matches!(
+                event.event_type,
+                WatchEventType::Added | WatchEventType::Modified
+            ) {
+                continue;
+            }
+            let Some(Object::Pod(pod)) = event.object else {
+                continue;
+            };
+            let on_node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| !n.is_empty());
+            if on_node && let Some(name) = pod.metadata.name {
+                let mut bound = bound.lock().unwrap_or_else(|p| p.into_inner());
+                bound.entry(name).or_insert_with(Instant::now);
+            }
+        }
+    });
+}
+
+/// Runs `count` operations spread over the clients, `CLIENTS` at a time.
+async fn spread<F, Fut>(clients: &[ApiClient], count: usize, op: F) -> Result<Duration>
+where
+    F: Fn(ApiClient, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (index, client) in clients.iter().enumerate() {
+        let op = op.clone();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = index;
+            while i < count {
+                op(client.clone(), i).await?;
+                i += CLIENTS;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+async fn until_bound(bound: &Bound, names: &[String], within: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        {
+            let bound = bound.lock().unwrap_or_else(|p| p.into_inner());
+            if names.iter().all(|n| bound.contains_key(n)) {
+                return names
+                    .iter()
+                    .filter_map(|n| bound.get(n).copied())
+                    .max()
+                    .context("no pods");
+            }
+            if Instant::now() > deadline {
+                let missing = names.iter().filter(|n| !bound.contains_key(*n)).count();
+                bail!(
+                    "{missing} of {} pods not bound within {within:?}",
+                    names.len()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let (mut nodes, mut pods, mut replicas) = (5_000usize, 30_000usize, 1_000usize);
+    let mut args = std::env::args().skip(1);
+    let number = |flag: &str, value: Option<String>| -> Result<usize> {
+        let value = value.with_context(|| format!("{flag} needs a number"))?;
+        value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{flag} {value:?}: a positive number"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nodes" => nodes = number("--nodes", args.next())?,
+            "--pods" => pods = number("--pods", args.next())?,
+            "--deployment" => replicas = number("--deployment", args.next())?,
+            "--quick" => (nodes, pods, replicas) = (500, 3_000, 100),
+            "--bench" => {}
+            other => bail!(
+                "unknown argument {other:?} (known: --nodes N, --pods N, --deployment N, --quick)"
+            ),
+        }
+    }
+    eprintln!("bench scheduler: starting 3 replicas...");
+    // Simulated nodes renew no Lease: keep the lifecycle controller from
+    // marking them Unknown; give IPAM room for every node.
+    let cluster = OrchCluster::start_with(
+        3,
+        &[
+            "--node-monitor-grace-period",
+            "86400",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+        ],
+    )
+    .await?;
+    let mut clients = Vec::new();
+    for index in 0..CLIENTS {
+        clients.push(ApiClient::new(
+            &cluster.api_config(index % 3)?,
+            Duration::from_secs(60),
+        )?);
+    }
+    let mut probe = clients[0].clone();
+    for _ in 0..100 {
+        if probe.get(Kind::Namespace, None, "default").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    eprintln!("bench scheduler: registering {nodes} nodes...");
+    let registering = spread(&clients, nodes, |mut client, i| async move {
+        register_node(&mut client, &format!("node-{i}")).await
+    })
+    .await?;
+    let start_revision = probe
+        .list(
+            Kind::Pod,
+            None,
+            &ListOptions {
+                limit: 1,
+                ..ListOptions::default()
+            },
+        )
+        .await?
+        .resource_version;
+    let bound: Bound = Arc::default();
+    watch_bindings(probe.clone(), start_revision, bound.clone());
+
+    eprintln!("bench scheduler: creating {pods} pods...");
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let names: Vec<String> = (0..pods).map(|i| format!("pod-{i}")).collect();
+    let first_sent = Instant::now();
+    let creating = spread(&clients, pods, {
+        let sent = sent.clone();
+        move |mut client, i| {
+            let sent = sent.clone();
+            async move {
+                let name = format!("pod-{i}");
+                let object = pod(&name)?;
+                sent.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name, Instant::now());
+                client.create(&object, false).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let last_bound = until_bound(&bound, &names, Duration::from_secs(900)).await?;
+    let scheduling = last_bound - first_sent;
+    let mut latencies: Vec<Duration> = {
+        let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+        let bound = bound.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .iter()
+            .filter_map(|n| Some(bound.get(n)?.saturating_duration_since(*sent.get(n)?)))
+            .collect()
+    };
+    let p50 = percentile(&mut latencies, 50.0);
+    let p99 = percentile(&mut latencies, 99.0);
+    let memory: Vec<u64> = (0..3)
+        .filter_map(|i| cluster.pid(i))
+        .map(|pid| resident_bytes(pid).unwrap_or(0))
+        .collect();
+
+    eprintln!("bench scheduler: a Deployment of {replicas}...");
+    let deployment = parse(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: big, namespace: default}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: big}}}}\n  template:\n    metadata: {{labels: {{app: big}}}}\n    spec:\n      containers: [{{name: c, image: busybox, resources: {{requests: {{cpu: 10m}}}}}}]\n"
+    ))?;
+    let deployed = Instant::now();
+    probe.create(&deployment, false).await?;
+    let deadline = deployed + Duration::from_secs(600);
+    let deployment_bound = loop {
+        let list = probe
+            .list(
+                Kind::Pod,
+                Some("default"),
+                &ListOptions {
+                    label_selector: "app=big".into(),
+                    ..ListOptions::default()
+                },
+            )
+            .await?;
+        let bound_names: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata().name.clone())
+            .collect();
+        if bound_names.len() == replicas
+            && let Ok(last) = until_bound(&bound, &bound_names, Duration::ZERO).await
+        {
+            break last - deployed;
+        }
+        if Instant::now() > deadline {
+            bail!("the Deployment's pods were not all bound within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    println!();
+    println!(
+        "scheduler benchmark: 3 replicas, {nodes} simulated nodes, {pods} pods, {CLIENTS} API clients; loopback, TLS"
+    );
+    println!("{:<58} {:>12} {:>12}", "measure", "orch", "target");
+    let row = |what: &str, value: String, target: &str| {
+        println!("{what:<58} {value:>12} {target:>12}");
+    };
+    row(
+        &format!("{nodes} nodes registered (create + status), s"),
+        format!("{:.1}", registering.as_secs_f64()),
+        "",
+    );
+    row(
+        "pods created per second (the API's create rate)",
+        format!("{:.0}", pods as f64 / creating.as_secs_f64()),
+        "",
+    );
+    row(
+        "pods bound per second (first create to last binding)",
+        format!("{:.0}", pods as f64 / scheduling.as_secs_f64()),
+        ">= 3000",
+    );
+    row(
+        "created -> bound p50, ms",
+        format!("{:.1}", p50.as_secs_f64() * 1e3),
+        "",
+    );
+    row(
+        "created -> bound p99, ms",
+        format!("{:.1}", p99.as_secs_f64() * 1e3),
+        "",
+    );
+    row(
+        &format!("Deployment of {replicas}: created -> all bound, s"),
+        format!("{:.2}", deployment_bound.as_secs_f64()),
+        "",
+    );
+    for (index, bytes) in memory.iter().enumerate() {
+        row(
+            &format!("replica {} resident memory, MiB", index + 1),
+            format!("{:.0}", *bytes as f64 / (1024.0 * 1024.0)),
+            "",
+        );
+    }
+    Ok(())
+}

@@ -114,13 +114,7 @@ async fn main() -> Result<()> {
         )?);
     }
     // The system namespaces come right after start.
-    let mut probe = clients[0].clone();
-    for _ in 0..100 {
-        if probe.get(Kind::Namespace, None, "default").await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    clusters::until_default_namespace(&clients[0]).await;
     let mut rows = Vec::new();
 
     eprintln!("bench api: creating {pods} pods...");

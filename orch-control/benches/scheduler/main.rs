@@ -205,13 +205,9 @@ async fn main() -> Result<()> {
             Duration::from_secs(60),
         )?);
     }
+    // The system namespaces come right after start.
+    clusters::until_default_namespace(&clients[0]).await;
     let mut probe = clients[0].clone();
-    for _ in 0..100 {
-        if probe.get(Kind::Namespace, None, "default").await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     eprintln!("bench scheduler: registering {nodes} nodes...");
     let registering = spread(&clients, nodes, |mut client, i| async move {

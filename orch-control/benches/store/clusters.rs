@@ -434,3 +434,18 @@ pub fn disk_bytes(dir: &Path) -> u64 {
     }
     total
 }
+
+/// Waits (up to 10 s) for the system namespaces a new cluster creates.
+pub async fn until_default_namespace(client: &orch_core::api::ApiClient) {
+    let mut probe = client.clone();
+    for _ in 0..100 {
+        if probe
+            .get(orch_core::object::Kind::Namespace, None, "default")
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -21,7 +21,7 @@ use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 use orch_core::selector::Selector;
 
 use super::garbage_collector::{delete, update};
-use super::replica_set::{controller_of, controller_reference};
+use super::ownership::{claim, controller_of, controller_reference};
 use super::rollout::{self, REVISION};
 
 pub const COMPONENT: &str = "deployment-controller";
@@ -151,7 +151,10 @@ impl DeploymentController {
             // Kubernetes refuses to act on an empty selector too.
             return Ok(Next::Done);
         }
-        let owned = self.claim(client, &object, &selector).await?;
+        let sets = self
+            .cache
+            .select_in(Kind::ReplicaSet, key.namespace.as_deref(), |_| true);
+        let owned = claim(client, &object, &selector, sets).await?;
         if d.metadata.deletion_timestamp.is_some() {
             return Ok(Next::Done);
         }
@@ -176,58 +179,6 @@ impl DeploymentController {
         self.clean_up(client, d, &sets).await?;
         self.write_status(client, d, &sets, replicas, progressed)
             .await
-    }
-
-    /// ReplicaSets this Deployment controls, after adopting orphans that
-    /// match its selector and releasing owned ones that no longer do.
-    async fn claim(
-        &self,
-        client: &mut ApiClient,
-        d: &Object,
-        selector: &Selector,
-    ) -> Result<Vec<Arc<Object>>, ApiError> {
-        let uid = d.metadata().uid.clone().unwrap_or_default();
-        let sets =
-            self.cache
-                .select_in(Kind::ReplicaSet, d.metadata().namespace.as_deref(), |_| {
-                    true
-                });
-        let mut owned = Vec::new();
-        for rs in sets {
-            let labels = rs.metadata().labels.clone().unwrap_or_default();
-            let matches = selector.matches(&labels);
-            match controller_of(&rs) {
-                Some(owner) if owner.uid == uid => {
-                    if matches {
-                        owned.push(rs);
-                    } else {
-                        let mut released = rs.as_ref().clone();
-                        if let Some(refs) = &mut released.metadata_mut().owner_references {
-                            refs.retain(|r| r.uid != uid);
-                        }
-                        update(client, &released).await?;
-                    }
-                }
-                None if matches
-                    && d.metadata().deletion_timestamp.is_none()
-                    && rs.metadata().deletion_timestamp.is_none() =>
-                {
-                    let mut adopted = rs.as_ref().clone();
-                    adopted
-                        .metadata_mut()
-                        .owner_references
-                        .get_or_insert_with(Vec::new)
-                        .push(controller_reference(d));
-                    match client.update(&adopted, false).await {
-                        Ok(now) => owned.push(Arc::new(now)),
-                        Err(ApiError::NotFound(_)) => {}
-                        Err(error) => return Err(error),
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(owned)
     }
 
     /// Creates the ReplicaSet for the current template, at 0 replicas

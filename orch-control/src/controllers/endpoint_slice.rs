@@ -20,8 +20,8 @@ use orch_core::object::{Kind, Object};
 use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 
 use super::garbage_collector::{delete, update};
+use super::ownership::controller_reference;
 use super::pod_state;
-use super::replica_set::controller_reference;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";

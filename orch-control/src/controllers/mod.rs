@@ -10,6 +10,7 @@ pub mod garbage_collector;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod ownership;
 pub mod pod_state;
 pub mod replica_set;
 pub mod rollout;

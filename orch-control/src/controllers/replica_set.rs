@@ -16,14 +16,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use orch_core::api::{ApiClient, ApiError};
 use orch_core::object::{Kind, Object};
 use orch_core::runtime::events::{self, EventRecorder};
 use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 use orch_core::selector::Selector;
 
-use super::garbage_collector::{delete, update};
+use super::garbage_collector::delete;
+use super::ownership::{claim, controller_of, controller_reference};
 use super::pod_state::{self, is_active};
 
 pub const COMPONENT: &str = "replicaset-controller";
@@ -46,28 +47,6 @@ pub struct ReplicaSetController {
     pub queue: Arc<WorkQueue<ObjectRef>>,
     expectations: Mutex<HashMap<ObjectRef, Expectations>>,
     events: EventRecorder,
-}
-
-/// The controlling owner reference of `object`, if any.
-pub fn controller_of(object: &Object) -> Option<&OwnerReference> {
-    object
-        .metadata()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-}
-
-/// A controller reference to `owner` (what the pods it makes carry).
-pub fn controller_reference(owner: &Object) -> OwnerReference {
-    OwnerReference {
-        api_version: owner.kind().api_version().into(),
-        kind: owner.kind().name().into(),
-        name: owner.metadata().name.clone().unwrap_or_default(),
-        uid: owner.metadata().uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 fn replica_set(object: &Object) -> Option<&ReplicaSet> {
@@ -205,7 +184,10 @@ impl ReplicaSetController {
             // Validation refuses these; nothing sensible to do.
             Err(_) => return Ok(Next::Done),
         };
-        let owned = self.claim(client, &object, &selector).await?;
+        let pods = self
+            .cache
+            .select_in(Kind::Pod, key.namespace.as_deref(), |_| true);
+        let owned = claim(client, &object, &selector, pods).await?;
         let active: Vec<&Arc<Object>> = owned.iter().filter(|p| is_active(p)).collect();
         let deleting = rs.metadata.deletion_timestamp.is_some();
         let mut next = Next::Done;
@@ -237,63 +219,6 @@ impl ReplicaSetController {
             next = Next::After(Duration::from_secs(1));
         }
         Ok(next)
-    }
-
-    /// The pods this ReplicaSet controls after adopting matching orphans
-    /// and releasing owned pods that no longer match.
-    async fn claim(
-        &self,
-        client: &mut ApiClient,
-        rs: &Object,
-        selector: &Selector,
-    ) -> Result<Vec<Arc<Object>>, ApiError> {
-        let uid = rs.metadata().uid.clone().unwrap_or_default();
-        let deleting = rs.metadata().deletion_timestamp.is_some();
-        let pods = self
-            .cache
-            .select_in(Kind::Pod, rs.metadata().namespace.as_deref(), |_| true);
-        let mut owned = Vec::new();
-        for pod in pods {
-            let matches = !selector.is_everything() && selector.matches(&labels(&pod));
-            match controller_of(&pod) {
-                Some(owner) if owner.uid == uid => {
-                    if matches {
-                        owned.push(pod);
-                    } else if pod.metadata().deletion_timestamp.is_none() {
-                        self.release(client, &pod, &uid).await?;
-                    }
-                }
-                Some(_) => {}
-                None if matches && !deleting && pod.metadata().deletion_timestamp.is_none() => {
-                    let mut adopted = pod.as_ref().clone();
-                    adopted
-                        .metadata_mut()
-                        .owner_references
-                        .get_or_insert_with(Vec::new)
-                        .push(controller_reference(rs));
-                    match client.update(&adopted, false).await {
-                        Ok(now) => owned.push(Arc::new(now)),
-                        Err(ApiError::NotFound(_)) => {}
-                        Err(error) => return Err(error),
-                    }
-                }
-                None => {}
-            }
-        }
-        Ok(owned)
-    }
-
-    async fn release(
-        &self,
-        client: &mut ApiClient,
-        pod: &Object,
-        uid: &str,
-    ) -> Result<(), ApiError> {
-        let mut released = pod.clone();
-        if let Some(references) = &mut released.metadata_mut().owner_references {
-            references.retain(|r| r.uid != uid);
-        }
-        update(client, &released).await
     }
 
     async fn create_pods(

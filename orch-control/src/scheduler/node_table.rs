@@ -81,14 +81,8 @@ pub fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
 }
 
 /// The uid of the object's controlling owner.
-pub fn controller_uid(object: &Object) -> Option<String> {
-    object
-        .metadata()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-        .map(|r| r.uid.clone())
+fn controller_uid(object: &Object) -> Option<String> {
+    crate::controllers::ownership::controller_of(object).map(|r| r.uid.clone())
 }
 
 /// A node and what runs (or is assumed to run) on it.

@@ -44,6 +44,8 @@ pub struct Candidate<'a> {
     /// Per required anti-affinity term of the pod: its topology key and
     /// the domains holding a pod it must avoid.
     anti_affinity: Vec<(String, HashSet<String>)>,
+    /// Its containers' images, each as written and with `:latest`.
+    images: Vec<(String, String)>,
 }
 
 fn labels(object: &Object) -> BTreeMap<String, String> {
@@ -174,7 +176,17 @@ impl<'a> Candidate<'a> {
                 (term.topology_key.clone(), domains)
             })
             .collect();
+        let images = spec
+            .containers
+            .iter()
+            .filter_map(|c| c.image.clone())
+            .map(|image| {
+                let latest = format!("{image}:latest");
+                (image, latest)
+            })
+            .collect();
         Some(Self {
+            images,
             pod,
             spec,
             namespace,
@@ -252,7 +264,7 @@ impl<'a> Candidate<'a> {
     /// Whether a pod already placed has a required anti-affinity term that
     /// selects this pod within its topology domain, which `info` shares.
     fn violates_existing_anti_affinity(&self, info: &NodeInfo, table: &NodeTable) -> bool {
-        let own = Object::Pod(Box::new(self.pod.clone()));
+        let own = &self.placed.pod;
         table.anti_affine().any(|(placed, node)| {
             let Object::Pod(other) = placed.pod.as_ref() else {
                 return false;
@@ -267,7 +279,7 @@ impl<'a> Candidate<'a> {
                     domain(node, &term.topology_key),
                 ) {
                     (Some(here), Some(there)) => {
-                        here == there && term_selects(term, other_namespace, &own)
+                        here == there && term_selects(term, other_namespace, own)
                     }
                     _ => false,
                 }
@@ -320,23 +332,17 @@ impl<'a> Candidate<'a> {
 
     /// Share of the pod's images (by size when known) the node holds.
     fn image_locality(&self, info: &NodeInfo) -> i64 {
-        let images: Vec<&str> = self
-            .spec
-            .containers
-            .iter()
-            .filter_map(|c| c.image.as_deref())
-            .collect();
-        if images.is_empty() {
+        if self.images.is_empty() || info.images.is_empty() {
             return 0;
         }
-        let present = images
+        let present = self
+            .images
             .iter()
-            .filter(|image| {
-                info.images.contains_key(**image)
-                    || info.images.contains_key(&format!("{image}:latest"))
+            .filter(|(image, latest)| {
+                info.images.contains_key(image) || info.images.contains_key(latest)
             })
             .count() as i64;
-        present * MAX_SCORE / images.len() as i64
+        present * MAX_SCORE / self.images.len() as i64
     }
 
     pub fn preferred_weight(&self, info: &NodeInfo) -> i64 {

@@ -106,15 +106,9 @@ async fn main() -> Result<()> {
     let pods = per_client * CLIENTS;
     eprintln!("bench api: starting 3 replicas...");
     let cluster = OrchCluster::start(3).await?;
-    let mut clients = Vec::new();
-    for index in 0..CLIENTS {
-        clients.push(ApiClient::new(
-            &cluster.api_config(index % 3)?,
-            Duration::from_secs(30),
-        )?);
-    }
-    // The system namespaces come right after start.
-    clusters::until_default_namespace(&clients[0]).await;
+    let clients = cluster
+        .api_clients(CLIENTS, Duration::from_secs(30))
+        .await?;
     let mut rows = Vec::new();
 
     eprintln!("bench api: creating {pods} pods...");

@@ -198,15 +198,9 @@ async fn main() -> Result<()> {
         ],
     )
     .await?;
-    let mut clients = Vec::new();
-    for index in 0..CLIENTS {
-        clients.push(ApiClient::new(
-            &cluster.api_config(index % 3)?,
-            Duration::from_secs(60),
-        )?);
-    }
-    // The system namespaces come right after start.
-    clusters::until_default_namespace(&clients[0]).await;
+    let clients = cluster
+        .api_clients(CLIENTS, Duration::from_secs(60))
+        .await?;
     let mut probe = clients[0].clone();
 
     eprintln!("bench scheduler: registering {nodes} nodes...");

@@ -172,6 +172,26 @@ impl OrchCluster {
         replica_status(addr, tls.as_ref()?).await.ok()
     }
 
+    /// `count` API clients spread over the replicas (client i prefers
+    /// replica i mod n), once the system namespaces exist.
+    pub async fn api_clients(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<orch_core::api::ApiClient>> {
+        let mut clients = Vec::with_capacity(count);
+        for index in 0..count {
+            clients.push(orch_core::api::ApiClient::new(
+                &self.api_config(index % self.api_addrs.len())?,
+                timeout,
+            )?);
+        }
+        if let Some(first) = clients.first() {
+            until_default_namespace(first).await;
+        }
+        Ok(clients)
+    }
+
     /// The admin's client config for every replica's API, this one first.
     pub fn api_config(&self, first: usize) -> Result<orch_core::api::config::ClientConfig> {
         let path = self

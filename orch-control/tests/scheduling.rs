@@ -824,7 +824,27 @@ async fn endpoint_slices_follow_the_pods_a_service_selects() {
     )
     .await;
 
-    // Settled slices are not rewritten.
+    // A Service with an unnamed port gets its slice too (stored with the
+    // port named ""), and settled slices are not rewritten.
+    client
+        .create(
+            &parse("apiVersion: v1\nkind: Service\nmetadata: {name: plain}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"),
+            false,
+        )
+        .await
+        .expect("plain service");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let slices = slices_of(&mut client, "plain").await;
+        if slices
+            .iter()
+            .any(|(ports, eps)| ports == &[(Some(String::new()), 8080)] && eps.len() == 4)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plain's slice: {slices:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let versions = async |client: &mut ApiClient| {
         let list = client
             .list(

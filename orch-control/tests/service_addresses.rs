@@ -120,12 +120,52 @@ async fn cluster_ips_and_node_ports_never_collide_and_survive_restarts() {
     let after = client.update(&resent, false).await.expect("update");
     assert_eq!(addresses(&after), addresses(&before));
 
+    // A ClusterIP is for life; a status write does not touch addresses.
+    let mut moved = service("np-0", "  type: NodePort\n");
+    if let Object::Service(svc) = &mut moved
+        && let Some(spec) = svc.spec.as_mut()
+    {
+        spec.cluster_ip = Some(addresses(&created[1]).0);
+    }
+    let refused = client
+        .update(&moved, false)
+        .await
+        .expect_err("clusterIP changed");
+    assert!(
+        refused.to_string().contains("may not change once set"),
+        "{refused}"
+    );
+    let status = client.update_status(&after).await.expect("status update");
+    assert_eq!(addresses(&status), addresses(&before));
     // Deleting frees the addresses; asking for a taken one is refused.
     let (freed_ip, freed_ports) = addresses(&before);
     client
         .delete(Kind::Service, Some("default"), "np-0", &Default::default())
         .await
         .expect("delete");
+    // Ports given and picked in one Service never share a number (it takes
+    // the address np-0 left, and gives it back).
+    let mixed = service("mixed", "  type: NodePort\n").to_json();
+    let mut mixed = mixed;
+    mixed["spec"]["ports"] = serde_json::json!([
+        {"name": "a", "port": 80},
+        {"name": "b", "port": 81, "nodePort": 30009}
+    ]);
+    let mixed = Kind::Service.deserialize(mixed).expect("service");
+    match client.create(&mixed, false).await {
+        Ok(object) => {
+            let ports = addresses(&object).1;
+            assert_eq!(ports.len(), 2);
+            assert_ne!(ports[0], ports[1], "{ports:?}");
+            client
+                .delete(Kind::Service, Some("default"), "mixed", &Default::default())
+                .await
+                .expect("delete mixed");
+        }
+        // 30009 may be one of the five taken above: then it says so.
+        Err(error) => assert!(error.to_string().contains("already allocated"), "{error}"),
+    }
+
     let taken_ip = addresses(&created[0]).0;
     let refused = client
         .create(

@@ -105,7 +105,9 @@ async fn main() -> Result<()> {
     let per_client = pods / CLIENTS;
     let pods = per_client * CLIENTS;
     eprintln!("bench api: starting 3 replicas...");
-    let cluster = OrchCluster::start(3).await?;
+    // No nodes here: a scheduler would only mark every pod unschedulable,
+    // a write per pod the API's figures should not carry.
+    let cluster = OrchCluster::start_with(3, &["--controllers", "*,-scheduler"]).await?;
     let clients = cluster
         .api_clients(CLIENTS, Duration::from_secs(30))
         .await?;

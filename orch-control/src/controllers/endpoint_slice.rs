@@ -8,8 +8,9 @@
 //! slice. The dataplane (issue 7's agents) programs service load balancing
 //! from these.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -28,6 +29,8 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// Kubernetes' default --max-endpoints-per-slice.
 pub const MAX_ENDPOINTS: usize = 100;
+/// How long a created slice may stay unseen before it is given up on.
+const CREATED_UNSEEN_FOR: Duration = Duration::from_secs(10);
 
 /// A port as a pod serves it: (Service port name, number, protocol).
 type ResolvedPort = (Option<String>, i32, String);
@@ -35,6 +38,9 @@ type ResolvedPort = (Option<String>, i32, String);
 pub struct EndpointSliceController {
     cache: Arc<Cache>,
     pub queue: Arc<WorkQueue<ObjectRef>>,
+    /// Per Service, the slices created here not yet seen in the cache, and
+    /// when (a slice deleted before it was ever seen is given up on).
+    created: Mutex<HashMap<ObjectRef, HashMap<String, Instant>>>,
 }
 
 fn service(object: &Object) -> Option<&Service> {
@@ -105,7 +111,14 @@ impl EndpointSliceController {
         Arc::new(Self {
             cache,
             queue: WorkQueue::new(),
+            created: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn created(&self) -> MutexGuard<'_, HashMap<ObjectRef, HashMap<String, Instant>>> {
+        self.created
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn services_selecting(&self, pod: &Object) -> Vec<ObjectRef> {
@@ -121,6 +134,9 @@ impl EndpointSliceController {
     pub fn on_change(&self, change: &Change) {
         match change {
             Change::Applied { new, .. } | Change::Deleted(new) if new.kind() == Kind::Service => {
+                if matches!(change, Change::Deleted(_)) {
+                    self.created().remove(&ObjectRef::of(new));
+                }
                 self.queue.add(ObjectRef::of(new));
             }
             Change::Applied { old, new } if new.kind() == Kind::Pod => {
@@ -169,10 +185,9 @@ impl EndpointSliceController {
         let Some(svc) = service(&object) else {
             return Ok(Next::Done);
         };
-        if selector_of(svc).is_none() || object.metadata().deletion_timestamp.is_some() {
+        if object.metadata().deletion_timestamp.is_some() {
             return Ok(Next::Done);
         }
-        let desired = self.desired(&object, svc);
         let namespace = key.namespace.as_deref();
         let mut existing: Vec<Arc<Object>> =
             self.cache
@@ -181,6 +196,32 @@ impl EndpointSliceController {
                     labels.get(SERVICE_NAME_LABEL) == Some(&key.name)
                         && labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
                 });
+        // Slices this controller created that the cache does not show yet:
+        // acting now could create them twice (Kubernetes' slice tracker).
+        {
+            let mut created = self.created();
+            if let Some(names) = created.get_mut(&key) {
+                names.retain(|name, at| {
+                    at.elapsed() < CREATED_UNSEEN_FOR
+                        && !existing
+                            .iter()
+                            .any(|slice| slice.metadata().name.as_deref() == Some(name.as_str()))
+                });
+                if !names.is_empty() {
+                    return Ok(Next::After(Duration::from_millis(100)));
+                }
+                created.remove(&key);
+            }
+        }
+        if selector_of(svc).is_none() {
+            // No selector (any more): its slices are someone else's to
+            // write; the ones made here go.
+            for slice in existing {
+                delete(client, &slice, "Background").await?;
+            }
+            return Ok(Next::Done);
+        }
+        let desired = self.desired(&object, svc);
         existing.sort_by(|a, b| a.metadata().name.cmp(&b.metadata().name));
         let mut unused: Vec<Arc<Object>> = Vec::new();
         let mut wanted = desired;
@@ -215,7 +256,13 @@ impl EndpointSliceController {
                     update(client, &Object::from(changed)).await?;
                 }
                 None => {
-                    client.create(&Object::from(want), false).await?;
+                    let made = client.create(&Object::from(want), false).await?;
+                    if let Some(name) = made.metadata().name.clone() {
+                        self.created()
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(name, Instant::now());
+                    }
                 }
             }
         }
@@ -262,7 +309,8 @@ impl EndpointSliceController {
                 .filter_map(|port| {
                     target_port(port, pod).map(|number| {
                         (
-                            port.name.clone(),
+                            // Stored with "" for an unnamed port.
+                            Some(port.name.clone().unwrap_or_default()),
                             number,
                             port.protocol.clone().unwrap_or_else(|| "TCP".into()),
                         )

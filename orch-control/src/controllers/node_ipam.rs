@@ -153,11 +153,15 @@ impl NodeIpamController {
                 key.name
             )));
         };
-        let patch = serde_json::json!({"spec": {"podCIDR": range, "podCIDRs": [range]}});
-        match client
-            .patch(Kind::Node, None, &key.name, &patch, false)
-            .await
-        {
+        // Guarded by the version read: set only if still unset.
+        let Object::Node(current) = node.as_ref() else {
+            return Ok(Next::Done);
+        };
+        let mut assigned = current.as_ref().clone();
+        let spec = assigned.spec.get_or_insert_with(Default::default);
+        spec.pod_cidr = Some(range.clone());
+        spec.pod_cidrs = Some(vec![range]);
+        match client.update(&Object::from(assigned), false).await {
             Ok(_) => Ok(Next::Done),
             Err(ApiError::NotFound(_)) => {
                 self.given().remove(&key.name);

@@ -11,11 +11,13 @@
 //! taints unless it says otherwise). Evicted pods are deleted; their
 //! controllers make replacements on healthy nodes.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use orch_core::api::{ApiClient, ApiError};
 use orch_core::object::{Kind, Object};
 use orch_core::runtime::events::{self, EventRecorder};
@@ -38,6 +40,11 @@ pub struct NodeLifecycleController {
     events: EventRecorder,
     /// How long a Lease may go unrenewed (--node-monitor-grace-period).
     grace: Duration,
+    /// Per node: the Lease's renewTime last seen, and when this controller
+    /// saw it change. Silence is measured on this controller's clock (as
+    /// Kubernetes' probeTimestamp), so a node's skewed clock cannot make it
+    /// look dead; a new leader gives every node a full grace period.
+    heard: Mutex<HashMap<String, (Option<Timestamp>, Instant)>>,
 }
 
 fn node(object: &Object) -> Option<&Node> {
@@ -62,6 +69,7 @@ impl NodeLifecycleController {
             queue: WorkQueue::new(),
             events,
             grace,
+            heard: Mutex::new(HashMap::new()),
         })
     }
 
@@ -71,7 +79,17 @@ impl NodeLifecycleController {
             Change::Deleted(old) => old,
         };
         match object.kind() {
-            Kind::Node => self.queue.add(ObjectRef::of(object)),
+            Kind::Node => {
+                if matches!(change, Change::Deleted(_))
+                    && let Some(name) = &object.metadata().name
+                {
+                    self.heard
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .remove(name);
+                }
+                self.queue.add(ObjectRef::of(object));
+            }
             // A new pod on a tainted node may have to go too.
             Kind::Pod if matches!(change, Change::Applied { old: None, .. }) => {
                 if let Object::Pod(pod) = object.as_ref()
@@ -88,14 +106,14 @@ impl NodeLifecycleController {
         }
     }
 
-    /// Seconds since the node's agent last renewed its Lease (since the
-    /// node was created, if it never did).
-    fn silent_for(&self, object: &Object) -> i64 {
+    /// How long since this controller last saw the node's Lease renewed
+    /// (or first looked at the node).
+    fn silent_for(&self, object: &Object) -> Duration {
         let name = object.metadata().name.clone().unwrap_or_default();
         let lease = self.cache.get(&ObjectRef {
             kind: Kind::Lease,
             namespace: Some(LEASE_NAMESPACE.into()),
-            name,
+            name: name.clone(),
         });
         let renewed = lease.as_deref().and_then(|lease| match lease {
             Object::Lease(lease) => lease
@@ -105,9 +123,15 @@ impl NodeLifecycleController {
                 .map(|t| t.0),
             _ => None,
         });
-        renewed
-            .or_else(|| object.metadata().creation_timestamp.as_ref().map(|t| t.0))
-            .map_or(0, |t| seconds_since(&t))
+        let mut heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = heard.entry(name).or_insert((renewed, Instant::now()));
+        if entry.0 != renewed {
+            *entry = (renewed, Instant::now());
+        }
+        entry.1.elapsed()
     }
 
     pub async fn reconcile(
@@ -121,7 +145,7 @@ impl NodeLifecycleController {
         let Some(current) = node(&object) else {
             return Ok(Next::Done);
         };
-        let silent = self.silent_for(&object) > self.grace.as_secs() as i64;
+        let silent = self.silent_for(&object) > self.grace;
         let ready = current
             .status
             .iter()
@@ -222,7 +246,7 @@ impl NodeLifecycleController {
         if no_execute.is_empty() {
             return Ok(None);
         }
-        let pods = self.cache.select(|object| match object {
+        let pods = self.cache.select_kind(Kind::Pod, |object| match object {
             Object::Pod(pod) => {
                 pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
                     && pod.metadata.deletion_timestamp.is_none()

@@ -124,10 +124,16 @@ impl ReplicaSetController {
             Change::Applied { old, new } if new.kind() == Kind::Pod => {
                 let owner = Self::owner_key(new);
                 if let Some(owner) = &owner {
-                    if old.is_none()
-                        && let Some(expected) = self.expectations().get_mut(owner)
-                    {
-                        expected.adds -= 1;
+                    if let Some(expected) = self.expectations().get_mut(owner) {
+                        if old.is_none() {
+                            expected.adds -= 1;
+                        }
+                        // A deletion is seen once the pod is marked, not
+                        // only once its grace period is over (Kubernetes'
+                        // DeletionObserved).
+                        if new.metadata().deletion_timestamp.is_some() {
+                            expected.deletes.remove(&ObjectRef::of(new));
+                        }
                     }
                     self.queue.add(owner.clone());
                 } else {

@@ -113,8 +113,10 @@ pub fn is_recreate(d: &Deployment) -> bool {
 /// maxSurge (rounded up) and maxUnavailable (rounded down) for
 /// `replicas`; both zero would stall, so maxUnavailable becomes 1.
 pub fn surge_and_unavailable(d: &Deployment, replicas: i32) -> (i32, i32) {
+    // Recreate tolerates no unavailability in its Available condition,
+    // as Kubernetes' MaxUnavailable says for non-rolling strategies.
     if is_recreate(d) {
-        return (0, replicas);
+        return (0, 0);
     }
     let rolling = d
         .spec

@@ -172,8 +172,10 @@ impl Scheduler {
                         );
                         Ok(Next::Done)
                     }
-                    // Bound by someone else, or gone: the watch will say.
-                    Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {
+                    // Gone: the watch will say. (A conflict — bound
+                    // elsewhere, or being deleted — is retried below: the
+                    // retry finds the cache showing why, or binds.)
+                    Err(ApiError::NotFound(_)) => {
                         lock(&self.table).forget(&key);
                         Ok(Next::Done)
                     }

@@ -376,7 +376,7 @@ fn scale(value: i64, max: i64) -> i64 {
 
 /// "Insufficient cpu", "Too many pods", ...: what the node lacks.
 fn insufficient(requests: &Resources, info: &NodeInfo) -> Vec<String> {
-    let free = |allocatable: i64, requested: i64| allocatable - requested;
+    let free = |allocatable: i64, requested: i64| allocatable.saturating_sub(requested);
     let mut short = Vec::new();
     if requests.pods > free(info.allocatable.pods, info.requested.pods) {
         short.push("Too many pods".to_string());

@@ -100,6 +100,18 @@ impl Cache {
             .collect()
     }
 
+    /// The cached objects of `kind`, in every namespace, that `keep`
+    /// selects.
+    pub fn select_kind(&self, kind: Kind, keep: impl Fn(&Object) -> bool) -> Vec<Arc<Object>> {
+        self.read()
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .flat_map(|(_, bucket)| bucket.values())
+            .filter(|object| keep(object))
+            .cloned()
+            .collect()
+    }
+
     /// The cached objects of `kind` in `namespace` (None for cluster-scoped
     /// kinds) that `keep` selects.
     pub fn select_in(

@@ -116,8 +116,9 @@ pub struct Allocation {
 }
 
 fn needs_cluster_ip(spec: &Value) -> bool {
-    spec["type"].as_str().unwrap_or("ClusterIP") != "ExternalName"
-        && spec["clusterIP"].as_str() != Some("None")
+    let headless = spec["clusterIP"].as_str() == Some("None")
+        || spec["clusterIPs"][0].as_str() == Some("None");
+    spec["type"].as_str().unwrap_or("ClusterIP") != "ExternalName" && !headless
 }
 
 fn needs_node_ports(spec: &Value) -> bool {
@@ -184,6 +185,15 @@ where
     let held: Vec<String> = previous.map(held_keys).unwrap_or_default();
     if let Some(previous) = previous {
         keep_allocated(&mut value, &previous["spec"]);
+        // As in Kubernetes, a Service keeps its ClusterIP for life (short
+        // of becoming ExternalName or headless).
+        let before = previous["spec"]["clusterIP"].as_str().unwrap_or_default();
+        let after = value["clusterIP"].as_str().unwrap_or_default();
+        if needs_cluster_ip(&value) && !before.is_empty() && before != "None" && after != before {
+            return Err(ApiError::Invalid(format!(
+                "spec.clusterIPs[0]: Invalid value: [\"{after}\"]: may not change once set (it is {before})"
+            )));
+        }
     }
     let mut allocation = Allocation::default();
     let mut wanted_keys = Vec::new();
@@ -204,7 +214,10 @@ where
                     ranges.prefix_len
                 )));
             }
-            allocation.requested.push(format!("{IP_PREFIX}{ip}"));
+            let key = format!("{IP_PREFIX}{ip}");
+            if !held.contains(&key) {
+                allocation.requested.push(key);
+            }
             ip
         };
         value["clusterIP"] = Value::from(ip.to_string());
@@ -212,7 +225,13 @@ where
         wanted_keys.push(format!("{IP_PREFIX}{ip}"));
     }
     if needs_node_ports(&value) {
-        let mut chosen: Vec<i64> = Vec::new();
+        // Ports given (or kept) are spoken for before any is picked.
+        let mut chosen: Vec<i64> = value["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_i64().filter(|n| *n != 0))
+            .collect();
         if let Some(ports) = value["ports"].as_array_mut() {
             for port in ports.iter_mut() {
                 let node_port = port["nodePort"].as_i64().unwrap_or(0);
@@ -226,9 +245,10 @@ where
                             ranges.node_ports.end()
                         )));
                     }
-                    allocation
-                        .requested
-                        .push(format!("{PORT_PREFIX}{node_port}"));
+                    let key = format!("{PORT_PREFIX}{node_port}");
+                    if !held.contains(&key) {
+                        allocation.requested.push(key);
+                    }
                     node_port
                 };
                 port["nodePort"] = Value::from(node_port);

@@ -249,12 +249,21 @@ impl Registry {
                 return Err(conflict(kind, name, kv.mod_revision, wanted));
             }
             let current = stored_value(&kv)?;
-            let requested = build(&current)?;
-            let merged = merge(&current, requested, update, has_status(kind));
-            match self
-                .write_replacement(kind, &key, &kv, merged, dry_run)
-                .await?
-            {
+            let attempt = match build(&current) {
+                Ok(requested) => {
+                    let merged = merge(&current, requested, update, has_status(kind));
+                    self.write_replacement(kind, &key, &kv, merged, dry_run)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            // A refusal worked out on this replica's own copy may only
+            // mean the copy is behind: decide again on a fresh read.
+            let attempt = match attempt {
+                Err(_) if !fresh => continue,
+                other => other?,
+            };
+            match attempt {
                 Attempt::Done(written) => return Ok(written),
                 Attempt::Raced if precondition.is_some() => {
                     let now = self.current(kind, &key, name).await?;

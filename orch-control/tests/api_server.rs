@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orch_core::api::proto::DeleteRequest;
 use orch_core::api::{ApiClient, ApiError, ListOptions, WatchEventType};
@@ -711,4 +711,72 @@ async fn a_delete_takes_uid_and_resource_version_preconditions() {
             .await,
         Err(ApiError::NotFound(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_after_the_event_ttl_and_keep_it_when_updated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = common::Replica::new(1, dir.path().join("replica-1"));
+    replica.start(&["--init", "--event-ttl", "3s"]);
+    let mut client = common::client_of(&replica).await;
+    let event = |name: &str| {
+        manifest::parse_str(
+            &format!(
+                "apiVersion: v1\nkind: Event\nmetadata: {{name: {name}, namespace: default}}\ninvolvedObject: {{kind: Pod, name: web, namespace: default}}\nreason: Test\nmessage: hello\ntype: Normal\n"
+            ),
+            "test",
+        )
+        .expect("event")
+        .remove(0)
+        .object
+    };
+    let created = Instant::now();
+    client.create(&event("first"), false).await.expect("create");
+    let second = client
+        .create(&event("second"), false)
+        .await
+        .expect("create");
+    // Rewritten, it keeps its expiry.
+    let mut changed = second.clone();
+    if let Object::Event(e) = &mut changed {
+        e.message = Some("changed".into());
+    }
+    client.update(&changed, false).await.expect("update");
+    // A ConfigMap made at the same time stays.
+    client
+        .create(
+            &manifest::parse_str(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stays, namespace: default}\n",
+                "test",
+            )
+            .expect("cm")
+            .remove(0)
+            .object,
+            false,
+        )
+        .await
+        .expect("configmap");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = client
+            .list(Kind::Event, Some("default"), &ListOptions::default())
+            .await
+            .expect("events")
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} events left after 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        created.elapsed() >= Duration::from_secs(2),
+        "events went after {:?}, before 0.9 of their TTL",
+        created.elapsed()
+    );
+    client
+        .get(Kind::ConfigMap, Some("default"), "stays")
+        .await
+        .expect("the ConfigMap has no lease");
 }

@@ -12,7 +12,7 @@ use super::access::StoreAccess;
 use super::admission::{self, resource_name};
 use super::filter::Filter;
 use crate::store::types::{
-    Command, Compare, CompareOp, KeyValue, Op, Outcome, Request, RequestId, Revision, Txn,
+    Command, Compare, CompareOp, KeyValue, LeaseId, Op, Outcome, Request, RequestId, Revision, Txn,
 };
 
 /// Retries of a write whose guard failed because someone else wrote in
@@ -26,6 +26,10 @@ pub struct Registry {
     /// tolerationSeconds of the not-ready and unreachable NoExecute
     /// tolerations every new pod gets (DefaultTolerationSeconds).
     pub default_toleration_seconds: (i64, i64),
+    /// How long Events live (kube-apiserver's --event-ttl).
+    pub event_ttl: std::time::Duration,
+    /// The store lease new Events are attached to, and when it was granted.
+    event_lease: tokio::sync::Mutex<Option<(LeaseId, std::time::Instant)>>,
 }
 
 /// What a delete asks beyond the object's name.
@@ -154,7 +158,54 @@ impl Registry {
             store,
             services: ServiceRanges::default(),
             default_toleration_seconds: (300, 300),
+            event_ttl: std::time::Duration::from_secs(3600),
+            event_lease: tokio::sync::Mutex::new(None),
         }
+    }
+
+    pub fn with_event_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.event_ttl = ttl.max(std::time::Duration::from_secs(1));
+        self
+    }
+
+    /// The lease a new Event is attached to: Events expire with it, as
+    /// kube-apiserver attaches etcd leases to them. One lease serves the
+    /// Events of a tenth of the TTL (at most a minute), so few leases
+    /// exist; an Event lives between 0.9 and 1 TTL.
+    async fn event_lease(&self) -> Result<LeaseId, ApiError> {
+        let mut current = self.event_lease.lock().await;
+        let reuse = (self.event_ttl / 10).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        if let Some((id, granted)) = *current
+            && granted.elapsed() < reuse
+        {
+            return Ok(id);
+        }
+        // Positive and as unlikely to repeat as a request id.
+        let id = ((RequestId::unique().0 as u64) >> 1) as LeaseId;
+        let ttl_seconds = self.event_ttl.as_secs().max(1) as i64;
+        let grant = Request {
+            id: RequestId::unique(),
+            command: Command::LeaseGrant { id, ttl_seconds },
+        };
+        match self.store.write(&grant).await?.outcome {
+            Outcome::LeaseGranted => {}
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "granting the events' lease: {other:?}"
+                )));
+            }
+        }
+        *current = Some((id, std::time::Instant::now()));
+        Ok(id)
+    }
+
+    /// A write refused because its lease expired meanwhile: a new one is
+    /// granted on the next try.
+    async fn drop_event_lease(&self) {
+        *self.event_lease.lock().await = None;
     }
 
     pub fn with_default_toleration_seconds(mut self, not_ready: i64, unreachable: i64) -> Self {
@@ -304,10 +355,15 @@ impl Registry {
             let mut compares = vec![guard(&key, 0)];
             compares.extend(namespace_guard);
             compares.extend(allocation.compares.iter().cloned());
+            let lease = if kind == Kind::Event {
+                Some(self.event_lease().await?)
+            } else {
+                None
+            };
             let mut success = vec![Op::Put {
                 key: key.clone().into_bytes(),
                 value: stored_bytes(&object)?,
-                lease: None,
+                lease,
             }];
             success.extend(allocation.ops.iter().cloned());
             let txn = Txn {
@@ -316,6 +372,13 @@ impl Registry {
                 failure: Vec::new(),
             };
             let response = self.store.write(&request(txn)).await?;
+            if let Outcome::Rejected { reason } = &response.outcome
+                && lease.is_some()
+                && reason.starts_with("lease ")
+            {
+                self.drop_event_lease().await;
+                continue;
+            }
             if succeeded(&response.outcome)? {
                 object.metadata_mut().resource_version = Some(response.revision.to_string());
                 return Ok(Written { object, warnings });

@@ -162,6 +162,9 @@ struct RunArgs {
     /// The same for the unreachable:NoExecute taint.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// How long Events are kept (`1h`, `30m`, `90s`).
+    #[arg(long, default_value = "1h")]
+    event_ttl: String,
 }
 
 #[tokio::main]
@@ -238,6 +241,8 @@ async fn run(cli: RunArgs) -> Result<()> {
     }
     let enabled =
         orch_control::controllers::Enabled::parse(&cli.controllers).map_err(anyhow::Error::msg)?;
+    let event_ttl = orch_core::time::parse_duration("--event-ttl", &cli.event_ttl)
+        .map_err(anyhow::Error::msg)?;
     let cluster_cidr = orch_control::controllers::node_ipam::ClusterCidr::parse(
         &cli.cluster_cidr,
         cli.node_cidr_mask_size,
@@ -342,7 +347,8 @@ async fn run(cli: RunArgs) -> Result<()> {
         .with_default_toleration_seconds(
             cli.default_not_ready_toleration_seconds,
             cli.default_unreachable_toleration_seconds,
-        ),
+        )
+        .with_event_ttl(event_ttl),
     );
     let server = tonic::transport::Server::builder()
         .tls_config(pki.peer_server_tls()?)

@@ -320,10 +320,11 @@ impl Registry {
             }
             ops
         } else {
+            // A key keeps its lease (an Event its expiry) when rewritten.
             vec![Op::Put {
                 key: key.as_bytes().to_vec(),
                 value: stored_bytes(&object)?,
-                lease: None,
+                lease: kv.lease,
             }]
         };
         success.extend(allocation.ops.iter().cloned());
@@ -418,7 +419,7 @@ impl Registry {
                     key: key.as_bytes().to_vec(),
                     value: serde_json::to_vec(&value)
                         .map_err(|e| ApiError::Internal(format!("encoding: {e}")))?,
-                    lease: None,
+                    lease: kv.lease,
                 }
             } else {
                 Op::Delete {

@@ -78,29 +78,11 @@ fn pod_name(argument: &str) -> Result<String> {
 
 /// A duration as kubectl's --since takes it: 30s, 5m, 1h30m.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => bail!("--since {text:?}: expected a duration like 30s, 5m or 1h30m"),
-        };
-        let value: u64 = number
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--since {text:?}: a number must come before {c:?}"))?;
-        total += value * unit;
-        number.clear();
-    }
-    if !number.is_empty() || total == 0 {
+    let duration = orch_core::time::parse_duration("--since", text).map_err(anyhow::Error::msg)?;
+    if duration.is_zero() {
         bail!("--since {text:?}: expected a duration like 30s, 5m or 1h30m");
     }
-    Ok(Duration::from_secs(total))
+    Ok(duration)
 }
 
 pub fn logs(args: LogsArgs) -> Result<()> {

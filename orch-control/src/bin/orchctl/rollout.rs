@@ -149,20 +149,9 @@ fn status(args: &RolloutArgs, watch: bool, timeout: &str) -> Result<()> {
 
 /// `30s`, `5m`, `1h` (0: None, no limit).
 fn humantime_seconds(text: &str) -> Result<Option<Duration>> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .with_context(|| format!("--timeout {text:?}: a number with s, m or h"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        _ => bail!("--timeout {text:?}: a number with s, m or h"),
-    };
-    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+    let duration =
+        orch_core::time::parse_duration("--timeout", text).map_err(anyhow::Error::msg)?;
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// The Deployment's ReplicaSets by revision, oldest first.
@@ -314,9 +303,10 @@ mod tests {
     fn timeouts_read_like_kubectls() {
         assert_eq!(humantime_seconds("0s").ok().flatten(), None);
         assert_eq!(
-            humantime_seconds("90").ok().flatten(),
+            humantime_seconds("90s").ok().flatten(),
             Some(Duration::from_secs(90))
         );
+        assert!(humantime_seconds("90").is_err());
         assert_eq!(
             humantime_seconds("5m").ok().flatten(),
             Some(Duration::from_secs(300))

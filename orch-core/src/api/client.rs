@@ -46,6 +46,17 @@ pub struct WatchEvent {
     pub resource_version: String,
 }
 
+/// Whether `status` says the replica could not be reached, or went away
+/// in the middle of the call (its connection broke: tonic reports
+/// "transport error" as Unknown): then another replica is tried. A write
+/// the dead replica may have applied is retried like any lost reply;
+/// creates answer AlreadyExists then, updates and patches are applied
+/// again.
+fn unreachable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        || (status.code() == tonic::Code::Unknown && status.message().contains("transport error"))
+}
+
 #[derive(Clone, Copy)]
 enum ObjectWrite {
     Create,
@@ -148,7 +159,7 @@ impl ApiClient {
                     self.preferred = index;
                     return Ok(reply.into_inner());
                 }
-                Ok(Err(status)) if status.code() != tonic::Code::Unavailable => {
+                Ok(Err(status)) if !unreachable(&status) => {
                     return Err(ApiError::from_status(&status));
                 }
                 Ok(Err(status)) => format!("{addr}: {}", status.message()),
@@ -512,5 +523,19 @@ impl WatchStream {
             object: Some(object),
             resource_version,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+
+    #[test]
+    fn a_broken_connection_sends_the_call_to_another_replica() {
+        assert!(unreachable(&tonic::Status::unavailable("connection refused")));
+        assert!(unreachable(&tonic::Status::unknown("transport error")));
+        assert!(!unreachable(&tonic::Status::unknown("something else")));
+        assert!(!unreachable(&tonic::Status::not_found("pods \"web\" not found")));
+        assert!(!unreachable(&tonic::Status::aborted("conflict")));
     }
 }

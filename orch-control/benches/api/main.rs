@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clusters::{OrchCluster, resident_bytes};
+use clusters::{OrchCluster, percentile, resident_bytes};
 use orch_core::api::{ApiClient, ListOptions, WatchEventType};
 use orch_core::object::{Kind, Object};
 
@@ -29,15 +29,6 @@ fn pod(name: &str) -> Result<Object> {
     let mut documents =
         orch_core::manifest::parse_str(&yaml, "bench pod").map_err(|e| anyhow::anyhow!("{e}"))?;
     documents.pop().map(|d| d.object).context("a pod")
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort_unstable();
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
 }
 
 struct Row {

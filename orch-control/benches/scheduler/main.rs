@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clusters::{OrchCluster, resident_bytes};
+use clusters::{OrchCluster, percentile, resident_bytes};
 use orch_core::api::{ApiClient, ApiError, ListOptions, WatchEventType};
 use orch_core::object::{Kind, Object};
 
@@ -63,15 +63,6 @@ fn pod(name: &str) -> Result<Object> {
     parse(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: bench}}}}\nspec:\n  containers: [{{name: c, image: busybox, resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}}}]\n"
     ))
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort_unstable();
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
 }
 
 /// When each pod was seen bound, by name.

@@ -469,3 +469,13 @@ pub async fn until_default_namespace(client: &orch_core::api::ApiClient) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Percentile `p` (0-100) of `samples`, nearest rank.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}

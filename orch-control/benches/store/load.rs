@@ -104,16 +104,6 @@ impl Run {
     }
 }
 
-/// Percentile `p` (0-100) of `samples`, nearest rank.
-pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort_unstable();
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
-}
-
 /// The median of `values`.
 pub fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {

@@ -22,8 +22,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clusters::{EtcdCluster, OrchCluster, disk_bytes, resident_bytes, timed};
-use load::{Run, Target, failover, gets, median, percentile, puts};
+use clusters::{EtcdCluster, OrchCluster, disk_bytes, percentile, resident_bytes, timed};
+use load::{Run, Target, failover, gets, median, puts};
 
 const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
 const ORCH_CONTROL: &str = env!("CARGO_BIN_EXE_orch-control");

@@ -532,10 +532,14 @@ mod tests {
 
     #[test]
     fn a_broken_connection_sends_the_call_to_another_replica() {
-        assert!(unreachable(&tonic::Status::unavailable("connection refused")));
+        assert!(unreachable(&tonic::Status::unavailable(
+            "connection refused"
+        )));
         assert!(unreachable(&tonic::Status::unknown("transport error")));
         assert!(!unreachable(&tonic::Status::unknown("something else")));
-        assert!(!unreachable(&tonic::Status::not_found("pods \"web\" not found")));
+        assert!(!unreachable(&tonic::Status::not_found(
+            "pods \"web\" not found"
+        )));
         assert!(!unreachable(&tonic::Status::aborted("conflict")));
     }
 }

@@ -73,16 +73,20 @@ impl StoreAccess {
 
     /// Writes through this replica's own batcher when it leads (no gRPC,
     /// TLS or encoding on the way), else through the leader. A direct
-    /// write that fails for any reason but a refusal goes the long way
+    /// write that found this replica no longer leading goes the long way
     /// with the same request id, which the store answers from its record
-    /// if the first attempt was committed after all.
+    /// if the first attempt was committed after all. No quorum is final:
+    /// the long way would only wait on the same missing majority again.
     pub async fn write(&self, request: &Request) -> Result<Response, ApiError> {
         let leads = self.node.raft.metrics().borrow().current_leader == Some(self.node.id);
         if leads {
             match self.node.write(request.clone()).await {
                 Ok(response) => return Ok(response),
                 Err(WriteError::Rejected(reason)) => return Err(ApiError::Invalid(reason)),
-                Err(_) => {}
+                Err(error @ WriteError::NoQuorum(_)) => {
+                    return Err(ApiError::Unavailable(format!("the store: {error}")));
+                }
+                Err(WriteError::NotLeader { .. } | WriteError::Stopped(_)) => {}
             }
         }
         self.client()?.write(request).await.map_err(store_error)

@@ -28,7 +28,7 @@ use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 use orch_core::scheduling::DEFAULT_SCHEDULER;
 
 use node_table::NodeTable;
-use plugins::{Candidate, Normalisers, unschedulable_message};
+use plugins::{Candidate, Counts, Normalisers, unschedulable_message};
 
 /// A pod that fits nowhere is tried again after this long even if nothing
 /// it could wait on changed (Kubernetes flushes its unschedulable pods
@@ -223,26 +223,13 @@ impl Scheduler {
         if feasible.is_empty() {
             return Decision::Unschedulable(unschedulable_message(total, &reasons));
         }
-        let normal = Normalisers {
-            max_preferred: feasible
-                .iter()
-                .map(|i| candidate.preferred_weight(i))
-                .max()
-                .unwrap_or(0),
-            max_soft_taints: feasible
-                .iter()
-                .map(|i| candidate.soft_taints(i))
-                .max()
-                .unwrap_or(0),
-            max_spread: feasible
-                .iter()
-                .map(|i| candidate.spread_count(i))
-                .max()
-                .unwrap_or(0),
-        };
+        // Each node's counts once; normalised over all of them.
+        let counts: Vec<Counts> = feasible.iter().map(|info| candidate.counts(info)).collect();
+        let normal = Normalisers::over(&counts);
         let scored: Vec<(i64, &str)> = feasible
             .iter()
-            .map(|info| (candidate.score(info, &normal), info.name()))
+            .zip(&counts)
+            .map(|(info, counts)| (candidate.score(info, counts, &normal), info.name()))
             .collect();
         let best = scored.iter().map(|(score, _)| *score).max().unwrap_or(0);
         let top: Vec<&str> = scored

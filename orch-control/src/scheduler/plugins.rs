@@ -287,22 +287,24 @@ impl<'a> Candidate<'a> {
         })
     }
 
+    /// The raw counts behind the node's normalised scores.
+    pub fn counts(&self, info: &NodeInfo) -> Counts {
+        Counts {
+            preferred: self.preferred_weight(info),
+            soft_taints: self.soft_taints(info),
+            spread: self.spread_count(info),
+        }
+    }
+
     /// The node's score: Kubernetes' default plugins' scores (0-100 each)
-    /// times their weights; `normal` scales the raw counts over the
-    /// feasible nodes.
-    pub fn score(&self, info: &NodeInfo, normal: &Normalisers) -> i64 {
-        let node = match info.node() {
-            Some(node) => node,
-            None => return 0,
-        };
+    /// times their weights; `counts` are the node's own (from
+    /// [`Self::counts`]), `normal` scales them over the feasible nodes.
+    pub fn score(&self, info: &NodeInfo, counts: &Counts, normal: &Normalisers) -> i64 {
         let least = least_allocated(&self.placed.nonzero, info);
         let balanced = balanced_allocation(&self.placed.nonzero, info);
-        let preferred = scale(
-            scheduling::preferred_affinity_weight(self.spec, node),
-            normal.max_preferred,
-        );
-        let taint_score = MAX_SCORE - scale(self.soft_taints(info), normal.max_soft_taints);
-        let spread = MAX_SCORE - scale(self.spread_count(info), normal.max_spread);
+        let preferred = scale(counts.preferred, normal.max_preferred);
+        let taint_score = MAX_SCORE - scale(counts.soft_taints, normal.max_soft_taints);
+        let spread = MAX_SCORE - scale(counts.spread, normal.max_spread);
         let images = self.image_locality(info);
         3 * taint_score + 2 * preferred + 2 * spread + least + balanced + images
     }
@@ -310,7 +312,7 @@ impl<'a> Candidate<'a> {
     /// Matching pods in the node's domains for the soft constraints, or,
     /// without any constraint, the pods of the same owner on the node
     /// (Kubernetes' default spreading).
-    pub fn spread_count(&self, info: &NodeInfo) -> i64 {
+    fn spread_count(&self, info: &NodeInfo) -> i64 {
         if self.soft_spread.is_empty() && self.hard_spread.is_empty() {
             return self
                 .placed
@@ -345,13 +347,13 @@ impl<'a> Candidate<'a> {
         present * MAX_SCORE / self.images.len() as i64
     }
 
-    pub fn preferred_weight(&self, info: &NodeInfo) -> i64 {
+    fn preferred_weight(&self, info: &NodeInfo) -> i64 {
         info.node().map_or(0, |node| {
             scheduling::preferred_affinity_weight(self.spec, node)
         })
     }
 
-    pub fn soft_taints(&self, info: &NodeInfo) -> i64 {
+    fn soft_taints(&self, info: &NodeInfo) -> i64 {
         info.taints
             .iter()
             .filter(|t| {
@@ -362,12 +364,32 @@ impl<'a> Candidate<'a> {
     }
 }
 
-/// The largest raw values among the feasible nodes, for normalising.
+/// What a node scores on before normalising: the weight of the preferred
+/// affinity terms it matches, the PreferNoSchedule taints it has that the
+/// pod does not tolerate, and the pods it holds that spreading counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub preferred: i64,
+    pub soft_taints: i64,
+    pub spread: i64,
+}
+
+/// The largest counts among the feasible nodes, for normalising.
 #[derive(Default)]
 pub struct Normalisers {
     pub max_preferred: i64,
     pub max_soft_taints: i64,
     pub max_spread: i64,
+}
+
+impl Normalisers {
+    pub fn over<'a>(counts: impl IntoIterator<Item = &'a Counts>) -> Self {
+        counts.into_iter().fold(Self::default(), |max, c| Self {
+            max_preferred: max.max_preferred.max(c.preferred),
+            max_soft_taints: max.max_soft_taints.max(c.soft_taints),
+            max_spread: max.max_spread.max(c.spread),
+        })
+    }
 }
 
 fn scale(value: i64, max: i64) -> i64 {

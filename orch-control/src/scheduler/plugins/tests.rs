@@ -123,8 +123,11 @@ fn scores_prefer_free_and_preferred_nodes() {
     let table = table(&nodes, &[pod("p1", Some("busy"), "")]);
     let new = pod("new", None, "");
     let candidate = Candidate::new(&new, &table).expect("candidate");
-    let normal = Normalisers::default();
-    let busy = candidate.score(table.nodes.get("busy").expect("busy"), &normal);
-    let idle = candidate.score(table.nodes.get("idle").expect("idle"), &normal);
+    let busy = table.nodes.get("busy").expect("busy");
+    let idle = table.nodes.get("idle").expect("idle");
+    let counts = [candidate.counts(busy), candidate.counts(idle)];
+    let normal = Normalisers::over(&counts);
+    let busy = candidate.score(busy, &counts[0], &normal);
+    let idle = candidate.score(idle, &counts[1], &normal);
     assert!(idle > busy, "idle {idle} vs busy {busy}");
 }

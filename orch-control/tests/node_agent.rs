@@ -400,6 +400,19 @@ async fn pod_status(
 }
 
 /// Waits until `check` holds for the pod's status; returns it.
+/// Waits for the pod's phase to be `phase`.
+async fn until_phase(
+    client: &mut ApiClient,
+    name: &str,
+    within: Duration,
+    phase: &str,
+) -> k8s_openapi::api::core::v1::PodStatus {
+    until_status(client, name, within, phase, |s| {
+        s.phase.as_deref() == Some(phase)
+    })
+    .await
+}
+
 async fn until_status(
     client: &mut ApiClient,
     name: &str,
@@ -548,14 +561,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         )
         .await
         .expect("create reader pod");
-    until_status(
-        &mut client,
-        "reader",
-        Duration::from_secs(30),
-        "Running",
-        |s| s.phase.as_deref() == Some("Running"),
-    )
-    .await;
+    until_phase(&mut client, "reader", Duration::from_secs(30), "Running").await;
     let Ok(Object::Pod(reader)) = client.get(Kind::Pod, Some("default"), "reader").await else {
         panic!("reader pod")
     };
@@ -1490,22 +1496,8 @@ async fn unused_images_are_collected_under_disk_pressure() {
         )
         .await
         .expect("create once");
-    until_status(
-        &mut client,
-        "keeper",
-        Duration::from_secs(60),
-        "Running",
-        |s| s.phase.as_deref() == Some("Running"),
-    )
-    .await;
-    until_status(
-        &mut client,
-        "once",
-        Duration::from_secs(60),
-        "Succeeded",
-        |s| s.phase.as_deref() == Some("Succeeded"),
-    )
-    .await;
+    until_phase(&mut client, "keeper", Duration::from_secs(60), "Running").await;
+    until_phase(&mut client, "once", Duration::from_secs(60), "Succeeded").await;
     // While a pod names it, even a finished one, the image stays.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let listed = node_images(&mut client).await;

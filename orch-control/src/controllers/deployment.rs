@@ -21,7 +21,7 @@ use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 use orch_core::selector::Selector;
 
 use super::garbage_collector::{delete, update};
-use super::ownership::{claim, controller_of, controller_reference};
+use super::ownership::{claim, controller_key, controller_of, controller_reference};
 use super::rollout::{self, REVISION};
 
 pub const COMPONENT: &str = "deployment-controller";
@@ -76,19 +76,6 @@ impl DeploymentController {
         })
     }
 
-    fn owner_of(object: &Object, kind: &str) -> Option<ObjectRef> {
-        let owner = controller_of(object)?;
-        (owner.kind == kind).then(|| ObjectRef {
-            kind: if kind == "Deployment" {
-                Kind::Deployment
-            } else {
-                Kind::ReplicaSet
-            },
-            namespace: object.metadata().namespace.clone(),
-            name: owner.name.clone(),
-        })
-    }
-
     pub fn on_change(&self, change: &Change) {
         let object = match change {
             Change::Applied { new, .. } => new,
@@ -96,7 +83,7 @@ impl DeploymentController {
         };
         match object.kind() {
             Kind::Deployment => self.queue.add(ObjectRef::of(object)),
-            Kind::ReplicaSet => match Self::owner_of(object, "Deployment") {
+            Kind::ReplicaSet => match controller_key(object, Kind::Deployment) {
                 Some(owner) => self.queue.add(owner),
                 // An orphan may be adopted by a Deployment selecting it.
                 None => {
@@ -108,8 +95,8 @@ impl DeploymentController {
             // Recreate waits on the old pods themselves.
             Kind::Pod if matches!(change, Change::Deleted(_)) => {
                 if let Some(rs) =
-                    Self::owner_of(object, "ReplicaSet").and_then(|key| self.cache.get(&key))
-                    && let Some(owner) = Self::owner_of(&rs, "Deployment")
+                    controller_key(object, Kind::ReplicaSet).and_then(|key| self.cache.get(&key))
+                    && let Some(owner) = controller_key(&rs, Kind::Deployment)
                 {
                     self.queue.add(owner);
                 }

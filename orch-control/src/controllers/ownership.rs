@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use orch_core::api::{ApiClient, ApiError};
-use orch_core::object::Object;
+use orch_core::object::{Kind, Object};
+use orch_core::runtime::ObjectRef;
 use orch_core::selector::Selector;
 
 use super::garbage_collector::update;
@@ -21,6 +22,16 @@ pub fn controller_of(object: &Object) -> Option<&OwnerReference> {
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))
+}
+
+/// The object of `kind` (in `object`'s namespace) that controls `object`.
+pub fn controller_key(object: &Object, kind: Kind) -> Option<ObjectRef> {
+    let owner = controller_of(object)?;
+    (owner.kind == kind.name()).then(|| ObjectRef {
+        kind,
+        namespace: object.metadata().namespace.clone(),
+        name: owner.name.clone(),
+    })
 }
 
 /// A controller reference to `owner` (what the objects it makes carry).

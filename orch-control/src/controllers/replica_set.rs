@@ -24,7 +24,7 @@ use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 use orch_core::selector::Selector;
 
 use super::garbage_collector::delete;
-use super::ownership::{claim, controller_of, controller_reference};
+use super::ownership::{claim, controller_key, controller_reference};
 use super::pod_state::{self, is_active};
 
 pub const COMPONENT: &str = "replicaset-controller";
@@ -76,16 +76,6 @@ impl ReplicaSetController {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The ReplicaSet a pod's controller reference names.
-    fn owner_key(pod: &Object) -> Option<ObjectRef> {
-        let owner = controller_of(pod)?;
-        (owner.kind == "ReplicaSet").then(|| ObjectRef {
-            kind: Kind::ReplicaSet,
-            namespace: pod.metadata().namespace.clone(),
-            name: owner.name.clone(),
-        })
-    }
-
     /// ReplicaSets in the pod's namespace whose selector matches it (for
     /// adoption of an orphan).
     fn selecting(&self, pod: &Object) -> Vec<ObjectRef> {
@@ -122,7 +112,7 @@ impl ReplicaSetController {
                 self.queue.add(ObjectRef::of(new));
             }
             Change::Applied { old, new } if new.kind() == Kind::Pod => {
-                let owner = Self::owner_key(new);
+                let owner = controller_key(new, Kind::ReplicaSet);
                 if let Some(owner) = &owner {
                     if let Some(expected) = self.expectations().get_mut(owner) {
                         if old.is_none() {
@@ -144,14 +134,14 @@ impl ReplicaSetController {
                 // A pod that changed owner or labels may leave its old
                 // ReplicaSet short.
                 if let Some(old) = old
-                    && let Some(previous) = Self::owner_key(old)
+                    && let Some(previous) = controller_key(old, Kind::ReplicaSet)
                     && Some(&previous) != owner.as_ref()
                 {
                     self.queue.add(previous);
                 }
             }
             Change::Deleted(pod) if pod.kind() == Kind::Pod => {
-                if let Some(owner) = Self::owner_key(pod) {
+                if let Some(owner) = controller_key(pod, Kind::ReplicaSet) {
                     if let Some(expected) = self.expectations().get_mut(&owner) {
                         expected.deletes.remove(&ObjectRef::of(pod));
                     }

@@ -22,6 +22,7 @@ use orch_core::selector::Selector;
 
 use super::garbage_collector::{delete, update};
 use super::ownership::{claim, controller_key, controller_of, controller_reference};
+use super::replica_set::replica_set;
 use super::rollout::{self, REVISION};
 
 pub const COMPONENT: &str = "deployment-controller";
@@ -35,13 +36,6 @@ pub struct DeploymentController {
 fn deployment(object: &Object) -> Option<&Deployment> {
     match object {
         Object::Deployment(d) => Some(d),
-        _ => None,
-    }
-}
-
-pub fn replica_set(object: &Object) -> Option<&ReplicaSet> {
-    match object {
-        Object::ReplicaSet(rs) => Some(rs),
         _ => None,
     }
 }

@@ -49,7 +49,8 @@ pub struct ReplicaSetController {
     events: EventRecorder,
 }
 
-fn replica_set(object: &Object) -> Option<&ReplicaSet> {
+/// The ReplicaSet inside `object`, if it is one.
+pub fn replica_set(object: &Object) -> Option<&ReplicaSet> {
     match object {
         Object::ReplicaSet(rs) => Some(rs),
         _ => None,

@@ -13,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use orch_core::object::Object;
 
-use super::deployment::{condition, replica_set};
+use super::deployment::condition;
+use super::replica_set::replica_set;
 
 /// The label (on ReplicaSets, their selectors and pods) that tells
 /// templates apart.

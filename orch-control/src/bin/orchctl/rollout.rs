@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use orch_control::controllers::deployment::replica_set;
+use orch_control::controllers::replica_set::replica_set;
 use orch_control::controllers::rollout::{self, TEMPLATE_HASH};
 use orch_core::api::{ApiClient, ListOptions};
 use orch_core::object::{Kind, Object};

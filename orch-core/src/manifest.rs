@@ -200,6 +200,55 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<Document>, ManifestErro
     }
 }
 
+/// Decodes `text` as one JSON object (what API clients send) with
+/// serde_json instead of the YAML parser: the same type checks, field paths
+/// and warnings as [`parse_str`], for a fraction of the cost. `None` when
+/// `text` is not a single JSON object of one kind (YAML, a `List`, a syntax
+/// error): the caller then goes the general way, whose messages name lines.
+pub fn parse_json(text: &str, source: &str) -> Option<Result<Document, ManifestErrors>> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "apiVersion")]
+        api_version: Option<serde_json::Value>,
+        kind: Option<serde_json::Value>,
+    }
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let head: Head = serde_json::from_str(text).ok()?;
+    if head.kind.as_ref().and_then(|k| k.as_str()) == Some("List") {
+        return None;
+    }
+    // type_meta's checks and messages, on the two fields it reads.
+    let mut meta = serde_yaml_ng::Mapping::new();
+    for (name, value) in [("apiVersion", head.api_version), ("kind", head.kind)] {
+        if let Some(value) = value {
+            let value = match value {
+                serde_json::Value::String(text) => serde_yaml_ng::Value::String(text),
+                _ => serde_yaml_ng::Value::Null,
+            };
+            meta.insert(name.into(), value);
+        }
+    }
+    let origin = Origin {
+        source: source.to_string(),
+        document: 1,
+        list_item: None,
+    };
+    let decoded = type_meta(&serde_yaml_ng::Value::Mapping(meta), &origin)
+        .and_then(|(api_version, kind)| lookup_kind(&api_version, &kind, &origin))
+        .and_then(|kind| {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            let document = decode(kind, &mut deserializer, &origin)?;
+            deserializer.end().map_err(|e| ManifestError::Syntax {
+                file: source.to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(document)
+        });
+    Some(decoded.map_err(|e| ManifestErrors(vec![e])))
+}
+
 /// Every document of the stream as a generic value, ending at the first
 /// syntax error (after one, the parser yields that error forever).
 fn document_heads(text: &str) -> Vec<Result<serde_yaml_ng::Value, serde_yaml_ng::Error>> {
@@ -481,5 +530,44 @@ mod tests {
             "{}",
             text[1]
         );
+    }
+
+    #[test]
+    fn json_decodes_like_the_general_path() {
+        // What API clients send: the fast path must give the same object,
+        // warnings and errors as the YAML parser would.
+        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","colour":"red"},"spec":{"containers":[{"name":"a","image":"busybox","frobnicate":1}]}}"#;
+        let fast = parse_json(pod, "request").expect("json").expect("decodes");
+        let general = parse_str(pod, "request").expect("decodes").remove(0);
+        assert_eq!(fast, general);
+        assert_eq!(fast.warnings.len(), 2);
+
+        let wrong_type =
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":[1]}}"#;
+        let error = parse_json(wrong_type, "request")
+            .expect("json")
+            .expect_err("a list is no string")
+            .to_string();
+        assert!(
+            error.starts_with("request: document 1: ConfigMap: data.a: invalid type"),
+            "{error}"
+        );
+        let unknown = r#"{"apiVersion":"v1","kind":"Widget","metadata":{"name":"w"}}"#;
+        let error = parse_json(unknown, "request")
+            .expect("json")
+            .expect_err("no such kind");
+        assert!(error.to_string().contains("no matches for kind \"Widget\""));
+        let no_kind = r#"{"apiVersion":"v1","metadata":{"name":"w"}}"#;
+        let error = parse_json(no_kind, "request")
+            .expect("json")
+            .expect_err("no kind");
+        assert!(error.to_string().contains("`kind` is required"), "{error}");
+        let trailing = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}} {}"#;
+        assert!(parse_json(trailing, "request").is_none_or(|r| r.is_err()));
+
+        // Not JSON, or a List: the general path's business.
+        assert!(parse_json("apiVersion: v1\nkind: ConfigMap\n", "request").is_none());
+        assert!(parse_json(r#"{"apiVersion":"v1","kind":"List","items":[]}"#, "request").is_none());
+        assert!(parse_json("{apiVersion: v1, kind: ConfigMap}", "request").is_none());
     }
 }

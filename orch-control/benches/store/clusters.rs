@@ -262,6 +262,20 @@ impl OrchCluster {
         self.spawn(index, &[])?;
         self.settle().await
     }
+
+    /// Kills every replica and starts them again from their data, with
+    /// `flags` instead of the flags they started with. API addresses
+    /// change: make new clients.
+    pub async fn restart_all_with(&mut self, flags: &[&str]) -> Result<()> {
+        self.flags = flags.iter().map(|f| f.to_string()).collect();
+        for index in 0..self.procs.len() {
+            self.kill(index);
+        }
+        for index in 0..self.procs.len() {
+            self.spawn(index, &[])?;
+        }
+        self.settle().await
+    }
 }
 
 /// etcd members on loopback ports picked free just before start.

@@ -25,15 +25,20 @@ pub fn resource_name(kind: Kind) -> String {
 pub fn decode(kind: Kind, bytes: &[u8]) -> Result<(Object, Vec<String>), ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ApiError::Invalid(format!("object: not UTF-8 JSON: {e}")))?;
-    let mut documents = manifest::parse_str(text, "request")
-        .map_err(|errors| ApiError::Invalid(errors.to_string()))?;
-    if documents.len() != 1 {
-        return Err(ApiError::Invalid(format!(
-            "object: expected one object, found {}",
-            documents.len()
-        )));
-    }
-    let document = documents.remove(0);
+    let document = match manifest::parse_json(text, "request") {
+        Some(decoded) => decoded.map_err(|errors| ApiError::Invalid(errors.to_string()))?,
+        None => {
+            let mut documents = manifest::parse_str(text, "request")
+                .map_err(|errors| ApiError::Invalid(errors.to_string()))?;
+            if documents.len() != 1 {
+                return Err(ApiError::Invalid(format!(
+                    "object: expected one object, found {}",
+                    documents.len()
+                )));
+            }
+            documents.remove(0)
+        }
+    };
     if document.object.kind() != kind {
         return Err(ApiError::Invalid(format!(
             "object: kind {} {} does not match the resource {}",
@@ -83,12 +88,16 @@ const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    // The kernel's random source; on the (theoretical) failure fall back
-    // to the clock, still unique enough for a name suffix.
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
-    {
+    // The kernel's random source, opened once (every create takes a uid);
+    // on the (theoretical) failure fall back to the clock, still unique
+    // enough for a name suffix.
+    static URANDOM: std::sync::OnceLock<std::io::Result<std::fs::File>> =
+        std::sync::OnceLock::new();
+    let read = match URANDOM.get_or_init(|| std::fs::File::open("/dev/urandom")) {
+        Ok(file) => std::io::Read::read_exact(&mut &*file, &mut bytes),
+        Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+    };
+    if read.is_err() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -59,6 +59,11 @@ impl Filter {
         Ok(Self { labels, fields })
     }
 
+    /// Whether every object is selected (no label or field requirement).
+    pub fn selects_all(&self) -> bool {
+        self.labels.is_everything() && self.fields.is_empty()
+    }
+
     /// Whether the object (as JSON) is selected.
     pub fn matches(&self, object: &Value) -> bool {
         let labels: BTreeMap<String, String> = object["metadata"]["labels"]

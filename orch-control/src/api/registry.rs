@@ -54,13 +54,13 @@ fn internal(what: &str) -> impl Fn(serde_json::Error) -> ApiError + '_ {
     move |e| ApiError::Internal(format!("{what}: {e}"))
 }
 
-/// The object as stored: JSON without resourceVersion.
-fn stored_bytes(object: &Object) -> Result<Vec<u8>, ApiError> {
-    let mut value = serde_json::to_value(object).map_err(internal("encoding"))?;
-    if let Some(meta) = value["metadata"].as_object_mut() {
-        meta.remove("resourceVersion");
-    }
-    serde_json::to_vec(&value).map_err(internal("encoding"))
+/// The object as stored: JSON without resourceVersion (the key's mod
+/// revision is the truth), encoded straight from the typed object.
+fn stored_bytes(object: &mut Object) -> Result<Vec<u8>, ApiError> {
+    let resource_version = object.metadata_mut().resource_version.take();
+    let encoded = serde_json::to_vec(&*object).map_err(internal("encoding"));
+    object.metadata_mut().resource_version = resource_version;
+    encoded
 }
 
 fn stored_value(kv: &KeyValue) -> Result<Value, ApiError> {
@@ -78,6 +78,28 @@ fn object_from(kind: Kind, value: Value, resource_version: Revision) -> Result<O
 
 pub fn object_from_kv(kind: Kind, kv: &KeyValue) -> Result<Object, ApiError> {
     object_from(kind, stored_value(kv)?, kv.mod_revision)
+}
+
+/// The object of `kv` as the API serves it (its JSON with
+/// metadata.resourceVersion set to `resource_version`) without decoding
+/// it: only the top level and the metadata are parsed, the rest is copied
+/// as stored. Watches use it, where every change of a busy prefix goes to
+/// every watcher.
+pub fn served_json(kv: &KeyValue, resource_version: Revision) -> Result<Vec<u8>, ApiError> {
+    use serde_json::value::{RawValue, to_raw_value};
+    use std::collections::BTreeMap;
+    let decoding = internal("decoding a stored object");
+    let mut top: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(&kv.value).map_err(&decoding)?;
+    let mut metadata: BTreeMap<String, &RawValue> = match top.get("metadata") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(&decoding)?,
+        None => BTreeMap::new(),
+    };
+    let revision = to_raw_value(&resource_version.to_string()).map_err(internal("encoding"))?;
+    metadata.insert("resourceVersion".into(), &revision);
+    let metadata = to_raw_value(&metadata).map_err(internal("encoding"))?;
+    top.insert("metadata".into(), &metadata);
+    serde_json::to_vec(&top).map_err(internal("encoding"))
 }
 
 fn request(txn: Txn) -> Request {
@@ -362,7 +384,7 @@ impl Registry {
             };
             let mut success = vec![Op::Put {
                 key: key.clone().into_bytes(),
-                value: stored_bytes(&object)?,
+                value: stored_bytes(&mut object)?,
                 lease,
             }];
             success.extend(allocation.ops.iter().cloned());
@@ -483,3 +505,37 @@ pub mod service_alloc;
 mod write;
 
 use service_alloc::{Allocation, ServiceRanges};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_json_is_the_decoded_object_with_its_revision() {
+        let pod = orch_core::manifest::parse_str(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default, labels: {app: \"a\\\"b\"}}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+            "test",
+        )
+        .expect("a pod")
+        .remove(0)
+        .object;
+        let kv = KeyValue {
+            key: b"/registry/pods/default/p".to_vec(),
+            value: stored_bytes(&mut pod.clone()).expect("encodes"),
+            create_revision: 3,
+            mod_revision: 7,
+            version: 2,
+            lease: None,
+        };
+        let served = served_json(&kv, 7).expect("serves");
+        let decoded = Kind::Pod
+            .deserialize(&mut serde_json::Deserializer::from_slice(&served))
+            .expect("decodes");
+        assert_eq!(decoded, object_from_kv(Kind::Pod, &kv).expect("decodes"));
+        assert_eq!(decoded.metadata().resource_version.as_deref(), Some("7"));
+        // A deleted object is served at the deleting revision.
+        let served = served_json(&kv, 9).expect("serves");
+        let value: Value = serde_json::from_slice(&served).expect("json");
+        assert_eq!(value["metadata"]["resourceVersion"], "9");
+    }
+}

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::filter::Filter;
 use super::node_proxy::{ExecStream, LogStream, NodeProxy};
-use super::registry::{DeleteOptions, Registry, UpdateKind, Written, object_from_kv};
+use super::registry::{DeleteOptions, Registry, UpdateKind, Written, served_json};
 use crate::store::types::{Event, EventKind, Revision};
 
 /// How often an idle watch that asked for bookmarks gets one.
@@ -399,7 +399,7 @@ impl Api for ApiService {
                         }
                     };
                     for event in &events {
-                        match watch_event(kind, &filter, event) {
+                        match watch_event(&filter, event) {
                             Ok(None) => {}
                             Ok(Some(event)) => {
                                 if tx.send(Ok(event)).await.is_err() {
@@ -421,18 +421,24 @@ impl Api for ApiService {
     }
 }
 
-/// A store event as the watcher of `kind` under `filter` sees it: an
-/// object entering the selection is ADDED, leaving it DELETED.
-fn watch_event(kind: Kind, filter: &Filter, event: &Event) -> Result<Option<WatchEvent>, Status> {
-    let value = |kv: &crate::store::types::KeyValue| -> Result<serde_json::Value, Status> {
-        serde_json::from_slice(&kv.value).map_err(|e| Status::internal(e.to_string()))
+/// A store event as the watcher under `filter` sees it: an object
+/// entering the selection is ADDED, leaving it DELETED. Objects are parsed
+/// only when the filter selects something (most watchers take a whole
+/// kind) and are served as stored, with their resourceVersion.
+fn watch_event(filter: &Filter, event: &Event) -> Result<Option<WatchEvent>, Status> {
+    let selected = |kv: &crate::store::types::KeyValue| -> Result<bool, Status> {
+        if filter.selects_all() {
+            return Ok(true);
+        }
+        let value =
+            serde_json::from_slice(&kv.value).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(filter.matches(&value))
     };
-    let before = match &event.prev_kv {
-        Some(prev) => Some(value(prev)?),
-        None => None,
+    let was = match &event.prev_kv {
+        Some(prev) => selected(prev)?,
+        None => false,
     };
-    let was = before.as_ref().is_some_and(|v| filter.matches(v));
-    let (event_type, kv) = match event.kind {
+    let (event_type, kv, revision) = match event.kind {
         EventKind::Delete => {
             let Some(prev) = &event.prev_kv else {
                 return Ok(None);
@@ -441,23 +447,21 @@ fn watch_event(kind: Kind, filter: &Filter, event: &Event) -> Result<Option<Watc
                 return Ok(None);
             }
             // The last state, at the revision that deleted it.
-            let mut last = prev.clone();
-            last.mod_revision = event.kv.mod_revision;
-            ("DELETED", last)
+            ("DELETED", prev, event.kv.mod_revision)
         }
         EventKind::Put => {
-            let is = filter.matches(&value(&event.kv)?);
-            match (was, is) {
-                (false, true) => ("ADDED", event.kv.clone()),
-                (true, true) => ("MODIFIED", event.kv.clone()),
-                (true, false) => ("DELETED", event.kv.clone()),
+            let is = selected(&event.kv)?;
+            let event_type = match (was, is) {
+                (false, true) => "ADDED",
+                (true, true) => "MODIFIED",
+                (true, false) => "DELETED",
                 (false, false) => return Ok(None),
-            }
+            };
+            (event_type, &event.kv, event.kv.mod_revision)
         }
     };
-    let object = object_from_kv(kind, &kv).map_err(|e| e.to_status())?;
     Ok(Some(WatchEvent {
         r#type: event_type.into(),
-        object: json(&object)?,
+        object: served_json(kv, revision).map_err(|e| e.to_status())?,
     }))
 }

@@ -288,7 +288,12 @@ impl Registry {
     ) -> Result<Attempt, ApiError> {
         let mut object = object_from(kind, merged, kv.mod_revision)?;
         admission::default_and_validate(&mut object)?;
-        let previous = stored_value(kv)?;
+        // Only a Service's allocations look at the stored object.
+        let previous = if kind == Kind::Service {
+            Some(stored_value(kv)?)
+        } else {
+            None
+        };
         let meta = object.metadata();
         // The last finalizer gone from an object being deleted: delete it.
         // Unless a grace period still runs (a pod its node agent stops) or a
@@ -303,7 +308,7 @@ impl Registry {
         let allocation = if finished {
             Allocation::default()
         } else {
-            self.allocate(&mut object, Some(&previous)).await?
+            self.allocate(&mut object, previous.as_ref()).await?
         };
         if dry_run {
             return Ok(Attempt::Done(Written {
@@ -315,15 +320,15 @@ impl Registry {
             let mut ops = vec![Op::Delete {
                 key: key.as_bytes().to_vec(),
             }];
-            if kind == Kind::Service {
-                ops.extend(service_alloc::release(&previous));
+            if let Some(previous) = &previous {
+                ops.extend(service_alloc::release(previous));
             }
             ops
         } else {
             // A key keeps its lease (an Event its expiry) when rewritten.
             vec![Op::Put {
                 key: key.as_bytes().to_vec(),
-                value: stored_bytes(&object)?,
+                value: stored_bytes(&mut object)?,
                 lease: kv.lease,
             }]
         };

@@ -364,16 +364,17 @@ async fn run(cli: RunArgs) -> Result<()> {
             shutdown_signal(),
         );
     let server = tokio::spawn(server);
+    let api_service = api_server(
+        registry.clone(),
+        Arc::new(orch_control::api::node_proxy::NodeProxy::new(
+            peer_tls.clone(),
+        )),
+    );
     let api = tonic::transport::Server::builder()
         .tls_config(pki.server_tls()?)
         .context("the API's TLS")?
         .add_service(InterceptedService::new(
-            api_server(
-                registry.clone(),
-                Arc::new(orch_control::api::node_proxy::NodeProxy::new(
-                    peer_tls.clone(),
-                )),
-            ),
+            api_service.clone(),
             Authenticator::new(tokens),
         ))
         .serve_with_incoming_shutdown(
@@ -405,18 +406,11 @@ async fn run(cli: RunArgs) -> Result<()> {
         );
     }
     tokio::spawn(ensure_system_namespaces(registry));
-    // The controllers are API clients of this replica's API server, with
-    // a certificate of their own (signed in memory at each start).
-    let local_api = if api_addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], api_addr.port()))
-    } else {
-        api_addr
-    };
-    let controller_config = pki.component_config(
-        "system:kube-controller-manager",
-        None,
-        &[local_api.to_string()],
-    )?;
+    // The controllers are API clients of this replica's API server, called
+    // in memory: the same admission and store path as every client,
+    // without TLS and HTTP/2 between two parts of one process.
+    let controller_client =
+        orch_core::api::ApiClient::in_process(api_service, Duration::from_secs(10));
     let timings = ElectionTimings {
         lease_duration: Duration::from_millis(cli.leader_elect_lease_duration_ms),
         renew_deadline: Duration::from_millis(cli.leader_elect_renew_deadline_ms),
@@ -430,7 +424,7 @@ async fn run(cli: RunArgs) -> Result<()> {
     };
     tokio::spawn(async move {
         if let Err(error) =
-            orch_control::controllers::run(controller_config, identity_name, timings, settings)
+            orch_control::controllers::run(controller_client, identity_name, timings, settings)
                 .await
         {
             tracing::error!(%error, "the controller manager stopped");

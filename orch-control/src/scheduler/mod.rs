@@ -49,8 +49,6 @@ pub struct Scheduler {
     /// Pods that fit nowhere at their last try.
     unschedulable: Mutex<HashSet<ObjectRef>>,
     events: EventRecorder,
-    /// Where the next search starts, so the sampled nodes rotate.
-    next_start: AtomicUsize,
     /// Breaks ties between equally good nodes.
     tie_breaker: AtomicUsize,
 }
@@ -98,7 +96,6 @@ impl Scheduler {
             queue: WorkQueue::new(),
             unschedulable: Mutex::new(HashSet::new()),
             events,
-            next_start: AtomicUsize::new(0),
             tie_breaker: AtomicUsize::new(0),
         })
     }
@@ -201,12 +198,11 @@ impl Scheduler {
             return Decision::Unschedulable("pod has no spec".into());
         };
         let want = feasible_to_find(total);
-        let start = self.next_start.load(Ordering::Relaxed) % total.max(1);
         let mut feasible = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut examined = 0;
-        for info in table.nodes.values().cycle().skip(start).take(total) {
-            examined += 1;
+        let mut last_examined = None;
+        for info in table.search_order() {
+            last_examined = Some(info.name());
             let why = candidate.filter(info, &table);
             if why.is_empty() {
                 feasible.push(info);
@@ -219,8 +215,9 @@ impl Scheduler {
                 }
             }
         }
-        self.next_start.fetch_add(examined, Ordering::Relaxed);
+        let last_examined = last_examined.map(str::to_owned);
         if feasible.is_empty() {
+            table.searched_up_to(last_examined);
             return Decision::Unschedulable(unschedulable_message(total, &reasons));
         }
         // Each node's counts once; normalised over all of them.
@@ -239,6 +236,7 @@ impl Scheduler {
             .collect();
         let chosen = top[self.tie_breaker.fetch_add(1, Ordering::Relaxed) % top.len()].to_owned();
         drop(candidate);
+        table.searched_up_to(last_examined);
         table.assume(pod.clone(), &chosen);
         Decision::Bind(chosen)
     }

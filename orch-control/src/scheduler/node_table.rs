@@ -241,6 +241,8 @@ pub struct NodeTable {
     /// Placed pods with required anti-affinity terms, which every later
     /// pod must respect.
     anti_affine: HashSet<ObjectRef>,
+    /// The last node the previous search examined.
+    search_cursor: Option<String>,
 }
 
 fn has_required_anti_affinity(pod: &Object) -> bool {
@@ -346,6 +348,28 @@ impl NodeTable {
 
     /// Accounts `pod` on `node` before its binding is written, so the
     /// next decision already sees it.
+    /// Every node once, starting after the last one the previous search
+    /// examined: searches that stop early (enough feasible nodes) rotate
+    /// over the cluster, as Kubernetes' do.
+    pub fn search_order(&self) -> impl Iterator<Item = &NodeInfo> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let (after, up_to) = match self.search_cursor.as_deref() {
+            Some(last) => ((Excluded(last), Unbounded), (Unbounded, Included(last))),
+            None => ((Unbounded, Unbounded), (Unbounded, Excluded(""))),
+        };
+        self.nodes
+            .range::<str, _>(after)
+            .chain(self.nodes.range::<str, _>(up_to))
+            .map(|(_, info)| info)
+    }
+
+    /// The last node a search examined: the next starts after it.
+    pub fn searched_up_to(&mut self, last: Option<String>) {
+        if last.is_some() {
+            self.search_cursor = last;
+        }
+    }
+
     pub fn assume(&mut self, pod: Arc<Object>, node: &str) {
         let key = ObjectRef::of(&pod);
         self.assumed.insert(key.clone());

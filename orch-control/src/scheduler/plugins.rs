@@ -8,6 +8,7 @@
 //! Kubernetes' weights.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, PodSpec, Toleration};
 use orch_core::object::Object;
@@ -89,13 +90,13 @@ fn required_anti_affinity(spec: &PodSpec) -> &[PodAffinityTerm] {
 }
 
 impl<'a> Candidate<'a> {
-    pub fn new(object: &'a Object, table: &NodeTable) -> Option<Self> {
-        let Object::Pod(pod) = object else {
+    pub fn new(object: &'a Arc<Object>, table: &NodeTable) -> Option<Self> {
+        let Object::Pod(pod) = object.as_ref() else {
             return None;
         };
         let spec = pod.spec.as_ref()?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let placed = PlacedPod::new(std::sync::Arc::new(object.clone()))?;
+        let placed = PlacedPod::new(object.clone())?;
         let own_labels = labels(object);
         let mut hard_spread = Vec::new();
         let mut soft_spread = Vec::new();

@@ -4,7 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::Endpoint;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
 
 use super::ApiError;
 use super::config::ClientConfig;
@@ -57,6 +61,44 @@ fn unreachable(status: &tonic::Status) -> bool {
         || (status.code() == tonic::Code::Unknown && status.message().contains("transport error"))
 }
 
+/// How calls reach an API server: a TLS channel to a replica, or the API
+/// service of this very process called in memory (the controller manager
+/// and its own replica: no TLS, no HTTP/2 framing, no socket).
+type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
+
+/// Why a transport failed (a connection, or nothing: the in-process one
+/// cannot). A type of its own, as tonic's client needs `Into<StdError>` to
+/// hold for every lifetime, which a bare boxed error does not give.
+#[derive(Debug)]
+pub struct TransportError(BoxError);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The wrapped error itself: tonic looks down this chain for what
+        // it maps to a status (a refused connection is Unavailable).
+        Some(self.0.as_ref())
+    }
+}
+
+fn transport<S>(service: S) -> Transport
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(service.map_err(|error| TransportError(error.into())))
+}
+
 #[derive(Clone, Copy)]
 enum ObjectWrite {
     Create,
@@ -66,7 +108,7 @@ enum ObjectWrite {
 
 #[derive(Clone)]
 pub struct ApiClient {
-    replicas: Vec<(String, GrpcClient<Channel>)>,
+    replicas: Vec<(String, GrpcClient<Transport>)>,
     preferred: usize,
     timeout: Duration,
     /// `Bearer <token>`, sent with every call.
@@ -113,7 +155,7 @@ impl ApiClient {
                 let channel = endpoint
                     .connect_timeout(Duration::from_millis(500))
                     .connect_lazy();
-                let client = GrpcClient::new(channel)
+                let client = GrpcClient::new(transport(channel))
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20);
                 Ok((addr.clone(), client))
@@ -125,6 +167,31 @@ impl ApiClient {
             timeout,
             token,
         })
+    }
+
+    /// A client of `service`, the API service of this very process, called
+    /// in memory: what the controller manager uses to reach its own
+    /// replica. Nothing is authenticated on this path (the caller is the
+    /// server's own process), and nothing is encrypted (nothing leaves it).
+    pub fn in_process<S>(service: S, timeout: Duration) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let client = GrpcClient::new(transport(service))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        Self {
+            replicas: vec![("in-process".into(), client)],
+            preferred: 0,
+            timeout,
+            token: None,
+        }
     }
 
     /// A request carrying the bearer token, when there is one.
@@ -144,7 +211,7 @@ impl ApiClient {
     async fn call<M, T, F, Fut>(&mut self, message: M, send: F) -> Result<T, ApiError>
     where
         M: Clone,
-        F: Fn(GrpcClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(GrpcClient<Transport>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.timeout;
@@ -186,7 +253,7 @@ impl ApiClient {
     ) -> Result<Object, ApiError>
     where
         M: Clone,
-        F: Fn(GrpcClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(GrpcClient<Transport>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<proto::ObjectReply>, tonic::Status>>,
     {
         let reply = self.call(message, send).await?;
@@ -284,12 +351,7 @@ impl ApiClient {
 
     /// Binds pod `namespace/name` to `node` (what the scheduler does);
     /// returns the bound pod. A pod already bound is `Conflict`.
-    pub async fn bind(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        node: &str,
-    ) -> Result<Object, ApiError> {
+    pub async fn bind(&mut self, namespace: &str, name: &str, node: &str) -> Result<(), ApiError> {
         let binding = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Binding",
@@ -303,10 +365,12 @@ impl ApiClient {
                 .map_err(|e| ApiError::Internal(format!("encoding the binding: {e}")))?,
             dry_run: false,
         };
-        self.object_call(Kind::Pod, request, |mut c, request| async move {
-            c.bind(request).await
-        })
+        self.call(
+            request,
+            |mut c, request| async move { c.bind(request).await },
+        )
         .await
+        .map(drop)
     }
 
     /// Applies a JSON merge patch (RFC 7386) to the object or its status.

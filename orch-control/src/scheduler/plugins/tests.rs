@@ -36,7 +36,7 @@ fn table(nodes: &[Arc<Object>], pods: &[Arc<Object>]) -> NodeTable {
     table
 }
 
-fn feasible(table: &NodeTable, pod: &Object) -> Vec<String> {
+fn feasible(table: &NodeTable, pod: &Arc<Object>) -> Vec<String> {
     let candidate = Candidate::new(pod, table).expect("candidate");
     table
         .nodes
@@ -130,4 +130,33 @@ fn scores_prefer_free_and_preferred_nodes() {
     let busy = candidate.score(busy, &counts[0], &normal);
     let idle = candidate.score(idle, &counts[1], &normal);
     assert!(idle > busy, "idle {idle} vs busy {busy}");
+}
+
+#[test]
+fn searches_rotate_over_the_nodes() {
+    let mut table = table(
+        &[
+            node("a", "z", "1"),
+            node("b", "z", "1"),
+            node("c", "z", "1"),
+        ],
+        &[],
+    );
+    let order = |table: &NodeTable| -> Vec<String> {
+        table
+            .search_order()
+            .map(|info| info.name().to_owned())
+            .collect()
+    };
+    assert_eq!(order(&table), ["a", "b", "c"]);
+    table.searched_up_to(Some("a".into()));
+    assert_eq!(order(&table), ["b", "c", "a"]);
+    table.searched_up_to(Some("c".into()));
+    assert_eq!(order(&table), ["a", "b", "c"]);
+    // A search that examined nothing leaves the cursor; a removed node's
+    // name still orders the next search.
+    table.searched_up_to(None);
+    assert_eq!(order(&table), ["a", "b", "c"]);
+    table.searched_up_to(Some("bb".into()));
+    assert_eq!(order(&table), ["c", "a", "b"]);
 }

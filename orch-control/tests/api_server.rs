@@ -604,6 +604,23 @@ async fn a_pod_is_bound_to_a_node_once() {
         "{}",
         refused.message()
     );
+    let refused = raw
+        .bind(orch_core::api::proto::ObjectRequest {
+            resource: "pods".into(),
+            namespace: "default".into(),
+            object: br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"waiting"},"target":{"kind":"Node","name":"Node_1"}}"#.to_vec(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("a node name that is no DNS subdomain");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("target.name: Invalid value: \"Node_1\""),
+        "{}",
+        refused.message()
+    );
     let after = client
         .get(Kind::Pod, Some("default"), "waiting")
         .await

@@ -76,8 +76,14 @@ fn object_from(kind: Kind, value: Value, resource_version: Revision) -> Result<O
     Ok(object)
 }
 
+/// The stored object of `kv`, decoded straight into its type, with its
+/// resourceVersion.
 pub fn object_from_kv(kind: Kind, kv: &KeyValue) -> Result<Object, ApiError> {
-    object_from(kind, stored_value(kv)?, kv.mod_revision)
+    let mut object = kind
+        .deserialize(&mut serde_json::Deserializer::from_slice(&kv.value))
+        .map_err(internal("decoding a stored object"))?;
+    object.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+    Ok(object)
 }
 
 /// The object of `kv` as the API serves it (its JSON with
@@ -501,6 +507,7 @@ fn decode_continue(token: &str, prefix: &str) -> Result<Option<Vec<u8>>, ApiErro
 
 pub(super) use write::UpdateKind;
 
+mod binding;
 pub mod service_alloc;
 mod write;
 

@@ -22,9 +22,6 @@ pub enum UpdateKind {
     Object,
     /// The status only.
     Status,
-    /// A pod's binding: spec.nodeName and the PodScheduled condition,
-    /// which neither of the others may write together.
-    Binding,
 }
 
 /// Namespaces the system needs (the controllers' Lease lives in
@@ -82,96 +79,6 @@ impl Registry {
             .await?;
         written.warnings = warnings;
         Ok(written)
-    }
-
-    /// Binds a pod to a node (the scheduler's `pods/binding`): sets
-    /// `spec.nodeName` and the PodScheduled condition, once. `bytes` is a
-    /// v1 Binding: metadata.name is the pod, target the node; a uid in its
-    /// metadata must be the pod's.
-    pub async fn bind(
-        &self,
-        namespace: &str,
-        bytes: &[u8],
-        dry_run: bool,
-    ) -> Result<Written, ApiError> {
-        let binding: k8s_openapi::api::core::v1::Binding = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::Invalid(format!("Binding: {e}")))?;
-        let pod = binding.metadata.name.clone().unwrap_or_default();
-        if pod.is_empty() {
-            return Err(ApiError::Invalid(
-                "metadata.name: Required value: the pod to bind".into(),
-            ));
-        }
-        let node = binding.target.name.clone().unwrap_or_default();
-        if node.is_empty() {
-            return Err(ApiError::Invalid("target.name: Required value".into()));
-        }
-        if let Some(kind) = binding
-            .target
-            .kind
-            .as_deref()
-            .filter(|k| !k.is_empty() && *k != "Node")
-        {
-            return Err(ApiError::Invalid(format!(
-                "target.kind: Unsupported value: {kind:?}: supported values: \"Node\""
-            )));
-        }
-        let namespace = Some(namespace)
-            .filter(|n| !n.is_empty())
-            .or(binding.metadata.namespace.as_deref())
-            .unwrap_or("default");
-        let uid = binding.metadata.uid.clone();
-        let scheduled = serde_json::json!({
-            "type": "PodScheduled",
-            "status": "True",
-            "lastTransitionTime": admission::now_plus(0),
-        });
-        self.replace(
-            Kind::Pod,
-            Some(namespace),
-            &pod,
-            None,
-            dry_run,
-            UpdateKind::Binding,
-            |current| {
-                let refused = |why: String| {
-                    ApiError::Conflict(format!(
-                        "Operation cannot be fulfilled on pods/binding \"{pod}\": {why}"
-                    ))
-                };
-                if let Some(uid) = &uid
-                    && current["metadata"]["uid"].as_str() != Some(uid.as_str())
-                {
-                    return Err(refused(format!("the pod's uid is not {uid}")));
-                }
-                if !current["metadata"]["deletionTimestamp"].is_null() {
-                    return Err(refused(format!(
-                        "pod {pod} is being deleted, cannot be assigned to a host"
-                    )));
-                }
-                if let Some(bound) = current["spec"]["nodeName"]
-                    .as_str()
-                    .filter(|n| !n.is_empty())
-                {
-                    return Err(refused(format!(
-                        "pod {pod} is already assigned to node \"{bound}\""
-                    )));
-                }
-                let mut bound = current.clone();
-                bound["spec"]["nodeName"] = Value::from(node.clone());
-                let conditions = bound["status"]["conditions"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|c| c["type"] != "PodScheduled")
-                    .chain([scheduled.clone()])
-                    .collect::<Vec<_>>();
-                bound["status"]["conditions"] = Value::from(conditions);
-                Ok(bound)
-            },
-        )
-        .await
     }
 
     /// Applies a JSON merge patch to the stored object (or its status).
@@ -499,7 +406,6 @@ impl Registry {
 /// Builds the JSON to store from the stored one and the requested one.
 fn merge(current: &Value, mut requested: Value, update: UpdateKind, with_status: bool) -> Value {
     let mut merged = match update {
-        UpdateKind::Binding => requested,
         UpdateKind::Status => {
             let mut merged = current.clone();
             merged["status"] = requested["status"].take();

@@ -5,6 +5,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod sock_lb;
+
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     btf_maps::PerCpuHashMap,

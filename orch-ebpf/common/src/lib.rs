@@ -4,6 +4,8 @@
 //! `bpftool map dump` prints them.
 #![no_std]
 
+pub mod service;
+
 /// Name of the per-interface traffic counter map (also its pin name).
 /// Kernel object names are at most 15 bytes and pin names may not contain '.'.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";

@@ -14,6 +14,7 @@ use orch_core::api::config::ClientConfig;
 use orch_node::agent::node_status::{NodeSpecifics, Reserved};
 use orch_node::agent::{self, AgentConfig, machine};
 use orch_node::dataplane::iface_counters::{self, AttachMode};
+use orch_node::dataplane::services::ServiceTable;
 use orch_node::dataplane::{PinLayout, bpffs};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -153,6 +154,8 @@ enum DataplaneCommand {
         #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
+    /// Print the service table (ClusterIP balancing at the socket), decoded.
+    Dump,
     /// Unpin everything this node pinned (detaches its tcx links).
     Remove,
 }
@@ -489,6 +492,24 @@ fn run_dataplane(layout: &PinLayout, command: DataplaneCommand) -> Result<()> {
         DataplaneCommand::Counters { output } => {
             let traffic = iface_counters::read(layout).context("reading interface counters")?;
             print_traffic(&traffic, &output)
+        }
+        DataplaneCommand::Dump => {
+            let table = ServiceTable::open(layout).context("opening the service table")?;
+            println!("{:<22} {:<5} BACKENDS", "FRONTEND", "PROTO");
+            for (frontend, backends) in table.list()? {
+                let backends: Vec<String> = backends.iter().map(ToString::to_string).collect();
+                println!(
+                    "{:<22} {:<5} {}",
+                    format!("{}:{}", frontend.address, frontend.port),
+                    format!("{:?}", frontend.protocol).to_uppercase(),
+                    if backends.is_empty() {
+                        "<none: connections refused>".to_owned()
+                    } else {
+                        backends.join(",")
+                    }
+                );
+            }
+            Ok(())
         }
         DataplaneCommand::Remove => {
             if layout.remove_all()? {

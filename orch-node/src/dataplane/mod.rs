@@ -3,7 +3,9 @@
 //! and reads the maps back.
 
 pub mod bpffs;
+pub mod cgroup2;
 pub mod iface_counters;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,344 @@
+//! ClusterIP load balancing at the socket: the cgroup `connect4`,
+//! `sendmsg4`, `recvmsg4` and `getpeername4` programs (orch-ebpf's
+//! `sock_lb`) attached to the cgroup2 directory holding the node's pods,
+//! and the writer of their service table. Programs, links and maps are
+//! pinned under the node's directory, so balancing goes on while the agent
+//! is stopped and a restarted agent adopts what it finds.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::programs::CgroupSockAddr;
+use aya::programs::links::{CgroupAttachMode, FdLink};
+use aya::{Ebpf, EbpfLoader};
+use orch_ebpf_common::service::{
+    BACKENDS_MAP, Backend, BackendKey, PROTOCOL_TCP, PROTOCOL_UDP, SERVICES_MAP,
+    SOCK_CONNECT4_PROG, SOCK_GETPEERNAME4_PROG, SOCK_RECVMSG4_PROG, SOCK_REVNAT_MAP,
+    SOCK_SENDMSG4_PROG, ServiceEntry, ServiceKey,
+};
+
+use super::{DataplaneError, PinLayout, kernel_object};
+
+const PROGRAMS: [&str; 4] = [
+    SOCK_CONNECT4_PROG,
+    SOCK_SENDMSG4_PROG,
+    SOCK_RECVMSG4_PROG,
+    SOCK_GETPEERNAME4_PROG,
+];
+
+/// The links are named after what they attach to: one cgroup per node.
+const CGROUP_LINK: &str = "cgroup";
+
+/// Loads the socket programs with the node's pinned maps and attaches them
+/// to the cgroup2 directory `cgroup` (its whole subtree). Idempotent: a
+/// program whose pinned link exists is already attached and is left as it
+/// is (it uses the same pinned maps).
+pub fn attach(layout: &PinLayout, cgroup: &Path) -> Result<Ebpf, DataplaneError> {
+    layout.prepare()?;
+    let mut loader = EbpfLoader::new();
+    for map in [SERVICES_MAP, BACKENDS_MAP, SOCK_REVNAT_MAP] {
+        loader.map_pin_path(map, layout.map(map));
+    }
+    let mut ebpf = loader.load(kernel_object()?)?;
+    let directory = File::open(cgroup).map_err(|source| DataplaneError::Io {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    for name in PROGRAMS {
+        let link_path = layout.link(name, CGROUP_LINK);
+        if link_path.exists() {
+            continue;
+        }
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let failed = |source| DataplaneError::Program { name, source };
+        program.load().map_err(failed)?;
+        let program_path = layout.program(name);
+        remove_pin(&program_path)?;
+        program
+            .pin(&program_path)
+            .map_err(|source| DataplaneError::Pin {
+                path: program_path,
+                source,
+            })?;
+        // Single: the multi modes fail on this kernel with EINVAL, and one
+        // program per hook is all a node needs.
+        let link_id = program
+            .attach(&directory, CgroupAttachMode::Single)
+            .map_err(failed)?;
+        let link = program.take_link(link_id).map_err(failed)?;
+        let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+            path: link_path.clone(),
+            source,
+        })?;
+        link.pin(&link_path).map_err(|source| DataplaneError::Pin {
+            path: link_path,
+            source,
+        })?;
+        tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
+    }
+    Ok(ebpf)
+}
+
+/// Detaches the socket programs (unpinning a link drops its last
+/// reference). Returns whether anything was attached.
+pub fn detach(layout: &PinLayout) -> Result<bool, DataplaneError> {
+    let mut detached = false;
+    for name in PROGRAMS {
+        for path in [layout.link(name, CGROUP_LINK), layout.program(name)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => detached = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DataplaneError::Io { path, source }),
+            }
+        }
+    }
+    Ok(detached)
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTOCOL_TCP,
+            Protocol::Udp => PROTOCOL_UDP,
+        }
+    }
+
+    fn from_number(number: u8) -> Option<Self> {
+        match number {
+            PROTOCOL_TCP => Some(Protocol::Tcp),
+            PROTOCOL_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// What clients dial: a service address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Frontend {
+    fn key(self) -> ServiceKey {
+        ServiceKey {
+            address: u32::from(self.address).to_be(),
+            port: self.port.to_be(),
+            protocol: self.protocol.number(),
+            pad: 0,
+        }
+    }
+
+    fn from_key(key: &ServiceKey) -> Option<Self> {
+        Some(Self {
+            address: Ipv4Addr::from(u32::from_be(key.address)),
+            port: u16::from_be(key.port),
+            protocol: Protocol::from_number(key.protocol)?,
+        })
+    }
+}
+
+fn backend_value(address: SocketAddrV4) -> Backend {
+    Backend {
+        address: u32::from(*address.ip()).to_be(),
+        port: address.port().to_be(),
+        pad: 0,
+    }
+}
+
+fn backend_address(backend: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(backend.address)),
+        u16::from_be(backend.port),
+    )
+}
+
+/// The node's pinned service table.
+pub struct ServiceTable {
+    services: HashMap<MapData, ServiceKey, ServiceEntry>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    services_path: PathBuf,
+    backends_path: PathBuf,
+    /// The next unused service id.
+    next_id: u32,
+}
+
+fn open_map<K: aya::Pod, V: aya::Pod>(
+    path: &Path,
+) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+    let error = |source| DataplaneError::Map {
+        path: path.to_path_buf(),
+        source,
+    };
+    let data = MapData::from_pin(path).map_err(error)?;
+    HashMap::try_from(Map::HashMap(data)).map_err(error)
+}
+
+impl ServiceTable {
+    /// Opens the maps [`attach`] pinned for the node.
+    pub fn open(layout: &PinLayout) -> Result<Self, DataplaneError> {
+        let services_path = layout.map(SERVICES_MAP);
+        let backends_path = layout.map(BACKENDS_MAP);
+        let services = open_map(&services_path)?;
+        let backends = open_map(&backends_path)?;
+        let mut table = Self {
+            services,
+            backends,
+            services_path,
+            backends_path,
+            next_id: 1,
+        };
+        let highest = table
+            .entries()?
+            .into_iter()
+            .map(|(_, entry)| entry.id)
+            .max()
+            .unwrap_or(0);
+        table.next_id = highest + 1;
+        Ok(table)
+    }
+
+    fn services_error(&self) -> impl Fn(MapError) -> DataplaneError + '_ {
+        |source| DataplaneError::Map {
+            path: self.services_path.clone(),
+            source,
+        }
+    }
+
+    fn backends_error(&self) -> impl Fn(MapError) -> DataplaneError + '_ {
+        |source| DataplaneError::Map {
+            path: self.backends_path.clone(),
+            source,
+        }
+    }
+
+    fn entries(&self) -> Result<Vec<(ServiceKey, ServiceEntry)>, DataplaneError> {
+        self.services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.services_error())
+    }
+
+    fn entry(&self, key: &ServiceKey) -> Result<Option<ServiceEntry>, DataplaneError> {
+        match self.services.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(self.services_error()(source)),
+        }
+    }
+
+    /// Makes `frontend` balance over `backends` (none: connections are
+    /// refused). Make-before-break: new slots are written before the count
+    /// takes them in, and the count drops before slots go, so no
+    /// connection is ever sent to an empty slot.
+    pub fn set(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        let key = frontend.key();
+        let (id, old_count) = match self.entry(&key)? {
+            Some(entry) => (entry.id, entry.backends),
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                (id, 0)
+            }
+        };
+        let count = u32::try_from(backends.len()).unwrap_or(u32::MAX);
+        for (slot, backend) in (0..count).zip(backends) {
+            self.backends
+                .insert(BackendKey { service: id, slot }, backend_value(*backend), 0)
+                .map_err(self.backends_error())?;
+        }
+        self.services
+            .insert(
+                key,
+                ServiceEntry {
+                    id,
+                    backends: count,
+                },
+                0,
+            )
+            .map_err(self.services_error())?;
+        for slot in count..old_count {
+            self.remove_slot(id, slot)?;
+        }
+        Ok(())
+    }
+
+    fn remove_slot(&mut self, service: u32, slot: u32) -> Result<(), DataplaneError> {
+        match self.backends.remove(&BackendKey { service, slot }) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(self.backends_error()(source)),
+        }
+    }
+
+    /// Stops balancing `frontend`: the service entry goes first, then its
+    /// backends. Returns whether it was there.
+    pub fn remove(&mut self, frontend: Frontend) -> Result<bool, DataplaneError> {
+        let key = frontend.key();
+        let Some(entry) = self.entry(&key)? else {
+            return Ok(false);
+        };
+        match self.services.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(self.services_error()(source)),
+        }
+        for slot in 0..entry.backends {
+            self.remove_slot(entry.id, slot)?;
+        }
+        Ok(true)
+    }
+
+    /// Every frontend with its backends, decoded, sorted by frontend.
+    pub fn list(&self) -> Result<Vec<(Frontend, Vec<SocketAddrV4>)>, DataplaneError> {
+        let mut services = Vec::new();
+        for (key, entry) in self.entries()? {
+            let Some(frontend) = Frontend::from_key(&key) else {
+                continue;
+            };
+            let mut backends = Vec::with_capacity(entry.backends as usize);
+            for slot in 0..entry.backends {
+                match self.backends.get(
+                    &BackendKey {
+                        service: entry.id,
+                        slot,
+                    },
+                    0,
+                ) {
+                    Ok(backend) => backends.push(backend_address(&backend)),
+                    Err(MapError::KeyNotFound) => {}
+                    Err(source) => return Err(self.backends_error()(source)),
+                }
+            }
+            services.push((frontend, backends));
+        }
+        services.sort();
+        Ok(services)
+    }
+}

@@ -1,0 +1,281 @@
+//! ClusterIP balancing at the socket, for real: orch's connect4, sendmsg4,
+//! recvmsg4 and getpeername4 programs attached to a cgroup2 directory the
+//! test creates, this test process moved into it (cgroup membership is per
+//! process: hence one test in this file), backends listening in a network
+//! namespace the test creates, and clients dialling service addresses from
+//! that namespace. Needs root, BPF and cgroup2; fails (never skips) without
+//! them. Everything made is removed on drop, also when an assertion fails.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use orch_node::dataplane::services::{self, Frontend, Protocol, ServiceTable};
+use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
+
+const BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 250, 0, 1), Ipv4Addr::new(10, 250, 0, 2)];
+const BACKEND_PORT: u16 = 8080;
+const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
+const EMPTY_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 11);
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (run `cargo xtask setup`)"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The namespace, the cgroup (with this process inside) and the node's
+/// pins; undone on drop.
+struct Fixture {
+    netns: String,
+    cgroup_root: PathBuf,
+    cgroup: PathBuf,
+    layout: PinLayout,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test loads eBPF programs, creates a network namespace and a cgroup: run it \
+             as root (CI does; `sudo -E cargo xtask test` locally)"
+        );
+        let pid = std::process::id();
+        let cgroup_root = cgroup2::mount_point().expect("a cgroup2 hierarchy");
+        let bpffs_root = Path::new(bpffs::BPFFS_ROOT);
+        let fixture = Fixture {
+            netns: format!("orch-test-lb-{pid}"),
+            cgroup: cgroup_root.join(format!("orch-test-lb-{pid}")),
+            cgroup_root,
+            layout: PinLayout::new(bpffs_root, &format!("test-lb-{pid}")).expect("layout"),
+        };
+        run("ip", &["netns", "add", &fixture.netns]);
+        run("ip", &["-n", &fixture.netns, "link", "set", "lo", "up"]);
+        for backend in BACKENDS {
+            let address = format!("{backend}/32");
+            run(
+                "ip",
+                &["-n", &fixture.netns, "addr", "add", &address, "dev", "lo"],
+            );
+        }
+        std::fs::create_dir(&fixture.cgroup).expect("create the test cgroup");
+        std::fs::write(fixture.cgroup.join("cgroup.procs"), pid.to_string())
+            .expect("move this process into the test cgroup");
+        fixture
+    }
+
+    /// Runs `work` on a thread inside the test namespace (a thread's
+    /// network namespace is its own; the process stays where it is).
+    fn in_netns<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            let netns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            setns(netns, CloneFlags::CLONE_NEWNET).expect("enter the test namespace");
+            work()
+        })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.cgroup_root.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        let _ = services::detach(&self.layout);
+        let _ = self.layout.remove_all();
+        let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+/// Each backend answers a TCP connection, and a UDP datagram, with its
+/// index.
+fn start_backends(fixture: &Fixture) {
+    for (index, address) in BACKENDS.into_iter().enumerate() {
+        let ready = fixture.in_netns(move || {
+            let tcp = TcpListener::bind((address, BACKEND_PORT)).expect("bind tcp");
+            let udp = UdpSocket::bind((address, BACKEND_PORT)).expect("bind udp");
+            std::thread::spawn(move || {
+                for stream in tcp.incoming() {
+                    let Ok(mut stream) = stream else { return };
+                    let _ = stream.write_all(&[index as u8]);
+                }
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&[index as u8], from);
+                }
+            });
+        });
+        ready.join().expect("backend started");
+    }
+}
+
+/// Which backend answered, and the peer the client's socket reports.
+fn dial_tcp(service: SocketAddrV4) -> std::io::Result<(u8, SocketAddr)> {
+    let mut stream = TcpStream::connect_timeout(&service.into(), Duration::from_secs(5))?;
+    let peer = stream.peer_addr()?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer)?;
+    Ok((answer[0], peer))
+}
+
+#[test]
+fn cluster_ips_balance_at_the_socket() {
+    let fixture = Fixture::new();
+    start_backends(&fixture);
+    let _ebpf = services::attach(&fixture.layout, &fixture.cgroup).expect("attach");
+    let mut table = ServiceTable::open(&fixture.layout).expect("open the service table");
+    let backends: Vec<SocketAddrV4> = BACKENDS
+        .iter()
+        .map(|a| SocketAddrV4::new(*a, BACKEND_PORT))
+        .collect();
+    let tcp = Frontend {
+        address: SERVICE,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let udp = Frontend {
+        address: SERVICE,
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    let empty = Frontend {
+        address: EMPTY_SERVICE,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    table.set(tcp, &backends).expect("tcp service");
+    table.set(udp, &backends).expect("udp service");
+    table.set(empty, &[]).expect("service without endpoints");
+
+    // TCP: spread over both backends, and the client sees the service as
+    // its peer.
+    let spread = fixture
+        .in_netns(|| {
+            let mut answers: BTreeMap<u8, usize> = BTreeMap::new();
+            for _ in 0..40 {
+                let (backend, peer) = dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect");
+                assert_eq!(peer, SocketAddr::from((SERVICE, 80)), "getpeername");
+                *answers.entry(backend).or_default() += 1;
+            }
+            answers
+        })
+        .join()
+        .expect("tcp client");
+    assert_eq!(
+        spread.len(),
+        2,
+        "40 connections all went to one backend: {spread:?}"
+    );
+
+    // UDP, unconnected: the reply comes from the service address.
+    let (answer, from) = fixture
+        .in_netns(|| {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            socket
+                .send_to(b"ping", (SERVICE, 53))
+                .expect("send to the service");
+            let mut buf = [0u8; 8];
+            let (_, from) = socket.recv_from(&mut buf).expect("a reply");
+            (buf[0], from)
+        })
+        .join()
+        .expect("udp client");
+    assert!(usize::from(answer) < BACKENDS.len());
+    assert_eq!(from, SocketAddr::from((SERVICE, 53)), "recvmsg source");
+
+    // No endpoints: refused at once, not after a timeout.
+    let (refused, took) = fixture
+        .in_netns(|| {
+            let started = Instant::now();
+            let result = dial_tcp(SocketAddrV4::new(EMPTY_SERVICE, 80));
+            (result.map(|_| ()).map_err(|e| e.kind()), started.elapsed())
+        })
+        .join()
+        .expect("client of the empty service");
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+
+    // Down to one backend: every new connection goes there.
+    table.set(tcp, &backends[1..]).expect("shrink");
+    let only = fixture
+        .in_netns(|| {
+            (0..10)
+                .map(|_| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect").0)
+                .collect::<Vec<u8>>()
+        })
+        .join()
+        .expect("tcp client");
+    assert_eq!(only, vec![1u8; 10]);
+
+    // The table reads back decoded; a removed service is no longer
+    // translated (the address is nobody's: the connect fails).
+    let listed = table.list().expect("list");
+    assert_eq!(
+        listed,
+        vec![
+            (udp, backends.clone()),
+            (tcp, backends[1..].to_vec()),
+            (empty, Vec::new()),
+        ]
+    );
+    assert!(table.remove(empty).expect("remove"));
+    assert!(!table.remove(empty).expect("remove again"));
+    assert_eq!(table.list().expect("list").len(), 2);
+
+    // orch-node prints the same table decoded.
+    let printed = Command::new(env!("CARGO_BIN_EXE_orch-node"))
+        .args(["--node-name", &format!("test-lb-{}", std::process::id())])
+        .args(["dataplane", "dump"])
+        .output()
+        .expect("orch-node dataplane dump");
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("10.96.100.10:80") && printed.contains("10.250.0.2:8080"),
+        "{printed}"
+    );
+    assert!(printed.contains("10.96.100.10:53"), "{printed}");
+
+    // bpftool shows the pinned map with its field names (BTF).
+    let services_pin = fixture.layout.map("SERVICES");
+    let dump = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&services_pin)
+        .output()
+        .expect("bpftool (run `cargo xtask setup`)");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    for field in ["\"address\"", "\"port\"", "\"protocol\"", "\"backends\""] {
+        assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
+    }
+
+    // A second attach adopts what is pinned and keeps balancing.
+    let again = services::attach(&fixture.layout, &fixture.cgroup).expect("attach again");
+    drop(again);
+    let (backend, _) = fixture
+        .in_netns(|| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect"))
+        .join()
+        .expect("tcp client");
+    assert_eq!(backend, 1);
+}

@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::kubelet::register_node;
 use orch_core::api::{ApiClient, ApiError, ListOptions};
 use orch_core::manifest;
 use orch_core::object::{Kind, Object};
@@ -19,43 +20,6 @@ fn parse(yaml: &str) -> Object {
         .expect("manifest")
         .remove(0)
         .object
-}
-
-/// A node as an agent registers it: Ready (unless `ready` is false), with
-/// `cpu` allocatable and the given labels, spec and extra status.
-async fn register_node(
-    client: &mut ApiClient,
-    name: &str,
-    cpu: &str,
-    labels: &str,
-    spec: &str,
-    ready: bool,
-) {
-    let node = parse(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\nspec: {{{spec}}}\n"
-    ));
-    client.create(&node, false).await.expect("create node");
-    let status = parse(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  capacity: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  allocatable: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  conditions:\n  - {{type: Ready, status: '{}', reason: KubeletReady}}\n",
-        if ready { "True" } else { "False" }
-    ));
-    let Object::Node(status) = status else {
-        panic!("not a node")
-    };
-    // Node IPAM writes the node meanwhile: on a conflict, read again.
-    for _ in 0..10 {
-        let Object::Node(mut node) = client.get(Kind::Node, None, name).await.expect("get node")
-        else {
-            panic!("not a node")
-        };
-        node.status = status.status.clone();
-        match client.update_status(&Object::Node(node)).await {
-            Ok(_) => return,
-            Err(ApiError::Conflict(_)) => continue,
-            Err(error) => panic!("node status: {error}"),
-        }
-    }
-    panic!("node {name}: status kept conflicting");
 }
 
 async fn pod_of(client: &mut ApiClient, name: &str) -> k8s_openapi::api::core::v1::Pod {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use orch_core::api::proto::DeleteRequest;
-use orch_core::api::{ApiClient, ListOptions};
+use orch_core::api::{ApiClient, ApiError, ListOptions};
 use orch_core::object::{Kind, Object};
 
 /// Runs until the returned task is aborted (dropping the handle does not
@@ -108,4 +108,47 @@ async fn renew_lease(client: &mut ApiClient, node: &str) {
             let _ = client.create(&Object::from(lease), false).await;
         }
     }
+}
+
+/// A node as an agent registers it: Ready (unless `ready` is false), with
+/// `cpu` allocatable and the given labels, spec and extra status.
+pub async fn register_node(
+    client: &mut ApiClient,
+    name: &str,
+    cpu: &str,
+    labels: &str,
+    spec: &str,
+    ready: bool,
+) {
+    let parse = |yaml: &str| {
+        orch_core::manifest::parse_str(yaml, "test")
+            .expect("manifest")
+            .remove(0)
+            .object
+    };
+    let node = parse(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\nspec: {{{spec}}}\n"
+    ));
+    client.create(&node, false).await.expect("create node");
+    let status = parse(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  capacity: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  allocatable: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  conditions:\n  - {{type: Ready, status: '{}', reason: KubeletReady}}\n",
+        if ready { "True" } else { "False" }
+    ));
+    let Object::Node(status) = status else {
+        panic!("not a node")
+    };
+    // Node IPAM writes the node meanwhile: on a conflict, read again.
+    for _ in 0..10 {
+        let Object::Node(mut node) = client.get(Kind::Node, None, name).await.expect("get node")
+        else {
+            panic!("not a node")
+        };
+        node.status = status.status.clone();
+        match client.update_status(&Object::Node(node)).await {
+            Ok(_) => return,
+            Err(ApiError::Conflict(_)) => continue,
+            Err(error) => panic!("node status: {error}"),
+        }
+    }
+    panic!("node {name}: status kept conflicting");
 }

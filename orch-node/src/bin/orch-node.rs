@@ -14,8 +14,9 @@ use orch_core::api::config::ClientConfig;
 use orch_node::agent::node_status::{NodeSpecifics, Reserved};
 use orch_node::agent::{self, AgentConfig, machine};
 use orch_node::dataplane::iface_counters::{self, AttachMode};
+use orch_node::dataplane::service_sync;
 use orch_node::dataplane::services::ServiceTable;
-use orch_node::dataplane::{PinLayout, bpffs};
+use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -63,6 +64,11 @@ struct AgentArgs {
     /// How often an unchanged status is written anyway.
     #[arg(long, default_value_t = 300)]
     node_status_report_frequency_seconds: u64,
+    /// The cgroup2 directory whose processes get ClusterIP balancing at
+    /// the socket: absolute, or relative to the cgroup2 mount ("" for the
+    /// whole machine, as a real node wants). Not given: none on this node.
+    #[arg(long)]
+    service_cgroup: Option<PathBuf>,
     /// Registries (host[:port]) to pull from over plain HTTP; loopback
     /// ones always are.
     #[arg(long)]
@@ -215,11 +221,11 @@ fn main() -> Result<()> {
         Some(Command::Shim { pod_dir }) => orch_node::runtime::shim::server::run(&pod_dir)
             .map_err(|e| anyhow::anyhow!("shim {}: {e}", pod_dir.display())),
         Some(Command::Image { command, state_dir }) => run_image(&state_dir, command),
-        None => run_agent(node_name, cli.agent),
+        None => run_agent(node_name, &layout, cli.agent),
     }
 }
 
-fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
+fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<()> {
     let config_path = ClientConfig::locate(args.config.as_deref())
         .context("--config: the client config for the API servers")?;
     let client_config = ClientConfig::load(&config_path)
@@ -335,6 +341,16 @@ fn run_agent(node_name: String, args: AgentArgs) -> Result<()> {
             image_gc,
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
+        let _service_programs = match &args.service_cgroup {
+            Some(cgroup) => {
+                let cgroup = cgroup2::resolve(cgroup).context("--service-cgroup")?;
+                Some(
+                    service_sync::start(layout, &cgroup, client.clone())
+                        .with_context(|| format!("--service-cgroup {}", cgroup.display()))?,
+                )
+            }
+            None => None,
+        };
         shutdown_signal().await;
         tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())

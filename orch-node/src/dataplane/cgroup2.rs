@@ -24,6 +24,15 @@ pub fn mount_point() -> Result<PathBuf, DataplaneError> {
     })
 }
 
+/// `path` as a cgroup2 directory: absolute paths as they are, others
+/// under the cgroup2 mount ("" is the whole machine).
+pub fn resolve(path: &std::path::Path) -> Result<PathBuf, DataplaneError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(mount_point()?.join(path))
+}
+
 /// mountinfo lines: `id parent major:minor root mount-point options ... -
 /// fstype source super-options`.
 fn find(mountinfo: &str) -> Option<PathBuf> {

@@ -1,0 +1,322 @@
+//! kube-proxy's job: Services and EndpointSlices from the API, reconciled
+//! into the node's service table, on the runtime every controller shares
+//! (reflectors into a cache, a work queue of Service keys, workers).
+//!
+//! A ClusterIP port balances over the ready endpoints of the Service's
+//! slices, at the port the slice gives for that port's name. Endpoints that
+//! are not ready (terminating ones included) take no new connections;
+//! connections already made keep their backend, since the socket was
+//! translated when it connected.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use orch_core::api::ApiClient;
+use orch_core::object::{Kind, Object};
+use orch_core::runtime::{Cache, Change, Handler, Next, ObjectRef, WorkQueue, reflector};
+
+use super::DataplaneError;
+use super::services::{Frontend, Protocol, ServiceTable};
+
+/// The label tying an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Service keys reconciled at once: table writes are syscalls of
+/// microseconds, so a few workers keep up with any churn.
+const WORKERS: usize = 4;
+
+/// What the table should hold for a Service: each TCP or UDP port of its
+/// IPv4 ClusterIP, with the ready endpoints behind it (sorted, without
+/// duplicates). Headless and ExternalName Services have no frontend.
+pub fn desired(service: &Service, slices: &[&EndpointSlice]) -> Vec<(Frontend, Vec<SocketAddrV4>)> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let Some(address) = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut wanted = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
+        let protocol = match protocol_name {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            _ => continue,
+        };
+        let Ok(number) = u16::try_from(port.port) else {
+            continue;
+        };
+        let name = port.name.as_deref().unwrap_or_default();
+        let mut backends = BTreeSet::new();
+        for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+            let Some(target) = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or_default() == name
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol_name
+            }) else {
+                continue;
+            };
+            let Some(target) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                // Kubernetes: an unknown readiness counts as ready.
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                if let Some(ip) = endpoint
+                    .addresses
+                    .first()
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                {
+                    backends.insert(SocketAddrV4::new(ip, target));
+                }
+            }
+        }
+        let frontend = Frontend {
+            address,
+            port: number,
+            protocol,
+        };
+        wanted.push((frontend, backends.into_iter().collect()));
+    }
+    wanted
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct ServiceSync {
+    cache: Arc<Cache>,
+    pub queue: Arc<WorkQueue<ObjectRef>>,
+    table: Mutex<ServiceTable>,
+    /// The frontends written for each Service, so the ones it stops having
+    /// are removed.
+    installed: Mutex<HashMap<ObjectRef, BTreeSet<Frontend>>>,
+}
+
+/// Attaches the socket programs to `cgroup`, and keeps the node's service
+/// table in step with the API from a task of its own. The returned object
+/// holds the loaded programs' log buffers.
+pub fn start(
+    layout: &super::PinLayout,
+    cgroup: &std::path::Path,
+    client: ApiClient,
+) -> Result<aya::Ebpf, DataplaneError> {
+    let ebpf = super::services::attach(layout, cgroup)?;
+    let sync = ServiceSync::new(ServiceTable::open(layout)?);
+    tokio::spawn(sync.run(client));
+    Ok(ebpf)
+}
+
+/// The Service an object is about: itself, or the one a slice is labelled
+/// with.
+fn service_of(object: &Object) -> Option<ObjectRef> {
+    let meta = object.metadata();
+    let name = match object.kind() {
+        Kind::Service => meta.name.clone()?,
+        Kind::EndpointSlice => meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone(),
+        _ => return None,
+    };
+    Some(ObjectRef {
+        kind: Kind::Service,
+        namespace: meta.namespace.clone(),
+        name,
+    })
+}
+
+impl ServiceSync {
+    pub fn new(table: ServiceTable) -> Arc<Self> {
+        Arc::new(Self {
+            cache: Cache::new(),
+            queue: WorkQueue::new(),
+            table: Mutex::new(table),
+            installed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn handler(self: &Arc<Self>) -> Handler {
+        let queue = self.queue.clone();
+        Arc::new(move |change: Change| {
+            let object = match &change {
+                Change::Applied { new, .. } => new,
+                Change::Deleted(old) => old,
+            };
+            if let Some(key) = service_of(object) {
+                queue.add(key);
+            }
+        })
+    }
+
+    /// Follows Services and EndpointSlices through `client` and keeps the
+    /// table in step, until the task is dropped. Once both kinds are
+    /// listed, every frontend no Service wants (left by an earlier agent,
+    /// or by a Service deleted while no agent ran) is removed.
+    pub async fn run(self: Arc<Self>, client: ApiClient) {
+        let handler = self.handler();
+        let mut synced = Vec::new();
+        for kind in [Kind::Service, Kind::EndpointSlice] {
+            let (sender, receiver) = tokio::sync::watch::channel(false);
+            synced.push(receiver);
+            tokio::spawn(reflector::reflect(
+                client.clone(),
+                kind,
+                self.cache.clone(),
+                handler.clone(),
+                sender,
+            ));
+        }
+        for mut receiver in synced {
+            if receiver.wait_for(|synced| *synced).await.is_err() {
+                return;
+            }
+        }
+        for service in self.cache.select_kind(Kind::Service, |_| true) {
+            if let Err(error) = self.reconcile(ObjectRef::of(&service)) {
+                tracing::warn!(%error, "service table: first sync");
+            }
+        }
+        if let Err(error) = self.remove_orphans() {
+            tracing::warn!(%error, "service table: removing what no Service wants");
+        }
+        let sync = self.clone();
+        orch_core::runtime::run_workers("service-table", self.queue.clone(), WORKERS, move |key| {
+            let sync = sync.clone();
+            async move { sync.reconcile(key) }
+        })
+        .await;
+    }
+
+    /// Writes the frontends of one Service and removes those it no longer
+    /// has.
+    pub fn reconcile(&self, key: ObjectRef) -> Result<Next, DataplaneError> {
+        let wanted = match self.cache.get(&key).as_deref() {
+            Some(Object::Service(service)) => {
+                let namespace = key.namespace.as_deref();
+                let slices = self
+                    .cache
+                    .select_in(Kind::EndpointSlice, namespace, |object| {
+                        service_of(object).as_ref() == Some(&key)
+                    });
+                let slices: Vec<&EndpointSlice> = slices
+                    .iter()
+                    .filter_map(|object| match object.as_ref() {
+                        Object::EndpointSlice(slice) => Some(slice.as_ref()),
+                        _ => None,
+                    })
+                    .collect();
+                desired(service, &slices)
+            }
+            _ => Vec::new(),
+        };
+        let now: BTreeSet<Frontend> = wanted.iter().map(|(frontend, _)| *frontend).collect();
+        let mut table = lock(&self.table);
+        for (frontend, backends) in &wanted {
+            table.set(*frontend, backends)?;
+        }
+        let mut installed = lock(&self.installed);
+        let before = installed.remove(&key).unwrap_or_default();
+        for gone in before.difference(&now) {
+            table.remove(*gone)?;
+        }
+        if !now.is_empty() {
+            installed.insert(key, now);
+        }
+        Ok(Next::Done)
+    }
+
+    fn remove_orphans(&self) -> Result<(), DataplaneError> {
+        let wanted: BTreeSet<Frontend> = lock(&self.installed)
+            .values()
+            .flat_map(|frontends| frontends.iter().copied())
+            .collect();
+        let mut table = lock(&self.table);
+        for (frontend, _) in table.list()? {
+            if !wanted.contains(&frontend) {
+                table.remove(frontend)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+        serde_yaml_ng::from_str(yaml).expect("yaml")
+    }
+
+    #[test]
+    fn ports_balance_over_ready_endpoints_at_the_named_target_port() {
+        let service: Service = parse(
+            "metadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n  - {name: sctp, port: 99, protocol: SCTP}\n",
+        );
+        let slice: EndpointSlice = parse(
+            "metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\n- {name: dns, port: 5353, protocol: UDP}\nendpoints:\n- addresses: [10.244.1.5]\n  conditions: {ready: true}\n- addresses: [10.244.2.7]\n- addresses: [10.244.3.9]\n  conditions: {ready: false, terminating: true}\n",
+        );
+        let other: EndpointSlice = parse(
+            "metadata: {name: web-2, namespace: default}\naddressType: IPv4\nports:\n- {name: http, port: 9090}\nendpoints:\n- addresses: [10.244.1.5]\n",
+        );
+        let wanted = desired(&service, &[&slice, &other]);
+        let http = Frontend {
+            address: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let dns = Frontend {
+            port: 53,
+            protocol: Protocol::Udp,
+            ..http
+        };
+        assert_eq!(
+            wanted,
+            vec![
+                (
+                    http,
+                    vec![
+                        "10.244.1.5:8080".parse().expect("addr"),
+                        "10.244.1.5:9090".parse().expect("addr"),
+                        "10.244.2.7:8080".parse().expect("addr"),
+                    ]
+                ),
+                (
+                    dns,
+                    vec![
+                        "10.244.1.5:5353".parse().expect("addr"),
+                        "10.244.2.7:5353".parse().expect("addr"),
+                    ]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn headless_and_external_name_services_have_no_frontend() {
+        for spec in [
+            "clusterIP: None\n  ports: [{port: 80}]",
+            "type: ExternalName\n  externalName: example.com\n  ports: [{port: 80}]",
+        ] {
+            let service: Service = parse(&format!("metadata: {{name: x}}\nspec:\n  {spec}\n"));
+            assert!(desired(&service, &[]).is_empty(), "{spec}");
+        }
+    }
+}

@@ -38,13 +38,14 @@ impl NodeDataplane {
         let cgroup = cgroup2::mount_point()
             .expect("a cgroup2 hierarchy")
             .join(format!("orch-{name}"));
-        std::fs::create_dir(&cgroup).expect("create the test cgroup");
         let layout = PinLayout::new(Path::new(bpffs::BPFFS_ROOT), &name).expect("layout");
-        Self {
+        let made = Self {
             name,
             layout,
             cgroup,
-        }
+        };
+        std::fs::create_dir(&made.cgroup).expect("create the test cgroup");
+        made
     }
 }
 

@@ -201,8 +201,10 @@ pub fn parse_str(text: &str, source: &str) -> Result<Vec<Document>, ManifestErro
 }
 
 /// Decodes `text` as one JSON object (what API clients send) with
-/// serde_json instead of the YAML parser: the same type checks, field paths
-/// and warnings as [`parse_str`], for a fraction of the cost. `None` when
+/// serde_json instead of the YAML parser: the same field paths and
+/// warnings as [`parse_str`], for a fraction of the cost. Types are JSON's,
+/// as Kubernetes' API server takes them: a number where a string belongs is
+/// an error here, where YAML's plain scalars pass as strings. `None` when
 /// `text` is not a single JSON object of one kind (YAML, a `List`, a syntax
 /// error): the caller then goes the general way, whose messages name lines.
 pub fn parse_json(text: &str, source: &str) -> Option<Result<Document, ManifestErrors>> {
@@ -534,8 +536,8 @@ mod tests {
 
     #[test]
     fn json_decodes_like_the_general_path() {
-        // What API clients send: the fast path must give the same object,
-        // warnings and errors as the YAML parser would.
+        // What API clients send: the fast path must give the same object
+        // and warnings as the YAML parser would, and name the same paths.
         let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","colour":"red"},"spec":{"containers":[{"name":"a","image":"busybox","frobnicate":1}]}}"#;
         let fast = parse_json(pod, "request").expect("json").expect("decodes");
         let general = parse_str(pod, "request").expect("decodes").remove(0);

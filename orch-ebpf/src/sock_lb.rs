@@ -59,8 +59,15 @@ pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
 fn forward(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: the kernel hands sock_addr programs a valid bpf_sock_addr.
-    let (address, user_port, protocol) =
-        unsafe { ((*addr).user_ip4, (*addr).user_port, (*addr).protocol) };
+    // `protocol` is read whole: the verifier takes only 4-byte loads of it,
+    // and a narrowing cast could let the compiler load one byte.
+    let (address, user_port, protocol) = unsafe {
+        (
+            (*addr).user_ip4,
+            (*addr).user_port,
+            core::ptr::read_volatile(&(*addr).protocol),
+        )
+    };
     let key = ServiceKey {
         address,
         port: user_port as u16,
@@ -77,11 +84,33 @@ fn forward(ctx: &SockAddrContext) -> i32 {
         return refuse();
     }
     // SAFETY: a helper without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % count;
+    let pick = unsafe { bpf_get_prandom_u32() };
     // SAFETY: as above.
-    let Some(backend) = (unsafe { BACKENDS.get(BackendKey { service: id, slot }) }) else {
-        // Only while the agent repairs a table it found inconsistent.
-        return refuse();
+    let backend = match unsafe {
+        BACKENDS.get(BackendKey {
+            service: id,
+            slot: pick % count,
+        })
+    } {
+        Some(backend) => backend,
+        None => {
+            // The agent shrank the service between our two reads (count
+            // first, then the slots): look at the new count once more.
+            // SAFETY: as above.
+            let Some(service) = (unsafe { SERVICES.get(key) }) else {
+                return ALLOW;
+            };
+            let count = service.backends;
+            if count == 0 {
+                return refuse();
+            }
+            let slot = pick % count;
+            // SAFETY: as above.
+            match unsafe { BACKENDS.get(BackendKey { service: id, slot }) } {
+                Some(backend) => backend,
+                None => return refuse(),
+            }
+        }
     };
     let (backend_address, backend_port) = (backend.address, backend.port);
     // SAFETY: the context pointer is valid for this helper.

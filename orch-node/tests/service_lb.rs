@@ -39,9 +39,20 @@ fn run(program: &str, args: &[&str]) {
 /// pins; undone on drop.
 struct Fixture {
     netns: String,
-    cgroup_root: PathBuf,
+    /// The cgroup2 directory this process was in, to go back to.
+    cgroup_before: PathBuf,
     cgroup: PathBuf,
     layout: PinLayout,
+}
+
+/// This process's cgroup2 directory (`0::/path` in /proc/self/cgroup).
+fn own_cgroup(root: &Path) -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or("/");
+    root.join(path.trim_start_matches('/'))
 }
 
 impl Fixture {
@@ -57,7 +68,7 @@ impl Fixture {
         let fixture = Fixture {
             netns: format!("orch-test-lb-{pid}"),
             cgroup: cgroup_root.join(format!("orch-test-lb-{pid}")),
-            cgroup_root,
+            cgroup_before: own_cgroup(&cgroup_root),
             layout: PinLayout::new(bpffs_root, &format!("test-lb-{pid}")).expect("layout"),
         };
         run("ip", &["netns", "add", &fixture.netns]);
@@ -93,7 +104,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::write(
-            self.cgroup_root.join("cgroup.procs"),
+            self.cgroup_before.join("cgroup.procs"),
             std::process::id().to_string(),
         );
         let _ = services::detach(&self.layout);

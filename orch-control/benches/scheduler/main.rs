@@ -5,9 +5,9 @@
 //!
 //! - backlog: 30,000 pods are created while the scheduler is off, then
 //!   the replicas restart with it on; printed: pods bound per second from
-//!   the first binding to the last (the scheduler's own rate, with the
-//!   API and store under it), and the time from the restart to the first
-//!   binding (election, controller lease, relist);
+//!   the moment the bench watches again to the last binding, over the pods
+//!   not yet bound then (the scheduler's own rate, with the API and store
+//!   under it);
 //! - steady: 30,000 more pods are created while the scheduler runs;
 //!   printed: pods bound per second from the first create to the last
 //!   binding, and created -> bound p50/p99. Creating pods through the same
@@ -162,6 +162,25 @@ async fn create_pods(
     .await
 }
 
+/// Pods that have a node now.
+async fn bound_count(client: &mut ApiClient) -> Result<usize> {
+    let pods = client
+        .list(Kind::Pod, None, &ListOptions::default())
+        .await?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|pod| match pod {
+            Object::Pod(pod) => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| !n.is_empty()),
+            _ => false,
+        })
+        .count())
+}
+
 /// The store's revision now (a list's resourceVersion), to watch from.
 async fn current_revision(client: &ApiClient) -> Result<String> {
     let options = ListOptions {
@@ -260,14 +279,19 @@ async fn main() -> Result<()> {
     let mut probe = clients[0].clone();
     let bound: Bound = Arc::default();
     watch_bindings(probe.clone(), backlog_revision, bound.clone());
+    // The scheduler may have started before the watch: bindings made
+    // until now arrive replayed, stamped late. They are counted and left
+    // out of the rate, which runs from here.
+    let watching = Instant::now();
+    let bound_before = bound_count(&mut probe).await?;
     until_bound(&bound, &backlog, Duration::from_secs(900)).await?;
-    let (first_backlog, last_backlog) = {
+    let last_backlog = {
         let bound = bound.lock().unwrap_or_else(|p| p.into_inner());
-        let times = backlog.iter().filter_map(|n| bound.get(n).copied());
-        (
-            times.clone().min().context("no bindings")?,
-            times.max().context("no bindings")?,
-        )
+        backlog
+            .iter()
+            .filter_map(|n| bound.get(n).copied())
+            .max()
+            .context("no bindings")?
     };
 
     eprintln!("bench scheduler: creating {pods} pods with the scheduler running...");
@@ -361,13 +385,16 @@ async fn main() -> Result<()> {
         "",
     );
     row(
-        "backlog: restart -> first binding, s",
-        format!("{:.1}", (first_backlog - restarted).as_secs_f64()),
+        "backlog: restart -> watching, s",
+        format!("{:.1}", (watching - restarted).as_secs_f64()),
         "",
     );
     row(
-        "backlog: pods bound per second (first to last binding)",
-        rate(pods.saturating_sub(1), last_backlog - first_backlog),
+        &format!(
+            "backlog: pods bound per second (the {} bound after that)",
+            pods - bound_before
+        ),
+        rate(pods - bound_before, last_backlog - watching),
         ">= 3000",
     );
     row(

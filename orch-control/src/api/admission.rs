@@ -91,12 +91,14 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     // The kernel's random source, opened once (every create takes a uid);
     // on the (theoretical) failure fall back to the clock, still unique
     // enough for a name suffix.
-    static URANDOM: std::sync::OnceLock<std::io::Result<std::fs::File>> =
-        std::sync::OnceLock::new();
-    let read = match URANDOM.get_or_init(|| std::fs::File::open("/dev/urandom")) {
-        Ok(file) => std::io::Read::read_exact(&mut &*file, &mut bytes),
-        Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+    // Only a successful open is kept: a failed one (EMFILE under load) is
+    // tried again next time.
+    static URANDOM: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let file = match URANDOM.get() {
+        Some(file) => Ok(file),
+        None => std::fs::File::open("/dev/urandom").map(|file| URANDOM.get_or_init(|| file)),
     };
+    let read = file.and_then(|file| std::io::Read::read_exact(&mut &*file, &mut bytes));
     if read.is_err() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

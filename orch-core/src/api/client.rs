@@ -183,7 +183,18 @@ impl ApiClient {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        let client = GrpcClient::new(transport(service))
+        // Each call on a task of its own, as the network server runs it: a
+        // panic in a handler fails that call, not the caller's task, and a
+        // caller that gives up does not cut the handler's write short.
+        let isolated = tower::service_fn(move |request: http::Request<Body>| {
+            let service = service.clone();
+            async move {
+                let call =
+                    tokio::spawn(async move { service.oneshot(request).await.map_err(Into::into) });
+                call.await.map_err(BoxError::from)?
+            }
+        });
+        let client = GrpcClient::new(transport(isolated))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         Self {
@@ -349,8 +360,8 @@ impl ApiClient {
             .await
     }
 
-    /// Binds pod `namespace/name` to `node` (what the scheduler does);
-    /// returns the bound pod. A pod already bound is `Conflict`.
+    /// Binds pod `namespace/name` to `node` (what the scheduler does).
+    /// A pod already bound is `Conflict`.
     pub async fn bind(&mut self, namespace: &str, name: &str, node: &str) -> Result<(), ApiError> {
         let binding = serde_json::json!({
             "apiVersion": "v1",

@@ -43,7 +43,9 @@ pub struct ServiceKey {
 
 /// A frontend's backends: slots `0..backends` of service `id` in
 /// [`BACKENDS_MAP`]. Writers fill slots before raising `backends` and lower
-/// it before removing slots, so a reader never picks an empty slot.
+/// it before removing slots; a reader that read the count just before a
+/// shrink and finds its slot gone reads the count again, so a live
+/// service is never refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceEntry {

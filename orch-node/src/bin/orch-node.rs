@@ -341,16 +341,12 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             image_gc,
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
-        let _service_programs = match &args.service_cgroup {
-            Some(cgroup) => {
-                let cgroup = cgroup2::resolve(cgroup).context("--service-cgroup")?;
-                Some(
-                    service_sync::start(layout, &cgroup, client.clone())
-                        .with_context(|| format!("--service-cgroup {}", cgroup.display()))?,
-                )
-            }
+        let cgroup = match &args.service_cgroup {
+            Some(cgroup) => Some(cgroup2::resolve(cgroup).context("--service-cgroup")?),
             None => None,
         };
+        let _service_programs = service_sync::start(layout, cgroup.as_deref(), client.clone())
+            .context("--service-cgroup: service balancing")?;
         shutdown_signal().await;
         tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())

@@ -107,23 +107,41 @@ pub struct ServiceSync {
     cache: Arc<Cache>,
     pub queue: Arc<WorkQueue<ObjectRef>>,
     table: Mutex<ServiceTable>,
-    /// The frontends written for each Service, so the ones it stops having
-    /// are removed.
-    installed: Mutex<HashMap<ObjectRef, BTreeSet<Frontend>>>,
+    /// What was written: the frontends of each Service, and the Service
+    /// owning each frontend (a deleted Service's address may already be a
+    /// new Service's, whose entry must then stay).
+    installed: Mutex<Installed>,
 }
 
-/// Attaches the socket programs to `cgroup`, and keeps the node's service
-/// table in step with the API from a task of its own. The returned object
-/// holds the loaded programs' log buffers.
+#[derive(Default)]
+struct Installed {
+    by_service: HashMap<ObjectRef, BTreeSet<Frontend>>,
+    owner: HashMap<Frontend, ObjectRef>,
+}
+
+/// With a `cgroup`: attaches the socket programs to it and keeps the
+/// node's service table in step with the API from a task of its own (the
+/// returned object holds the loaded programs). Without: detaches what an
+/// earlier run attached, so a node started without service balancing has
+/// none, rather than a table frozen at its last state.
+///
+/// An attachment found pinned is adopted as it is, whatever cgroup it hangs
+/// off: to move it, `orch-node dataplane remove` first.
 pub fn start(
     layout: &super::PinLayout,
-    cgroup: &std::path::Path,
+    cgroup: Option<&std::path::Path>,
     client: ApiClient,
-) -> Result<aya::Ebpf, DataplaneError> {
+) -> Result<Option<aya::Ebpf>, DataplaneError> {
+    let Some(cgroup) = cgroup else {
+        if super::services::detach(layout)? {
+            tracing::info!("service balancing detached (started without --service-cgroup)");
+        }
+        return Ok(None);
+    };
     let ebpf = super::services::attach(layout, cgroup)?;
     let sync = ServiceSync::new(ServiceTable::open(layout)?);
     tokio::spawn(sync.run(client));
-    Ok(ebpf)
+    Ok(Some(ebpf))
 }
 
 /// The Service an object is about: itself, or the one a slice is labelled
@@ -148,7 +166,7 @@ impl ServiceSync {
             cache: Cache::new(),
             queue: WorkQueue::new(),
             table: Mutex::new(table),
-            installed: Mutex::new(HashMap::new()),
+            installed: Mutex::new(Installed::default()),
         })
     }
 
@@ -228,25 +246,33 @@ impl ServiceSync {
         };
         let now: BTreeSet<Frontend> = wanted.iter().map(|(frontend, _)| *frontend).collect();
         let mut table = lock(&self.table);
+        let mut installed = lock(&self.installed);
+        let before = installed.by_service.remove(&key).unwrap_or_default();
+        // Until every write went through, the key keeps both sets: a retry
+        // then still knows what to remove.
+        installed
+            .by_service
+            .insert(key.clone(), before.union(&now).copied().collect());
         for (frontend, backends) in &wanted {
             table.set(*frontend, backends)?;
+            installed.owner.insert(*frontend, key.clone());
         }
-        let mut installed = lock(&self.installed);
-        let before = installed.remove(&key).unwrap_or_default();
         for gone in before.difference(&now) {
-            table.remove(*gone)?;
+            if installed.owner.get(gone) == Some(&key) {
+                table.remove(*gone)?;
+                installed.owner.remove(gone);
+            }
         }
-        if !now.is_empty() {
-            installed.insert(key, now);
+        if now.is_empty() {
+            installed.by_service.remove(&key);
+        } else {
+            installed.by_service.insert(key, now);
         }
         Ok(Next::Done)
     }
 
     fn remove_orphans(&self) -> Result<(), DataplaneError> {
-        let wanted: BTreeSet<Frontend> = lock(&self.installed)
-            .values()
-            .flat_map(|frontends| frontends.iter().copied())
-            .collect();
+        let wanted: BTreeSet<Frontend> = lock(&self.installed).owner.keys().copied().collect();
         let mut table = lock(&self.table);
         for (frontend, _) in table.list()? {
             if !wanted.contains(&frontend) {

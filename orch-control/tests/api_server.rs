@@ -589,38 +589,29 @@ async fn a_pod_is_bound_to_a_node_once() {
             .await
             .expect("connect"),
     );
-    let refused = raw
-        .bind(orch_core::api::proto::ObjectRequest {
-            resource: "pods".into(),
-            namespace: "default".into(),
-            object: br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"waiting"},"target":{"kind":"Service","name":"x"}}"#.to_vec(),
-            dry_run: false,
-        })
-        .await
-        .expect_err("a binding to a non-node");
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("target.kind"),
-        "{}",
-        refused.message()
-    );
-    let refused = raw
-        .bind(orch_core::api::proto::ObjectRequest {
-            resource: "pods".into(),
-            namespace: "default".into(),
-            object: br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"waiting"},"target":{"kind":"Node","name":"Node_1"}}"#.to_vec(),
-            dry_run: false,
-        })
-        .await
-        .expect_err("a node name that is no DNS subdomain");
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused
-            .message()
-            .contains("target.name: Invalid value: \"Node_1\""),
-        "{}",
-        refused.message()
-    );
+    // Bad bindings, each refused with the field it got wrong.
+    for (target, field) in [
+        (r#"{"kind":"Service","name":"x"}"#, "target.kind"),
+        (
+            r#"{"kind":"Node","name":"Node_1"}"#,
+            "target.name: Invalid value: \"Node_1\"",
+        ),
+    ] {
+        let binding = format!(
+            r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"waiting"}},"target":{target}}}"#
+        );
+        let refused = raw
+            .bind(orch_core::api::proto::ObjectRequest {
+                resource: "pods".into(),
+                namespace: "default".into(),
+                object: binding.into_bytes(),
+                dry_run: false,
+            })
+            .await
+            .expect_err(target);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains(field), "{}", refused.message());
+    }
     let after = client
         .get(Kind::Pod, Some("default"), "waiting")
         .await

@@ -3,10 +3,13 @@
 //! programs, real ICMP traffic, and the counters read back through orch-node
 //! and through bpftool. Needs root and BPF; fails (never skips) without them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::run;
 use serde_json::Value;
 
 const ORCH_NODE: &str = env!("CARGO_BIN_EXE_orch-node");
@@ -23,20 +26,6 @@ fn require_root() {
         "this test loads eBPF programs and creates network namespaces: run it as root \
          (CI does; `sudo -E cargo xtask test` locally)"
     );
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (run `cargo xtask setup`)"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// A veth pair: `host` in this namespace, its peer in a namespace of its own.

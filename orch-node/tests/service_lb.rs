@@ -6,6 +6,8 @@
 //! that namespace. Needs root, BPF and cgroup2; fails (never skips) without
 //! them. Everything made is removed on drop, also when an assertion fails.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::run;
 use nix::sched::{CloneFlags, setns};
 use orch_node::dataplane::services::{self, Frontend, Protocol, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
@@ -22,18 +25,6 @@ const BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 250, 0, 1), Ipv4Addr::new(10,
 const BACKEND_PORT: u16 = 8080;
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 10);
 const EMPTY_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 11);
-
-fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (run `cargo xtask setup`)"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// The namespace, the cgroup (with this process inside) and the node's
 /// pins; undone on drop.

@@ -86,16 +86,35 @@ impl std::error::Error for TransportError {
     }
 }
 
-fn transport<S>(service: S) -> Transport
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
+/// What can carry the API's calls: a TLS channel, or the API server's own
+/// service.
+pub trait Carrier:
+    Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Carrier for S where
+    S: Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
         + Send
         + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+        + 'static
 {
+}
+
+fn transport<S: Carrier>(service: S) -> Transport {
     BoxCloneSyncService::new(service.map_err(|error| TransportError(error.into())))
 }
 
@@ -173,16 +192,7 @@ impl ApiClient {
     /// in memory: what the controller manager uses to reach its own
     /// replica. Nothing is authenticated on this path (the caller is the
     /// server's own process), and nothing is encrypted (nothing leaves it).
-    pub fn in_process<S>(service: S, timeout: Duration) -> Self
-    where
-        S: Service<http::Request<Body>, Response = http::Response<Body>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
+    pub fn in_process<S: Carrier>(service: S, timeout: Duration) -> Self {
         // Each call on a task of its own, as the network server runs it: a
         // panic in a handler fails that call, not the caller's task, and a
         // caller that gives up does not cut the handler's write short.

@@ -15,7 +15,7 @@ use orch_ebpf_common::{
     IfaceCounters, IfaceKey,
 };
 
-use super::{DataplaneError, PinLayout, kernel_object};
+use super::{DataplaneError, PinLayout, kernel_object, remove_pin};
 
 /// How the classifier is hooked into an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,17 +232,6 @@ fn open_pinned_link(path: &std::path::Path) -> Result<Option<PinnedLink>, Datapl
             path: path.to_path_buf(),
             source,
         })
-}
-
-fn remove_pin(path: &std::path::Path) -> Result<(), DataplaneError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 /// Traffic through one interface in one direction, summed over CPUs.

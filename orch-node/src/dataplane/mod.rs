@@ -149,6 +149,19 @@ impl PinLayout {
     }
 }
 
+/// Removes one pin (a program, link or map); returns whether it was there.
+/// Unpinning a link drops the reference that kept it attached.
+pub(crate) fn remove_pin(path: &Path) -> Result<bool, DataplaneError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(DataplaneError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 fn check_pin_component(what: &'static str, value: &str) -> Result<(), DataplaneError> {
     let reason = if value.is_empty() {
         Some("must not be empty")

@@ -19,7 +19,7 @@ use orch_ebpf_common::service::{
     SOCK_SENDMSG4_PROG, ServiceEntry, ServiceKey,
 };
 
-use super::{DataplaneError, PinLayout, kernel_object};
+use super::{DataplaneError, PinLayout, kernel_object, remove_pin};
 
 const PROGRAMS: [&str; 4] = [
     SOCK_CONNECT4_PROG,
@@ -91,25 +91,10 @@ pub fn detach(layout: &PinLayout) -> Result<bool, DataplaneError> {
     let mut detached = false;
     for name in PROGRAMS {
         for path in [layout.link(name, CGROUP_LINK), layout.program(name)] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => detached = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DataplaneError::Io { path, source }),
-            }
+            detached |= remove_pin(&path)?;
         }
     }
     Ok(detached)
-}
-
-fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -164,9 +164,6 @@ impl Registry {
                 });
             }
         }
-        Err(ApiError::Conflict(format!(
-            "pods \"{}\": too many concurrent writers; try again",
-            target.pod
-        )))
+        Err(super::write::contended(Kind::Pod, &target.pod))
     }
 }

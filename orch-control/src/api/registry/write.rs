@@ -38,6 +38,14 @@ const SERVER_OWNED: &[&str] = &[
     "generation",
 ];
 
+/// Every attempt lost its race to another writer.
+pub(super) fn contended(kind: Kind, name: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "{} \"{name}\": too many concurrent writers; try again",
+        resource_name(kind)
+    ))
+}
+
 enum Attempt {
     Done(Written),
     /// Someone wrote in between: read again.
@@ -179,10 +187,7 @@ impl Registry {
                 Attempt::Raced => {}
             }
         }
-        Err(ApiError::Conflict(format!(
-            "{} \"{name}\": too many concurrent writers; try again",
-            resource_name(kind)
-        )))
+        Err(contended(kind, name))
     }
 
     async fn write_replacement(

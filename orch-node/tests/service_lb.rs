@@ -9,15 +9,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::run;
-use nix::sched::{CloneFlags, setns};
+use common::{in_netns, run};
 use orch_node::dataplane::services::{self, Frontend, Protocol, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
 
@@ -76,20 +74,6 @@ impl Fixture {
             .expect("move this process into the test cgroup");
         fixture
     }
-
-    /// Runs `work` on a thread inside the test namespace (a thread's
-    /// network namespace is its own; the process stays where it is).
-    fn in_netns<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.netns);
-        std::thread::spawn(move || {
-            let netns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            setns(netns, CloneFlags::CLONE_NEWNET).expect("enter the test namespace");
-            work()
-        })
-    }
 }
 
 impl Drop for Fixture {
@@ -111,7 +95,7 @@ impl Drop for Fixture {
 /// index.
 fn start_backends(fixture: &Fixture) {
     for (index, address) in BACKENDS.into_iter().enumerate() {
-        let ready = fixture.in_netns(move || {
+        let ready = in_netns(&fixture.netns, move || {
             let tcp = TcpListener::bind((address, BACKEND_PORT)).expect("bind tcp");
             let udp = UdpSocket::bind((address, BACKEND_PORT)).expect("bind udp");
             std::thread::spawn(move || {
@@ -171,18 +155,17 @@ fn cluster_ips_balance_at_the_socket() {
 
     // TCP: spread over both backends, and the client sees the service as
     // its peer.
-    let spread = fixture
-        .in_netns(|| {
-            let mut answers: BTreeMap<u8, usize> = BTreeMap::new();
-            for _ in 0..40 {
-                let (backend, peer) = dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect");
-                assert_eq!(peer, SocketAddr::from((SERVICE, 80)), "getpeername");
-                *answers.entry(backend).or_default() += 1;
-            }
-            answers
-        })
-        .join()
-        .expect("tcp client");
+    let spread = in_netns(&fixture.netns, || {
+        let mut answers: BTreeMap<u8, usize> = BTreeMap::new();
+        for _ in 0..40 {
+            let (backend, peer) = dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect");
+            assert_eq!(peer, SocketAddr::from((SERVICE, 80)), "getpeername");
+            *answers.entry(backend).or_default() += 1;
+        }
+        answers
+    })
+    .join()
+    .expect("tcp client");
     assert_eq!(
         spread.len(),
         2,
@@ -190,46 +173,43 @@ fn cluster_ips_balance_at_the_socket() {
     );
 
     // UDP, unconnected: the reply comes from the service address.
-    let (answer, from) = fixture
-        .in_netns(|| {
-            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            socket
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            socket
-                .send_to(b"ping", (SERVICE, 53))
-                .expect("send to the service");
-            let mut buf = [0u8; 8];
-            let (_, from) = socket.recv_from(&mut buf).expect("a reply");
-            (buf[0], from)
-        })
-        .join()
-        .expect("udp client");
+    let (answer, from) = in_netns(&fixture.netns, || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        socket
+            .send_to(b"ping", (SERVICE, 53))
+            .expect("send to the service");
+        let mut buf = [0u8; 8];
+        let (_, from) = socket.recv_from(&mut buf).expect("a reply");
+        (buf[0], from)
+    })
+    .join()
+    .expect("udp client");
     assert!(usize::from(answer) < BACKENDS.len());
     assert_eq!(from, SocketAddr::from((SERVICE, 53)), "recvmsg source");
 
     // No endpoints: refused at once, not after a timeout.
-    let (refused, took) = fixture
-        .in_netns(|| {
-            let started = Instant::now();
-            let result = dial_tcp(SocketAddrV4::new(EMPTY_SERVICE, 80));
-            (result.map(|_| ()).map_err(|e| e.kind()), started.elapsed())
-        })
-        .join()
-        .expect("client of the empty service");
+    let (refused, took) = in_netns(&fixture.netns, || {
+        let started = Instant::now();
+        let result = dial_tcp(SocketAddrV4::new(EMPTY_SERVICE, 80));
+        (result.map(|_| ()).map_err(|e| e.kind()), started.elapsed())
+    })
+    .join()
+    .expect("client of the empty service");
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
     assert!(took < Duration::from_millis(500), "refusal took {took:?}");
 
     // Down to one backend: every new connection goes there.
     table.set(tcp, &backends[1..]).expect("shrink");
-    let only = fixture
-        .in_netns(|| {
-            (0..10)
-                .map(|_| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect").0)
-                .collect::<Vec<u8>>()
-        })
-        .join()
-        .expect("tcp client");
+    let only = in_netns(&fixture.netns, || {
+        (0..10)
+            .map(|_| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect").0)
+            .collect::<Vec<u8>>()
+    })
+    .join()
+    .expect("tcp client");
     assert_eq!(only, vec![1u8; 10]);
 
     // The table reads back decoded; a removed service is no longer
@@ -275,9 +255,10 @@ fn cluster_ips_balance_at_the_socket() {
     // A second attach adopts what is pinned and keeps balancing.
     let again = services::attach(&fixture.layout, &fixture.cgroup).expect("attach again");
     drop(again);
-    let (backend, _) = fixture
-        .in_netns(|| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect"))
-        .join()
-        .expect("tcp client");
+    let (backend, _) = in_netns(&fixture.netns, || {
+        dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect")
+    })
+    .join()
+    .expect("tcp client");
     assert_eq!(backend, 1);
 }

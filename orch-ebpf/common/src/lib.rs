@@ -4,6 +4,7 @@
 //! `bpftool map dump` prints them.
 #![no_std]
 
+pub mod pod;
 pub mod service;
 
 /// Name of the per-interface traffic counter map (also its pin name).
@@ -15,6 +16,15 @@ pub const IFACE_INGRESS_PROG: &str = "iface_count_ingress";
 pub const IFACE_EGRESS_PROG: &str = "iface_count_egress";
 /// Capacity of [`IFACE_COUNTERS_MAP`]: two directions for this many interfaces.
 pub const IFACE_COUNTERS_MAX_ENTRIES: usize = 4096;
+
+/// Every map the agent pins under the node's directory (by these names).
+pub const PINNED_MAPS: [&str; 5] = [
+    IFACE_COUNTERS_MAP,
+    service::SERVICES_MAP,
+    service::BACKENDS_MAP,
+    service::SOCK_REVNAT_MAP,
+    pod::POD_ENDPOINTS_MAP,
+];
 
 /// Traffic direction, seen from the interface the program is attached to.
 pub const DIRECTION_INGRESS: u32 = 0;

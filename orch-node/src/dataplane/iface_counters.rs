@@ -5,17 +5,17 @@ use std::ffi::CStr;
 use std::io;
 use std::str::FromStr;
 
+use aya::Ebpf;
 use aya::maps::{Map, MapData, PerCpuHashMap};
-use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
+use aya::programs::tc::{NlOptions, TcAttachOptions, TcError};
 use aya::programs::{SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
 use orch_ebpf_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, IFACE_COUNTERS_MAP, IFACE_EGRESS_PROG, IFACE_INGRESS_PROG,
     IfaceCounters, IfaceKey,
 };
 
-use super::{DataplaneError, PinLayout, kernel_object, remove_pin};
+use super::tc::{attach_tcx, detach_tcx, pin_program};
+use super::{DataplaneError, PinLayout};
 
 /// How the classifier is hooked into an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +60,7 @@ pub fn attach(
     interface: &str,
     mode: AttachMode,
 ) -> Result<Ebpf, DataplaneError> {
-    layout.prepare()?;
-    let mut ebpf = EbpfLoader::new()
-        .map_pin_path(IFACE_COUNTERS_MAP, layout.map(IFACE_COUNTERS_MAP))
-        .load(kernel_object()?)?;
+    let mut ebpf = super::load(layout)?;
     for (name, attach_type) in PROGRAMS {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -81,63 +78,6 @@ pub fn attach(
         tracing::info!(program = name, interface, ?mode, "attached");
     }
     Ok(ebpf)
-}
-
-/// Pins the newest instance of a program so `bpftool prog show pinned` finds
-/// it; an older instance stays alive for as long as a link still uses it.
-fn pin_program(
-    layout: &PinLayout,
-    name: &'static str,
-    program: &mut SchedClassifier,
-) -> Result<(), DataplaneError> {
-    let path = layout.program(name);
-    remove_pin(&path)?;
-    program
-        .pin(&path)
-        .map_err(|source| DataplaneError::Pin { path, source })
-}
-
-fn attach_tcx(
-    layout: &PinLayout,
-    name: &'static str,
-    program: &mut SchedClassifier,
-    interface: &str,
-    attach_type: TcAttachType,
-) -> Result<(), DataplaneError> {
-    let path = layout.link(name, interface);
-    let link_id = match open_pinned_link(&path)? {
-        Some(pinned) => {
-            // Already attached: swap the program inside the existing link,
-            // so no packet passes between the old program and the new one.
-            let fd_link = pinned.unpin().map_err(|source| DataplaneError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let link =
-                SchedClassifierLink::try_from(fd_link).map_err(|source| DataplaneError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
-            program.attach_to_link(link)
-        }
-        None => program.attach_with_options(
-            interface,
-            attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        ),
-    }
-    .map_err(|source| DataplaneError::Program { name, source })?;
-    let link = program
-        .take_link(link_id)
-        .map_err(|source| DataplaneError::Program { name, source })?;
-    let fd_link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
-        path: path.clone(),
-        source,
-    })?;
-    fd_link
-        .pin(&path)
-        .map_err(|source| DataplaneError::Pin { path, source })?;
-    Ok(())
 }
 
 fn attach_clsact(
@@ -194,19 +134,6 @@ pub fn detach(
     Ok(detached)
 }
 
-fn detach_tcx(path: &std::path::Path) -> Result<bool, DataplaneError> {
-    let Some(pinned) = open_pinned_link(path)? else {
-        return Ok(false);
-    };
-    // Removing the pin drops the last reference: the kernel detaches the link.
-    let fd_link = pinned.unpin().map_err(|source| DataplaneError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    drop(fd_link);
-    Ok(true)
-}
-
 fn detach_clsact_filter(
     name: &'static str,
     interface: &str,
@@ -220,18 +147,6 @@ fn detach_clsact_filter(
             source,
         }),
     }
-}
-
-fn open_pinned_link(path: &std::path::Path) -> Result<Option<PinnedLink>, DataplaneError> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    PinnedLink::from_pin(path)
-        .map(Some)
-        .map_err(|source| DataplaneError::Link {
-            path: path.to_path_buf(),
-            source,
-        })
 }
 
 /// Traffic through one interface in one direction, summed over CPUs.

@@ -5,8 +5,13 @@
 pub mod bpffs;
 pub mod cgroup2;
 pub mod iface_counters;
+pub mod ipam;
+pub mod netlink;
+pub mod node_routes;
+pub mod pod_network;
 pub mod service_sync;
 pub mod services;
+mod tc;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +34,18 @@ pub enum DataplaneError {
     Load(#[from] aya::EbpfError),
     #[error("eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
+    #[error("eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("opening a netlink socket: {0}")]
+    NetlinkSocket(#[source] std::io::Error),
+    #[error("netlink, {what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error(transparent)]
+    Addresses(#[from] ipam::IpamError),
     #[error("program `{name}`: {source}")]
     Program {
         name: &'static str,
@@ -78,6 +95,19 @@ pub fn kernel_object() -> Result<&'static [u8], DataplaneError> {
     {
         Err(DataplaneError::NoKernelObject)
     }
+}
+
+/// Loads the kernel object with every map reused from (or created at) its
+/// pin under the node's directory, so all programs of a node share one
+/// instance of each map and a restarted agent finds what the last one
+/// wrote.
+pub fn load(layout: &PinLayout) -> Result<aya::Ebpf, DataplaneError> {
+    layout.prepare()?;
+    let mut loader = aya::EbpfLoader::new();
+    for map in orch_ebpf_common::PINNED_MAPS {
+        loader.map_pin_path(map, layout.map(map));
+    }
+    Ok(loader.load(kernel_object()?)?)
 }
 
 /// Where one node's programs, links and maps are pinned:

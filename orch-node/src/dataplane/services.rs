@@ -9,17 +9,17 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
+use aya::Ebpf;
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::programs::CgroupSockAddr;
 use aya::programs::links::{CgroupAttachMode, FdLink};
-use aya::{Ebpf, EbpfLoader};
 use orch_ebpf_common::service::{
     BACKENDS_MAP, Backend, BackendKey, PROTOCOL_TCP, PROTOCOL_UDP, SERVICES_MAP,
-    SOCK_CONNECT4_PROG, SOCK_GETPEERNAME4_PROG, SOCK_RECVMSG4_PROG, SOCK_REVNAT_MAP,
-    SOCK_SENDMSG4_PROG, ServiceEntry, ServiceKey,
+    SOCK_CONNECT4_PROG, SOCK_GETPEERNAME4_PROG, SOCK_RECVMSG4_PROG, SOCK_SENDMSG4_PROG,
+    ServiceEntry, ServiceKey,
 };
 
-use super::{DataplaneError, PinLayout, kernel_object, remove_pin};
+use super::{DataplaneError, PinLayout, remove_pin};
 
 const PROGRAMS: [&str; 4] = [
     SOCK_CONNECT4_PROG,
@@ -36,12 +36,7 @@ const CGROUP_LINK: &str = "cgroup";
 /// program whose pinned link exists is already attached and is left as it
 /// is (it uses the same pinned maps).
 pub fn attach(layout: &PinLayout, cgroup: &Path) -> Result<Ebpf, DataplaneError> {
-    layout.prepare()?;
-    let mut loader = EbpfLoader::new();
-    for map in [SERVICES_MAP, BACKENDS_MAP, SOCK_REVNAT_MAP] {
-        loader.map_pin_path(map, layout.map(map));
-    }
-    let mut ebpf = loader.load(kernel_object()?)?;
+    let mut ebpf = super::load(layout)?;
     let directory = File::open(cgroup).map_err(|source| DataplaneError::Io {
         path: cgroup.to_path_buf(),
         source,

@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{in_netns, run};
@@ -24,6 +23,7 @@ use orch_node::dataplane::ipam::PodCidr;
 use orch_node::dataplane::node_routes::{self, NodeRoute};
 use orch_node::dataplane::pod_network::{PodInterface, PodNetwork, host_interface_name};
 use orch_node::dataplane::{PinLayout, bpffs, netlink};
+use orch_tests::netns::{Lan, Namespace};
 
 const NODE_ADDRESSES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2)];
 const POD_CIDRS: [&str; 2] = ["10.201.1.0/24", "10.201.2.0/24"];
@@ -32,76 +32,32 @@ const ECHO_PORT: u16 = 8080;
 /// The namespaces, state directories and pins of the test; undone on drop
 /// (a failed assertion included).
 struct Cluster {
-    lan: String,
+    /// Pods before the LAN (its hosts are the nodes).
+    pods: Vec<Namespace>,
+    _lan: Lan,
     nodes: [String; 2],
-    pods: Vec<String>,
     layouts: [PinLayout; 2],
     state: tempfile::TempDir,
 }
 
 impl Cluster {
     fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test loads eBPF programs and creates network namespaces: run it as root (CI \
-             does; `sudo -E cargo xtask test` locally)"
-        );
         let pid = std::process::id();
+        let mut lan = Lan::new(&format!("orch-t{pid}"));
+        let nodes = [
+            lan.add_host("n1", NODE_ADDRESSES[0]),
+            lan.add_host("n2", NODE_ADDRESSES[1]),
+        ];
         let bpffs_root = Path::new(bpffs::BPFFS_ROOT);
-        let cluster = Cluster {
-            lan: format!("orch-t{pid}-lan"),
-            nodes: [format!("orch-t{pid}-n1"), format!("orch-t{pid}-n2")],
+        Cluster {
             pods: Vec::new(),
+            _lan: lan,
+            nodes,
             layouts: [1, 2].map(|n| {
                 PinLayout::new(bpffs_root, &format!("test-podnet-{pid}-n{n}")).expect("layout")
             }),
             state: tempfile::tempdir().expect("tempdir"),
-        };
-        run("ip", &["netns", "add", &cluster.lan]);
-        run(
-            "ip",
-            &["-n", &cluster.lan, "link", "add", "br0", "type", "bridge"],
-        );
-        run("ip", &["-n", &cluster.lan, "link", "set", "br0", "up"]);
-        for (index, node) in cluster.nodes.iter().enumerate() {
-            let port = format!("port{index}");
-            run("ip", &["netns", "add", node]);
-            run("ip", &["-n", node, "link", "set", "lo", "up"]);
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &cluster.lan,
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    node,
-                ],
-            );
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &cluster.lan,
-                    "link",
-                    "set",
-                    &port,
-                    "master",
-                    "br0",
-                    "up",
-                ],
-            );
-            let address = format!("{}/24", NODE_ADDRESSES[index]);
-            run("ip", &["-n", node, "addr", "add", &address, "dev", "eth0"]);
-            run("ip", &["-n", node, "link", "set", "eth0", "up"]);
         }
-        cluster
     }
 
     fn state_dir(&self, node: usize) -> PathBuf {
@@ -112,11 +68,10 @@ impl Cluster {
 
     /// A pod sandbox: a network namespace with loopback up.
     fn pod_namespace(&mut self, name: &str) -> String {
-        let netns = format!("orch-t{}-{name}", std::process::id());
-        run("ip", &["netns", "add", &netns]);
-        run("ip", &["-n", &netns, "link", "set", "lo", "up"]);
-        self.pods.push(netns.clone());
-        netns
+        let netns = Namespace::new(&format!("orch-t{}-{name}", std::process::id()));
+        let name = netns.name().to_string();
+        self.pods.push(netns);
+        name
     }
 
     /// Runs `work` as node `node`'s agent would: in the node's namespace,
@@ -177,9 +132,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for layout in &self.layouts {
             let _ = layout.remove_all();
-        }
-        for netns in self.pods.iter().chain(&self.nodes).chain([&self.lan]) {
-            let _ = Command::new("ip").args(["netns", "del", netns]).output();
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod node_status;
 mod pod_containers;
 pub mod pod_files;
 pub mod pod_images;
+pub mod pod_network;
+mod pod_shim;
 pub mod pod_status;
 pub mod pods;
 pub mod probes;

@@ -55,6 +55,8 @@ pub struct PodManager {
     /// Pod uid -> when its volumes were last brought up to date.
     volumes_synced: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub prober: super::probes::Prober,
+    /// The pods' network and service cgroup.
+    pub plumbing: super::pod_network::PodPlumbing,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -145,6 +147,7 @@ impl PodManager {
         shim_binary: PathBuf,
         log_rotation: LogRotation,
         image_gc: super::image_gc::ImageGcPolicy,
+        plumbing: super::pod_network::PodPlumbing,
     ) -> Arc<Self> {
         Arc::new(Self {
             cgroup_root: format!("/orch/{node}"),
@@ -159,6 +162,7 @@ impl PodManager {
             image_gc,
             volumes_synced: Default::default(),
             prober: super::probes::Prober::default(),
+            plumbing,
         })
     }
 
@@ -278,55 +282,6 @@ impl PodManager {
         Ok(Next::After(next))
     }
 
-    async fn ensure_shim(&self, dir: &Path) -> Result<(), String> {
-        let probe = ShimClient::new(dir);
-        if blocking(move || probe.alive()).await {
-            return Ok(());
-        }
-        let log =
-            std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
-        let mut command = std::process::Command::new(&self.shim_binary);
-        command
-            .args(["shim", "--pod-dir"])
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log);
-        // Its own session: the shim outlives the agent and its signals.
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls setsid(2), which is async-signal-safe; it allocates nothing.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("starting the shim: {e}"))?;
-        let stdout = child.stdout.take();
-        // Reaped when it exits while the agent runs.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        // The shim says "ready" on its stdout once its socket listens.
-        let ready = blocking(move || {
-            let mut said = [0u8; 6];
-            stdout.is_some_and(|mut out| {
-                std::io::Read::read(&mut out, &mut said).is_ok_and(|n| n > 0)
-            })
-        });
-        match tokio::time::timeout(Duration::from_secs(10), ready).await {
-            Ok(true) => Ok(()),
-            _ => Err(format!(
-                "the shim did not start: {}",
-                std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
-            )),
-        }
-    }
-
     /// Sets the pod up once: its directory and identity record, sandbox,
     /// etc files and volumes (a `prepared` marker, written last, says it is
     /// done); then makes sure its shim runs. Returns the volumes' paths.
@@ -359,7 +314,7 @@ impl PodManager {
             let record = serde_json::to_vec(&PodRecord {
                 namespace,
                 name: name.clone(),
-                uid,
+                uid: uid.clone(),
             })
             .map_err(|e| e.to_string())
             .map_err(failed("CreateContainerError"))?;
@@ -375,10 +330,13 @@ impl PodManager {
                 .await
                 .map_err(|e| format!("pod sandbox: {e}"))
                 .map_err(failed("CreateContainerError"))?;
-            let pod_ip = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
+            let netns = sandbox::namespaces(dir).network;
+            self.plumbing.connect(&uid, &netns).await?;
+            let pod_ip = self
+                .plumbing
+                .address_of(&uid)
+                .map(|a| a.to_string())
+                .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone()))
                 .unwrap_or_default();
             pod_files::write_etc(&dir.join("etc"), &hostname, &pod_ip)
                 .map_err(|e| e.to_string())
@@ -538,7 +496,9 @@ impl PodManager {
         records: &[ContainerRecord],
     ) -> Result<(), ApiError> {
         let now = pod_status::time(now_seconds());
-        let fresh = pod_status::pod_status(pod, init_records, records, &self.host_ip, now);
+        let mut fresh = pod_status::pod_status(pod, init_records, records, &self.host_ip, now);
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        self.plumbing.report(uid, &mut fresh);
         let unchanged = pod.status.as_ref() == Some(&fresh);
         if unchanged {
             return Ok(());
@@ -571,6 +531,10 @@ impl PodManager {
         blocking(move || release(&shim_dir, &cgroup, grace))
             .await
             .map_err(|error| ApiError::Unavailable(format!("releasing pod {uid}: {error}")))?;
+        self.plumbing
+            .disconnect(uid)
+            .await
+            .map_err(|error| ApiError::Unavailable(format!("pod {uid}'s network: {error}")))?;
         tracing::info!(pod_uid = %uid, "pod stopped and released");
         Ok(())
     }

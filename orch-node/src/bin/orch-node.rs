@@ -69,6 +69,12 @@ struct AgentArgs {
     /// whole machine, as a real node wants). Not given: none on this node.
     #[arg(long)]
     service_cgroup: Option<PathBuf>,
+    /// The node's interface to the other nodes. Given, the agent runs the
+    /// pod network: a veth and an address from the node's podCIDR per pod,
+    /// routes to the other nodes' podCIDRs, and orch's tc programs on the
+    /// pods' veths and on this interface. Not given, pods have loopback only.
+    #[arg(long)]
+    pod_network_interface: Option<String>,
     /// Registries (host[:port]) to pull from over plain HTTP; loopback
     /// ones always are.
     #[arg(long)]
@@ -329,6 +335,22 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             orch_node::image::registry::RegistryClient::new(insecure_registry)
                 .context("the registry client")?,
         );
+        let cgroup = match &args.service_cgroup {
+            Some(cgroup) => Some(cgroup2::resolve(cgroup).context("--service-cgroup")?),
+            None => None,
+        };
+        let network = match &args.pod_network_interface {
+            Some(interface) => Some(
+                start_pod_network(layout, &config, interface, client.clone())
+                    .await
+                    .with_context(|| format!("--pod-network-interface {interface}"))?,
+            ),
+            None => None,
+        };
+        let plumbing = orch_node::agent::pod_network::PodPlumbing {
+            network,
+            service_cgroup: cgroup.clone(),
+        };
         let manager = orch_node::agent::pods::PodManager::new(
             config.node.name.clone(),
             config.node.internal_ip.clone(),
@@ -339,18 +361,41 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             shim_binary.path(),
             log_rotation,
             image_gc,
+            plumbing,
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
-        let cgroup = match &args.service_cgroup {
-            Some(cgroup) => Some(cgroup2::resolve(cgroup).context("--service-cgroup")?),
-            None => None,
-        };
         let _service_programs = service_sync::start(layout, cgroup.as_deref(), client.clone())
             .context("--service-cgroup: service balancing")?;
         shutdown_signal().await;
         tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())
     })
+}
+
+/// The pod network on `interface`: programs attached, addresses of pods
+/// this node no longer holds released, routes and the podCIDR followed
+/// from the Node objects.
+async fn start_pod_network(
+    layout: &PinLayout,
+    config: &AgentConfig,
+    interface: &str,
+    client: ApiClient,
+) -> Result<std::sync::Arc<orch_node::agent::pod_network::PodNetworking>> {
+    use orch_node::dataplane::{netlink, node_routes::NodeRouteSync, pod_network::PodNetwork};
+    let pods = PodNetwork::start(layout, &config.state_dir, interface)?;
+    let pods_dir = config.state_dir.join("pods");
+    for uid in pods.holders() {
+        if !pods_dir.join(&uid).exists() {
+            pods.remove(&uid).await?;
+            tracing::info!(pod_uid = %uid, "released the address of a pod no longer here");
+        }
+    }
+    let routes = NodeRouteSync::new(&config.node.name, netlink::connect()?);
+    let pod_cidr = routes.own_pod_cidr();
+    tokio::spawn(routes.run(client));
+    Ok(std::sync::Arc::new(
+        orch_node::agent::pod_network::PodNetworking { pods, pod_cidr },
+    ))
 }
 
 fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<()> {

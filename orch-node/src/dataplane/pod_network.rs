@@ -116,6 +116,15 @@ impl PodNetwork {
         lock(&self.addresses).address_of(uid)
     }
 
+    /// The pods holding an address.
+    pub fn holders(&self) -> Vec<String> {
+        lock(&self.addresses)
+            .allocated()
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Gives pod `uid` (network namespace bound at `netns`) its interface
     /// and an address from `cidr`. A half-made veth of an earlier try is
     /// made again; the address stays the pod's.

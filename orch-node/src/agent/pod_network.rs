@@ -1,0 +1,86 @@
+//! What the agent does for a pod's network (the kubelet's CNI calls, done
+//! in process): the pod's interface and address from the node's podCIDR,
+//! the address in the pod's status, and the pod's processes placed in the
+//! cgroup2 subtree where ClusterIP balancing is attached.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{PodIP, PodStatus};
+
+use crate::dataplane::ipam::PodCidr;
+use crate::dataplane::pod_network::PodNetwork;
+
+/// How pods are connected (both parts optional: an agent without
+/// `--pod-network-interface` leaves pods with loopback only, one without
+/// `--service-cgroup` gives no ClusterIP balancing).
+#[derive(Clone, Default)]
+pub struct PodPlumbing {
+    pub network: Option<Arc<PodNetworking>>,
+    /// The cgroup2 directory the socket balancer is attached to; pod
+    /// shims (and so their containers) are moved into it.
+    pub service_cgroup: Option<PathBuf>,
+}
+
+/// The node's pod network and the podCIDR it allocates from.
+pub struct PodNetworking {
+    pub pods: PodNetwork,
+    pub pod_cidr: tokio::sync::watch::Receiver<Option<PodCidr>>,
+}
+
+impl PodPlumbing {
+    /// Gives pod `uid` (network namespace at `netns`) its interface;
+    /// returns its address. Err is the waiting reason and message.
+    pub async fn connect(&self, uid: &str, netns: &Path) -> Result<(), (String, String)> {
+        let Some(network) = &self.network else {
+            return Ok(());
+        };
+        let Some(cidr) = *network.pod_cidr.borrow() else {
+            return Err((
+                "ContainerCreating".into(),
+                "network is not ready: the node has no podCIDR yet".into(),
+            ));
+        };
+        network
+            .pods
+            .add(cidr, uid, netns)
+            .await
+            .map(|_| ())
+            .map_err(|e| ("ContainerCreating".into(), format!("pod network: {e}")))
+    }
+
+    /// The address pod `uid` holds.
+    pub fn address_of(&self, uid: &str) -> Option<Ipv4Addr> {
+        self.network.as_ref()?.pods.address_of(uid)
+    }
+
+    /// Sets status.podIP and podIPs when the pod has an address.
+    pub fn report(&self, uid: &str, status: &mut PodStatus) {
+        if let Some(address) = self.address_of(uid) {
+            status.pod_ip = Some(address.to_string());
+            status.pod_ips = Some(vec![PodIP {
+                ip: address.to_string(),
+            }]);
+        }
+    }
+
+    /// Takes pod `uid`'s interface and address away.
+    pub async fn disconnect(&self, uid: &str) -> Result<(), String> {
+        match &self.network {
+            Some(network) => network.pods.remove(uid).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves a new shim into the service cgroup before it starts any
+    /// container, so everything the pod runs inherits it (libcontainer
+    /// places containers in cgroup v1 only).
+    pub fn place_shim(&self, pid: u32) -> Result<(), String> {
+        let Some(cgroup) = &self.service_cgroup else {
+            return Ok(());
+        };
+        let procs = cgroup.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).map_err(|e| format!("{}: {e}", procs.display()))
+    }
+}

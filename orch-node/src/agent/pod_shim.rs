@@ -1,0 +1,66 @@
+//! Each pod's shim: started by the agent in a session of its own (so it
+//! outlives the agent and its signals), moved into the service cgroup
+//! before it runs anything, and awaited until its socket listens.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::pods::{PodManager, blocking};
+use crate::runtime::shim::client::ShimClient;
+
+impl PodManager {
+    /// Starts the pod's shim unless one is alive.
+    pub(super) async fn ensure_shim(&self, dir: &Path) -> Result<(), String> {
+        let probe = ShimClient::new(dir);
+        if blocking(move || probe.alive()).await {
+            return Ok(());
+        }
+        let log =
+            std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
+        let mut command = std::process::Command::new(&self.shim_binary);
+        command
+            .args(["shim", "--pod-dir"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log);
+        // Its own session: the shim outlives the agent and its signals.
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setsid(2), which is async-signal-safe; it allocates nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting the shim: {e}"))?;
+        if let Err(error) = self.plumbing.place_shim(child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("moving the shim into the service cgroup: {error}"));
+        }
+        let stdout = child.stdout.take();
+        // Reaped when it exits while the agent runs.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        // The shim says "ready" on its stdout once its socket listens.
+        let ready = blocking(move || {
+            let mut said = [0u8; 6];
+            stdout.is_some_and(|mut out| {
+                std::io::Read::read(&mut out, &mut said).is_ok_and(|n| n > 0)
+            })
+        });
+        match tokio::time::timeout(Duration::from_secs(10), ready).await {
+            Ok(true) => Ok(()),
+            _ => Err(format!(
+                "the shim did not start: {}",
+                std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default()
+            )),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Harness for tests that run real `orch-control` processes on loopback.
 #![allow(dead_code)]
 
+pub mod exec;
 pub mod kubelet;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,325 @@
+//! Pod networking end to end: a control-plane host and two nodes, each a
+//! network namespace on one LAN; on each node a real orch-node with
+//! `--pod-network-interface eth0` and `--service-cgroup` runs real
+//! containers (busybox httpd from the node's image store). Pods get
+//! addresses from their node's podCIDR (assigned by the control plane),
+//! reach each other across nodes with no NAT, reach a ClusterIP Service
+//! balanced over both, and give their address back when deleted.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::exec::exec_in;
+use k8s_openapi::api::core::v1::Pod;
+use orch_core::api::ApiClient;
+use orch_core::object::{Kind, Object};
+use orch_node::dataplane::pod_network::host_interface_name;
+use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
+use orch_tests::netns::{Lan, in_netns, run};
+
+const CONTROL_PLANE: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 254);
+const NODE_ADDRESSES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2)];
+const IMAGE: &str = "orch.test/web:1";
+
+/// One node: its namespace, name, state and service cgroup.
+#[derive(Clone)]
+struct NodeHost {
+    netns: String,
+    name: String,
+    address: Ipv4Addr,
+    state: PathBuf,
+    cgroup: PathBuf,
+}
+
+/// What the nodes leave behind, released on drop (after the agents are
+/// gone): pods' shims, containers and mounts, service cgroups, pins.
+struct Nodes(Vec<NodeHost>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for node in &self.0 {
+            if let Err(error) = orch_node::runtime::release::release_all(&node.state, &node.name) {
+                eprintln!("releasing node {}'s pods: {error}", node.name);
+            }
+            for _ in 0..50 {
+                match std::fs::remove_dir(&node.cgroup) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    _ => break,
+                }
+            }
+            if let Ok(layout) = PinLayout::new(Path::new(bpffs::BPFFS_ROOT), &node.name) {
+                let _ = layout.remove_all();
+            }
+        }
+    }
+}
+
+/// An orch-node process, killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn orch_node() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_orch-control")).with_file_name("orch-node")
+}
+
+/// Starts node `node`'s agent inside its namespace (what a thread forks
+/// starts in the thread's namespace).
+fn start_agent(node: &NodeHost, config: &Path) -> Agent {
+    let node = node.clone();
+    let config = config.to_path_buf();
+    let netns = node.netns.clone();
+    let child = in_netns(&netns, move || {
+        Command::new(orch_node())
+            .args(["--node-name", &node.name, "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&node.state)
+            .args(["--node-ip", &node.address.to_string()])
+            .args(["--address", &node.address.to_string(), "--port", "0"])
+            .args(["--pod-network-interface", "eth0", "--service-cgroup"])
+            .arg(&node.cgroup)
+            .args(["--image-gc-high-threshold", "100"])
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(node.state.with_extension("log")).expect("log"))
+            .spawn()
+            .expect("start orch-node")
+    })
+    .join()
+    .expect("agent spawner");
+    Agent(child)
+}
+
+fn object(yaml: &str) -> Object {
+    orch_core::manifest::parse_str(yaml, "test")
+        .expect("manifest")
+        .remove(0)
+        .object
+}
+
+fn web_pod(name: &str, node: &str) -> Object {
+    object(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {IMAGE}\n    ports: [{{name: http, containerPort: 8080}}]\n    command: [sh, -c, 'mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www']\n    readinessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 1}}\n"
+    ))
+}
+
+async fn pod(client: &mut ApiClient, name: &str) -> Option<Pod> {
+    match client.get(Kind::Pod, Some("default"), name).await {
+        Ok(Object::Pod(pod)) => Some(*pod),
+        _ => None,
+    }
+}
+
+/// Waits until pod `name` is Ready; its address.
+async fn ready_address(client: &mut ApiClient, name: &str, logs: &[PathBuf]) -> Ipv4Addr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = pod(client, name).await.and_then(|p| p.status);
+        let ready = status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready && let Some(ip) = status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+            return ip.parse().expect("podIP");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} never became ready: {status:?}\n{}",
+            logs.iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pod_cidr(client: &mut ApiClient, node: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Object::Node(node)) = client.get(Kind::Node, None, node).await
+            && let Some(cidr) = node.spec.and_then(|s| s.pod_cidr)
+        {
+            return cidr;
+        }
+        assert!(Instant::now() < deadline, "node {node} got no podCIDR");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `wget` in pod `from`: what `url` answered (a pod's hostname).
+async fn fetch(client: &mut ApiClient, from: &str, url: &str) -> Result<String, String> {
+    // Debian's busybox wget crashes on -T: `timeout` bounds it instead.
+    let command = ["timeout", "5", "wget", "-q", "-O", "-", url];
+    match exec_in(client, from, &command, None, false).await {
+        Ok((out, _, Some(0))) => Ok(out.trim().to_string()),
+        Ok((out, err, code)) => Err(format!("{url} from {from}: {code:?} {out} {err}")),
+        Err(error) => Err(format!("{url} from {from}: {error}")),
+    }
+}
+
+fn in_cidr(address: Ipv4Addr, cidr: &str) -> bool {
+    let (network, prefix) = cidr.split_once('/').expect("cidr");
+    let network: Ipv4Addr = network.parse().expect("network");
+    let mask = u32::MAX << (32 - prefix.parse::<u32>().expect("prefix"));
+    u32::from(address) & mask == u32::from(network)
+}
+
+#[test]
+fn pods_on_two_nodes_talk_directly_and_through_a_cluster_ip() {
+    let pid = std::process::id();
+    let mut lan = Lan::new(&format!("orch-e{pid}"));
+    let control_plane = lan.add_host("cp", CONTROL_PLANE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup_root = cgroup2::mount_point().expect("a cgroup2 hierarchy");
+    let nodes: Vec<NodeHost> = NODE_ADDRESSES
+        .iter()
+        .enumerate()
+        .map(|(index, address)| {
+            let short = format!("n{}", index + 1);
+            let node = NodeHost {
+                netns: lan.add_host(&short, *address),
+                name: format!("pn{pid}-{short}"),
+                address: *address,
+                state: dir.path().join(&short),
+                cgroup: cgroup_root.join(format!("orch-e{pid}-{short}")),
+            };
+            std::fs::create_dir_all(&node.cgroup).expect("service cgroup");
+            node
+        })
+        .collect();
+    let _nodes = Nodes(nodes.clone());
+    let root = dir.path().to_path_buf();
+    let scenario = in_netns(&control_plane, move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(scenario(root, nodes))
+    });
+    if let Err(panic) = scenario.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>) {
+    // The control plane serves the API on the LAN (every process this
+    // thread starts is in the control-plane namespace).
+    let mut replica = common::Replica::new(1, dir.join("replica-1"));
+    replica.api_addr = format!("{CONTROL_PLANE}:0");
+    let mut args = vec!["--init"];
+    args.extend(common::FAST_ELECTION);
+    replica.start(&args);
+    let mut client = common::client_of(&replica).await;
+    let logs: Vec<PathBuf> = nodes
+        .iter()
+        .map(|n| n.state.with_extension("log"))
+        .collect();
+    let mut agents = Vec::new();
+    for node in &nodes {
+        std::fs::create_dir_all(&node.state).expect("state dir");
+        let store = orch_node::image::ImageStore::open(&node.state).expect("image store");
+        orch_node::image::build::busybox_image(
+            &store,
+            &orch_node::image::Reference::parse(IMAGE).expect("reference"),
+            Path::new(orch_node::image::build::BUSYBOX),
+            &[],
+            &["sh"],
+        )
+        .expect("image");
+        let config = orch_control::pki::Pki::new(&replica.dir)
+            .node_config(&node.name, std::slice::from_ref(&replica.api_addr))
+            .expect("node certificate");
+        let path = node.state.with_extension("conf");
+        std::fs::write(&path, config.to_yaml()).expect("node config");
+        agents.push(start_agent(node, &path));
+    }
+    let cidrs = [
+        pod_cidr(&mut client, &nodes[0].name).await,
+        pod_cidr(&mut client, &nodes[1].name).await,
+    ];
+    for (name, node) in [("web-a", &nodes[0]), ("web-b", &nodes[1])] {
+        client
+            .create(&web_pod(name, &node.name), false)
+            .await
+            .expect("create pod");
+    }
+    let service = object(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    let Object::Service(service) = client.create(&service, false).await.expect("service") else {
+        panic!("not a service");
+    };
+    let cluster_ip = service.spec.and_then(|s| s.cluster_ip).expect("clusterIP");
+    let a = ready_address(&mut client, "web-a", &logs).await;
+    let b = ready_address(&mut client, "web-b", &logs).await;
+    assert!(in_cidr(a, &cidrs[0]), "{a} in {}", cidrs[0]);
+    assert!(in_cidr(b, &cidrs[1]), "{b} in {}", cidrs[1]);
+
+    // Pod to pod across the nodes, both ways, as themselves.
+    assert_eq!(
+        fetch(&mut client, "web-a", &format!("http://{b}:8080/")).await,
+        Ok("web-b".into())
+    );
+    assert_eq!(
+        fetch(&mut client, "web-b", &format!("http://{a}:8080/")).await,
+        Ok("web-a".into())
+    );
+
+    // The ClusterIP, from a pod: balanced over both pods once the
+    // EndpointSlice reached the nodes' tables.
+    let url = format!("http://{cluster_ip}/");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 2 {
+        match fetch(&mut client, "web-a", &url).await {
+            Ok(name) => {
+                answered.insert(name);
+            }
+            Err(error) => assert!(Instant::now() < deadline, "{error}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterIP answered only as {answered:?}"
+        );
+    }
+    assert_eq!(
+        answered,
+        ["web-a", "web-b"].map(String::from).into_iter().collect()
+    );
+
+    // A deleted pod's interface goes with it.
+    let Some(uid) = pod(&mut client, "web-b").await.and_then(|p| p.metadata.uid) else {
+        panic!("web-b has no uid");
+    };
+    client
+        .delete(Kind::Pod, Some("default"), "web-b", &Default::default())
+        .await
+        .expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pod(&mut client, "web-b").await.is_some() {
+        assert!(Instant::now() < deadline, "web-b was never removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let links = run("ip", &["-n", &nodes[1].netns, "-o", "link", "show"]);
+    assert!(!links.contains(&host_interface_name(&uid)), "{links}");
+    assert!(
+        fetch(&mut client, "web-a", &format!("http://{b}:8080/"))
+            .await
+            .is_err()
+    );
+    drop(agents);
+}

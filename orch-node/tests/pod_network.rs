@@ -19,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{in_netns, run};
-use orch_node::dataplane::ipam::PodCidr;
-use orch_node::dataplane::node_routes::{self, NodeRoute};
 use orch_node::dataplane::pod_network::{PodInterface, PodNetwork, host_interface_name};
-use orch_node::dataplane::{PinLayout, bpffs, netlink};
+use orch_node::dataplane::{PinLayout, bpffs};
+use orch_node::net::ipam::PodCidr;
+use orch_node::net::netlink;
+use orch_node::net::node_routes::{self, NodeRoute};
 use orch_tests::netns::{Lan, Namespace};
 
 const NODE_ADDRESSES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2)];

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PodIP, PodStatus};
 
-use crate::dataplane::ipam::PodCidr;
 use crate::dataplane::pod_network::PodNetwork;
+use crate::net::ipam::PodCidr;
 
 /// How pods are connected (both parts optional: an agent without
 /// `--pod-network-interface` leaves pods with loopback only, one without

@@ -381,7 +381,8 @@ async fn start_pod_network(
     interface: &str,
     client: ApiClient,
 ) -> Result<std::sync::Arc<orch_node::agent::pod_network::PodNetworking>> {
-    use orch_node::dataplane::{netlink, node_routes::NodeRouteSync, pod_network::PodNetwork};
+    use orch_node::dataplane::pod_network::PodNetwork;
+    use orch_node::net::{netlink, node_routes::NodeRouteSync};
     let pods = PodNetwork::start(layout, &config.state_dir, interface)?;
     let pods_dir = config.state_dir.join("pods");
     for uid in pods.holders() {

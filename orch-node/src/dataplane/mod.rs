@@ -5,9 +5,6 @@
 pub mod bpffs;
 pub mod cgroup2;
 pub mod iface_counters;
-pub mod ipam;
-pub mod netlink;
-pub mod node_routes;
 pub mod pod_network;
 pub mod service_sync;
 pub mod services;
@@ -36,16 +33,8 @@ pub enum DataplaneError {
     MissingProgram(&'static str),
     #[error("eBPF object has no map `{0}`")]
     MissingMap(&'static str),
-    #[error("opening a netlink socket: {0}")]
-    NetlinkSocket(#[source] std::io::Error),
-    #[error("netlink, {what}: {source}")]
-    Netlink {
-        what: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
     #[error(transparent)]
-    Addresses(#[from] ipam::IpamError),
+    Net(#[from] crate::net::NetError),
     #[error("program `{name}`: {source}")]
     Program {
         name: &'static str,

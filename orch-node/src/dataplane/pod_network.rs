@@ -26,9 +26,10 @@ use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::Digest as _;
 
-use super::ipam::{PodAddresses, PodCidr};
-use super::netlink::{self, Interface, failed, is_gone};
 use super::{DataplaneError, PinLayout, remove_pin};
+use crate::net::NetError;
+use crate::net::ipam::{PodAddresses, PodCidr};
+use crate::net::netlink::{self, Interface, failed, is_gone};
 
 /// The pod's gateway: link-local, so it takes no address of the podCIDR
 /// and means the same in every pod.
@@ -78,7 +79,7 @@ impl PodNetwork {
         state_dir: &Path,
         node_interface: &str,
     ) -> Result<Self, DataplaneError> {
-        let addresses = PodAddresses::open(state_dir)?;
+        let addresses = PodAddresses::open(state_dir).map_err(NetError::from)?;
         let mut ebpf = super::load(layout)?;
         for name in [POD_FROM_POD_PROG, POD_FROM_NET_PROG] {
             let program = classifier(&mut ebpf, name)?;
@@ -134,7 +135,9 @@ impl PodNetwork {
         uid: &str,
         netns: &Path,
     ) -> Result<PodInterface, DataplaneError> {
-        let address = lock(&self.addresses).allocate(cidr, uid)?;
+        let address = lock(&self.addresses)
+            .allocate(cidr, uid)
+            .map_err(NetError::from)?;
         let host_name = host_interface_name(uid);
         let made = self.plumb(address, &host_name, netns).await;
         if let Err(error) = made {
@@ -243,7 +246,7 @@ impl PodNetwork {
             }
         }
         self.delete_interface(&host_name).await?;
-        lock(&self.addresses).release(uid)?;
+        lock(&self.addresses).release(uid).map_err(NetError::from)?;
         Ok(())
     }
 
@@ -254,7 +257,7 @@ impl PodNetwork {
             match self.netlink.link().del(host.index).execute().await {
                 Ok(()) => {}
                 Err(error) if is_gone(&error) => {}
-                Err(error) => return Err(failed(format!("deleting {host_name}"), error)),
+                Err(error) => return Err(failed(format!("deleting {host_name}"), error).into()),
             }
         }
         remove_pin(&self.layout.link(POD_FROM_POD_PROG, host_name))?;

@@ -8,18 +8,17 @@ use futures_util::TryStreamExt as _;
 use rtnetlink::Handle;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 
-use super::DataplaneError;
+use super::NetError;
 
 /// A netlink handle in the calling thread's network namespace.
-pub fn connect() -> Result<Handle, DataplaneError> {
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(DataplaneError::NetlinkSocket)?;
+pub fn connect() -> Result<Handle, NetError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::NetlinkSocket)?;
     tokio::spawn(connection);
     Ok(handle)
 }
 
 /// A netlink handle acting in the network namespace bound at `netns`.
-pub fn connect_in(netns: &Path) -> Result<Handle, DataplaneError> {
+pub fn connect_in(netns: &Path) -> Result<Handle, NetError> {
     let runtime = tokio::runtime::Handle::current();
     let path = netns.to_path_buf();
     let made = std::thread::spawn(move || {
@@ -34,11 +33,11 @@ pub fn connect_in(netns: &Path) -> Result<Handle, DataplaneError> {
     .join();
     match made {
         Ok(Ok(handle)) => Ok(handle),
-        Ok(Err(source)) => Err(DataplaneError::Io {
+        Ok(Err(source)) => Err(NetError::Io {
             path: netns.to_path_buf(),
             source,
         }),
-        Err(_) => Err(DataplaneError::Io {
+        Err(_) => Err(NetError::Io {
             path: netns.to_path_buf(),
             source: std::io::Error::other("the thread entering the namespace panicked"),
         }),
@@ -53,7 +52,7 @@ pub struct Interface {
 }
 
 /// The interface called `name`, if there is one.
-pub async fn interface(handle: &Handle, name: &str) -> Result<Option<Interface>, DataplaneError> {
+pub async fn interface(handle: &Handle, name: &str) -> Result<Option<Interface>, NetError> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(link)) => Ok(Some(Interface {
@@ -87,8 +86,8 @@ pub fn is_gone(error: &rtnetlink::Error) -> bool {
             .contains(&-message.raw_code()))
 }
 
-pub fn failed(what: impl Into<String>, source: rtnetlink::Error) -> DataplaneError {
-    DataplaneError::Netlink {
+pub fn failed(what: impl Into<String>, source: rtnetlink::Error) -> NetError {
+    NetError::Netlink {
         what: what.into(),
         source,
     }
@@ -96,7 +95,7 @@ pub fn failed(what: impl Into<String>, source: rtnetlink::Error) -> DataplaneErr
 
 /// Writes an IPv4 sysctl of interface `name` in the calling thread's
 /// network namespace (`/proc/sys/net` is the opener's namespace).
-pub fn set_interface_sysctl(name: &str, key: &str, value: &str) -> Result<(), DataplaneError> {
+pub fn set_interface_sysctl(name: &str, key: &str, value: &str) -> Result<(), NetError> {
     let path = Path::new("/proc/sys/net/ipv4/conf").join(name).join(key);
-    std::fs::write(&path, value).map_err(|source| DataplaneError::Io { path, source })
+    std::fs::write(&path, value).map_err(|source| NetError::Io { path, source })
 }

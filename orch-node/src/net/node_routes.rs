@@ -21,10 +21,10 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
 };
 
-use super::DataplaneError;
+use super::NetError;
 use super::ipam::PodCidr;
 use super::netlink::{failed, is_gone};
-use super::pod_network::ROUTE_PROTOCOL;
+use crate::dataplane::pod_network::ROUTE_PROTOCOL;
 
 /// One route to another node's pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -71,7 +71,7 @@ pub fn desired<'a>(nodes: impl IntoIterator<Item = &'a Node>, own: &str) -> BTre
 }
 
 /// orch's routes in the main table now.
-pub async fn installed(handle: &Handle) -> Result<BTreeSet<NodeRoute>, DataplaneError> {
+pub async fn installed(handle: &Handle) -> Result<BTreeSet<NodeRoute>, NetError> {
     let mut routes = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -120,7 +120,7 @@ fn message(route: &NodeRoute) -> RouteMessage {
 
 /// Makes orch's routes exactly `wanted`: stale ones deleted, the rest
 /// added or replaced (a node that changed address).
-pub async fn apply(handle: &Handle, wanted: &BTreeSet<NodeRoute>) -> Result<(), DataplaneError> {
+pub async fn apply(handle: &Handle, wanted: &BTreeSet<NodeRoute>) -> Result<(), NetError> {
     let wanted_networks: BTreeSet<(Ipv4Addr, u8)> =
         wanted.iter().map(|r| (r.network, r.prefix)).collect();
     for stale in installed(handle).await? {
@@ -218,7 +218,7 @@ impl NodeRouteSync {
         .await;
     }
 
-    async fn reconcile(&self) -> Result<Next, DataplaneError> {
+    async fn reconcile(&self) -> Result<Next, NetError> {
         let nodes = self.cache.select_kind(Kind::Node, |_| true);
         let nodes: Vec<&Node> = nodes
             .iter()

@@ -4,7 +4,10 @@
 //! containers (busybox httpd from the node's image store). Pods get
 //! addresses from their node's podCIDR (assigned by the control plane),
 //! reach each other across nodes with no NAT, reach a ClusterIP Service
-//! balanced over both, and give their address back when deleted.
+//! balanced over both; a client host on the LAN reaches both through
+//! one node's NodePort (and only that node's pod, keeping its address,
+//! with `externalTrafficPolicy: Local`); deleted pods give their address
+//! back.
 
 mod common;
 
@@ -22,6 +25,7 @@ use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
 use orch_tests::netns::{Lan, in_netns, run};
 
 const CONTROL_PLANE: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 254);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 100);
 const NODE_ADDRESSES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2)];
 const IMAGE: &str = "orch.test/web:1";
 
@@ -170,6 +174,26 @@ async fn fetch(client: &mut ApiClient, from: &str, url: &str) -> Result<String, 
     }
 }
 
+/// `GET /` at `address:port` over plain TCP: the body (a pod's hostname).
+fn http_get(address: Ipv4Addr, port: u16) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let target = std::net::SocketAddr::from((address, port));
+    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("send to {target}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read from {target}: {e}"))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok(body.trim().to_string())
+}
+
 fn in_cidr(address: Ipv4Addr, cidr: &str) -> bool {
     let (network, prefix) = cidr.split_once('/').expect("cidr");
     let network: Ipv4Addr = network.parse().expect("network");
@@ -182,6 +206,7 @@ fn pods_on_two_nodes_talk_directly_and_through_a_cluster_ip() {
     let pid = std::process::id();
     let mut lan = Lan::new(&format!("orch-e{pid}"));
     let control_plane = lan.add_host("cp", CONTROL_PLANE);
+    let client_host = lan.add_host("client", CLIENT);
     let dir = tempfile::tempdir().expect("tempdir");
     let cgroup_root = cgroup2::mount_point().expect("a cgroup2 hierarchy");
     let nodes: Vec<NodeHost> = NODE_ADDRESSES
@@ -208,14 +233,14 @@ fn pods_on_two_nodes_talk_directly_and_through_a_cluster_ip() {
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(scenario(root, nodes))
+            .block_on(scenario(root, nodes, client_host))
     });
     if let Err(panic) = scenario.join() {
         std::panic::resume_unwind(panic);
     }
 }
 
-async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>) {
+async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
     // The control plane serves the API on the LAN (every process this
     // thread starts is in the control-plane namespace).
     let mut replica = common::Replica::new(1, dir.join("replica-1"));
@@ -300,6 +325,55 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>) {
         answered,
         ["web-a", "web-b"].map(String::from).into_iter().collect()
     );
+
+    // NodePorts from a host that is not a node, through node 1.
+    let mut node_ports = Vec::new();
+    for (name, policy) in [("web-cluster", "Cluster"), ("web-local", "Local")] {
+        let service = object(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: {policy}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n"
+        ));
+        let Object::Service(service) = client.create(&service, false).await.expect("service")
+        else {
+            panic!("not a service");
+        };
+        let port = service
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|p| p.first().and_then(|p| p.node_port))
+            .expect("a nodePort");
+        node_ports.push(u16::try_from(port).expect("port"));
+    }
+    let node = nodes[0].address;
+    let answers = |port: u16, tries: usize| {
+        in_netns(&client_host, move || {
+            (0..tries)
+                .map(|_| http_get(node, port))
+                .collect::<Vec<Result<String, String>>>()
+        })
+        .join()
+        .expect("client thread")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: std::collections::BTreeSet<String> =
+            answers(node_ports[0], 16).into_iter().flatten().collect();
+        if seen.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NodePort {} answered only as {seen:?}",
+            node_ports[0]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for answer in answers(node_ports[1], 8) {
+        assert_eq!(
+            answer,
+            Ok("web-a".to_string()),
+            "externalTrafficPolicy Local"
+        );
+    }
 
     // A deleted pod's interface goes with it.
     let Some(uid) = pod(&mut client, "web-b").await.and_then(|p| p.metadata.uid) else {

@@ -120,7 +120,10 @@ async fn services_and_their_endpoints_reach_the_kernel_maps() {
     table
         .set(stale, &[SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1)])
         .expect("stale entry");
-    let sync = ServiceSync::new(ServiceTable::open(&node.layout).expect("open the table"));
+    let sync = ServiceSync::new(
+        ServiceTable::open(&node.layout).expect("open the table"),
+        None,
+    );
     let syncing = tokio::spawn(sync.run(client.clone()));
 
     let objects = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: http}\n  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}, {containerPort: 5353, protocol: UDP}]}]\n";

@@ -5,6 +5,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod lb;
+mod nat;
 mod pod_route;
 mod sock_lb;
 

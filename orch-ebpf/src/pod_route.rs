@@ -10,7 +10,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh,
     },
     btf_maps::HashMap,
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
@@ -18,6 +18,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use orch_ebpf_common::pod::{EndpointKey, POD_ENDPOINTS_MAX_ENTRIES, PodEndpoint};
+
+use crate::nat::{Translated, translate};
 
 #[btf_map]
 static POD_ENDPOINTS: HashMap<EndpointKey, PodEndpoint, POD_ENDPOINTS_MAX_ENTRIES> = HashMap::new();
@@ -35,21 +37,30 @@ const IP_CHECKSUM: usize = ETH_HEADER + 10;
 const IP_SOURCE: usize = ETH_HEADER + 12;
 const IP_DESTINATION: usize = ETH_HEADER + 16;
 
-/// Ingress of a pod's host veth: the pod's packets.
+/// Ingress of a pod's host veth: the pod's packets (a NodePort backend's
+/// replies are translated back first).
 #[classifier]
 pub fn pod_from_pod(ctx: TcContext) -> i32 {
-    let Some(destination) = ipv4_destination(&ctx) else {
-        return TC_ACT_OK;
-    };
-    if let Some(endpoint) = local_endpoint(destination) {
-        return deliver_local(&ctx, &endpoint);
+    match translate(&ctx, false) {
+        Translated::Drop => return TC_ACT_SHOT,
+        Translated::To(destination) => return route(&ctx, destination),
+        Translated::No => {}
     }
-    forward(&ctx, destination)
+    match ipv4_destination(&ctx) {
+        Some(destination) => route(&ctx, destination),
+        None => TC_ACT_OK,
+    }
 }
 
-/// Ingress of the node's interface: packets from other nodes for local pods.
+/// Ingress of the node's interface: NodePort flows, and packets from other
+/// nodes for local pods.
 #[classifier]
 pub fn pod_from_net(ctx: TcContext) -> i32 {
+    match translate(&ctx, true) {
+        Translated::Drop => return TC_ACT_SHOT,
+        Translated::To(destination) => return route(&ctx, destination),
+        Translated::No => {}
+    }
     let Some(destination) = ipv4_destination(&ctx) else {
         return TC_ACT_OK;
     };
@@ -57,6 +68,21 @@ pub fn pod_from_net(ctx: TcContext) -> i32 {
         Some(endpoint) => deliver_local(&ctx, &endpoint),
         None => TC_ACT_OK,
     }
+}
+
+/// To a local pod, or on by the node's routes.
+#[inline(always)]
+fn route(ctx: &TcContext, destination: u32) -> i32 {
+    match local_endpoint(destination) {
+        Some(endpoint) => deliver_local(ctx, &endpoint),
+        None => forward(ctx, destination),
+    }
+}
+
+/// Whether `address` (network byte order) is a pod of this node.
+#[inline(always)]
+pub fn is_local(address: u32) -> bool {
+    local_endpoint(address).is_some()
 }
 
 /// The destination address (network byte order) of an IPv4 packet.

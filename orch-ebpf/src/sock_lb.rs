@@ -6,21 +6,14 @@
 //! dialled. Types and map names: `orch_ebpf_common::service`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap},
+    btf_maps::LruHashMap,
     helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
-use orch_ebpf_common::service::{
-    BACKENDS_MAX_ENTRIES, Backend, BackendKey, RevNatEntry, RevNatKey, SERVICES_MAX_ENTRIES,
-    SOCK_REVNAT_MAX_ENTRIES, ServiceEntry, ServiceKey,
-};
+use orch_ebpf_common::service::{RevNatEntry, RevNatKey, SOCK_REVNAT_MAX_ENTRIES, ServiceKey};
 
-#[btf_map]
-static SERVICES: HashMap<ServiceKey, ServiceEntry, SERVICES_MAX_ENTRIES> = HashMap::new();
-
-#[btf_map]
-static BACKENDS: HashMap<BackendKey, Backend, BACKENDS_MAX_ENTRIES> = HashMap::new();
+use crate::lb::{Pick, pick_backend};
 
 /// LRU: entries of closed sockets age out as new ones need room.
 #[btf_map]
@@ -74,43 +67,12 @@ fn forward(ctx: &SockAddrContext) -> i32 {
         protocol: protocol as u8,
         pad: 0,
     };
-    // SAFETY: values are plain data the agent replaces whole; a read racing
-    // an update sees the old or the new value, both valid.
-    let Some(service) = (unsafe { SERVICES.get(key) }) else {
-        return ALLOW;
-    };
-    let (id, count) = (service.id, service.backends);
-    if count == 0 {
-        return refuse();
-    }
     // SAFETY: a helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
-    // SAFETY: as above.
-    let backend = match unsafe {
-        BACKENDS.get(BackendKey {
-            service: id,
-            slot: pick % count,
-        })
-    } {
-        Some(backend) => backend,
-        None => {
-            // The agent shrank the service between our two reads (count
-            // first, then the slots): look at the new count once more.
-            // SAFETY: as above.
-            let Some(service) = (unsafe { SERVICES.get(key) }) else {
-                return ALLOW;
-            };
-            let count = service.backends;
-            if count == 0 {
-                return refuse();
-            }
-            let slot = pick % count;
-            // SAFETY: as above.
-            match unsafe { BACKENDS.get(BackendKey { service: id, slot }) } {
-                Some(backend) => backend,
-                None => return refuse(),
-            }
-        }
+    let backend = match pick_backend(key, pick) {
+        Pick::NotService => return ALLOW,
+        Pick::NoBackend => return refuse(),
+        Pick::Backend(backend) => backend,
     };
     let (backend_address, backend_port) = (backend.address, backend.port);
     // SAFETY: the context pointer is valid for this helper.

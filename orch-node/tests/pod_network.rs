@@ -6,20 +6,23 @@
 //! pod to the other node; an agent restart that keeps every pod reachable
 //! and every address; removal that releases the address.
 //!
-//! The nodes' own interface has forwarding off, so the kernel would never
-//! forward another node's packet to a pod: that it arrives proves
-//! `pod_from_net`'s redirect did it.
+//! A packet `bpf_redirect_peer` delivers skips the host veth's transmit
+//! path, so the host veth's tx counter tells the programs delivered it,
+//! not the kernel's forwarding. NodePort: a client host on the LAN reaches
+//! pods on both nodes through one node's address, local backends seeing
+//! the client's address, remote ones the node's (SNAT), over TCP and UDP.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{in_netns, run};
 use orch_node::dataplane::pod_network::{PodInterface, PodNetwork, host_interface_name};
+use orch_node::dataplane::services::{Frontend, Protocol, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs};
 use orch_node::net::ipam::PodCidr;
 use orch_node::net::netlink;
@@ -33,29 +36,34 @@ const ECHO_PORT: u16 = 8080;
 /// The namespaces, state directories and pins of the test; undone on drop
 /// (a failed assertion included).
 struct Cluster {
+    /// What namespaces are named after.
+    prefix: String,
     /// Pods before the LAN (its hosts are the nodes).
     pods: Vec<Namespace>,
-    _lan: Lan,
+    lan: Lan,
     nodes: [String; 2],
     layouts: [PinLayout; 2],
     state: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn new() -> Self {
+    /// Namespaces and pins named after `tag` (one per test).
+    fn new(tag: &str) -> Self {
         let pid = std::process::id();
-        let mut lan = Lan::new(&format!("orch-t{pid}"));
+        let prefix = format!("orch-{tag}{pid}");
+        let mut lan = Lan::new(&prefix);
         let nodes = [
             lan.add_host("n1", NODE_ADDRESSES[0]),
             lan.add_host("n2", NODE_ADDRESSES[1]),
         ];
         let bpffs_root = Path::new(bpffs::BPFFS_ROOT);
         Cluster {
+            prefix,
             pods: Vec::new(),
-            _lan: lan,
+            lan,
             nodes,
             layouts: [1, 2].map(|n| {
-                PinLayout::new(bpffs_root, &format!("test-podnet-{pid}-n{n}")).expect("layout")
+                PinLayout::new(bpffs_root, &format!("test-{tag}-{pid}-n{n}")).expect("layout")
             }),
             state: tempfile::tempdir().expect("tempdir"),
         }
@@ -69,7 +77,7 @@ impl Cluster {
 
     /// A pod sandbox: a network namespace with loopback up.
     fn pod_namespace(&mut self, name: &str) -> String {
-        let netns = Namespace::new(&format!("orch-t{}-{name}", std::process::id()));
+        let netns = Namespace::new(&format!("{}-{name}", self.prefix));
         let name = netns.name().to_string();
         self.pods.push(netns);
         name
@@ -110,6 +118,20 @@ impl Cluster {
         (netns, interface)
     }
 
+    /// Each node routes the other's podCIDR through it.
+    fn route_between_nodes(&self) {
+        for (node, other) in [(0, 1), (1, 0)] {
+            let cidr = PodCidr::parse(POD_CIDRS[other]).expect("cidr");
+            let route = NodeRoute {
+                network: cidr.network(),
+                prefix: cidr.prefix(),
+                via: NODE_ADDRESSES[other],
+            };
+            let installed = self.routes(node, BTreeSet::from([route]));
+            assert_eq!(installed, BTreeSet::from([route]), "node {node}'s routes");
+        }
+    }
+
     fn routes(&self, node: usize, wanted: BTreeSet<NodeRoute>) -> BTreeSet<NodeRoute> {
         in_netns(&self.nodes[node], move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -137,33 +159,51 @@ impl Drop for Cluster {
     }
 }
 
-/// A TCP server in `netns` that answers each connection with the address
-/// it came from, and closes.
+/// TCP and UDP servers in `netns` on `address:port` that answer each
+/// connection or datagram with `<own address> <peer address>`.
 fn serve_peer_address(netns: &str, address: Ipv4Addr, port: u16) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let _server = in_netns(netns, move || {
+    let udp_ready = ready_tx.clone();
+    let _tcp = in_netns(netns, move || {
         let listener = TcpListener::bind(SocketAddrV4::new(address, port)).expect("bind");
         ready_tx.send(()).expect("ready");
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             if let Ok(peer) = stream.peer_addr() {
-                let _ = stream.write_all(peer.ip().to_string().as_bytes());
+                let _ = stream.write_all(format!("{address} {}", peer.ip()).as_bytes());
             }
         }
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the server listens");
+    let _udp = in_netns(netns, move || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(address, port)).expect("bind udp");
+        udp_ready.send(()).expect("ready");
+        let mut buffer = [0u8; 64];
+        while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(format!("{address} {}", peer.ip()).as_bytes(), peer);
+        }
+    });
+    for _ in 0..2 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the servers listen");
+    }
 }
 
-/// From `netns`, the peer address `target` saw, or the connection error.
-fn peer_seen(netns: &str, target: Ipv4Addr, port: u16) -> Result<Ipv4Addr, String> {
+/// An answer of the servers: (the server's address, the peer it saw).
+type Answer = (Ipv4Addr, Ipv4Addr);
+
+fn parse_answer(text: &str) -> Result<Answer, String> {
+    let (own, peer) = text.split_once(' ').ok_or(format!("answer {text:?}"))?;
+    let parse = |a: &str| a.parse().map_err(|e| format!("answer {text:?}: {e}"));
+    Ok((parse(own)?, parse(peer)?))
+}
+
+/// From `netns`, over TCP: who answered at `target:port`, and whom it saw.
+fn exchange(netns: &str, target: Ipv4Addr, port: u16) -> Result<Answer, String> {
     in_netns(netns, move || {
-        let mut stream = TcpStream::connect_timeout(
-            &SocketAddrV4::new(target, port).into(),
-            Duration::from_secs(2),
-        )
-        .map_err(|e| format!("connect {target}:{port}: {e}"))?;
+        let address = SocketAddrV4::new(target, port).into();
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
+            .map_err(|e| format!("connect {target}:{port}: {e}"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
@@ -171,27 +211,57 @@ fn peer_seen(netns: &str, target: Ipv4Addr, port: u16) -> Result<Ipv4Addr, Strin
         stream
             .read_to_string(&mut answer)
             .map_err(|e| format!("read from {target}: {e}"))?;
-        answer
-            .parse()
-            .map_err(|e| format!("answer {answer:?}: {e}"))
+        parse_answer(&answer)
     })
     .join()
     .expect("client thread")
 }
 
-fn read_sysctl(netns: &str, key: &'static str) -> String {
+/// The same over UDP, from a socket bound to `port` (so the client's port
+/// is known).
+fn exchange_udp(netns: &str, target: Ipv4Addr, port: u16) -> Result<Answer, String> {
     in_netns(netns, move || {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{key}")).expect("sysctl")
+        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        socket
+            .send_to(b"who", SocketAddrV4::new(target, port))
+            .map_err(|e| format!("send to {target}:{port}: {e}"))?;
+        let mut buffer = [0u8; 64];
+        let (length, from) = socket
+            .recv_from(&mut buffer)
+            .map_err(|e| format!("udp {target}:{port}: {e}"))?;
+        // The answer comes from the address dialled (reverse translation).
+        if from != SocketAddrV4::new(target, port).into() {
+            return Err(format!("answer from {from}, not {target}:{port}"));
+        }
+        parse_answer(&String::from_utf8_lossy(&buffer[..length]))
     })
     .join()
-    .expect("sysctl thread")
-    .trim()
-    .to_string()
+    .expect("client thread")
+}
+
+/// From `netns`, the peer address `target` saw, or the connection error.
+fn peer_seen(netns: &str, target: Ipv4Addr, port: u16) -> Result<Ipv4Addr, String> {
+    exchange(netns, target, port).map(|(_, peer)| peer)
+}
+
+/// Packets sent through `interface` in `netns`.
+fn tx_packets(netns: &str, interface: &str) -> u64 {
+    let json = run(
+        "ip",
+        &["-n", netns, "-j", "-s", "link", "show", "dev", interface],
+    );
+    let links: serde_json::Value = serde_json::from_str(&json).expect("ip -j");
+    links[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tx counter in {json}"))
 }
 
 #[test]
 fn pods_reach_each_other_on_a_node_and_across_nodes() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new("t");
     let (ns_a, a) = cluster.add_pod(0, "pod-a");
     let (ns_b, b) = cluster.add_pod(0, "pod-b");
     let (ns_c, c) = cluster.add_pod(1, "pod-c");
@@ -199,20 +269,7 @@ fn pods_reach_each_other_on_a_node_and_across_nodes() {
     assert_eq!(b.address, Ipv4Addr::new(10, 201, 1, 2));
     assert_eq!(c.address, Ipv4Addr::new(10, 201, 2, 1));
     assert_eq!(a.host_interface, host_interface_name("pod-a"));
-    for (node, other) in [(0, 1), (1, 0)] {
-        let cidr = PodCidr::parse(POD_CIDRS[other]).expect("cidr");
-        let route = NodeRoute {
-            network: cidr.network(),
-            prefix: cidr.prefix(),
-            via: NODE_ADDRESSES[other],
-        };
-        let installed = cluster.routes(node, BTreeSet::from([route]));
-        assert_eq!(installed, BTreeSet::from([route]), "node {node}'s routes");
-    }
-    // The kernel would not forward from the node network to a pod.
-    for node in &cluster.nodes {
-        assert_eq!(read_sysctl(node, "conf/eth0/forwarding"), "0", "{node}");
-    }
+    cluster.route_between_nodes();
     for (netns, pod) in [(&ns_a, &a), (&ns_b, &b), (&ns_c, &c)] {
         serve_peer_address(netns, pod.address, ECHO_PORT);
     }
@@ -221,14 +278,24 @@ fn pods_reach_each_other_on_a_node_and_across_nodes() {
     // Same node, both ways: no address translation.
     assert_eq!(peer_seen(&ns_a, b.address, ECHO_PORT), Ok(a.address));
     assert_eq!(peer_seen(&ns_b, a.address, ECHO_PORT), Ok(b.address));
-    // Across nodes, both ways.
-    assert_eq!(peer_seen(&ns_a, c.address, ECHO_PORT), Ok(a.address));
+    // Across nodes, both ways; the programs deliver (the host veth never
+    // transmits the packets: bpf_redirect_peer skips it).
+    let sent_before = tx_packets(&cluster.nodes[1], &c.host_interface);
+    for _ in 0..5 {
+        assert_eq!(peer_seen(&ns_a, c.address, ECHO_PORT), Ok(a.address));
+    }
+    let sent = tx_packets(&cluster.nodes[1], &c.host_interface) - sent_before;
+    assert!(sent < 5, "{sent} packets went through the host veth");
     assert_eq!(peer_seen(&ns_c, b.address, ECHO_PORT), Ok(c.address));
-    // The node itself reaches its pods (through the /32 route)...
+    // The node itself reaches its pods (through the /32 route, so the
+    // host veth does transmit: the counter above counts)...
+    let sent_before = tx_packets(&cluster.nodes[0], &a.host_interface);
     assert_eq!(
         peer_seen(&cluster.nodes[0], a.address, ECHO_PORT),
         Ok(NODE_ADDRESSES[0])
     );
+    let sent = tx_packets(&cluster.nodes[0], &a.host_interface) - sent_before;
+    assert!(sent >= 3, "only {sent} packets through the host veth");
     // ...and a pod reaches another node's address (FIB, redirect_neigh).
     assert_eq!(
         peer_seen(&ns_a, NODE_ADDRESSES[1], ECHO_PORT),
@@ -284,4 +351,83 @@ fn pods_reach_each_other_on_a_node_and_across_nodes() {
     // Routes no Node wants any more go.
     assert!(cluster.routes(0, BTreeSet::new()).is_empty());
     assert!(peer_seen(&ns_a, c.address, ECHO_PORT).is_err());
+}
+
+#[test]
+fn node_ports_take_clients_from_outside_the_nodes() {
+    let mut cluster = Cluster::new("np");
+    let client_address = Ipv4Addr::new(10, 200, 0, 100);
+    let client = cluster.lan.add_host("client", client_address);
+    let (ns_a, a) = cluster.add_pod(0, "pod-a");
+    let (ns_c, c) = cluster.add_pod(1, "pod-c");
+    cluster.route_between_nodes();
+    serve_peer_address(&ns_a, a.address, ECHO_PORT);
+    serve_peer_address(&ns_c, c.address, ECHO_PORT);
+    let node = NODE_ADDRESSES[0];
+    let backends = [
+        SocketAddrV4::new(a.address, ECHO_PORT),
+        SocketAddrV4::new(c.address, ECHO_PORT),
+    ];
+    // What service sync writes for a NodePort Service (policy Cluster:
+    // every ready endpoint; Local: the node's own; none: refused).
+    let mut table = ServiceTable::open(&cluster.layouts[0]).expect("service table");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let frontend = |port| Frontend {
+            address: node,
+            port,
+            protocol,
+        };
+        table.set(frontend(30080), &backends).expect("cluster");
+        table.set(frontend(30081), &backends[..1]).expect("local");
+        table.set(frontend(30082), &[]).expect("none");
+    }
+
+    // Policy Cluster: both pods answer through node 1; the local one sees
+    // the client, the remote one node 1 (whose address the flow took, so
+    // the reply comes back through it).
+    for (protocol, exchange) in [
+        (
+            "tcp",
+            exchange as fn(&str, Ipv4Addr, u16) -> Result<Answer, String>,
+        ),
+        ("udp", exchange_udp),
+    ] {
+        let mut seen = BTreeMap::new();
+        for _ in 0..64 {
+            let (server, peer) = exchange(&client, node, 30080).expect(protocol);
+            seen.insert(server, peer);
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            BTreeMap::from([(a.address, client_address), (c.address, node)]),
+            "{protocol}"
+        );
+        // Policy Local: only the node's pod, which sees the client.
+        for _ in 0..8 {
+            assert_eq!(
+                exchange(&client, node, 30081),
+                Ok((a.address, client_address)),
+                "{protocol}"
+            );
+        }
+        // No ready endpoint: dropped.
+        assert!(exchange(&client, node, 30082).is_err(), "{protocol}");
+    }
+
+    // The connection table as bpftool shows it.
+    let dump = run(
+        "bpftool",
+        &[
+            "map",
+            "dump",
+            "pinned",
+            cluster.layouts[0].map("CONNTRACK").to_str().expect("utf-8"),
+        ],
+    );
+    for field in ["\"src_address\"", "\"dst_port\"", "\"protocol\""] {
+        assert!(dump.contains(field), "{field} in {dump}");
+    }
 }

@@ -4,6 +4,7 @@
 //! `bpftool map dump` prints them.
 #![no_std]
 
+pub mod nat;
 pub mod pod;
 pub mod service;
 
@@ -18,12 +19,13 @@ pub const IFACE_EGRESS_PROG: &str = "iface_count_egress";
 pub const IFACE_COUNTERS_MAX_ENTRIES: usize = 4096;
 
 /// Every map the agent pins under the node's directory (by these names).
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     IFACE_COUNTERS_MAP,
     service::SERVICES_MAP,
     service::BACKENDS_MAP,
     service::SOCK_REVNAT_MAP,
     pod::POD_ENDPOINTS_MAP,
+    nat::CONNTRACK_MAP,
 ];
 
 /// Traffic direction, seen from the interface the program is attached to.

@@ -364,8 +364,20 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             plumbing,
         );
         tokio::spawn(agent::run_pods(client.clone(), manager));
-        let _service_programs = service_sync::start(layout, cgroup.as_deref(), client.clone())
-            .context("--service-cgroup: service balancing")?;
+        let local_node = match &args.pod_network_interface {
+            Some(_) => Some(service_sync::LocalNode {
+                name: config.node.name.clone(),
+                address: config
+                    .node
+                    .internal_ip
+                    .parse()
+                    .context("the node's InternalIP, for NodePorts")?,
+            }),
+            None => None,
+        };
+        let _service_programs =
+            service_sync::start(layout, cgroup.as_deref(), local_node, client.clone())
+                .context("--service-cgroup: service balancing")?;
         shutdown_signal().await;
         tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())

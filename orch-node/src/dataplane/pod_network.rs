@@ -88,6 +88,9 @@ impl PodNetwork {
                 .map_err(|source| DataplaneError::Program { name, source })?;
             super::tc::pin_program(layout, name, program)?;
         }
+        // The node forwards: NodePort flows to other nodes' pods, pods'
+        // traffic (bpf_fib_lookup answers only where forwarding is on).
+        netlink::set_interface_sysctl(node_interface, "forwarding", "1")?;
         let from_net = classifier(&mut ebpf, POD_FROM_NET_PROG)?;
         super::tc::attach_tcx(
             layout,

@@ -28,23 +28,38 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// microseconds, so a few workers keep up with any churn.
 const WORKERS: usize = 4;
 
+/// The node this agent runs on, for NodePort frontends: its address, and
+/// its name (which endpoints are local for `externalTrafficPolicy: Local`).
+#[derive(Clone, Debug)]
+pub struct LocalNode {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
 /// What the table should hold for a Service: each TCP or UDP port of its
 /// IPv4 ClusterIP, with the ready endpoints behind it (sorted, without
-/// duplicates). Headless and ExternalName Services have no frontend.
-pub fn desired(service: &Service, slices: &[&EndpointSlice]) -> Vec<(Frontend, Vec<SocketAddrV4>)> {
+/// duplicates); with `node`, each NodePort of a NodePort or LoadBalancer
+/// Service on the node's address, with the same endpoints, or only the
+/// node's own for `externalTrafficPolicy: Local`. Headless and
+/// ExternalName Services have no ClusterIP frontend.
+pub fn desired(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    node: Option<&LocalNode>,
+) -> Vec<(Frontend, Vec<SocketAddrV4>)> {
     let Some(spec) = &service.spec else {
         return Vec::new();
     };
     if spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
-    let Some(address) = spec
+    let cluster_ip = spec
         .cluster_ip
         .as_deref()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-    else {
-        return Vec::new();
-    };
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let node_ports =
+        node.filter(|_| matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")));
+    let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
     let mut wanted = Vec::new();
     for port in spec.ports.iter().flatten() {
         let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
@@ -53,48 +68,73 @@ pub fn desired(service: &Service, slices: &[&EndpointSlice]) -> Vec<(Frontend, V
             "UDP" => Protocol::Udp,
             _ => continue,
         };
-        let Ok(number) = u16::try_from(port.port) else {
-            continue;
-        };
         let name = port.name.as_deref().unwrap_or_default();
-        let mut backends = BTreeSet::new();
-        for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
-            let Some(target) = slice.ports.iter().flatten().find(|p| {
-                p.name.as_deref().unwrap_or_default() == name
-                    && p.protocol.as_deref().unwrap_or("TCP") == protocol_name
-            }) else {
-                continue;
+        let backends =
+            |on_node: Option<&str>| ready_endpoints(slices, name, protocol_name, on_node);
+        if let (Some(address), Ok(number)) = (cluster_ip, u16::try_from(port.port)) {
+            let frontend = Frontend {
+                address,
+                port: number,
+                protocol,
             };
-            let Some(target) = target.port.and_then(|p| u16::try_from(p).ok()) else {
-                continue;
-            };
-            for endpoint in &slice.endpoints {
-                // Kubernetes: an unknown readiness counts as ready.
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
-                if !ready {
-                    continue;
-                }
-                if let Some(ip) = endpoint
-                    .addresses
-                    .first()
-                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
-                {
-                    backends.insert(SocketAddrV4::new(ip, target));
-                }
-            }
+            wanted.push((frontend, backends(None)));
         }
-        let frontend = Frontend {
-            address,
-            port: number,
-            protocol,
-        };
-        wanted.push((frontend, backends.into_iter().collect()));
+        let node_port = port
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0);
+        if let (Some(node), Some(number)) = (node_ports, node_port) {
+            let frontend = Frontend {
+                address: node.address,
+                port: number,
+                protocol,
+            };
+            let on_node = local_only.then_some(node.name.as_str());
+            wanted.push((frontend, backends(on_node)));
+        }
     }
     wanted
+}
+
+/// The ready endpoints of `slices` at the port named `port_name` (only
+/// those on node `on_node`, when given).
+fn ready_endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol_name: &str,
+    on_node: Option<&str>,
+) -> Vec<SocketAddrV4> {
+    let mut backends = BTreeSet::new();
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let Some(target) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol_name
+        }) else {
+            continue;
+        };
+        let Some(target) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // Ready unset means ready (the API's rule for consumers).
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready || on_node.is_some_and(|n| endpoint.node_name.as_deref() != Some(n)) {
+                continue;
+            }
+            if let Some(ip) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            {
+                backends.insert(SocketAddrV4::new(ip, target));
+            }
+        }
+    }
+    backends.into_iter().collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,6 +151,8 @@ pub struct ServiceSync {
     /// owning each frontend (a deleted Service's address may already be a
     /// new Service's, whose entry must then stay).
     installed: Mutex<Installed>,
+    /// Set when NodePort frontends are wanted.
+    node: Option<LocalNode>,
 }
 
 #[derive(Default)]
@@ -127,21 +169,31 @@ struct Installed {
 ///
 /// An attachment found pinned is adopted as it is, whatever cgroup it hangs
 /// off: to move it, `orch-node dataplane remove` first.
+///
+/// `node` is given when the pod network's tc programs run on this node:
+/// NodePort frontends are written for them. With neither a cgroup nor a
+/// node, nothing reads the table and no sync runs.
 pub fn start(
     layout: &super::PinLayout,
     cgroup: Option<&std::path::Path>,
+    node: Option<LocalNode>,
     client: ApiClient,
 ) -> Result<Option<aya::Ebpf>, DataplaneError> {
-    let Some(cgroup) = cgroup else {
-        if super::services::detach(layout)? {
-            tracing::info!("service balancing detached (started without --service-cgroup)");
+    let ebpf = match cgroup {
+        Some(cgroup) => Some(super::services::attach(layout, cgroup)?),
+        None => {
+            if super::services::detach(layout)? {
+                tracing::info!("service balancing detached (started without --service-cgroup)");
+            }
+            None
         }
-        return Ok(None);
     };
-    let ebpf = super::services::attach(layout, cgroup)?;
-    let sync = ServiceSync::new(ServiceTable::open(layout)?);
+    if ebpf.is_none() && node.is_none() {
+        return Ok(None);
+    }
+    let sync = ServiceSync::new(ServiceTable::open(layout)?, node);
     tokio::spawn(sync.run(client));
-    Ok(Some(ebpf))
+    Ok(ebpf)
 }
 
 /// The Service an object is about: itself, or the one a slice is labelled
@@ -161,12 +213,13 @@ fn service_of(object: &Object) -> Option<ObjectRef> {
 }
 
 impl ServiceSync {
-    pub fn new(table: ServiceTable) -> Arc<Self> {
+    pub fn new(table: ServiceTable, node: Option<LocalNode>) -> Arc<Self> {
         Arc::new(Self {
             cache: Cache::new(),
             queue: WorkQueue::new(),
             table: Mutex::new(table),
             installed: Mutex::new(Installed::default()),
+            node,
         })
     }
 
@@ -240,7 +293,7 @@ impl ServiceSync {
                         _ => None,
                     })
                     .collect();
-                desired(service, &slices)
+                desired(service, &slices, self.node.as_ref())
             }
             _ => Vec::new(),
         };
@@ -302,7 +355,7 @@ mod tests {
         let other: EndpointSlice = parse(
             "metadata: {name: web-2, namespace: default}\naddressType: IPv4\nports:\n- {name: http, port: 9090}\nendpoints:\n- addresses: [10.244.1.5]\n",
         );
-        let wanted = desired(&service, &[&slice, &other]);
+        let wanted = desired(&service, &[&slice, &other], None);
         let http = Frontend {
             address: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
@@ -336,13 +389,50 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_listen_on_the_node_and_local_policy_keeps_to_its_pods() {
+        let slice: EndpointSlice = parse(
+            "metadata: {name: web-1, namespace: default}\naddressType: IPv4\nports:\n- {name: http, port: 8080}\nendpoints:\n- addresses: [10.244.1.5]\n  nodeName: here\n- addresses: [10.244.2.7]\n  nodeName: there\n",
+        );
+        let node = LocalNode {
+            name: "here".into(),
+            address: Ipv4Addr::new(10, 0, 0, 1),
+        };
+        let all: Vec<SocketAddrV4> = vec![
+            "10.244.1.5:8080".parse().expect("addr"),
+            "10.244.2.7:8080".parse().expect("addr"),
+        ];
+        for (policy, on_node) in [("Cluster", all.clone()), ("Local", all[..1].to_vec())] {
+            let service: Service = parse(&format!(
+                "metadata: {{name: web}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: {policy}\n  clusterIP: 10.96.0.10\n  ports: [{{name: http, port: 80, nodePort: 30080}}]\n"
+            ));
+            let cluster_ip = Frontend {
+                address: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                protocol: Protocol::Tcp,
+            };
+            let node_port = Frontend {
+                address: node.address,
+                port: 30080,
+                protocol: Protocol::Tcp,
+            };
+            assert_eq!(
+                desired(&service, &[&slice], Some(&node)),
+                vec![(cluster_ip, all.clone()), (node_port, on_node)],
+                "{policy}"
+            );
+            // Without the pod network's programs, no NodePort frontend.
+            assert_eq!(desired(&service, &[&slice], None).len(), 1);
+        }
+    }
+
+    #[test]
     fn headless_and_external_name_services_have_no_frontend() {
         for spec in [
             "clusterIP: None\n  ports: [{port: 80}]",
             "type: ExternalName\n  externalName: example.com\n  ports: [{port: 80}]",
         ] {
             let service: Service = parse(&format!("metadata: {{name: x}}\nspec:\n  {spec}\n"));
-            assert!(desired(&service, &[]).is_empty(), "{spec}");
+            assert!(desired(&service, &[], None).is_empty(), "{spec}");
         }
     }
 }

@@ -1,0 +1,216 @@
+//! NodePort in tc: a packet for a node address and NodePort is sent to a
+//! backend picked from the service table, through a connection table
+//! (LRU) holding both directions of every translated flow: the client's
+//! packets are rewritten to the backend (and, for a backend on another
+//! node, from this node's address, so the replies come back here), the
+//! backend's replies back to the address the client dialled. Types and map
+//! names: `orch_ebpf_common::nat`.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    btf_maps::LruHashMap,
+    helpers::bpf_get_prandom_u32,
+    macros::btf_map,
+    programs::TcContext,
+};
+use orch_ebpf_common::nat::{CONNTRACK_MAX_ENTRIES, FlowKey, NatEntry};
+use orch_ebpf_common::service::{PROTOCOL_TCP, PROTOCOL_UDP, ServiceKey};
+
+use crate::lb::{Pick, pick_backend};
+
+#[btf_map]
+static CONNTRACK: LruHashMap<FlowKey, NatEntry, CONNTRACK_MAX_ENTRIES> = LruHashMap::new();
+
+const ETH_HEADER: usize = 14;
+const ETH_TYPE: usize = 12;
+const ETH_P_IP: u16 = 0x0800;
+const IP_VERSION_IHL: usize = ETH_HEADER;
+const IP_FRAGMENT: usize = ETH_HEADER + 6;
+const IP_PROTOCOL: usize = ETH_HEADER + 9;
+const IP_CHECKSUM: usize = ETH_HEADER + 10;
+const IP_SOURCE: usize = ETH_HEADER + 12;
+const IP_DESTINATION: usize = ETH_HEADER + 16;
+/// Only headers without options are translated (20 bytes).
+const L4: usize = ETH_HEADER + 20;
+const TCP_CHECKSUM: usize = L4 + 16;
+const UDP_CHECKSUM: usize = L4 + 6;
+/// Fragment offset and "more fragments": a fragment has no ports to read.
+const FRAGMENTED: u16 = 0x3fff;
+/// Where SNAT ports are drawn from when the client's own is taken.
+const SNAT_PORTS: (u32, u32) = (32_768, 28_232);
+
+/// What the translation did with a packet.
+pub enum Translated {
+    /// Not a translated flow nor a NodePort: route it as it is.
+    No,
+    /// Rewritten: route it to its new destination (network byte order).
+    To(u32),
+    /// A NodePort with no backend (or a packet that could not be
+    /// rewritten): drop it.
+    Drop,
+}
+
+/// The TCP or UDP flow of an IPv4 packet without options or fragments.
+#[inline(always)]
+fn flow_of(ctx: &TcContext) -> Option<FlowKey> {
+    let ether_type: u16 = ctx.load(ETH_TYPE).ok()?;
+    if u16::from_be(ether_type) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(IP_VERSION_IHL).ok()?;
+    let fragment: u16 = ctx.load(IP_FRAGMENT).ok()?;
+    let protocol: u8 = ctx.load(IP_PROTOCOL).ok()?;
+    if version_ihl != 0x45
+        || u16::from_be(fragment) & FRAGMENTED != 0
+        || (protocol != PROTOCOL_TCP && protocol != PROTOCOL_UDP)
+    {
+        return None;
+    }
+    Some(FlowKey {
+        src_address: ctx.load(IP_SOURCE).ok()?,
+        dst_address: ctx.load(IP_DESTINATION).ok()?,
+        src_port: ctx.load(L4).ok()?,
+        dst_port: ctx.load(L4 + 2).ok()?,
+        protocol,
+        pad: [0; 3],
+    })
+}
+
+/// A packet of a translated flow is rewritten; with `frontends`, a new
+/// flow to a NodePort gets a backend (only on the node's interface: pods
+/// reach services through the socket programs).
+#[inline(always)]
+pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
+    let Some(flow) = flow_of(ctx) else {
+        return Translated::No;
+    };
+    // SAFETY: entries are plain data written whole.
+    if let Some(entry) = unsafe { CONNTRACK.get(flow) } {
+        let entry = *entry;
+        return rewrite(ctx, &flow, &entry);
+    }
+    if !frontends {
+        return Translated::No;
+    }
+    let key = ServiceKey {
+        address: flow.dst_address,
+        port: flow.dst_port,
+        protocol: flow.protocol,
+        pad: 0,
+    };
+    // SAFETY: a helper without arguments.
+    let pick = unsafe { bpf_get_prandom_u32() };
+    let backend = match pick_backend(key, pick) {
+        Pick::NotService => return Translated::No,
+        Pick::NoBackend => return Translated::Drop,
+        Pick::Backend(backend) => backend,
+    };
+    let local = crate::pod_route::is_local(backend.address);
+    // A local backend replies through this node anyway (its gateway): the
+    // client's address is kept. A remote one is sent the flow from this
+    // node's address, on a port free for that backend.
+    let (src_address, src_port) = if local {
+        (flow.src_address, flow.src_port)
+    } else {
+        match snat_port(&flow, backend.address, backend.port, pick) {
+            Some(port) => (flow.dst_address, port),
+            None => return Translated::Drop,
+        }
+    };
+    let outbound = NatEntry {
+        src_address,
+        dst_address: backend.address,
+        src_port,
+        dst_port: backend.port,
+    };
+    let reply = FlowKey {
+        src_address: backend.address,
+        dst_address: src_address,
+        src_port: backend.port,
+        dst_port: src_port,
+        protocol: flow.protocol,
+        pad: [0; 3],
+    };
+    let reply_to = NatEntry {
+        src_address: flow.dst_address,
+        dst_address: flow.src_address,
+        src_port: flow.dst_port,
+        dst_port: flow.src_port,
+    };
+    // The reply's entry first: no reply can come before it exists.
+    if CONNTRACK.insert(reply, reply_to, 0).is_err() || CONNTRACK.insert(flow, outbound, 0).is_err()
+    {
+        return Translated::Drop;
+    }
+    rewrite(ctx, &flow, &outbound)
+}
+
+/// A source port on this node's address that no other flow to this
+/// backend uses: the client's own when free, else one of two random ones.
+#[inline(always)]
+fn snat_port(flow: &FlowKey, backend: u32, backend_port: u16, pick: u32) -> Option<u16> {
+    let random = |salt: u32| {
+        let port = SNAT_PORTS.0 + (pick.rotate_left(salt) % SNAT_PORTS.1);
+        (port as u16).to_be()
+    };
+    for candidate in [flow.src_port, random(11), random(23)] {
+        let reply = FlowKey {
+            src_address: backend,
+            dst_address: flow.dst_address,
+            src_port: backend_port,
+            dst_port: candidate,
+            protocol: flow.protocol,
+            pad: [0; 3],
+        };
+        // SAFETY: only the presence of the entry is read.
+        if unsafe { CONNTRACK.get(reply) }.is_none() {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+/// Rewrites the packet's addresses and ports to `to`, checksums with them.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, flow: &FlowKey, to: &NatEntry) -> Translated {
+    let (checksum, mangled) = if flow.protocol == PROTOCOL_TCP {
+        (TCP_CHECKSUM, 0)
+    } else {
+        // UDP's checksum 0 means "none": it stays 0.
+        (UDP_CHECKSUM, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+    let addresses = [
+        (IP_SOURCE, flow.src_address, to.src_address),
+        (IP_DESTINATION, flow.dst_address, to.dst_address),
+    ];
+    for (offset, old, new) in addresses {
+        if old == new {
+            continue;
+        }
+        let (old, new) = (u64::from(old), u64::from(new));
+        let stored = ctx.store(offset, &(new as u32), 0).is_ok()
+            && ctx.l3_csum_replace(IP_CHECKSUM, old, new, 4).is_ok()
+            && ctx.l4_csum_replace(checksum, old, new, pseudo | 4).is_ok();
+        if !stored {
+            return Translated::Drop;
+        }
+    }
+    let ports = [
+        (L4, flow.src_port, to.src_port),
+        (L4 + 2, flow.dst_port, to.dst_port),
+    ];
+    for (offset, old, new) in ports {
+        if old == new {
+            continue;
+        }
+        let stored = ctx.store(offset, &new, 0).is_ok()
+            && ctx
+                .l4_csum_replace(checksum, u64::from(old), u64::from(new), mangled | 2)
+                .is_ok();
+        if !stored {
+            return Translated::Drop;
+        }
+    }
+    Translated::To(to.dst_address)
+}

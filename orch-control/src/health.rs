@@ -1,70 +1,31 @@
 //! The health port: GET /healthz (the process answers), /readyz (this
 //! replica knows a leader, so it can serve reads and forward writes) and
-//! /metrics (Prometheus). Plain HTTP/1.1, one request per connection: what
-//! probes and scrapers need, nothing more.
+//! /metrics (Prometheus), on orch-core's plain-HTTP health port.
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use orch_core::health_port::Answer;
+use tokio::net::TcpListener;
 
 use crate::store::raft::node::RaftNode;
 
-/// Largest request head read.
-const MAX_HEAD: usize = 8 * 1024;
-
 /// Serves the health port until the process ends.
 pub async fn serve(listener: TcpListener, node: Arc<RaftNode>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    orch_core::health_port::serve(listener, move |path: String| {
         let node = node.clone();
-        tokio::spawn(async move {
-            if let Err(error) = answer(stream, &node).await {
-                tracing::debug!(%error, "health request");
+        async move {
+            match path.as_str() {
+                "/healthz" | "/livez" => Answer::text("200 OK", "ok"),
+                "/readyz" => match ready(&node) {
+                    Ok(()) => Answer::text("200 OK", "ok"),
+                    Err(reason) => Answer::text("503 Service Unavailable", reason),
+                },
+                "/metrics" => Answer::metrics(crate::metrics::global().render(&gauges(&node))),
+                _ => Answer::not_found(),
             }
-        });
-    }
-}
-
-async fn answer(mut stream: TcpStream, node: &RaftNode) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            break;
         }
-        head.extend_from_slice(&buffer[..n]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    let mut words = text.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") | ("GET", "/livez") => ("200 OK", "text/plain", "ok".to_string()),
-        ("GET", "/readyz") => match ready(node) {
-            Ok(()) => ("200 OK", "text/plain", "ok".to_string()),
-            Err(reason) => ("503 Service Unavailable", "text/plain", reason),
-        },
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            crate::metrics::global().render(&gauges(node)),
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only".to_string(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    })
+    .await
 }
 
 fn ready(node: &RaftNode) -> Result<(), String> {

@@ -56,6 +56,8 @@ fn start_agent_with(
             "127.0.0.1",
             "--port",
             "0",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
             "--system-reserved",
             "cpu=100m,memory=128Mi",
             "--node-lease-duration-seconds",

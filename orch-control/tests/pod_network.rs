@@ -176,6 +176,11 @@ async fn fetch(client: &mut ApiClient, from: &str, url: &str) -> Result<String, 
 
 /// `GET /` at `address:port` over plain TCP: the body (a pod's hostname).
 fn http_get(address: Ipv4Addr, port: u16) -> Result<String, String> {
+    http_get_path(address, port, "/")
+}
+
+/// `GET path` at `address:port` over plain TCP: the body.
+fn http_get_path(address: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read as _, Write as _};
     let target = std::net::SocketAddr::from((address, port));
     let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
@@ -184,7 +189,7 @@ fn http_get(address: Ipv4Addr, port: u16) -> Result<String, String> {
         .set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| format!("send to {target}: {e}"))?;
     let mut response = String::new();
     stream

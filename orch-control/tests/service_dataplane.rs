@@ -17,7 +17,7 @@ use orch_core::api::{ApiClient, ListOptions};
 use orch_core::manifest;
 use orch_core::object::{Kind, Object};
 use orch_node::dataplane::service_sync::ServiceSync;
-use orch_node::dataplane::services::{self, Frontend, Protocol, ServiceTable};
+use orch_node::dataplane::services::{self, Balancing, Frontend, Protocol, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
 
 /// The node's pins and the cgroup the programs attach to; removed on drop.
@@ -60,7 +60,7 @@ impl Drop for NodeDataplane {
 async fn until_table(
     table: &ServiceTable,
     what: &str,
-    check: impl Fn(&[(Frontend, Vec<SocketAddrV4>)]) -> bool,
+    check: impl Fn(&[(Frontend, Balancing)]) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -77,6 +77,13 @@ async fn until_table(
 }
 
 /// The addresses of the Deployment's running pods, at `port`.
+fn balancing(backends: Vec<SocketAddrV4>) -> Balancing {
+    Balancing {
+        backends,
+        affinity_seconds: 0,
+    }
+}
+
 async fn pod_backends(client: &mut ApiClient, port: u16) -> Vec<SocketAddrV4> {
     let options = ListOptions {
         label_selector: "app=web".into(),
@@ -118,7 +125,11 @@ async fn services_and_their_endpoints_reach_the_kernel_maps() {
         protocol: Protocol::Tcp,
     };
     table
-        .set(stale, &[SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1)])
+        .set(
+            stale,
+            &[SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1)],
+            0,
+        )
         .expect("stale entry");
     let sync = ServiceSync::new(
         ServiceTable::open(&node.layout).expect("open the table"),
@@ -155,15 +166,15 @@ async fn services_and_their_endpoints_reach_the_kernel_maps() {
     // Three ready pods behind both ports, the named targetPort resolved;
     // the stale frontend gone.
     until_table(&table, "three backends per port", |listed| {
-        listed.len() == 2 && listed.iter().all(|(_, backends)| backends.len() == 3)
+        listed.len() == 2 && listed.iter().all(|(_, b)| b.backends.len() == 3)
     })
     .await;
     let listed = table.list().expect("list");
     assert_eq!(
         listed,
         vec![
-            (dns, pod_backends(&mut client, 5353).await),
-            (http, pod_backends(&mut client, 8080).await),
+            (dns, balancing(pod_backends(&mut client, 5353).await)),
+            (http, balancing(pod_backends(&mut client, 8080).await)),
         ]
     );
 
@@ -182,7 +193,7 @@ async fn services_and_their_endpoints_reach_the_kernel_maps() {
         .await
         .expect("scale down");
     until_table(&table, "one backend per port", |listed| {
-        listed.len() == 2 && listed.iter().all(|(_, backends)| backends.len() == 1)
+        listed.len() == 2 && listed.iter().all(|(_, b)| b.backends.len() == 1)
     })
     .await;
 
@@ -243,6 +254,8 @@ async fn an_agent_given_a_service_cgroup_balances_its_services() {
                 "127.0.0.1",
                 "--port",
                 "0",
+                "--metrics-bind-address",
+                "127.0.0.1:0",
             ])
             .arg("--service-cgroup")
             .arg(&node.cgroup)

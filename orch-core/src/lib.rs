@@ -6,6 +6,7 @@
 pub mod api;
 pub mod defaults;
 pub mod fields;
+pub mod health_port;
 pub mod manifest;
 pub mod names;
 pub mod object;

@@ -14,9 +14,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use orch_ebpf_common::nat::{CONNTRACK_MAX_ENTRIES, FlowKey, NatEntry};
-use orch_ebpf_common::service::{PROTOCOL_TCP, PROTOCOL_UDP, ServiceKey};
+use orch_ebpf_common::service::{AFFINITY_SCOPE_ADDRESS, PROTOCOL_TCP, PROTOCOL_UDP, ServiceKey};
 
-use crate::lb::{Pick, pick_backend};
+use crate::lb::{Client, Pick, count, pick_backend};
 
 #[btf_map]
 static CONNTRACK: LruHashMap<FlowKey, NatEntry, CONNTRACK_MAX_ENTRIES> = LruHashMap::new();
@@ -87,6 +87,7 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     // SAFETY: entries are plain data written whole.
     if let Some(entry) = unsafe { CONNTRACK.get(flow) } {
         let entry = *entry;
+        count(entry.service, 0, 1, u64::from(ctx.len()));
         return rewrite(ctx, &flow, &entry);
     }
     if !frontends {
@@ -100,10 +101,14 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     };
     // SAFETY: a helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
-    let backend = match pick_backend(key, pick) {
+    let client = Client {
+        id: u64::from(flow.src_address),
+        scope: AFFINITY_SCOPE_ADDRESS,
+    };
+    let (backend, service) = match pick_backend(key, pick, client) {
         Pick::NotService => return Translated::No,
         Pick::NoBackend => return Translated::Drop,
-        Pick::Backend(backend) => backend,
+        Pick::Backend(backend, id) => (backend, id),
     };
     let local = crate::pod_route::is_local(backend.address);
     // A local backend replies through this node anyway (its gateway): the
@@ -122,6 +127,7 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
         dst_address: backend.address,
         src_port,
         dst_port: backend.port,
+        service,
     };
     let reply = FlowKey {
         src_address: backend.address,
@@ -136,12 +142,14 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
         dst_address: flow.src_address,
         src_port: flow.dst_port,
         dst_port: flow.src_port,
+        service,
     };
     // The reply's entry first: no reply can come before it exists.
     if CONNTRACK.insert(reply, reply_to, 0).is_err() || CONNTRACK.insert(flow, outbound, 0).is_err()
     {
         return Translated::Drop;
     }
+    count(service, 1, 1, u64::from(ctx.len()));
     rewrite(ctx, &flow, &outbound)
 }
 

@@ -7,13 +7,15 @@
 
 use aya_ebpf::{
     btf_maps::LruHashMap,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
-use orch_ebpf_common::service::{RevNatEntry, RevNatKey, SOCK_REVNAT_MAX_ENTRIES, ServiceKey};
+use orch_ebpf_common::service::{
+    AFFINITY_SCOPE_NETNS, RevNatEntry, RevNatKey, SOCK_REVNAT_MAX_ENTRIES, ServiceKey,
+};
 
-use crate::lb::{Pick, pick_backend};
+use crate::lb::{Client, Pick, count, pick_backend};
 
 /// LRU: entries of closed sockets age out as new ones need room.
 #[btf_map]
@@ -26,12 +28,12 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
-    forward(&ctx)
+    forward(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock4_sendmsg(ctx: SockAddrContext) -> i32 {
-    forward(&ctx)
+    forward(&ctx, true)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -48,8 +50,9 @@ pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
 
 /// A service address becomes one of its backends, picked at random; a
 /// service without backends refuses at once (ECONNREFUSED, not a timeout).
+/// A connect counts as a connection, an unconnected send as a packet.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext) -> i32 {
+fn forward(ctx: &SockAddrContext, datagram: bool) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: the kernel hands sock_addr programs a valid bpf_sock_addr.
     // `protocol` is read whole: the verifier takes only 4-byte loads of it,
@@ -69,10 +72,20 @@ fn forward(ctx: &SockAddrContext) -> i32 {
     };
     // SAFETY: a helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
-    let backend = match pick_backend(key, pick) {
+    // SAFETY: the context pointer is valid for this helper.
+    let netns = unsafe { bpf_get_netns_cookie(addr.cast()) };
+    let client = Client {
+        id: netns,
+        scope: AFFINITY_SCOPE_NETNS,
+    };
+    let backend = match pick_backend(key, pick, client) {
         Pick::NotService => return ALLOW,
         Pick::NoBackend => return refuse(),
-        Pick::Backend(backend) => backend,
+        Pick::Backend(backend, id) => {
+            let datagram = u64::from(datagram);
+            count(id, 1 - datagram, datagram, 0);
+            backend
+        }
     };
     let (backend_address, backend_port) = (backend.address, backend.port);
     // SAFETY: the context pointer is valid for this helper.

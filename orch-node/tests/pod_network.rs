@@ -377,9 +377,12 @@ fn node_ports_take_clients_from_outside_the_nodes() {
             port,
             protocol,
         };
-        table.set(frontend(30080), &backends).expect("cluster");
-        table.set(frontend(30081), &backends[..1]).expect("local");
-        table.set(frontend(30082), &[]).expect("none");
+        table.set(frontend(30080), &backends, 0).expect("cluster");
+        table
+            .set(frontend(30081), &backends[..1], 0)
+            .expect("local");
+        table.set(frontend(30082), &[], 0).expect("none");
+        table.set(frontend(30083), &backends, 60).expect("affinity");
     }
 
     // Policy Cluster: both pods answer through node 1; the local one sees
@@ -415,6 +418,11 @@ fn node_ports_take_clients_from_outside_the_nodes() {
         }
         // No ready endpoint: dropped.
         assert!(exchange(&client, node, 30082).is_err(), "{protocol}");
+        // sessionAffinity ClientIP: the client keeps one backend.
+        let kept: BTreeSet<Answer> = (0..16)
+            .map(|_| exchange(&client, node, 30083).expect(protocol))
+            .collect();
+        assert_eq!(kept.len(), 1, "{protocol}: affinity gave {kept:?}");
     }
 
     // The connection table as bpftool shows it.

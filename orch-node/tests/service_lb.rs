@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{in_netns, run};
-use orch_node::dataplane::services::{self, Frontend, Protocol, ServiceTable};
+use orch_node::dataplane::services::{self, Balancing, Frontend, Protocol, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
 
 const BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 250, 0, 1), Ipv4Addr::new(10, 250, 0, 2)];
@@ -124,6 +124,13 @@ fn dial_tcp(service: SocketAddrV4) -> std::io::Result<(u8, SocketAddr)> {
     Ok((answer[0], peer))
 }
 
+fn balancing(backends: Vec<SocketAddrV4>) -> Balancing {
+    Balancing {
+        backends,
+        affinity_seconds: 0,
+    }
+}
+
 #[test]
 fn cluster_ips_balance_at_the_socket() {
     let fixture = Fixture::new();
@@ -149,9 +156,9 @@ fn cluster_ips_balance_at_the_socket() {
         port: 80,
         protocol: Protocol::Tcp,
     };
-    table.set(tcp, &backends).expect("tcp service");
-    table.set(udp, &backends).expect("udp service");
-    table.set(empty, &[]).expect("service without endpoints");
+    table.set(tcp, &backends, 0).expect("tcp service");
+    table.set(udp, &backends, 0).expect("udp service");
+    table.set(empty, &[], 0).expect("service without endpoints");
 
     // TCP: spread over both backends, and the client sees the service as
     // its peer.
@@ -201,8 +208,35 @@ fn cluster_ips_balance_at_the_socket() {
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
     assert!(took < Duration::from_millis(500), "refusal took {took:?}");
 
+    // sessionAffinity ClientIP: a client keeps its backend; when that
+    // backend leaves, the client is given another.
+    table.set(tcp, &backends, 60).expect("affinity");
+    let kept = in_netns(&fixture.netns, || {
+        (0..20)
+            .map(|_| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect").0)
+            .collect::<BTreeSet<u8>>()
+    })
+    .join()
+    .expect("tcp client");
+    assert_eq!(kept.len(), 1, "affinity gave {kept:?}");
+    let first = *kept.first().expect("a backend");
+    let others: Vec<SocketAddrV4> = backends
+        .iter()
+        .copied()
+        .filter(|b| *b.ip() != BACKENDS[usize::from(first)])
+        .collect();
+    table
+        .set(tcp, &others, 60)
+        .expect("affinity without the kept backend");
+    let moved = in_netns(&fixture.netns, || {
+        dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect").0
+    })
+    .join()
+    .expect("tcp client");
+    assert_ne!(moved, first);
+
     // Down to one backend: every new connection goes there.
-    table.set(tcp, &backends[1..]).expect("shrink");
+    table.set(tcp, &backends[1..], 0).expect("shrink");
     let only = in_netns(&fixture.netns, || {
         (0..10)
             .map(|_| dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect").0)
@@ -218,9 +252,9 @@ fn cluster_ips_balance_at_the_socket() {
     assert_eq!(
         listed,
         vec![
-            (udp, backends.clone()),
-            (tcp, backends[1..].to_vec()),
-            (empty, Vec::new()),
+            (udp, balancing(backends.clone())),
+            (tcp, balancing(backends[1..].to_vec())),
+            (empty, balancing(Vec::new())),
         ]
     );
     assert!(table.remove(empty).expect("remove"));

@@ -231,6 +231,8 @@ async fn main() -> Result<()> {
             "127.0.0.1",
             "--port",
             "0",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
         ])
         .args(["--max-pods", &(count + 10).to_string()])
         // The image must stay between pods whatever this disk holds: a

@@ -19,11 +19,13 @@ pub const IFACE_EGRESS_PROG: &str = "iface_count_egress";
 pub const IFACE_COUNTERS_MAX_ENTRIES: usize = 4096;
 
 /// Every map the agent pins under the node's directory (by these names).
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 8] = [
     IFACE_COUNTERS_MAP,
     service::SERVICES_MAP,
     service::BACKENDS_MAP,
     service::SOCK_REVNAT_MAP,
+    service::AFFINITY_MAP,
+    service::SERVICE_COUNTERS_MAP,
     pod::POD_ENDPOINTS_MAP,
     nat::CONNTRACK_MAP,
 ];

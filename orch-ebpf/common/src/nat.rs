@@ -30,6 +30,9 @@ pub struct NatEntry {
     pub dst_address: u32,
     pub src_port: u16,
     pub dst_port: u16,
+    /// The service (id in the service table) the flow belongs to, for its
+    /// counters.
+    pub service: u32,
 }
 
 // SAFETY: repr(C), integers only, explicit padding: every bit pattern is

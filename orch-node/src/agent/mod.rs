@@ -6,6 +6,7 @@ pub mod container_logs;
 pub mod exec_session;
 pub mod image_gc;
 pub mod machine;
+pub mod metrics_port;
 pub mod node_status;
 mod pod_containers;
 pub mod pod_files;

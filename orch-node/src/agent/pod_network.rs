@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{PodIP, PodStatus};
 
+use orch_core::api::ApiClient;
+
 use crate::dataplane::pod_network::PodNetwork;
+use crate::dataplane::{DataplaneError, PinLayout};
 use crate::net::ipam::PodCidr;
 
 /// How pods are connected (both parts optional: an agent without
@@ -29,9 +32,35 @@ pub struct PodNetworking {
     pub pod_cidr: tokio::sync::watch::Receiver<Option<PodCidr>>,
 }
 
+impl PodNetworking {
+    /// The pod network on `interface`: programs attached, addresses of pods
+    /// this node no longer holds released, routes and the podCIDR followed
+    /// from the Node objects.
+    pub async fn start(
+        layout: &PinLayout,
+        config: &super::AgentConfig,
+        interface: &str,
+        client: ApiClient,
+    ) -> Result<Arc<Self>, DataplaneError> {
+        use crate::net::{netlink, node_routes::NodeRouteSync};
+        let pods = PodNetwork::start(layout, &config.state_dir, interface)?;
+        let pods_dir = config.state_dir.join("pods");
+        for uid in pods.holders() {
+            if !pods_dir.join(&uid).exists() {
+                pods.remove(&uid).await?;
+                tracing::info!(pod_uid = %uid, "released the address of a pod no longer here");
+            }
+        }
+        let routes = NodeRouteSync::new(&config.node.name, netlink::connect()?);
+        let pod_cidr = routes.own_pod_cidr();
+        tokio::spawn(routes.run(client));
+        Ok(Arc::new(PodNetworking { pods, pod_cidr }))
+    }
+}
+
 impl PodPlumbing {
     /// Gives pod `uid` (network namespace at `netns`) its interface;
-    /// returns its address. Err is the waiting reason and message.
+    /// Err is the waiting reason and message.
     pub async fn connect(&self, uid: &str, netns: &Path) -> Result<(), (String, String)> {
         let Some(network) = &self.network else {
             return Ok(());

@@ -12,10 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use orch_core::api::ApiClient;
 use orch_core::api::config::ClientConfig;
 use orch_node::agent::node_status::{NodeSpecifics, Reserved};
+use orch_node::agent::pod_network::PodNetworking;
 use orch_node::agent::{self, AgentConfig, machine};
 use orch_node::dataplane::iface_counters::{self, AttachMode};
 use orch_node::dataplane::service_sync;
-use orch_node::dataplane::services::ServiceTable;
+use orch_node::dataplane::services::{self, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -75,6 +76,11 @@ struct AgentArgs {
     /// pods' veths and on this interface. Not given, pods have loopback only.
     #[arg(long)]
     pod_network_interface: Option<String>,
+    /// Where plain-HTTP /metrics (service counters, eBPF map pressure) and
+    /// /healthz are served, like kube-proxy's; port 0 picks a free one
+    /// (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: std::net::SocketAddr,
     /// Registries (host[:port]) to pull from over plain HTTP; loopback
     /// ones always are.
     #[arg(long)]
@@ -257,6 +263,10 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
         .with_context(|| format!("--address {} --port {}", args.address, args.port))?;
     agent_listener.set_nonblocking(true)?;
     let agent_port = agent_listener.local_addr()?.port();
+    let metrics_listener = std::net::TcpListener::bind(args.metrics_bind_address)
+        .with_context(|| format!("--metrics-bind-address {}", args.metrics_bind_address))?;
+    metrics_listener.set_nonblocking(true)?;
+    println!("orch-node metrics on {}", metrics_listener.local_addr()?);
     let config = AgentConfig {
         node: NodeSpecifics {
             name: node_name,
@@ -341,7 +351,7 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
         };
         let network = match &args.pod_network_interface {
             Some(interface) => Some(
-                start_pod_network(layout, &config, interface, client.clone())
+                PodNetworking::start(layout, &config, interface, client.clone())
                     .await
                     .with_context(|| format!("--pod-network-interface {interface}"))?,
             ),
@@ -375,40 +385,18 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             }),
             None => None,
         };
-        let _service_programs =
-            service_sync::start(layout, cgroup.as_deref(), local_node, client.clone())
-                .context("--service-cgroup: service balancing")?;
+        let services = service_sync::start(layout, cgroup.as_deref(), local_node, client.clone())
+            .context("--service-cgroup: service balancing")?;
+        tokio::spawn(agent::metrics_port::serve(
+            metrics_listener,
+            layout.clone(),
+            services.sync.clone(),
+        ));
+        tokio::spawn(agent::metrics_port::watch_map_pressure(layout.clone()));
         shutdown_signal().await;
         tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())
     })
-}
-
-/// The pod network on `interface`: programs attached, addresses of pods
-/// this node no longer holds released, routes and the podCIDR followed
-/// from the Node objects.
-async fn start_pod_network(
-    layout: &PinLayout,
-    config: &AgentConfig,
-    interface: &str,
-    client: ApiClient,
-) -> Result<std::sync::Arc<orch_node::agent::pod_network::PodNetworking>> {
-    use orch_node::dataplane::pod_network::PodNetwork;
-    use orch_node::net::{netlink, node_routes::NodeRouteSync};
-    let pods = PodNetwork::start(layout, &config.state_dir, interface)?;
-    let pods_dir = config.state_dir.join("pods");
-    for uid in pods.holders() {
-        if !pods_dir.join(&uid).exists() {
-            pods.remove(&uid).await?;
-            tracing::info!(pod_uid = %uid, "released the address of a pod no longer here");
-        }
-    }
-    let routes = NodeRouteSync::new(&config.node.name, netlink::connect()?);
-    let pod_cidr = routes.own_pod_cidr();
-    tokio::spawn(routes.run(client));
-    Ok(std::sync::Arc::new(
-        orch_node::agent::pod_network::PodNetworking { pods, pod_cidr },
-    ))
 }
 
 fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<()> {
@@ -565,20 +553,7 @@ fn run_dataplane(layout: &PinLayout, command: DataplaneCommand) -> Result<()> {
         }
         DataplaneCommand::Dump => {
             let table = ServiceTable::open(layout).context("opening the service table")?;
-            println!("{:<22} {:<5} BACKENDS", "FRONTEND", "PROTO");
-            for (frontend, backends) in table.list()? {
-                let backends: Vec<String> = backends.iter().map(ToString::to_string).collect();
-                println!(
-                    "{:<22} {:<5} {}",
-                    format!("{}:{}", frontend.address, frontend.port),
-                    format!("{:?}", frontend.protocol).to_uppercase(),
-                    if backends.is_empty() {
-                        "<none: connections refused>".to_owned()
-                    } else {
-                        backends.join(",")
-                    }
-                );
-            }
+            print!("{}", services::render(&table.list()?));
             Ok(())
         }
         DataplaneCommand::Remove => {

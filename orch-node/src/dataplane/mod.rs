@@ -5,6 +5,7 @@
 pub mod bpffs;
 pub mod cgroup2;
 pub mod iface_counters;
+pub mod metrics;
 pub mod pod_network;
 pub mod service_sync;
 pub mod services;

@@ -19,7 +19,7 @@ use orch_core::object::{Kind, Object};
 use orch_core::runtime::{Cache, Change, Handler, Next, ObjectRef, WorkQueue, reflector};
 
 use super::DataplaneError;
-use super::services::{Frontend, Protocol, ServiceTable};
+use super::services::{Balancing, Frontend, Protocol, ServiceTable};
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -46,7 +46,7 @@ pub fn desired(
     service: &Service,
     slices: &[&EndpointSlice],
     node: Option<&LocalNode>,
-) -> Vec<(Frontend, Vec<SocketAddrV4>)> {
+) -> Vec<(Frontend, Balancing)> {
     let Some(spec) = &service.spec else {
         return Vec::new();
     };
@@ -60,6 +60,7 @@ pub fn desired(
     let node_ports =
         node.filter(|_| matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")));
     let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+    let affinity_seconds = affinity_seconds(spec);
     let mut wanted = Vec::new();
     for port in spec.ports.iter().flatten() {
         let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
@@ -69,8 +70,10 @@ pub fn desired(
             _ => continue,
         };
         let name = port.name.as_deref().unwrap_or_default();
-        let backends =
-            |on_node: Option<&str>| ready_endpoints(slices, name, protocol_name, on_node);
+        let backends = |on_node: Option<&str>| Balancing {
+            backends: ready_endpoints(slices, name, protocol_name, on_node),
+            affinity_seconds,
+        };
         if let (Some(address), Ok(number)) = (cluster_ip, u16::try_from(port.port)) {
             let frontend = Frontend {
                 address,
@@ -94,6 +97,21 @@ pub fn desired(
         }
     }
     wanted
+}
+
+/// sessionAffinity ClientIP's timeout (Kubernetes' default: 3 hours), or
+/// 0 without affinity.
+fn affinity_seconds(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> u32 {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return 0;
+    }
+    spec.session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(10_800)
 }
 
 /// The ready endpoints of `slices` at the port named `port_name` (only
@@ -178,8 +196,8 @@ pub fn start(
     cgroup: Option<&std::path::Path>,
     node: Option<LocalNode>,
     client: ApiClient,
-) -> Result<Option<aya::Ebpf>, DataplaneError> {
-    let ebpf = match cgroup {
+) -> Result<Started, DataplaneError> {
+    let programs = match cgroup {
         Some(cgroup) => Some(super::services::attach(layout, cgroup)?),
         None => {
             if super::services::detach(layout)? {
@@ -188,12 +206,25 @@ pub fn start(
             None
         }
     };
-    if ebpf.is_none() && node.is_none() {
-        return Ok(None);
+    if programs.is_none() && node.is_none() {
+        return Ok(Started {
+            programs,
+            sync: None,
+        });
     }
     let sync = ServiceSync::new(ServiceTable::open(layout)?, node);
-    tokio::spawn(sync.run(client));
-    Ok(ebpf)
+    tokio::spawn(sync.clone().run(client));
+    Ok(Started {
+        programs,
+        sync: Some(sync),
+    })
+}
+
+/// What [`start`] started: the socket programs' loader (holding their
+/// log buffer) and the sync.
+pub struct Started {
+    pub programs: Option<aya::Ebpf>,
+    pub sync: Option<Arc<ServiceSync>>,
 }
 
 /// The Service an object is about: itself, or the one a slice is labelled
@@ -306,8 +337,8 @@ impl ServiceSync {
         installed
             .by_service
             .insert(key.clone(), before.union(&now).copied().collect());
-        for (frontend, backends) in &wanted {
-            table.set(*frontend, backends)?;
+        for (frontend, balancing) in &wanted {
+            table.set(*frontend, &balancing.backends, balancing.affinity_seconds)?;
             installed.owner.insert(*frontend, key.clone());
         }
         for gone in before.difference(&now) {
@@ -322,6 +353,18 @@ impl ServiceSync {
             installed.by_service.insert(key, now);
         }
         Ok(Next::Done)
+    }
+
+    /// The Service (`namespace/name`) each written frontend belongs to.
+    pub fn owners(&self) -> HashMap<Frontend, String> {
+        lock(&self.installed)
+            .owner
+            .iter()
+            .map(|(frontend, key)| {
+                let namespace = key.namespace.as_deref().unwrap_or_default();
+                (*frontend, format!("{namespace}/{}", key.name))
+            })
+            .collect()
     }
 
     fn remove_orphans(&self) -> Result<(), DataplaneError> {
@@ -366,24 +409,18 @@ mod tests {
             protocol: Protocol::Udp,
             ..http
         };
+        let balancing = |backends: &[&str]| Balancing {
+            backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
+            affinity_seconds: 0,
+        };
         assert_eq!(
             wanted,
             vec![
                 (
                     http,
-                    vec![
-                        "10.244.1.5:8080".parse().expect("addr"),
-                        "10.244.1.5:9090".parse().expect("addr"),
-                        "10.244.2.7:8080".parse().expect("addr"),
-                    ]
+                    balancing(&["10.244.1.5:8080", "10.244.1.5:9090", "10.244.2.7:8080"])
                 ),
-                (
-                    dns,
-                    vec![
-                        "10.244.1.5:5353".parse().expect("addr"),
-                        "10.244.2.7:5353".parse().expect("addr"),
-                    ]
-                ),
+                (dns, balancing(&["10.244.1.5:5353", "10.244.2.7:5353"])),
             ]
         );
     }
@@ -403,8 +440,13 @@ mod tests {
         ];
         for (policy, on_node) in [("Cluster", all.clone()), ("Local", all[..1].to_vec())] {
             let service: Service = parse(&format!(
-                "metadata: {{name: web}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: {policy}\n  clusterIP: 10.96.0.10\n  ports: [{{name: http, port: 80, nodePort: 30080}}]\n"
+                "metadata: {{name: web}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: {policy}\n  clusterIP: 10.96.0.10\n  sessionAffinity: ClientIP\n  ports: [{{name: http, port: 80, nodePort: 30080}}]\n"
             ));
+            // ClientIP affinity, Kubernetes' default timeout.
+            let balancing = |backends: Vec<SocketAddrV4>| Balancing {
+                backends,
+                affinity_seconds: 10_800,
+            };
             let cluster_ip = Frontend {
                 address: Ipv4Addr::new(10, 96, 0, 10),
                 port: 80,
@@ -417,7 +459,10 @@ mod tests {
             };
             assert_eq!(
                 desired(&service, &[&slice], Some(&node)),
-                vec![(cluster_ip, all.clone()), (node_port, on_node)],
+                vec![
+                    (cluster_ip, balancing(all.clone())),
+                    (node_port, balancing(on_node))
+                ],
                 "{policy}"
             );
             // Without the pod network's programs, no NodePort frontend.

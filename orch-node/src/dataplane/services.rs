@@ -10,13 +10,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap};
 use aya::programs::CgroupSockAddr;
 use aya::programs::links::{CgroupAttachMode, FdLink};
 use orch_ebpf_common::service::{
-    BACKENDS_MAP, Backend, BackendKey, PROTOCOL_TCP, PROTOCOL_UDP, SERVICES_MAP,
-    SOCK_CONNECT4_PROG, SOCK_GETPEERNAME4_PROG, SOCK_RECVMSG4_PROG, SOCK_SENDMSG4_PROG,
-    ServiceEntry, ServiceKey,
+    BACKENDS_MAP, Backend, BackendKey, PROTOCOL_TCP, PROTOCOL_UDP, SERVICE_COUNTERS_MAP,
+    SERVICES_MAP, SOCK_CONNECT4_PROG, SOCK_GETPEERNAME4_PROG, SOCK_RECVMSG4_PROG,
+    SOCK_SENDMSG4_PROG, ServiceCounters, ServiceEntry, ServiceKey,
 };
 
 use super::{DataplaneError, PinLayout, remove_pin};
@@ -92,6 +92,14 @@ pub fn detach(layout: &PinLayout) -> Result<bool, DataplaneError> {
     Ok(detached)
 }
 
+/// How a frontend balances: over its backends, and with sessionAffinity
+/// ClientIP for `affinity_seconds` (0: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Balancing {
+    pub backends: Vec<SocketAddrV4>,
+    pub affinity_seconds: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
@@ -161,6 +169,8 @@ fn backend_address(backend: &Backend) -> SocketAddrV4 {
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     backends: HashMap<MapData, BackendKey, Backend>,
+    counters: PerCpuHashMap<MapData, u32, ServiceCounters>,
+    counters_path: PathBuf,
     services_path: PathBuf,
     backends_path: PathBuf,
     /// The next unused service id.
@@ -185,9 +195,18 @@ impl ServiceTable {
         let backends_path = layout.map(BACKENDS_MAP);
         let services = open_map(&services_path)?;
         let backends = open_map(&backends_path)?;
+        let counters_path = layout.map(SERVICE_COUNTERS_MAP);
+        let counters = MapData::from_pin(&counters_path)
+            .and_then(|data| PerCpuHashMap::try_from(Map::PerCpuHashMap(data)))
+            .map_err(|source| DataplaneError::Map {
+                path: counters_path.clone(),
+                source,
+            })?;
         let mut table = Self {
             services,
             backends,
+            counters,
+            counters_path,
             services_path,
             backends_path,
             next_id: 1,
@@ -205,6 +224,13 @@ impl ServiceTable {
     fn services_error(&self) -> impl Fn(MapError) -> DataplaneError + '_ {
         |source| DataplaneError::Map {
             path: self.services_path.clone(),
+            source,
+        }
+    }
+
+    fn counters_error(&self, source: MapError) -> DataplaneError {
+        DataplaneError::Map {
+            path: self.counters_path.clone(),
             source,
         }
     }
@@ -235,10 +261,12 @@ impl ServiceTable {
     /// refused). Make-before-break: new slots are written before the count
     /// takes them in, and the count drops before slots go, so no
     /// connection is ever sent to an empty slot.
+    /// `affinity_seconds` is sessionAffinity ClientIP's timeout (0: none).
     pub fn set(
         &mut self,
         frontend: Frontend,
         backends: &[SocketAddrV4],
+        affinity_seconds: u32,
     ) -> Result<(), DataplaneError> {
         let key = frontend.key();
         let (id, old_count) = match self.entry(&key)? {
@@ -261,6 +289,8 @@ impl ServiceTable {
                 ServiceEntry {
                     id,
                     backends: count,
+                    affinity_seconds,
+                    pad: 0,
                 },
                 0,
             )
@@ -292,11 +322,45 @@ impl ServiceTable {
         for slot in 0..entry.backends {
             self.remove_slot(entry.id, slot)?;
         }
+        // The id is not used again: its counters go with it.
+        match self.counters.remove(&entry.id) {
+            Ok(()) => {}
+            // Never counted (per-CPU maps say so with ENOENT).
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) => {}
+            Err(source) => return Err(self.counters_error(source)),
+        }
         Ok(true)
     }
 
+    /// What the balancers counted for each frontend, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Frontend, ServiceCounters)>, DataplaneError> {
+        let mut counted = Vec::new();
+        for (key, entry) in self.entries()? {
+            let Some(frontend) = Frontend::from_key(&key) else {
+                continue;
+            };
+            let mut total = ServiceCounters::default();
+            match self.counters.get(&entry.id, 0) {
+                Ok(per_cpu) => {
+                    for cpu in per_cpu.iter() {
+                        total.connections += cpu.connections;
+                        total.packets += cpu.packets;
+                        total.bytes += cpu.bytes;
+                    }
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(self.counters_error(source)),
+            }
+            counted.push((frontend, total));
+        }
+        counted.sort_by_key(|(frontend, _)| *frontend);
+        Ok(counted)
+    }
+
     /// Every frontend with its backends, decoded, sorted by frontend.
-    pub fn list(&self) -> Result<Vec<(Frontend, Vec<SocketAddrV4>)>, DataplaneError> {
+    pub fn list(&self) -> Result<Vec<(Frontend, Balancing)>, DataplaneError> {
         let mut services = Vec::new();
         for (key, entry) in self.entries()? {
             let Some(frontend) = Frontend::from_key(&key) else {
@@ -316,9 +380,41 @@ impl ServiceTable {
                     Err(source) => return Err(self.backends_error()(source)),
                 }
             }
-            services.push((frontend, backends));
+            let balancing = Balancing {
+                backends,
+                affinity_seconds: entry.affinity_seconds,
+            };
+            services.push((frontend, balancing));
         }
         services.sort();
         Ok(services)
     }
+}
+
+/// The table as `orch-node dataplane dump` (and `orchctl node dataplane`)
+/// print it: one line per frontend.
+pub fn render(table: &[(Frontend, Balancing)]) -> String {
+    let mut text = format!(
+        "{:<22} {:<5} {:<9} BACKENDS\n",
+        "FRONTEND", "PROTO", "AFFINITY"
+    );
+    for (frontend, balancing) in table {
+        let backends: Vec<String> = balancing.backends.iter().map(ToString::to_string).collect();
+        let affinity = match balancing.affinity_seconds {
+            0 => "-".to_string(),
+            seconds => format!("{seconds}s"),
+        };
+        text.push_str(&format!(
+            "{:<22} {:<5} {:<9} {}\n",
+            format!("{}:{}", frontend.address, frontend.port),
+            format!("{:?}", frontend.protocol).to_uppercase(),
+            affinity,
+            if backends.is_empty() {
+                "<none: connections refused>".to_owned()
+            } else {
+                backends.join(",")
+            }
+        ));
+    }
+    text
 }

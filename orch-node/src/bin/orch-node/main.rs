@@ -14,12 +14,10 @@ use orch_core::api::config::ClientConfig;
 use orch_node::agent::node_status::{NodeSpecifics, Reserved};
 use orch_node::agent::pod_network::PodNetworking;
 use orch_node::agent::{self, AgentConfig, machine};
-use orch_node::dataplane::iface_counters::{self, AttachMode};
+
 use orch_node::dataplane::service_sync;
-use orch_node::dataplane::services::{self, ServiceTable};
+
 use orch_node::dataplane::{PinLayout, bpffs, cgroup2};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 #[derive(Parser)]
 #[command(name = "orch-node", version, about = "orch's node agent")]
@@ -132,69 +130,11 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum ImageCommand {
-    /// Pull an image from its registry into the node's store.
-    Pull {
-        image: String,
-        /// Registries (host[:port]) to speak plain HTTP to; loopback ones always are.
-        #[arg(long)]
-        insecure_registry: Vec<String>,
-    },
-    /// Import an OCI layout or `docker save` archive (plain or gzip).
-    Import { file: PathBuf },
-    /// List the images in the node's store.
-    List,
-    /// Forget an image's name (its blobs go with `prune`).
-    Rm { image: String },
-    /// Delete what no named image uses.
-    Prune,
-}
+mod dataplane;
+mod image;
 
-#[derive(Subcommand)]
-enum DataplaneCommand {
-    /// Attach the per-interface traffic counter to an interface (ingress and egress).
-    AttachCounters {
-        #[command(flatten)]
-        target: InterfaceArgs,
-        /// Stay in the foreground and forward the kernel programs' logs until interrupted.
-        #[arg(long)]
-        follow: bool,
-    },
-    /// Detach the traffic counter from an interface.
-    DetachCounters {
-        #[command(flatten)]
-        target: InterfaceArgs,
-    },
-    /// Print the traffic counters of every counted interface.
-    Counters {
-        /// Output format.
-        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
-        output: String,
-    },
-    /// Print the service table (ClusterIP balancing at the socket), decoded.
-    Dump,
-    /// Unpin everything this node pinned (detaches its tcx links).
-    Remove,
-}
-
-#[derive(Args)]
-struct InterfaceArgs {
-    /// Interface name, in this process's network namespace.
-    #[arg(long, short)]
-    interface: String,
-    /// `tcx` (pinned links, Linux >= 6.6) or `clsact` (qdisc + tc filter).
-    #[arg(long, default_value = "tcx", value_parser = clap::value_parser!(String))]
-    mode: String,
-}
-
-impl InterfaceArgs {
-    fn mode(&self) -> Result<AttachMode> {
-        self.mode
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--mode: {e}"))
-    }
-}
+use dataplane::{DataplaneCommand, run_dataplane};
+use image::{ImageCommand, run_image};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -399,51 +339,6 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
     })
 }
 
-fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<()> {
-    use orch_node::image::{ImageStore, Reference, import};
-    let store = ImageStore::open(state_dir)
-        .with_context(|| format!("the image store in {}", state_dir.display()))?;
-    match command {
-        ImageCommand::Pull {
-            image,
-            insecure_registry,
-        } => {
-            let reference = Reference::parse(&image)?;
-            let client = orch_node::image::registry::RegistryClient::new(insecure_registry)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let descriptor = runtime.block_on(client.pull(&store, &reference, None))?;
-            println!("{reference}: {}", descriptor.digest);
-        }
-        ImageCommand::Import { file } => {
-            for name in import::import_archive(&store, &file)? {
-                println!("imported {name}");
-            }
-        }
-        ImageCommand::List => {
-            println!("{:<70} {:>12}", "IMAGE", "SIZE");
-            for image in store.images()? {
-                for name in &image.names {
-                    println!("{name:<70} {:>12}", image.size);
-                }
-            }
-        }
-        ImageCommand::Rm { image } => {
-            let reference = Reference::parse(&image)?;
-            if !store.untag(&reference)? {
-                anyhow::bail!("image {reference} is not on this node");
-            }
-            println!("untagged {reference}");
-        }
-        ImageCommand::Prune => {
-            let freed = store.collect(&Default::default())?;
-            println!("freed {freed} bytes");
-        }
-    }
-    Ok(())
-}
-
 /// `--container-log-max-size` and `--container-log-max-files`.
 fn log_rotation(args: &AgentArgs) -> Result<orch_node::runtime::shim::protocol::LogRotation> {
     let size =
@@ -518,114 +413,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-}
-
-fn run_dataplane(layout: &PinLayout, command: DataplaneCommand) -> Result<()> {
-    match command {
-        DataplaneCommand::AttachCounters { target, follow } => {
-            let mut ebpf = iface_counters::attach(layout, &target.interface, target.mode()?)
-                .with_context(|| format!("attaching counters to {}", target.interface))?;
-            println!(
-                "attached to {} (pinned under {})",
-                target.interface,
-                layout.node_dir().display()
-            );
-            if follow {
-                let logger = aya_log::EbpfLogger::init(&mut ebpf)
-                    .context("opening the kernel programs' log buffer")?;
-                forward_kernel_logs(logger)?;
-            }
-            Ok(())
-        }
-        DataplaneCommand::DetachCounters { target } => {
-            let detached = iface_counters::detach(layout, &target.interface, target.mode()?)
-                .with_context(|| format!("detaching counters from {}", target.interface))?;
-            if detached {
-                println!("detached from {}", target.interface);
-            } else {
-                println!("nothing attached to {}", target.interface);
-            }
-            Ok(())
-        }
-        DataplaneCommand::Counters { output } => {
-            let traffic = iface_counters::read(layout).context("reading interface counters")?;
-            print_traffic(&traffic, &output)
-        }
-        DataplaneCommand::Dump => {
-            let table = ServiceTable::open(layout).context("opening the service table")?;
-            print!("{}", services::render(&table.list()?));
-            Ok(())
-        }
-        DataplaneCommand::Remove => {
-            if layout.remove_all()? {
-                println!("removed {}", layout.node_dir().display());
-            } else {
-                println!("nothing pinned under {}", layout.node_dir().display());
-            }
-            Ok(())
-        }
-    }
-}
-
-fn print_traffic(traffic: &[iface_counters::IfaceTraffic], output: &str) -> Result<()> {
-    if output == "json" {
-        let rows: Vec<_> = traffic
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "ifindex": t.ifindex,
-                    "interface": t.interface,
-                    "direction": t.direction,
-                    "packets": t.packets,
-                    "bytes": t.bytes,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!(
-        "{:<8} {:<16} {:<9} {:>12} {:>14}",
-        "IFINDEX", "INTERFACE", "DIRECTION", "PACKETS", "BYTES"
-    );
-    for t in traffic {
-        println!(
-            "{:<8} {:<16} {:<9} {:>12} {:>14}",
-            t.ifindex,
-            t.interface.as_deref().unwrap_or("<gone>"),
-            t.direction,
-            t.packets,
-            t.bytes
-        );
-    }
-    Ok(())
-}
-
-/// Forwards aya-log records from the kernel to this process's log until
-/// SIGINT/SIGTERM.
-fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        // SAFETY: the logger owns its ring buffer fd and keeps it open, with
-        // the same fd number, for as long as the AsyncFd owns the logger.
-        let mut logs = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-            .context("polling the log buffer")?;
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                guard = logs.readable_mut() => {
-                    let mut guard = guard?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
-            }
-        }
-        Ok(())
-    })
 }

@@ -96,6 +96,8 @@ fn start_agent(node: &NodeHost, config: &Path) -> Agent {
             .arg(&node.cgroup)
             .args(["--image-gc-high-threshold", "100"])
             .env_remove("RUST_BACKTRACE")
+            // The kernel programs' aya-log records, at debug level.
+            .env("RUST_LOG", "info,orch_ebpf=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(node.state.with_extension("log")).expect("log"))
             .spawn()
@@ -171,6 +173,66 @@ async fn fetch(client: &mut ApiClient, from: &str, url: &str) -> Result<String, 
         Ok((out, _, Some(0))) => Ok(out.trim().to_string()),
         Ok((out, err, code)) => Err(format!("{url} from {from}: {code:?} {out} {err}")),
         Err(error) => Err(format!("{url} from {from}: {error}")),
+    }
+}
+
+/// `orchctl node monitor ...` running, its lines read as they come.
+struct Monitor {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(config: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(common::ORCHCTL)
+            .args(["node", "monitor"])
+            .args(args)
+            .env("ORCH_CONFIG", config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("orchctl node monitor");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let monitor = Monitor { child, lines };
+        // The header comes once the node's stream is open.
+        let header = monitor
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the monitor's header");
+        assert!(header.starts_with("TIME"), "{header}");
+        monitor
+    }
+
+    /// The first line (within a second) that `wanted` picks.
+    fn find(&mut self, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -379,6 +441,71 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
             "externalTrafficPolicy Local"
         );
     }
+
+    // The node's dataplane through the API: its table, decoded, and how
+    // full its maps are.
+    let admin = dir.join("admin.conf");
+    std::fs::write(
+        &admin,
+        replica
+            .api_config(std::slice::from_ref(&replica.api_addr))
+            .to_yaml(),
+    )
+    .expect("admin config");
+    let admin = admin.to_string_lossy().into_owned();
+    let table = common::ok(&admin, &["node", "dataplane", &nodes[0].name]);
+    for expected in [
+        format!("{cluster_ip}:80"),
+        format!("{node}:{}", node_ports[0]),
+        "CONNTRACK".to_string(),
+        "(LRU)".to_string(),
+    ] {
+        assert!(table.contains(&expected), "{expected} in {table}");
+    }
+
+    // The monitor: a NodePort with no endpoint drops the client's packets,
+    // and says why.
+    let nobody = object(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: nobody, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: nobody}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let Object::Service(nobody) = client.create(&nobody, false).await.expect("service") else {
+        panic!("not a service");
+    };
+    let empty_port = nobody
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p.first().and_then(|p| p.node_port))
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("a nodePort");
+    let mut drops = Monitor::start(&admin, &[&nodes[0].name, "--drops"]);
+    let mut traces = Monitor::start(&admin, &[&nodes[0].name, "--pod", "web-a"]);
+    let dropped = format!("{node}:{empty_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        // The frontend reaches the table soon after the Service is made.
+        let _ = answers(empty_port, 1);
+        let _ = answers(node_ports[1], 1);
+        if let Some(line) = drops.find(|l| l.contains("no backend") && l.contains(&dropped)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no drop reported for {dropped}");
+    };
+    assert!(
+        line.contains("drop") && line.contains("TCP") && line.contains("eth0"),
+        "{line}"
+    );
+    let traced = traces
+        .find(|l| l.contains("trace") && l.contains(&a.to_string()))
+        .expect("a trace of web-a's traffic");
+    assert!(
+        traced.contains("NodePort flow") || traced.contains("to local pod"),
+        "{traced}"
+    );
+    drop((drops, traces));
+
+    // The kernel's own log records reach the agent's log.
+    let log = std::fs::read_to_string(&logs[0]).unwrap_or_default();
+    assert!(log.contains("orch: NodePort flow to"), "{log}");
 
     // A deleted pod's interface goes with it.
     let Some(uid) = pod(&mut client, "web-b").await.and_then(|p| p.metadata.uid) else {

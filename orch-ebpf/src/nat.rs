@@ -13,9 +13,15 @@ use aya_ebpf::{
     macros::btf_map,
     programs::TcContext,
 };
+use orch_ebpf_common::events::{
+    DROP_CONNTRACK_FULL, DROP_NO_BACKEND, DROP_REWRITE, TRACE_NODE_PORT,
+};
 use orch_ebpf_common::nat::{CONNTRACK_MAX_ENTRIES, FlowKey, NatEntry};
 use orch_ebpf_common::service::{AFFINITY_SCOPE_ADDRESS, PROTOCOL_TCP, PROTOCOL_UDP, ServiceKey};
 
+use aya_log_ebpf::debug;
+
+use crate::events::{self, Subject};
 use crate::lb::{Client, Pick, count, pick_backend};
 
 #[btf_map]
@@ -48,6 +54,37 @@ pub enum Translated {
     /// A NodePort with no backend (or a packet that could not be
     /// rewritten): drop it.
     Drop,
+}
+
+/// What an event says of this packet: protocol, addresses, and ports when
+/// it is TCP or UDP without options.
+#[inline(always)]
+pub fn subject(ctx: &TcContext) -> Subject {
+    // SAFETY: the kernel hands tc programs a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(flow) = flow_of(ctx) {
+        return subject_of_flow(ifindex, &flow);
+    }
+    Subject {
+        protocol: ctx.load(IP_PROTOCOL).unwrap_or(0),
+        ifindex,
+        src_address: ctx.load(IP_SOURCE).unwrap_or(0),
+        dst_address: ctx.load(IP_DESTINATION).unwrap_or(0),
+        ..Subject::default()
+    }
+}
+
+#[inline(always)]
+fn subject_of_flow(ifindex: u32, flow: &FlowKey) -> Subject {
+    Subject {
+        protocol: flow.protocol,
+        ifindex,
+        src_address: flow.src_address,
+        dst_address: flow.dst_address,
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        ..Subject::default()
+    }
 }
 
 /// The TCP or UDP flow of an IPv4 packet without options or fragments.
@@ -105,9 +142,14 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
         id: u64::from(flow.src_address),
         scope: AFFINITY_SCOPE_ADDRESS,
     };
+    // SAFETY: the kernel hands tc programs a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (backend, service) = match pick_backend(key, pick, client) {
         Pick::NotService => return Translated::No,
-        Pick::NoBackend => return Translated::Drop,
+        Pick::NoBackend => {
+            events::drop(DROP_NO_BACKEND, &subject_of_flow(ifindex, &flow));
+            return Translated::Drop;
+        }
         Pick::Backend(backend, id) => (backend, id),
     };
     let local = crate::pod_route::is_local(backend.address);
@@ -119,7 +161,10 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     } else {
         match snat_port(&flow, backend.address, backend.port, pick) {
             Some(port) => (flow.dst_address, port),
-            None => return Translated::Drop,
+            None => {
+                events::drop(DROP_CONNTRACK_FULL, &subject_of_flow(ifindex, &flow));
+                return Translated::Drop;
+            }
         }
     };
     let outbound = NatEntry {
@@ -147,9 +192,22 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     // The reply's entry first: no reply can come before it exists.
     if CONNTRACK.insert(reply, reply_to, 0).is_err() || CONNTRACK.insert(flow, outbound, 0).is_err()
     {
+        events::drop(DROP_CONNTRACK_FULL, &subject_of_flow(ifindex, &flow));
         return Translated::Drop;
     }
     count(service, 1, 1, u64::from(ctx.len()));
+    // One record per new flow, never per packet.
+    debug!(
+        ctx,
+        "orch: NodePort flow to {:i}:{}",
+        u32::from_be(backend.address),
+        u16::from_be(backend.port)
+    );
+    events::trace(TRACE_NODE_PORT, || Subject {
+        to_address: backend.address,
+        to_port: backend.port,
+        ..subject_of_flow(ifindex, &flow)
+    });
     rewrite(ctx, &flow, &outbound)
 }
 
@@ -201,7 +259,7 @@ fn rewrite(ctx: &TcContext, flow: &FlowKey, to: &NatEntry) -> Translated {
             && ctx.l3_csum_replace(IP_CHECKSUM, old, new, 4).is_ok()
             && ctx.l4_csum_replace(checksum, old, new, pseudo | 4).is_ok();
         if !stored {
-            return Translated::Drop;
+            return rewrite_failed(ctx, flow);
         }
     }
     let ports = [
@@ -217,8 +275,16 @@ fn rewrite(ctx: &TcContext, flow: &FlowKey, to: &NatEntry) -> Translated {
                 .l4_csum_replace(checksum, u64::from(old), u64::from(new), mangled | 2)
                 .is_ok();
         if !stored {
-            return Translated::Drop;
+            return rewrite_failed(ctx, flow);
         }
     }
     Translated::To(to.dst_address)
+}
+
+#[inline(always)]
+fn rewrite_failed(ctx: &TcContext, flow: &FlowKey) -> Translated {
+    // SAFETY: the kernel hands tc programs a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    events::drop(DROP_REWRITE, &subject_of_flow(ifindex, flow));
+    Translated::Drop
 }

@@ -9,7 +9,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, TC_ACT_OK, TC_ACT_REDIRECT,
         TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh,
     },
     btf_maps::HashMap,
@@ -19,7 +20,11 @@ use aya_ebpf::{
 };
 use orch_ebpf_common::pod::{EndpointKey, POD_ENDPOINTS_MAX_ENTRIES, PodEndpoint};
 
-use crate::nat::{Translated, translate};
+use crate::events;
+use crate::nat::{Translated, subject, translate};
+use orch_ebpf_common::events::{
+    DROP_FIB_MISS, DROP_TTL, TRACE_FORWARD, TRACE_TO_POD, TRACE_TO_STACK,
+};
 
 #[btf_map]
 static POD_ENDPOINTS: HashMap<EndpointKey, PodEndpoint, POD_ENDPOINTS_MAX_ENTRIES> = HashMap::new();
@@ -108,6 +113,7 @@ fn deliver_local(ctx: &TcContext, endpoint: &PodEndpoint) -> i32 {
     if !decrement_ttl(ctx) || !set_macs(ctx, &endpoint.host_mac, &endpoint.pod_mac) {
         return TC_ACT_OK;
     }
+    events::trace(TRACE_TO_POD, || subject(ctx));
     // SAFETY: a helper call; the kernel checks the ifindex.
     unsafe { bpf_redirect_peer(endpoint.ifindex, 0) as i32 }
 }
@@ -148,6 +154,7 @@ fn forward(ctx: &TcContext, destination: u32) -> i32 {
         if !decrement_ttl(ctx) || !set_macs(ctx, &params.smac, &params.dmac) {
             return TC_ACT_OK;
         }
+        events::trace(TRACE_FORWARD, || subject(ctx));
         // SAFETY: a helper call; the kernel checks the ifindex.
         return unsafe { bpf_redirect(params.ifindex, 0) as i32 };
     }
@@ -174,10 +181,22 @@ fn forward(ctx: &TcContext, destination: u32) -> i32 {
             )
         };
         return if redirected == i64::from(TC_ACT_REDIRECT) {
+            events::trace(TRACE_FORWARD, || subject(ctx));
             TC_ACT_REDIRECT
         } else {
             TC_ACT_OK
         };
+    }
+    let unroutable = [
+        BPF_FIB_LKUP_RET_BLACKHOLE,
+        BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_PROHIBIT,
+    ];
+    if unroutable.iter().any(|r| found == i64::from(*r)) {
+        // The stack drops it too, answering ICMP unreachable.
+        events::drop(DROP_FIB_MISS, &subject(ctx));
+    } else {
+        events::trace(TRACE_TO_STACK, || subject(ctx));
     }
     // Local to the node, unreachable, forwarding off: the stack answers.
     TC_ACT_OK
@@ -192,6 +211,7 @@ fn decrement_ttl(ctx: &TcContext) -> bool {
         return false;
     };
     if old[0] <= 1 {
+        events::drop(DROP_TTL, &subject(ctx));
         return false;
     }
     let new = [old[0] - 1, old[1]];

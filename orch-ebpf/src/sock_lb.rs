@@ -15,7 +15,9 @@ use orch_ebpf_common::service::{
     AFFINITY_SCOPE_NETNS, RevNatEntry, RevNatKey, SOCK_REVNAT_MAX_ENTRIES, ServiceKey,
 };
 
+use crate::events::{self, Subject};
 use crate::lb::{Client, Pick, count, pick_backend};
+use orch_ebpf_common::events::DROP_NO_BACKEND;
 
 /// LRU: entries of closed sockets age out as new ones need room.
 #[btf_map]
@@ -80,7 +82,18 @@ fn forward(ctx: &SockAddrContext, datagram: bool) -> i32 {
     };
     let backend = match pick_backend(key, pick, client) {
         Pick::NotService => return ALLOW,
-        Pick::NoBackend => return refuse(),
+        Pick::NoBackend => {
+            events::drop(
+                DROP_NO_BACKEND,
+                &Subject {
+                    protocol: key.protocol,
+                    dst_address: key.address,
+                    dst_port: key.port,
+                    ..Subject::default()
+                },
+            );
+            return refuse();
+        }
         Pick::Backend(backend, id) => {
             let datagram = u64::from(datagram);
             count(id, 1 - datagram, datagram, 0);

@@ -1,4 +1,5 @@
-//! Logs and exec: the API server resolves the pod, its container and its
+//! Logs, exec, image imports and the node's dataplane (table, monitor):
+//! the API server resolves the pod, its container and its
 //! node, then relays the stream to that node agent's port, as
 //! kube-apiserver proxies to the kubelet. It calls the node with this
 //! replica's peer certificate (organization `system:orch-control`, which
@@ -12,7 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use orch_core::api::ApiError;
 use orch_core::api::proto::node_agent_client::NodeAgentClient;
 use orch_core::api::proto::{
-    ExecInput, ExecOutput, ImageImportChunk, ImageImportReply, LogChunk, PodLogsRequest, exec_input,
+    ExecInput, ExecOutput, ImageImportChunk, ImageImportReply, LogChunk, MonitorEvent,
+    NodeDataplaneReply, NodeDataplaneRequest, NodeMonitorRequest, PodLogsRequest, exec_input,
 };
 use orch_core::object::{Kind, Object};
 use tokio_stream::{Stream, StreamExt as _};
@@ -23,6 +25,7 @@ use super::registry::Registry;
 use crate::store::raft::peer_tls::PeerTls;
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+pub type MonitorStream = Pin<Box<dyn Stream<Item = Result<MonitorEvent, Status>> + Send>>;
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Status>> + Send>>;
 
 /// Where a pod's container runs.
@@ -188,6 +191,58 @@ impl NodeProxy {
         Ok(Box::pin(stream))
     }
 
+    /// The agent port of node `node`, connected.
+    async fn connect_node(
+        &self,
+        registry: &Registry,
+        node: &str,
+    ) -> Result<NodeAgentClient<Channel>, Status> {
+        if node.is_empty() {
+            return Err(invalid("a node name is required".into()));
+        }
+        registry
+            .get(Kind::Node, "", node)
+            .await
+            .map_err(|e| e.to_status())?;
+        let addr = self
+            .node_addr(registry, node, &format!("node {node}"))
+            .await?;
+        let target = Target {
+            uid: String::new(),
+            container: String::new(),
+            node: node.to_string(),
+            addr,
+        };
+        self.connect(&target).await
+    }
+
+    /// Node `node`'s service table and map usage.
+    pub async fn dataplane(
+        &self,
+        registry: &Registry,
+        request: NodeDataplaneRequest,
+    ) -> Result<NodeDataplaneReply, Status> {
+        let mut client = self.connect_node(registry, &request.node).await?;
+        Ok(client.dataplane(request).await?.into_inner())
+    }
+
+    /// What node `node`'s programs do, as it happens.
+    pub async fn monitor(
+        &self,
+        registry: &Registry,
+        request: NodeMonitorRequest,
+    ) -> Result<MonitorStream, Status> {
+        for address in &request.addresses {
+            if address.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(invalid(format!(
+                    "addresses: Invalid value: {address:?}: not an IPv4 address"
+                )));
+            }
+        }
+        let mut client = self.connect_node(registry, &request.node).await?;
+        Ok(Box::pin(client.monitor(request).await?.into_inner()))
+    }
+
     /// An image archive for the node the first chunk names; the names it
     /// now holds.
     pub async fn import_image(
@@ -205,20 +260,7 @@ impl NodeProxy {
             ));
         }
         let node = first.node.clone();
-        registry
-            .get(Kind::Node, "", &node)
-            .await
-            .map_err(|e| e.to_status())?;
-        let addr = self
-            .node_addr(registry, &node, &format!("node {node}"))
-            .await?;
-        let target = Target {
-            uid: String::new(),
-            container: String::new(),
-            node,
-            addr,
-        };
-        let mut client = self.connect(&target).await?;
+        let mut client = self.connect_node(registry, &node).await?;
         // A caller's stream that breaks ends the relay without the `done`
         // chunk, so the node imports nothing.
         let rest = inbound.map_while(Result::ok);

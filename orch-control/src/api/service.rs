@@ -9,8 +9,8 @@ use std::time::Duration;
 use orch_core::api::proto::api_server::{Api, ApiServer};
 use orch_core::api::proto::{
     DeleteRequest, ExecInput, GetRequest, ImageImportChunk, ImageImportReply, ListReply,
-    ListRequest, ObjectReply, ObjectRequest, PatchRequest, PodLogsRequest, WatchEvent,
-    WatchRequest,
+    ListRequest, NodeDataplaneReply, NodeDataplaneRequest, NodeMonitorRequest, ObjectReply,
+    ObjectRequest, PatchRequest, PodLogsRequest, WatchEvent, WatchRequest,
 };
 use orch_core::api::{ApiError, kind_of_resource, kind_prefix};
 use orch_core::object::{Kind, Object};
@@ -18,7 +18,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::filter::Filter;
-use super::node_proxy::{ExecStream, LogStream, NodeProxy};
+use super::node_proxy::{ExecStream, LogStream, MonitorStream, NodeProxy};
 use super::registry::{DeleteOptions, Registry, UpdateKind, Written, served_json};
 use crate::store::types::{Event, EventKind, Revision};
 
@@ -121,6 +121,7 @@ impl ApiService {
 impl Api for ApiService {
     type WatchStream = WatchStream;
     type PodLogsStream = LogStream;
+    type NodeMonitorStream = MonitorStream;
     type PodExecStream = ExecStream;
 
     async fn pod_logs(
@@ -131,6 +132,34 @@ impl Api for ApiService {
             let stream = self
                 .nodes
                 .logs(&self.registry, request.into_inner())
+                .await?;
+            Ok(Response::new(stream))
+        })
+        .await
+    }
+
+    async fn node_dataplane(
+        &self,
+        request: Request<NodeDataplaneRequest>,
+    ) -> Result<Response<NodeDataplaneReply>, Status> {
+        instrumented("get", "nodes/dataplane", async move {
+            let reply = self
+                .nodes
+                .dataplane(&self.registry, request.into_inner())
+                .await?;
+            Ok(Response::new(reply))
+        })
+        .await
+    }
+
+    async fn node_monitor(
+        &self,
+        request: Request<NodeMonitorRequest>,
+    ) -> Result<Response<MonitorStream>, Status> {
+        instrumented("watch", "nodes/monitor", async move {
+            let stream = self
+                .nodes
+                .monitor(&self.registry, request.into_inner())
                 .await?;
             Ok(Response::new(stream))
         })

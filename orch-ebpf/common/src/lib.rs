@@ -4,6 +4,7 @@
 //! `bpftool map dump` prints them.
 #![no_std]
 
+pub mod events;
 pub mod nat;
 pub mod pod;
 pub mod service;
@@ -19,7 +20,7 @@ pub const IFACE_EGRESS_PROG: &str = "iface_count_egress";
 pub const IFACE_COUNTERS_MAX_ENTRIES: usize = 4096;
 
 /// Every map the agent pins under the node's directory (by these names).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 11] = [
     IFACE_COUNTERS_MAP,
     service::SERVICES_MAP,
     service::BACKENDS_MAP,
@@ -28,6 +29,9 @@ pub const PINNED_MAPS: [&str; 8] = [
     service::SERVICE_COUNTERS_MAP,
     pod::POD_ENDPOINTS_MAP,
     nat::CONNTRACK_MAP,
+    events::EVENTS_MAP,
+    events::MONITOR_CONFIG_MAP,
+    events::EVENT_RATE_MAP,
 ];
 
 /// Traffic direction, seen from the interface the program is attached to.

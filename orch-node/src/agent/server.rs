@@ -1,13 +1,16 @@
-//! The agent's own port (the kubelet's 10250): container logs, exec and
-//! image imports for the API servers, over TLS with the node's
+//! The agent's own port (the kubelet's 10250): container logs, exec,
+//! image imports and the dataplane's table and monitor for the API servers, over TLS with the node's
 //! certificate. Only control-plane replicas (organization
 //! `system:orch-control`) may call it; the API server authenticated and
 //! authorized the person behind the call.
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crate::dataplane::PinLayout;
+use crate::dataplane::monitor::Monitor;
+use crate::dataplane::services::ServiceTable;
 use crate::image::{ImageStore, import};
 
 use orch_core::api::ApiError;
@@ -15,7 +18,8 @@ use orch_core::api::config::ClientConfig;
 use orch_core::api::identity::{OrganizationAuthorizer, REPLICAS};
 use orch_core::api::proto::node_agent_server::{NodeAgent, NodeAgentServer};
 use orch_core::api::proto::{
-    ExecInput, ExecOutput, ImageImportChunk, ImageImportReply, LogChunk, PodLogsRequest,
+    ExecInput, ExecOutput, ImageImportChunk, ImageImportReply, LogChunk, MapUsage, MonitorEvent,
+    NodeDataplaneReply, NodeDataplaneRequest, NodeMonitorRequest, PodLogsRequest,
 };
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,12 +36,91 @@ pub struct AgentService {
     /// Where uploaded image archives wait for their import.
     imports_dir: PathBuf,
     images: Arc<ImageStore>,
+    /// Set once the agent's dataplane runs.
+    dataplane: Arc<OnceLock<NodeDataplane>>,
 }
+
+/// What the port shows of the node's dataplane.
+pub struct NodeDataplane {
+    pub layout: PinLayout,
+    /// None when no program of the node emits events.
+    pub monitor: Option<Arc<Monitor>>,
+}
+
+type MonitorStream = Pin<Box<dyn Stream<Item = Result<MonitorEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
     type ContainerLogsStream = LogStream;
     type ExecStream = ExecStream;
+    type MonitorStream = MonitorStream;
+
+    async fn dataplane(
+        &self,
+        _request: Request<NodeDataplaneRequest>,
+    ) -> Result<Response<NodeDataplaneReply>, Status> {
+        let Some(dataplane) = self.dataplane.get() else {
+            return Err(no_dataplane());
+        };
+        let layout = dataplane.layout.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let services = match ServiceTable::open(&layout) {
+                Ok(table) => crate::dataplane::services::render(&table.list()?),
+                Err(_) => String::new(),
+            };
+            let maps = crate::dataplane::metrics::map_use(&layout)?;
+            Ok::<_, crate::dataplane::DataplaneError>((services, maps))
+        })
+        .await
+        .map_err(|_| Status::internal("the dataplane reader died"))?;
+        let (services, maps) = read.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(NodeDataplaneReply {
+            services,
+            maps: maps
+                .into_iter()
+                .map(|m| MapUsage {
+                    name: m.name.to_string(),
+                    entries: m.entries,
+                    max_entries: m.max_entries,
+                    evicts: m.evicts,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn monitor(
+        &self,
+        request: Request<NodeMonitorRequest>,
+    ) -> Result<Response<MonitorStream>, Status> {
+        let request = request.into_inner();
+        let Some(monitor) = self.dataplane.get().and_then(|d| d.monitor.clone()) else {
+            return Err(no_dataplane());
+        };
+        let mut watch = monitor.watch(!request.drops_only);
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    event = watch.events.recv() => event,
+                    // The caller left: so does the watch (and its traces).
+                    () = sender.closed() => return,
+                };
+                match event {
+                    Ok(event) => {
+                        let wanted = (!request.drops_only || event.kind == "drop")
+                            && crate::dataplane::monitor::concerns(&event, &request.addresses);
+                        if wanted && sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Too slow a reader: it misses what it fell behind on.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
 
     async fn container_logs(
         &self,
@@ -123,6 +206,12 @@ impl NodeAgent for AgentService {
     }
 }
 
+fn no_dataplane() -> Status {
+    Status::failed_precondition(
+        "this node runs no dataplane programs (its agent was started without --pod-network-interface and --service-cgroup)",
+    )
+}
+
 /// The port's TLS: the node's certificate from its client config (which
 /// `orch-control node-config` signs for serving too), and the cluster CA
 /// for callers, whose certificate is required.
@@ -139,6 +228,7 @@ pub fn tls(config: &ClientConfig) -> Result<ServerTlsConfig, String> {
 pub fn service(
     state_dir: &std::path::Path,
     images: Arc<ImageStore>,
+    dataplane: Arc<OnceLock<NodeDataplane>>,
 ) -> InterceptedService<NodeAgentServer<AgentService>, OrganizationAuthorizer> {
     // Uploads a previous agent left unfinished.
     let _ = std::fs::remove_dir_all(state_dir.join("imports"));
@@ -147,6 +237,7 @@ pub fn service(
             pods_dir: state_dir.join("pods"),
             imports_dir: state_dir.join("imports"),
             images,
+            dataplane,
         })
         // Image archives come in chunks; each is bounded here.
         .max_decoding_message_size(8 << 20),

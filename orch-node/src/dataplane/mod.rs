@@ -5,7 +5,9 @@
 pub mod bpffs;
 pub mod cgroup2;
 pub mod iface_counters;
+pub mod kernel_logs;
 pub mod metrics;
+pub mod monitor;
 pub mod pod_network;
 pub mod service_sync;
 pub mod services;

@@ -81,6 +81,7 @@ impl PodNetwork {
     ) -> Result<Self, DataplaneError> {
         let addresses = PodAddresses::open(state_dir).map_err(NetError::from)?;
         let mut ebpf = super::load(layout)?;
+        super::kernel_logs::forward(&mut ebpf, "pod network");
         for name in [POD_FROM_POD_PROG, POD_FROM_NET_PROG] {
             let program = classifier(&mut ebpf, name)?;
             program

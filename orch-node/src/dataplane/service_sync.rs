@@ -198,7 +198,11 @@ pub fn start(
     client: ApiClient,
 ) -> Result<Started, DataplaneError> {
     let programs = match cgroup {
-        Some(cgroup) => Some(super::services::attach(layout, cgroup)?),
+        Some(cgroup) => {
+            let mut programs = super::services::attach(layout, cgroup)?;
+            super::kernel_logs::forward(&mut programs, "service balancing");
+            Some(programs)
+        }
         None => {
             if super::services::detach(layout)? {
                 tracing::info!("service balancing detached (started without --service-cgroup)");

@@ -2,6 +2,7 @@
 
 mod change;
 mod cluster;
+mod node_dataplane;
 mod node_ops;
 mod objects;
 mod pod_io;
@@ -73,6 +74,12 @@ enum Command {
     Logs(pod_io::LogsArgs),
     /// Run a command in a container: `orchctl exec -it POD -- sh`.
     Exec(pod_io::ExecArgs),
+    /// A node's dataplane: `orchctl node dataplane NODE`, `orchctl node
+    /// monitor NODE [--drops] [--pod P] [--service S]`.
+    Node {
+        #[command(subcommand)]
+        command: node_dataplane::NodeCommand,
+    },
     /// Node images: `orchctl image import FILE --node N`.
     Image {
         #[command(subcommand)]
@@ -208,6 +215,7 @@ fn main() -> ExitCode {
         Command::Events(args) => node_ops::events(args).map(|()| true),
         Command::Rollout { command } => rollout::run(command).map(|()| true),
         Command::Logs(args) => pod_io::logs(args).map(|()| true),
+        Command::Node { command } => node_dataplane::run(command).map(|()| true),
         Command::Image {
             command: ImageCommand::Import(args),
         } => node_ops::image_import(args).map(|()| true),

@@ -6,8 +6,6 @@ use clap::{Args, Subcommand};
 use orch_node::dataplane::PinLayout;
 use orch_node::dataplane::iface_counters::{self, AttachMode};
 use orch_node::dataplane::services::{self, ServiceTable};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 #[derive(Subcommand)]
 pub enum DataplaneCommand {
@@ -57,7 +55,7 @@ impl InterfaceArgs {
 pub fn run_dataplane(layout: &PinLayout, command: DataplaneCommand) -> Result<()> {
     match command {
         DataplaneCommand::AttachCounters { target, follow } => {
-            let mut ebpf = iface_counters::attach(layout, &target.interface, target.mode()?)
+            let ebpf = iface_counters::attach(layout, &target.interface, target.mode()?)
                 .with_context(|| format!("attaching counters to {}", target.interface))?;
             println!(
                 "attached to {} (pinned under {})",
@@ -65,9 +63,7 @@ pub fn run_dataplane(layout: &PinLayout, command: DataplaneCommand) -> Result<()
                 layout.node_dir().display()
             );
             if follow {
-                let logger = aya_log::EbpfLogger::init(&mut ebpf)
-                    .context("opening the kernel programs' log buffer")?;
-                forward_kernel_logs(logger)?;
+                forward_kernel_logs(ebpf)?;
             }
             Ok(())
         }
@@ -137,28 +133,17 @@ fn print_traffic(traffic: &[iface_counters::IfaceTraffic], output: &str) -> Resu
 
 /// Forwards aya-log records from the kernel to this process's log until
 /// SIGINT/SIGTERM.
-fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Result<()> {
+fn forward_kernel_logs(mut ebpf: aya::Ebpf) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        // SAFETY: the logger owns its ring buffer fd and keeps it open, with
-        // the same fd number, for as long as the AsyncFd owns the logger.
-        let mut logs = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-            .context("polling the log buffer")?;
+        let _forwarding = orch_node::dataplane::kernel_logs::forward(&mut ebpf, "counters");
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                guard = logs.readable_mut() => {
-                    let mut guard = guard?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
-            }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
         }
         Ok(())
     })

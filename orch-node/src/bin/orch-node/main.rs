@@ -13,7 +13,9 @@ use orch_core::api::ApiClient;
 use orch_core::api::config::ClientConfig;
 use orch_node::agent::node_status::{NodeSpecifics, Reserved};
 use orch_node::agent::pod_network::PodNetworking;
+use orch_node::agent::server::NodeDataplane;
 use orch_node::agent::{self, AgentConfig, machine};
+use orch_node::dataplane::monitor::Monitor;
 
 use orch_node::dataplane::service_sync;
 
@@ -232,6 +234,8 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Filled once the dataplane runs (the port serves before that).
+    let dataplane_view = std::sync::Arc::new(std::sync::OnceLock::new());
     runtime.block_on(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(
             tokio::net::TcpListener::from_std(agent_listener)?,
@@ -247,6 +251,7 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             .add_service(orch_node::agent::server::service(
                 &config.state_dir,
                 config.images.clone().context("the image store")?,
+                dataplane_view.clone(),
             ))
             .serve_with_incoming(incoming);
         tokio::spawn(async move {
@@ -297,6 +302,7 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             ),
             None => None,
         };
+        let pod_network_runs = network.is_some();
         let plumbing = orch_node::agent::pod_network::PodPlumbing {
             network,
             service_cgroup: cgroup.clone(),
@@ -333,6 +339,15 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             services.sync.clone(),
         ));
         tokio::spawn(agent::metrics_port::watch_map_pressure(layout.clone()));
+        let has_programs = pod_network_runs || services.programs.is_some();
+        let monitor = match has_programs {
+            true => Some(Monitor::start(layout).context("the dataplane monitor")?),
+            false => None,
+        };
+        let _ = dataplane_view.set(NodeDataplane {
+            layout: layout.clone(),
+            monitor,
+        });
         shutdown_signal().await;
         tracing::info!("stopping (containers keep running; a restarted agent adopts them)");
         anyhow::Ok(())

@@ -507,6 +507,50 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
     let log = std::fs::read_to_string(&logs[0]).unwrap_or_default();
     assert!(log.contains("orch: NodePort flow to"), "{log}");
 
+    // The dataplane outlives its agent: node 1's agent is killed and
+    // started again under a steady NodePort load (both pods, one of them
+    // on the other node), and no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let port = node_ports[0];
+        in_netns(&client_host, move || {
+            let (mut answered, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(node, port) {
+                    Ok(body) if body.starts_with("web-") => answered += 1,
+                    Ok(body) => failed.push(format!("answer {body:?}")),
+                    Err(error) => failed.push(error),
+                }
+            }
+            (answered, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(agents.remove(0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agents.insert(
+        0,
+        start_agent(&nodes[0], &nodes[0].state.with_extension("conf")),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failed) = load.join().expect("load thread");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the agent's restart: {:?}",
+        failed.len(),
+        answered as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(answered > 50, "only {answered} requests in 5.5 s");
+    eprintln!("{answered} NodePort requests across the agent's kill and restart, none failed");
+    // The restarted agent took its pods back.
+    assert_eq!(
+        fetch(&mut client, "web-a", &format!("http://{b}:8080/")).await,
+        Ok("web-b".into())
+    );
+
     // A deleted pod's interface goes with it.
     let Some(uid) = pod(&mut client, "web-b").await.and_then(|p| p.metadata.uid) else {
         panic!("web-b has no uid");

@@ -235,6 +235,44 @@ fn cluster_ips_balance_at_the_socket() {
     .expect("tcp client");
     assert_ne!(moved, first);
 
+    // Backends come and go under a steady connection load: make-before-
+    // break, no connection ever fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        in_netns(&fixture.netns, move || {
+            let (mut made, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match dial_tcp(SocketAddrV4::new(SERVICE, 80)) {
+                    Ok(_) => made += 1,
+                    Err(error) => failed.push(error.to_string()),
+                }
+            }
+            (made, failed)
+        })
+    };
+    let started = Instant::now();
+    let mut changes = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        for set in [&backends[..1], &backends[..], &backends[1..], &backends[..]] {
+            table.set(tcp, set, 0).expect("change the backends");
+            changes += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (made, failed) = load.join().expect("load thread");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed over {changes} backend changes: {:?}",
+        failed.len(),
+        made as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        made > 100 && changes > 100,
+        "{made} connections, {changes} changes"
+    );
+
     // Down to one backend: every new connection goes there.
     table.set(tcp, &backends[1..], 0).expect("shrink");
     let only = in_netns(&fixture.netns, || {
@@ -286,13 +324,72 @@ fn cluster_ips_balance_at_the_socket() {
         assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
     }
 
-    // A second attach adopts what is pinned and keeps balancing.
+    // A second attach (an upgraded agent) swaps new programs into the
+    // pinned links: same links, new programs, still balancing.
+    let before = pinned_link(&fixture.layout);
     let again = services::attach(&fixture.layout, &fixture.cgroup).expect("attach again");
     drop(again);
+    let after = pinned_link(&fixture.layout);
+    assert_eq!(before.0, after.0, "the link stays");
+    assert_ne!(before.1, after.1, "the program is replaced");
     let (backend, _) = in_netns(&fixture.netns, || {
         dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect")
     })
     .join()
     .expect("tcp client");
     assert_eq!(backend, 1);
+
+    // Given another cgroup, the programs move there.
+    let moved = fixture.cgroup.join("moved");
+    std::fs::create_dir(&moved).expect("child cgroup");
+    let _moved = services::attach(&fixture.layout, &moved).expect("attach elsewhere");
+    let shown = |cgroup: &Path| {
+        let output = Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(cgroup)
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(
+        !shown(&fixture.cgroup).contains("sock4_connect"),
+        "{}",
+        shown(&fixture.cgroup)
+    );
+    assert!(shown(&moved).contains("sock4_connect"), "{}", shown(&moved));
+    std::fs::write(moved.join("cgroup.procs"), std::process::id().to_string())
+        .expect("into the child cgroup");
+    let (backend, _) = in_netns(&fixture.netns, || {
+        dial_tcp(SocketAddrV4::new(SERVICE, 80)).expect("connect")
+    })
+    .join()
+    .expect("tcp client");
+    assert_eq!(backend, 1);
+    std::fs::write(
+        fixture.cgroup.join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .expect("back out of the child cgroup");
+    services::detach(&fixture.layout).expect("detach");
+    std::fs::remove_dir(&moved).expect("remove the child cgroup");
+}
+
+/// (link id, program id) of the pinned connect4 link.
+fn pinned_link(layout: &PinLayout) -> (u64, u64) {
+    let path = layout.link("sock4_connect", "cgroup");
+    let json = run(
+        "bpftool",
+        &[
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+    let link: serde_json::Value = serde_json::from_str(&json).expect("bpftool json");
+    (
+        link["id"].as_u64().expect("link id"),
+        link["prog_id"].as_u64().expect("prog id"),
+    )
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench store|api|scheduler|pods`: benchmarks, run as optimized builds against
+//! `cargo xtask bench store|api|scheduler|pods|dataplane`: benchmarks, run as optimized builds against
 //! their anchors (installed by setup) in the same run. Not tests: they
 //! print figures and ratios, they don't pass or fail on them.
 
@@ -18,6 +18,11 @@ pub enum Bench {
     /// orch-node's container runtime next to runc and crun, then pod
     /// start latency and memory through a real control plane and agent.
     Pods,
+    /// Connections through a ClusterIP: orch's socket balancer against the
+    /// pod dialled directly and kube-proxy's iptables rules, with 1 to
+    /// 10,000 services; and one backend change, map update against
+    /// iptables-restore.
+    Dataplane,
 }
 
 pub fn run(bench: Bench, args: &[String]) -> Result<()> {
@@ -27,6 +32,11 @@ pub fn run(bench: Bench, args: &[String]) -> Result<()> {
         Bench::Api => ("orch-control", "api"),
         Bench::Scheduler => ("orch-control", "scheduler"),
         Bench::Pods => ("orch-node", "pods"),
+        Bench::Dataplane => {
+            // The kernel programs the bench loads are embedded in orch-node.
+            crate::ebpf::build()?;
+            ("orch-node", "dataplane")
+        }
     };
     if let Bench::Pods = bench {
         // The shims and the agent the benchmarks run are the release

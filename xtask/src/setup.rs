@@ -19,7 +19,8 @@ use crate::{cargo, output, run_command};
 /// measures orch's store against), docker-registry (the OCI registry the
 /// image tests pull from, started on loopback by the tests), runc and crun
 /// (the anchors `cargo xtask bench pods` measures orch-node's runtime
-/// against).
+/// against), iptables (kube-proxy's mode, the anchor of `cargo xtask bench
+/// dataplane`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
@@ -28,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-client",
     "etcd-server",
     "iproute2",
+    "iptables",
     "libseccomp-dev",
     "pkg-config",
     "procps",

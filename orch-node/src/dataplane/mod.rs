@@ -2,6 +2,7 @@
 //! links and maps under `/sys/fs/bpf/orch/<node>/` so they outlive the agent,
 //! and reads the maps back.
 
+mod bpf_link;
 pub mod bpffs;
 pub mod cgroup2;
 pub mod iface_counters;

@@ -100,6 +100,7 @@ impl PodNetwork {
             node_interface,
             TcAttachType::Ingress,
         )?;
+        adopt_pod_links(layout, &mut ebpf)?;
         let map = ebpf
             .take_map(POD_ENDPOINTS_MAP)
             .ok_or(DataplaneError::MissingMap(POD_ENDPOINTS_MAP))?;
@@ -282,6 +283,38 @@ impl PodNetwork {
             })
             .collect()
     }
+}
+
+/// The pods an earlier agent set up keep their links, which get this
+/// agent's `pod_from_pod` swapped in (atomically, inside each tcx link):
+/// an upgraded agent upgrades every pod's program, with no packet
+/// between the old and the new. The pin of a veth that is gone goes.
+fn adopt_pod_links(layout: &PinLayout, ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prefix = format!("link_{POD_FROM_POD_PROG}_");
+    let entries = std::fs::read_dir(layout.node_dir()).map_err(|source| DataplaneError::Io {
+        path: layout.node_dir().to_path_buf(),
+        source,
+    })?;
+    let program = classifier(ebpf, POD_FROM_POD_PROG)?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(interface) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if nix::net::if_::if_nametoindex(interface).is_err() {
+            tracing::info!(%interface, "a pod's link without its veth: unpinned");
+            remove_pin(&entry.path())?;
+            continue;
+        }
+        super::tc::attach_tcx(
+            layout,
+            POD_FROM_POD_PROG,
+            program,
+            interface,
+            TcAttachType::Ingress,
+        )?;
+    }
+    Ok(())
 }
 
 fn gone(name: &str) -> DataplaneError {

@@ -185,8 +185,8 @@ struct Installed {
 /// earlier run attached, so a node started without service balancing has
 /// none, rather than a table frozen at its last state.
 ///
-/// An attachment found pinned is adopted as it is, whatever cgroup it hangs
-/// off: to move it, `orch-node dataplane remove` first.
+/// An attachment found pinned gets this agent's programs swapped in; one on
+/// another cgroup is moved (see `services::attach`).
 ///
 /// `node` is given when the pod network's tc programs run on this node:
 /// NodePort frontends are written for them. With neither a cgroup nor a

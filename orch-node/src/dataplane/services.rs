@@ -7,6 +7,8 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
@@ -32,20 +34,24 @@ const PROGRAMS: [&str; 4] = [
 const CGROUP_LINK: &str = "cgroup";
 
 /// Loads the socket programs with the node's pinned maps and attaches them
-/// to the cgroup2 directory `cgroup` (its whole subtree). Idempotent: a
-/// program whose pinned link exists is already attached and is left as it
-/// is (it uses the same pinned maps).
+/// to the cgroup2 directory `cgroup` (its whole subtree). A link already
+/// pinned on that cgroup gets the new program swapped in (atomically: an
+/// upgraded agent upgrades the programs with no unbalanced connect in
+/// between); one pinned on another cgroup (the agent was given another
+/// `--service-cgroup`) is detached first and made anew on this one.
 pub fn attach(layout: &PinLayout, cgroup: &Path) -> Result<Ebpf, DataplaneError> {
     let mut ebpf = super::load(layout)?;
     let directory = File::open(cgroup).map_err(|source| DataplaneError::Io {
         path: cgroup.to_path_buf(),
         source,
     })?;
+    let cgroup_id = std::fs::metadata(cgroup)
+        .map_err(|source| DataplaneError::Io {
+            path: cgroup.to_path_buf(),
+            source,
+        })?
+        .ino();
     for name in PROGRAMS {
-        let link_path = layout.link(name, CGROUP_LINK);
-        if link_path.exists() {
-            continue;
-        }
         let program: &mut CgroupSockAddr = ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingProgram(name))?
@@ -61,6 +67,26 @@ pub fn attach(layout: &PinLayout, cgroup: &Path) -> Result<Ebpf, DataplaneError>
                 path: program_path,
                 source,
             })?;
+        let link_path = layout.link(name, CGROUP_LINK);
+        let link_error = |source| DataplaneError::Io {
+            path: link_path.clone(),
+            source,
+        };
+        if link_path.exists() {
+            let link = super::bpf_link::open_pinned(&link_path).map_err(link_error)?;
+            let attached_to = super::bpf_link::cgroup_of(link.as_fd()).map_err(link_error)?;
+            if attached_to == cgroup_id {
+                let program_fd = program.fd().map_err(failed)?;
+                super::bpf_link::update(link.as_fd(), program_fd).map_err(link_error)?;
+                tracing::info!(program = name, cgroup = %cgroup.display(), "program replaced in its link");
+                continue;
+            }
+            // Another cgroup: a program attached (mode Single) to an
+            // ancestor would refuse ours, so the old link goes first.
+            drop(link);
+            remove_pin(&link_path)?;
+            tracing::info!(program = name, "moved off its earlier cgroup");
+        }
         // Single: the multi modes fail on this kernel with EINVAL, and one
         // program per hook is all a node needs.
         let link_id = program
@@ -72,7 +98,7 @@ pub fn attach(layout: &PinLayout, cgroup: &Path) -> Result<Ebpf, DataplaneError>
             source,
         })?;
         link.pin(&link_path).map_err(|source| DataplaneError::Pin {
-            path: link_path,
+            path: link_path.clone(),
             source,
         })?;
         tracing::info!(program = name, cgroup = %cgroup.display(), "attached");

@@ -6,8 +6,8 @@
 //! reach each other across nodes with no NAT, reach a ClusterIP Service
 //! balanced over both; a client host on the LAN reaches both through
 //! one node's NodePort (and only that node's pod, keeping its address,
-//! with `externalTrafficPolicy: Local`); deleted pods give their address
-//! back.
+//! with `externalTrafficPolicy: Local`), and a LoadBalancer address from
+//! the configured range; deleted pods give their address back.
 
 mod common;
 
@@ -26,6 +26,9 @@ use orch_tests::netns::{Lan, in_netns, run};
 
 const CONTROL_PLANE: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 254);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 100);
+/// LoadBalancer addresses (the client routes them through node 1, as a
+/// router announcing them would).
+const LOAD_BALANCERS: &str = "10.210.100.0/28";
 const NODE_ADDRESSES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2)];
 const IMAGE: &str = "orch.test/web:1";
 
@@ -314,6 +317,7 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
     replica.api_addr = format!("{CONTROL_PLANE}:0");
     let mut args = vec!["--init"];
     args.extend(common::FAST_ELECTION);
+    args.extend(["--load-balancer-ip-range", LOAD_BALANCERS]);
     replica.start(&args);
     let mut client = common::client_of(&replica).await;
     let logs: Vec<PathBuf> = nodes
@@ -411,15 +415,16 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
         node_ports.push(u16::try_from(port).expect("port"));
     }
     let node = nodes[0].address;
-    let answers = |port: u16, tries: usize| {
+    let answers_at = |address: Ipv4Addr, port: u16, tries: usize| {
         in_netns(&client_host, move || {
             (0..tries)
-                .map(|_| http_get(node, port))
+                .map(|_| http_get(address, port))
                 .collect::<Vec<Result<String, String>>>()
         })
         .join()
         .expect("client thread")
     };
+    let answers = |port: u16, tries: usize| answers_at(node, port, tries);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let seen: std::collections::BTreeSet<String> =

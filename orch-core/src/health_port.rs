@@ -9,6 +9,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
+/// How long a caller has to send its request (an idle connection is
+/// closed, not held).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An answer: status line text, content type, body.
 pub struct Answer {
@@ -68,7 +71,9 @@ where
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-        let n = stream.read(&mut buffer).await?;
+        let n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buffer))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if n == 0 {
             break;
         }

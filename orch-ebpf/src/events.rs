@@ -72,6 +72,7 @@ fn emit(kind: u8, reason: u8, subject: &Subject) {
         to_address: subject.to_address,
         to_port: subject.to_port,
         pad2: 0,
+        pad3: 0,
     };
     // Full: the event is lost (user space reads too slowly), never the
     // packet.

@@ -1,4 +1,5 @@
-//! NodePort in tc: a packet for a node address and NodePort is sent to a
+//! NodePort (and LoadBalancer addresses) in tc: a packet for a node
+//! address and NodePort, or for a LoadBalancer address, is sent to a
 //! backend picked from the service table, through a connection table
 //! (LRU) holding both directions of every translated flow: the client's
 //! packets are rewritten to the backend (and, for a backend on another
@@ -8,15 +9,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    btf_maps::LruHashMap,
-    helpers::bpf_get_prandom_u32,
+    btf_maps::{Array, LruHashMap},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::btf_map,
     programs::TcContext,
 };
 use orch_ebpf_common::events::{
     DROP_CONNTRACK_FULL, DROP_NO_BACKEND, DROP_REWRITE, TRACE_NODE_PORT,
 };
-use orch_ebpf_common::nat::{CONNTRACK_MAX_ENTRIES, FlowKey, NatEntry};
+use orch_ebpf_common::nat::{
+    CLOSING_LIFETIME_NS, CONNTRACK_MAX_ENTRIES, FlowKey, NatEntry, NodeConfig, REFRESH_NS,
+    SNAT_PORT_COUNT, SNAT_PORT_FIRST, TCP_LIFETIME_NS, UDP_LIFETIME_NS,
+};
+use orch_ebpf_common::service::Backend;
 use orch_ebpf_common::service::{AFFINITY_SCOPE_ADDRESS, PROTOCOL_TCP, PROTOCOL_UDP, ServiceKey};
 
 use aya_log_ebpf::debug;
@@ -26,6 +31,10 @@ use crate::lb::{Client, Pick, count, pick_backend};
 
 #[btf_map]
 static CONNTRACK: LruHashMap<FlowKey, NatEntry, CONNTRACK_MAX_ENTRIES> = LruHashMap::new();
+
+/// The node's own address (index 0), written by the agent.
+#[btf_map]
+static NODE_CONFIG: Array<NodeConfig, 1> = Array::new();
 
 const ETH_HEADER: usize = 14;
 const ETH_TYPE: usize = 12;
@@ -42,8 +51,10 @@ const TCP_CHECKSUM: usize = L4 + 16;
 const UDP_CHECKSUM: usize = L4 + 6;
 /// Fragment offset and "more fragments": a fragment has no ports to read.
 const FRAGMENTED: u16 = 0x3fff;
-/// Where SNAT ports are drawn from when the client's own is taken.
-const SNAT_PORTS: (u32, u32) = (32_768, 28_232);
+const TCP_FLAGS: usize = L4 + 13;
+const TCP_FIN_OR_RST: u8 = 0x01 | 0x04;
+/// bpf_map_update_elem's BPF_NOEXIST: insert only if absent.
+const NOEXIST: u64 = 1;
 
 /// What the translation did with a packet.
 pub enum Translated {
@@ -87,6 +98,34 @@ fn subject_of_flow(ifindex: u32, flow: &FlowKey) -> Subject {
     }
 }
 
+/// Whether a conntrack entry still holds: idle less than its protocol's
+/// lifetime, or than the closing one after a FIN or RST.
+#[inline(always)]
+fn alive(flow: &FlowKey, entry: &NatEntry, now: u64) -> bool {
+    let lifetime = if entry.closing != 0 {
+        CLOSING_LIFETIME_NS
+    } else if flow.protocol == PROTOCOL_TCP {
+        TCP_LIFETIME_NS
+    } else {
+        UDP_LIFETIME_NS
+    };
+    now.saturating_sub(entry.last_seen) <= lifetime
+}
+
+/// The key of the other direction's entry: this entry's translated tuple,
+/// reversed.
+#[inline(always)]
+fn reverse_of(entry: &NatEntry, protocol: u8) -> FlowKey {
+    FlowKey {
+        src_address: entry.dst_address,
+        dst_address: entry.src_address,
+        src_port: entry.dst_port,
+        dst_port: entry.src_port,
+        protocol,
+        pad: [0; 3],
+    }
+}
+
 /// The TCP or UDP flow of an IPv4 packet without options or fragments.
 #[inline(always)]
 fn flow_of(ctx: &TcContext) -> Option<FlowKey> {
@@ -121,11 +160,27 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     let Some(flow) = flow_of(ctx) else {
         return Translated::No;
     };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: entries are plain data written whole.
     if let Some(entry) = unsafe { CONNTRACK.get(flow) } {
-        let entry = *entry;
-        count(entry.service, 0, 1, u64::from(ctx.len()));
-        return rewrite(ctx, &flow, &entry);
+        let mut entry = *entry;
+        if alive(&flow, &entry, now) {
+            let closing = flow.protocol == PROTOCOL_TCP
+                && ctx
+                    .load::<u8>(TCP_FLAGS)
+                    .is_ok_and(|f| f & TCP_FIN_OR_RST != 0);
+            if (closing && entry.closing == 0) || now.saturating_sub(entry.last_seen) > REFRESH_NS {
+                entry.closing |= u32::from(closing);
+                entry.last_seen = now;
+                let _ = CONNTRACK.insert(flow, entry, 0);
+            }
+            count(entry.service, 0, 1, u64::from(ctx.len()));
+            return rewrite(ctx, &flow, &entry);
+        }
+        // Expired: both directions go; this packet starts a new flow.
+        let _ = CONNTRACK.remove(flow);
+        let _ = CONNTRACK.remove(reverse_of(&entry, flow.protocol));
     }
     if !frontends {
         return Translated::No;
@@ -153,14 +208,45 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
         Pick::Backend(backend, id) => (backend, id),
     };
     let local = crate::pod_route::is_local(backend.address);
+    // The reply's entry maps the reply back to what the client dialled.
+    let reply_to = NatEntry {
+        src_address: flow.dst_address,
+        dst_address: flow.src_address,
+        src_port: flow.dst_port,
+        dst_port: flow.src_port,
+        service,
+        closing: 0,
+        pad: 0,
+        last_seen: now,
+    };
     // A local backend replies through this node anyway (its gateway): the
     // client's address is kept. A remote one is sent the flow from this
-    // node's address, on a port free for that backend.
+    // node's address, on a port of the SNAT range reserved for it by
+    // inserting the reply's entry (atomically: two CPUs never get one).
     let (src_address, src_port) = if local {
+        let reply = FlowKey {
+            src_address: backend.address,
+            dst_address: flow.src_address,
+            src_port: backend.port,
+            dst_port: flow.src_port,
+            protocol: flow.protocol,
+            pad: [0; 3],
+        };
+        if CONNTRACK.insert(reply, reply_to, 0).is_err() {
+            events::drop(DROP_CONNTRACK_FULL, &subject_of_flow(ifindex, &flow));
+            return Translated::Drop;
+        }
         (flow.src_address, flow.src_port)
     } else {
-        match snat_port(&flow, backend.address, backend.port, pick) {
-            Some(port) => (flow.dst_address, port),
+        // The node's own address: a LoadBalancer address is not the
+        // node's, and the backend's node would not route replies to it.
+        let node = NODE_CONFIG
+            .get(0)
+            .map(|c| c.address)
+            .filter(|a| *a != 0)
+            .unwrap_or(flow.dst_address);
+        match reserve_snat_port(&flow, node, &backend, &reply_to, pick) {
+            Some(port) => (node, port),
             None => {
                 events::drop(DROP_CONNTRACK_FULL, &subject_of_flow(ifindex, &flow));
                 return Translated::Drop;
@@ -173,25 +259,12 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
         src_port,
         dst_port: backend.port,
         service,
+        closing: 0,
+        pad: 0,
+        last_seen: now,
     };
-    let reply = FlowKey {
-        src_address: backend.address,
-        dst_address: src_address,
-        src_port: backend.port,
-        dst_port: src_port,
-        protocol: flow.protocol,
-        pad: [0; 3],
-    };
-    let reply_to = NatEntry {
-        src_address: flow.dst_address,
-        dst_address: flow.src_address,
-        src_port: flow.dst_port,
-        dst_port: flow.src_port,
-        service,
-    };
-    // The reply's entry first: no reply can come before it exists.
-    if CONNTRACK.insert(reply, reply_to, 0).is_err() || CONNTRACK.insert(flow, outbound, 0).is_err()
-    {
+    if CONNTRACK.insert(flow, outbound, 0).is_err() {
+        let _ = CONNTRACK.remove(reverse_of(&outbound, flow.protocol));
         events::drop(DROP_CONNTRACK_FULL, &subject_of_flow(ifindex, &flow));
         return Translated::Drop;
     }
@@ -211,26 +284,31 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     rewrite(ctx, &flow, &outbound)
 }
 
-/// A source port on this node's address that no other flow to this
-/// backend uses: the client's own when free, else one of two random ones.
+/// A source port of the SNAT range on `node` for a flow to `backend`,
+/// reserved by inserting the reply's entry where none is (BPF_NOEXIST):
+/// three random candidates, so a crowded backend drops a new flow rather
+/// than looping.
 #[inline(always)]
-fn snat_port(flow: &FlowKey, backend: u32, backend_port: u16, pick: u32) -> Option<u16> {
-    let random = |salt: u32| {
-        let port = SNAT_PORTS.0 + (pick.rotate_left(salt) % SNAT_PORTS.1);
-        (port as u16).to_be()
-    };
-    for candidate in [flow.src_port, random(11), random(23)] {
+fn reserve_snat_port(
+    flow: &FlowKey,
+    node: u32,
+    backend: &Backend,
+    reply_to: &NatEntry,
+    pick: u32,
+) -> Option<u16> {
+    for salt in [0u32, 11, 23] {
+        let offset = pick.rotate_left(salt) % u32::from(SNAT_PORT_COUNT);
+        let port = (SNAT_PORT_FIRST + offset as u16).to_be();
         let reply = FlowKey {
-            src_address: backend,
-            dst_address: flow.dst_address,
-            src_port: backend_port,
-            dst_port: candidate,
+            src_address: backend.address,
+            dst_address: node,
+            src_port: backend.port,
+            dst_port: port,
             protocol: flow.protocol,
             pad: [0; 3],
         };
-        // SAFETY: only the presence of the entry is read.
-        if unsafe { CONNTRACK.get(reply) }.is_none() {
-            return Some(candidate);
+        if CONNTRACK.insert(reply, *reply_to, NOEXIST).is_ok() {
+            return Some(port);
         }
     }
     None

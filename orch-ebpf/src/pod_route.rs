@@ -23,7 +23,7 @@ use orch_ebpf_common::pod::{EndpointKey, POD_ENDPOINTS_MAX_ENTRIES, PodEndpoint}
 use crate::events;
 use crate::nat::{Translated, subject, translate};
 use orch_ebpf_common::events::{
-    DROP_FIB_MISS, DROP_TTL, TRACE_FORWARD, TRACE_TO_POD, TRACE_TO_STACK,
+    DROP_FIB_MISS, DROP_SPOOFED, DROP_TTL, TRACE_FORWARD, TRACE_TO_POD, TRACE_TO_STACK,
 };
 
 #[btf_map]
@@ -46,6 +46,10 @@ const IP_DESTINATION: usize = ETH_HEADER + 16;
 /// replies are translated back first).
 #[classifier]
 pub fn pod_from_pod(ctx: TcContext) -> i32 {
+    if !from_its_pod(&ctx) {
+        events::drop(DROP_SPOOFED, &subject(&ctx));
+        return TC_ACT_SHOT;
+    }
     match translate(&ctx, false) {
         Translated::Drop => return TC_ACT_SHOT,
         Translated::To(destination) => return route(&ctx, destination),
@@ -73,6 +77,22 @@ pub fn pod_from_net(ctx: TcContext) -> i32 {
         Some(endpoint) => deliver_local(&ctx, &endpoint),
         None => TC_ACT_OK,
     }
+}
+
+/// Whether an IPv4 packet entering from a pod's veth comes from that
+/// pod's own address (so no pod sends as another, or matches another
+/// flow's conntrack entries). Not IPv4 (ARP, IPv6): nothing to check.
+#[inline(always)]
+fn from_its_pod(ctx: &TcContext) -> bool {
+    let Some(_) = ipv4_destination(ctx) else {
+        return true;
+    };
+    let Ok(source) = ctx.load::<u32>(IP_SOURCE) else {
+        return false;
+    };
+    // SAFETY: the kernel hands tc programs a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    local_endpoint(source).is_some_and(|endpoint| endpoint.ifindex == ifindex)
 }
 
 /// To a local pod, or on by the node's routes.

@@ -185,8 +185,8 @@ impl Bench {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let network =
-                    PodNetwork::start(&layout_for_node, &state_dir, "eth0").expect("pod network");
+                let network = PodNetwork::start(&layout_for_node, &state_dir, "eth0", NODE)
+                    .expect("pod network");
                 let cidr = PodCidr::parse(POD_CIDR).expect("cidr");
                 let mut interfaces = Vec::new();
                 for (index, path) in paths.iter().enumerate() {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{in_netns, run};
+use orch_node::dataplane::monitor::Monitor;
 use orch_node::dataplane::pod_network::{PodInterface, PodNetwork, host_interface_name};
 use orch_node::dataplane::services::{Frontend, Protocol, ServiceTable};
 use orch_node::dataplane::{PinLayout, bpffs};
@@ -99,7 +100,8 @@ impl Cluster {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let network = PodNetwork::start(&layout, &state, "eth0").expect("pod network");
+                let network = PodNetwork::start(&layout, &state, "eth0", NODE_ADDRESSES[node])
+                    .expect("pod network");
                 work(network).await
             })
         })
@@ -247,6 +249,30 @@ fn peer_seen(netns: &str, target: Ipv4Addr, port: u16) -> Result<Ipv4Addr, Strin
     exchange(netns, target, port).map(|(_, peer)| peer)
 }
 
+/// A TCP connect to `target` from the local address `source` (2 s at
+/// most).
+fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> Result<(), String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(source, 0)),
+    )
+    .map_err(|e| format!("bind {source}: {e}"))?;
+    let timeout = nix::sys::time::TimeVal::new(2, 0);
+    setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| e.to_string())?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target)).map_err(|e| format!("connect {target}: {e}"))
+}
+
 /// Packets sent through `interface` in `netns`.
 fn tx_packets(netns: &str, interface: &str) -> u64 {
     let json = run(
@@ -300,6 +326,57 @@ fn pods_reach_each_other_on_a_node_and_across_nodes() {
     assert_eq!(
         peer_seen(&ns_a, NODE_ADDRESSES[1], ECHO_PORT),
         Ok(a.address)
+    );
+
+    // A pod cannot send as another address (its veth's program drops it).
+    run(
+        "ip",
+        &["-n", &ns_a, "addr", "add", "10.201.1.99/32", "dev", "eth0"],
+    );
+    // The drop is seen in the node's event ring buffer, with its reason.
+    let target = SocketAddrV4::new(c.address, ECHO_PORT);
+    let (layout, client_ns) = (cluster.layouts[0].clone(), ns_a.clone());
+    let dropped = in_netns(&cluster.nodes[0], move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let monitor = Monitor::start(&layout).expect("monitor");
+            let mut watch = monitor.watch(false);
+            let spoofer = in_netns(&client_ns, move || {
+                connect_from(Ipv4Addr::new(10, 201, 1, 99), target)
+            });
+            let seen = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match watch.events.recv().await {
+                        Ok(event) if event.reason == "source not the pod's" => return Some(event),
+                        Ok(_) => {}
+                        Err(_) => return None,
+                    }
+                }
+            })
+            .await;
+            let _ = spoofer.join();
+            seen.ok().flatten()
+        })
+    })
+    .join()
+    .expect("monitor thread")
+    .expect("a drop of the forged packet");
+    assert_eq!(dropped.kind, "drop");
+    assert_eq!(dropped.source.split(':').next(), Some("10.201.1.99"));
+    assert_eq!(dropped.destination, target.to_string());
+    assert_eq!(dropped.interface, a.host_interface);
+    // From the pod's own address, the same connect goes through.
+    let address = a.address;
+    let genuine = in_netns(&ns_a, move || connect_from(address, target))
+        .join()
+        .expect("client");
+    assert_eq!(genuine, Ok(()));
+    run(
+        "ip",
+        &["-n", &ns_a, "addr", "del", "10.201.1.99/32", "dev", "eth0"],
     );
 
     // The local pods as the kernel sees them, readable by bpftool.

@@ -141,7 +141,8 @@ struct RunArgs {
     /// `--controllers`: `*` for all, `NAME` to enable, `-NAME` to disable
     /// (garbage-collector-controller, namespace-controller,
     /// replicaset-controller, deployment-controller, endpointslice-controller,
-    /// node-ipam-controller, node-lifecycle-controller, scheduler); an empty
+    /// node-ipam-controller, node-lifecycle-controller,
+    /// service-lb-ipam-controller, scheduler); an empty
     /// value runs none (a replica serving only the store and the API).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
@@ -155,6 +156,11 @@ struct RunArgs {
     /// Prefix length of each node's podCIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// Addresses for LoadBalancer Services' status.loadBalancer (an IPv4
+    /// CIDR or FIRST-LAST); nodes balance traffic sent to them as they do
+    /// a NodePort's. Not given: LoadBalancer Services stay pending.
+    #[arg(long)]
+    load_balancer_ip_range: Option<String>,
     /// tolerationSeconds of the not-ready:NoExecute toleration every pod
     /// gets unless it has one (how long it stays on a not-ready node).
     #[arg(long, default_value_t = 300)]
@@ -248,6 +254,12 @@ async fn run(cli: RunArgs) -> Result<()> {
         cli.node_cidr_mask_size,
     )
     .map_err(anyhow::Error::msg)?;
+    let load_balancer_range = cli
+        .load_balancer_ip_range
+        .as_deref()
+        .map(orch_control::controllers::load_balancer_ipam::AddressRange::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let service_ranges = orch_control::api::registry::service_alloc::ServiceRanges::parse(
         &cli.service_cluster_ip_range,
         &cli.service_node_port_range,
@@ -421,6 +433,7 @@ async fn run(cli: RunArgs) -> Result<()> {
         enabled,
         node_monitor_grace: Duration::from_secs(cli.node_monitor_grace_period),
         cluster_cidr,
+        load_balancer_range,
     };
     tokio::spawn(async move {
         if let Err(error) =

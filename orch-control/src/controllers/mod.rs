@@ -7,6 +7,7 @@
 pub mod deployment;
 pub mod endpoint_slice;
 pub mod garbage_collector;
+pub mod load_balancer_ipam;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -29,6 +30,7 @@ use crate::scheduler::{self, Scheduler};
 use deployment::DeploymentController;
 use endpoint_slice::EndpointSliceController;
 use garbage_collector::GarbageCollector;
+use load_balancer_ipam::LoadBalancerIpam;
 use namespace::NamespaceController;
 use node_ipam::NodeIpamController;
 use node_lifecycle::NodeLifecycleController;
@@ -50,8 +52,9 @@ pub const DEPLOYMENT: &str = "deployment-controller";
 pub const ENDPOINT_SLICE: &str = "endpointslice-controller";
 pub const NODE_IPAM: &str = "node-ipam-controller";
 pub const NODE_LIFECYCLE: &str = "node-lifecycle-controller";
+pub const LOAD_BALANCER_IPAM: &str = "service-lb-ipam-controller";
 pub const SCHEDULER: &str = "scheduler";
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     GARBAGE_COLLECTOR,
     NAMESPACE,
     REPLICA_SET,
@@ -59,6 +62,7 @@ pub const ALL: [&str; 8] = [
     ENDPOINT_SLICE,
     NODE_IPAM,
     NODE_LIFECYCLE,
+    LOAD_BALANCER_IPAM,
     SCHEDULER,
 ];
 
@@ -71,6 +75,9 @@ pub struct Settings {
     pub node_monitor_grace: Duration,
     /// Where nodes' pod CIDRs come from.
     pub cluster_cidr: node_ipam::ClusterCidr,
+    /// Where LoadBalancer Services' addresses come from (none: they stay
+    /// pending).
+    pub load_balancer_range: Option<load_balancer_ipam::AddressRange>,
 }
 
 /// Which controllers run (kube-controller-manager's `--controllers`).
@@ -217,6 +224,7 @@ fn start(client: &ApiClient, settings: &Settings) -> JoinSet<()> {
     );
     let endpoint_slices = EndpointSliceController::new(cache.clone());
     let node_ipam = NodeIpamController::new(cache.clone(), settings.cluster_cidr);
+    let load_balancers = LoadBalancerIpam::new(cache.clone(), settings.load_balancer_range);
     let node_lifecycle = NodeLifecycleController::new(
         cache.clone(),
         recorder(&mut tasks, client, node_lifecycle::COMPONENT),
@@ -231,7 +239,11 @@ fn start(client: &ApiClient, settings: &Settings) -> JoinSet<()> {
             deployments.clone(),
             endpoint_slices.clone(),
         );
-        let (node_ipam, node_lifecycle) = (node_ipam.clone(), node_lifecycle.clone());
+        let (node_ipam, node_lifecycle, load_balancers) = (
+            node_ipam.clone(),
+            node_lifecycle.clone(),
+            load_balancers.clone(),
+        );
         let enabled = enabled.clone();
         Arc::new(move |change: Change| {
             if enabled.has(GARBAGE_COLLECTOR) {
@@ -257,6 +269,9 @@ fn start(client: &ApiClient, settings: &Settings) -> JoinSet<()> {
             }
             if enabled.has(NODE_LIFECYCLE) {
                 node_lifecycle.on_change(&change);
+            }
+            if enabled.has(LOAD_BALANCER_IPAM) {
+                load_balancers.on_change(&change);
             }
         })
     };
@@ -292,6 +307,7 @@ fn start(client: &ApiClient, settings: &Settings) -> JoinSet<()> {
             workers!("endpointslice", endpoint_slices, client),
             workers!("node-ipam", node_ipam, client),
             workers!("node-lifecycle", node_lifecycle, client),
+            workers!("service-lb-ipam", load_balancers, client),
         );
     });
     tasks

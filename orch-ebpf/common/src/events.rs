@@ -24,6 +24,7 @@ pub const DROP_CONNTRACK_FULL: u8 = 2;
 pub const DROP_REWRITE: u8 = 3;
 pub const DROP_FIB_MISS: u8 = 4;
 pub const DROP_TTL: u8 = 5;
+pub const DROP_SPOOFED: u8 = 6;
 
 /// What was done with a packet.
 pub const TRACE_TO_POD: u8 = 1;
@@ -39,6 +40,7 @@ pub fn reason_name(kind: u8, reason: u8) -> &'static str {
         (EVENT_DROP, DROP_REWRITE) => "rewrite failed",
         (EVENT_DROP, DROP_FIB_MISS) => "FIB miss",
         (EVENT_DROP, DROP_TTL) => "TTL exceeded",
+        (EVENT_DROP, DROP_SPOOFED) => "source not the pod's",
         (EVENT_TRACE, TRACE_TO_POD) => "to local pod",
         (EVENT_TRACE, TRACE_FORWARD) => "forwarded",
         (EVENT_TRACE, TRACE_NODE_PORT) => "NodePort flow",
@@ -69,6 +71,7 @@ pub struct DataplaneEvent {
     pub to_address: u32,
     pub to_port: u16,
     pub pad2: u16,
+    pub pad3: u32,
 }
 
 /// What the agent asks of the programs.

@@ -20,7 +20,7 @@ pub const IFACE_EGRESS_PROG: &str = "iface_count_egress";
 pub const IFACE_COUNTERS_MAX_ENTRIES: usize = 4096;
 
 /// Every map the agent pins under the node's directory (by these names).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     IFACE_COUNTERS_MAP,
     service::SERVICES_MAP,
     service::BACKENDS_MAP,
@@ -29,6 +29,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     service::SERVICE_COUNTERS_MAP,
     pod::POD_ENDPOINTS_MAP,
     nat::CONNTRACK_MAP,
+    nat::NODE_CONFIG_MAP,
     events::EVENTS_MAP,
     events::MONITOR_CONFIG_MAP,
     events::EVENT_RATE_MAP,

@@ -43,14 +43,17 @@ impl PodNetworking {
         client: ApiClient,
     ) -> Result<Arc<Self>, DataplaneError> {
         use crate::net::{netlink, node_routes::NodeRouteSync};
-        let pods = PodNetwork::start(layout, &config.state_dir, interface)?;
-        let pods_dir = config.state_dir.join("pods");
-        for uid in pods.holders() {
-            if !pods_dir.join(&uid).exists() {
-                pods.remove(&uid).await?;
-                tracing::info!(pod_uid = %uid, "released the address of a pod no longer here");
-            }
-        }
+        let address = config
+            .node
+            .internal_ip
+            .parse()
+            .map_err(|_| DataplaneError::InvalidName {
+                what: "node address",
+                value: config.node.internal_ip.clone(),
+                reason: "not an IPv4 address",
+            })?;
+        let pods = PodNetwork::start(layout, &config.state_dir, interface, address)?;
+        release_vanished(&pods, &config.state_dir.join("pods")).await?;
         let routes = NodeRouteSync::new(&config.node.name, netlink::connect()?);
         let pod_cidr = routes.own_pod_cidr();
         tokio::spawn(routes.run(client));
@@ -58,7 +61,29 @@ impl PodNetworking {
     }
 }
 
+/// Releases the network of every pod holding an address whose directory
+/// is gone (it vanished while no agent ran, or its teardown failed).
+async fn release_vanished(pods: &PodNetwork, pods_dir: &Path) -> Result<(), DataplaneError> {
+    for uid in pods.holders() {
+        if !pods_dir.join(&uid).exists() {
+            pods.remove(&uid).await?;
+            tracing::info!(pod_uid = %uid, "released the network of a pod no longer here");
+        }
+    }
+    Ok(())
+}
+
 impl PodPlumbing {
+    /// [`release_vanished`], logged rather than returned (housekeeping
+    /// tries again).
+    pub async fn release_vanished(&self, pods_dir: &Path) {
+        if let Some(network) = &self.network
+            && let Err(error) = release_vanished(&network.pods, pods_dir).await
+        {
+            tracing::warn!(%error, "releasing the network of vanished pods");
+        }
+    }
+
     /// Gives pod `uid` (network namespace at `netns`) its interface;
     /// Err is the waiting reason and message.
     pub async fn connect(&self, uid: &str, netns: &Path) -> Result<(), (String, String)> {

@@ -187,6 +187,9 @@ impl PodManager {
                 });
             }
             self.collect_images().await;
+            // Addresses of pods whose directory is gone (a release whose
+            // network teardown failed): their veths and addresses go.
+            self.plumbing.release_vanished(&self.pods_dir).await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }

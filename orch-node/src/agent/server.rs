@@ -208,7 +208,7 @@ impl NodeAgent for AgentService {
 
 fn no_dataplane() -> Status {
     Status::failed_precondition(
-        "this node runs no dataplane programs (its agent was started without --pod-network-interface and --service-cgroup)",
+        "this node's dataplane is not running: its agent is starting, or runs without --pod-network-interface and --service-cgroup",
     )
 }
 

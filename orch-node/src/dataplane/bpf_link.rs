@@ -12,12 +12,15 @@ const BPF_OBJ_GET: nix::libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: nix::libc::c_long = 15;
 const BPF_LINK_UPDATE: nix::libc::c_long = 29;
 
+/// Explicit tail padding: the kernel refuses an attribute whose bytes
+/// past the fields it knows are not zero.
 #[repr(C)]
 struct ObjGet {
     pathname: u64,
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    pad: u32,
 }
 
 #[repr(C)]
@@ -74,6 +77,7 @@ pub fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        pad: 0,
     };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor we now own.

@@ -4,8 +4,7 @@
 //! the kernel only while a watcher wants them; drops always come.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, Map, MapData, RingBuf};
 use orch_core::api::proto::MonitorEvent;
@@ -25,8 +24,9 @@ const BACKLOG: usize = 4096;
 pub struct Monitor {
     layout: PinLayout,
     events: broadcast::Sender<MonitorEvent>,
-    /// Watchers that want traces.
-    tracing: AtomicUsize,
+    /// Watchers that want traces; the kernel's switch is written under
+    /// this lock, so it always matches the count.
+    tracing: Mutex<usize>,
 }
 
 /// A watcher; traces stop when the last one that wanted them goes.
@@ -38,8 +38,12 @@ pub struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if self.traces && self.monitor.tracing.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.monitor.set_traces(false);
+        if self.traces {
+            let mut watching = self.monitor.watching();
+            *watching -= 1;
+            if *watching == 0 {
+                self.monitor.set_traces(false);
+            }
         }
     }
 }
@@ -67,7 +71,7 @@ impl Monitor {
         let monitor = Arc::new(Self {
             layout: layout.clone(),
             events,
-            tracing: AtomicUsize::new(0),
+            tracing: Mutex::new(0),
         });
         monitor.set_traces(false);
         tokio::spawn(read(ring, monitor.events.clone()));
@@ -78,14 +82,22 @@ impl Monitor {
     /// watch lasts.
     pub fn watch(self: &Arc<Self>, traces: bool) -> Watch {
         let events = self.events.subscribe();
-        if traces && self.tracing.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.set_traces(true);
+        if traces {
+            let mut watching = self.watching();
+            *watching += 1;
+            if *watching == 1 {
+                self.set_traces(true);
+            }
         }
         Watch {
             events,
             monitor: self.clone(),
             traces,
         }
+    }
+
+    fn watching(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.tracing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set_traces(&self, on: bool) {

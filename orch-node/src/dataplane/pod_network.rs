@@ -17,6 +17,7 @@ use aya::Ebpf;
 use aya::maps::{HashMap, MapData};
 use aya::programs::SchedClassifier;
 use aya::programs::TcAttachType;
+use orch_ebpf_common::nat::{NODE_CONFIG_MAP, NodeConfig};
 use orch_ebpf_common::pod::{
     EndpointKey, POD_ENDPOINTS_MAP, POD_FROM_NET_PROG, POD_FROM_POD_PROG, PodEndpoint,
 };
@@ -71,13 +72,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl PodNetwork {
     /// Loads the routing programs (maps reused from their pins), attaches
-    /// `pod_from_net` to `node_interface` and opens the address file in
-    /// `state_dir`. Pods set up by an earlier agent keep their pinned links
-    /// and map entries: their traffic never stopped.
+    /// `pod_from_net` to `node_interface`, tells the programs the node's
+    /// address (SNAT's source) and opens the address file in `state_dir`.
+    /// Pods set up by an earlier agent keep their pinned links and map
+    /// entries: their traffic never stopped.
     pub fn start(
         layout: &PinLayout,
         state_dir: &Path,
         node_interface: &str,
+        node_address: Ipv4Addr,
     ) -> Result<Self, DataplaneError> {
         let addresses = PodAddresses::open(state_dir).map_err(NetError::from)?;
         let mut ebpf = super::load(layout)?;
@@ -101,6 +104,19 @@ impl PodNetwork {
             TcAttachType::Ingress,
         )?;
         adopt_pod_links(layout, &mut ebpf)?;
+        let config_path = layout.map(NODE_CONFIG_MAP);
+        let config = ebpf
+            .map_mut(NODE_CONFIG_MAP)
+            .ok_or(DataplaneError::MissingMap(NODE_CONFIG_MAP))?;
+        aya::maps::Array::<_, NodeConfig>::try_from(config)
+            .and_then(|mut config| {
+                let address = u32::from(node_address).to_be();
+                config.set(0, NodeConfig { address }, 0)
+            })
+            .map_err(|source| DataplaneError::Map {
+                path: config_path,
+                source,
+            })?;
         let map = ebpf
             .take_map(POD_ENDPOINTS_MAP)
             .ok_or(DataplaneError::MissingMap(POD_ENDPOINTS_MAP))?;

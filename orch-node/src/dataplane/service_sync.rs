@@ -40,7 +40,8 @@ pub struct LocalNode {
 /// IPv4 ClusterIP, with the ready endpoints behind it (sorted, without
 /// duplicates); with `node`, each NodePort of a NodePort or LoadBalancer
 /// Service on the node's address, with the same endpoints, or only the
-/// node's own for `externalTrafficPolicy: Local`. Headless and
+/// node's own for `externalTrafficPolicy: Local`; and each port on each
+/// address of a LoadBalancer's status the same way. Headless and
 /// ExternalName Services have no ClusterIP frontend.
 pub fn desired(
     service: &Service,
@@ -59,6 +60,20 @@ pub fn desired(
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
     let node_ports =
         node.filter(|_| matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")));
+    // A LoadBalancer's addresses (status.loadBalancer) take its ports as
+    // its NodePorts do, on every node the traffic is sent to.
+    let load_balancer: Vec<Ipv4Addr> = match node_ports {
+        Some(_) if spec.type_.as_deref() == Some("LoadBalancer") => service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect(),
+        _ => Vec::new(),
+    };
     let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
     let affinity_seconds = affinity_seconds(spec);
     let mut wanted = Vec::new();
@@ -94,6 +109,17 @@ pub fn desired(
             };
             let on_node = local_only.then_some(node.name.as_str());
             wanted.push((frontend, backends(on_node)));
+        }
+        if let (Some(node), Ok(number)) = (node_ports, u16::try_from(port.port)) {
+            for address in &load_balancer {
+                let frontend = Frontend {
+                    address: *address,
+                    port: number,
+                    protocol,
+                };
+                let on_node = local_only.then_some(node.name.as_str());
+                wanted.push((frontend, backends(on_node)));
+            }
         }
     }
     wanted

@@ -30,28 +30,31 @@ pub(crate) fn attach_tcx(
     attach_type: TcAttachType,
 ) -> Result<(), DataplaneError> {
     let path = layout.link(name, interface);
-    let link_id = match open_pinned_link(&path)? {
-        Some(pinned) => {
-            // Already attached: swap the program inside the existing link,
-            // so no packet passes between the old program and the new one.
-            let fd_link = pinned.unpin().map_err(|source| DataplaneError::Io {
+    if let Some(pinned) = open_pinned_link(&path)? {
+        // Already attached: swap the program inside the existing link, so
+        // no packet passes between the old program and the new one. The
+        // pin stays in place throughout: whatever fails, the link (and the
+        // old program) remain attached.
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+            DataplaneError::Link {
                 path: path.clone(),
                 source,
-            })?;
-            let link =
-                SchedClassifierLink::try_from(fd_link).map_err(|source| DataplaneError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
-            program.attach_to_link(link)
-        }
-        None => program.attach_with_options(
+            }
+        })?;
+        let link_id = program
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        // Dropping our descriptor leaves the pinned link attached.
+        drop(program.take_link(link_id));
+        return Ok(());
+    }
+    let link_id = program
+        .attach_with_options(
             interface,
             attach_type,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
-        ),
-    }
-    .map_err(|source| DataplaneError::Program { name, source })?;
+        )
+        .map_err(|source| DataplaneError::Program { name, source })?;
     let link = program
         .take_link(link_id)
         .map_err(|source| DataplaneError::Program { name, source })?;

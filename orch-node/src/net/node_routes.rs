@@ -202,7 +202,7 @@ impl NodeRouteSync {
                 queue.add(all_nodes());
             }
         });
-        let (synced, _) = tokio::sync::watch::channel(false);
+        let (synced, mut listed) = tokio::sync::watch::channel(false);
         tokio::spawn(reflector::reflect(
             client,
             Kind::Node,
@@ -210,6 +210,11 @@ impl NodeRouteSync {
             handler,
             synced,
         ));
+        // Not before every Node is listed: a table computed from half a
+        // list would delete routes to the nodes not seen yet.
+        if listed.wait_for(|listed| *listed).await.is_err() {
+            return;
+        }
         let sync = self.clone();
         orch_core::runtime::run_workers("node-routes", self.queue.clone(), 1, move |_| {
             let sync = sync.clone();

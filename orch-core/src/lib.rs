@@ -9,6 +9,7 @@ pub mod fields;
 pub mod health_port;
 pub mod manifest;
 pub mod names;
+pub mod networking;
 pub mod object;
 pub mod quantity;
 pub mod runtime;

@@ -22,18 +22,8 @@ static MONITOR_CONFIG: Array<MonitorConfig, 1> = Array::new();
 static EVENT_RATE: PerCpuArray<EventRate, 1> = PerCpuArray::new();
 
 /// What an event is about: the packet's (or socket's) flow, and where it
-/// was sent when translated.
-#[derive(Clone, Copy, Default)]
-pub struct Subject {
-    pub protocol: u8,
-    pub ifindex: u32,
-    pub src_address: u32,
-    pub dst_address: u32,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub to_address: u32,
-    pub to_port: u16,
-}
+/// was sent when translated; `emit` fills in the time, kind and reason.
+pub type Subject = DataplaneEvent;
 
 /// Reports a drop (always, within the rate).
 #[inline(always)]
@@ -62,17 +52,7 @@ fn emit(kind: u8, reason: u8, subject: &Subject) {
         timestamp: now,
         kind,
         reason,
-        protocol: subject.protocol,
-        pad: 0,
-        ifindex: subject.ifindex,
-        src_address: subject.src_address,
-        dst_address: subject.dst_address,
-        src_port: subject.src_port,
-        dst_port: subject.dst_port,
-        to_address: subject.to_address,
-        to_port: subject.to_port,
-        pad2: 0,
-        pad3: 0,
+        ..*subject
     };
     // Full: the event is lost (user space reads too slowly), never the
     // packet.

@@ -8,6 +8,7 @@
 mod events;
 mod lb;
 mod nat;
+mod packet;
 mod pod_route;
 mod sock_lb;
 

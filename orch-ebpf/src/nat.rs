@@ -28,6 +28,9 @@ use aya_log_ebpf::debug;
 
 use crate::events::{self, Subject};
 use crate::lb::{Client, Pick, count, pick_backend};
+use crate::packet::{
+    IP_CHECKSUM, IP_DESTINATION, IP_FRAGMENT, IP_PROTOCOL, IP_SOURCE, IP_VERSION_IHL, L4, is_ipv4,
+};
 
 #[btf_map]
 static CONNTRACK: LruHashMap<FlowKey, NatEntry, CONNTRACK_MAX_ENTRIES> = LruHashMap::new();
@@ -36,17 +39,7 @@ static CONNTRACK: LruHashMap<FlowKey, NatEntry, CONNTRACK_MAX_ENTRIES> = LruHash
 #[btf_map]
 static NODE_CONFIG: Array<NodeConfig, 1> = Array::new();
 
-const ETH_HEADER: usize = 14;
-const ETH_TYPE: usize = 12;
-const ETH_P_IP: u16 = 0x0800;
-const IP_VERSION_IHL: usize = ETH_HEADER;
-const IP_FRAGMENT: usize = ETH_HEADER + 6;
-const IP_PROTOCOL: usize = ETH_HEADER + 9;
-const IP_CHECKSUM: usize = ETH_HEADER + 10;
-const IP_SOURCE: usize = ETH_HEADER + 12;
-const IP_DESTINATION: usize = ETH_HEADER + 16;
-/// Only headers without options are translated (20 bytes).
-const L4: usize = ETH_HEADER + 20;
+// Only headers without options are translated (the L4 header at `L4`).
 const TCP_CHECKSUM: usize = L4 + 16;
 const UDP_CHECKSUM: usize = L4 + 6;
 /// Fragment offset and "more fragments": a fragment has no ports to read.
@@ -129,8 +122,7 @@ fn reverse_of(entry: &NatEntry, protocol: u8) -> FlowKey {
 /// The TCP or UDP flow of an IPv4 packet without options or fragments.
 #[inline(always)]
 fn flow_of(ctx: &TcContext) -> Option<FlowKey> {
-    let ether_type: u16 = ctx.load(ETH_TYPE).ok()?;
-    if u16::from_be(ether_type) != ETH_P_IP {
+    if !is_ipv4(ctx) {
         return None;
     }
     let version_ihl: u8 = ctx.load(IP_VERSION_IHL).ok()?;

@@ -22,6 +22,9 @@ use orch_ebpf_common::pod::{EndpointKey, POD_ENDPOINTS_MAX_ENTRIES, PodEndpoint}
 
 use crate::events;
 use crate::nat::{Translated, subject, translate};
+use crate::packet::{
+    IP_CHECKSUM, IP_PROTOCOL, IP_SOURCE, IP_TOS, IP_TOT_LEN, IP_TTL, ipv4_destination,
+};
 use orch_ebpf_common::events::{
     DROP_FIB_MISS, DROP_SPOOFED, DROP_TTL, TRACE_FORWARD, TRACE_TO_POD, TRACE_TO_STACK,
 };
@@ -29,18 +32,7 @@ use orch_ebpf_common::events::{
 #[btf_map]
 static POD_ENDPOINTS: HashMap<EndpointKey, PodEndpoint, POD_ENDPOINTS_MAX_ENTRIES> = HashMap::new();
 
-const ETH_HEADER: usize = 14;
-const ETH_TYPE: usize = 12;
-const ETH_P_IP: u16 = 0x0800;
 const AF_INET: u8 = 2;
-/// Offsets in the IPv4 header, after the Ethernet header.
-const IP_TOS: usize = ETH_HEADER + 1;
-const IP_TOT_LEN: usize = ETH_HEADER + 2;
-const IP_TTL: usize = ETH_HEADER + 8;
-const IP_PROTOCOL: usize = ETH_HEADER + 9;
-const IP_CHECKSUM: usize = ETH_HEADER + 10;
-const IP_SOURCE: usize = ETH_HEADER + 12;
-const IP_DESTINATION: usize = ETH_HEADER + 16;
 
 /// Ingress of a pod's host veth: the pod's packets (a NodePort backend's
 /// replies are translated back first).
@@ -108,16 +100,6 @@ fn route(ctx: &TcContext, destination: u32) -> i32 {
 #[inline(always)]
 pub fn is_local(address: u32) -> bool {
     local_endpoint(address).is_some()
-}
-
-/// The destination address (network byte order) of an IPv4 packet.
-#[inline(always)]
-fn ipv4_destination(ctx: &TcContext) -> Option<u32> {
-    let ether_type: u16 = ctx.load(ETH_TYPE).ok()?;
-    if u16::from_be(ether_type) != ETH_P_IP {
-        return None;
-    }
-    ctx.load(IP_DESTINATION).ok()
 }
 
 #[inline(always)]

@@ -28,7 +28,7 @@ use orch_node::dataplane::{PinLayout, bpffs};
 use orch_node::net::ipam::PodCidr;
 use orch_node::net::netlink;
 use orch_node::net::node_routes::{self, NodeRoute};
-use orch_tests::netns::{Lan, Namespace};
+use orch_tests::netns::{Lan, Namespace, block_on_in};
 
 const NODE_ADDRESSES: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2)];
 const POD_CIDRS: [&str; 2] = ["10.201.1.0/24", "10.201.2.0/24"];
@@ -94,19 +94,11 @@ impl Cluster {
     {
         let layout = self.layouts[node].clone();
         let state = self.state_dir(node);
-        in_netns(&self.nodes[node], move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let network = PodNetwork::start(&layout, &state, "eth0", NODE_ADDRESSES[node])
-                    .expect("pod network");
-                work(network).await
-            })
+        block_on_in(&self.nodes[node], move || async move {
+            let network = PodNetwork::start(&layout, &state, "eth0", NODE_ADDRESSES[node])
+                .expect("pod network");
+            work(network).await
         })
-        .join()
-        .expect("agent thread")
     }
 
     fn add_pod(&mut self, node: usize, uid: &str) -> (String, PodInterface) {
@@ -135,21 +127,13 @@ impl Cluster {
     }
 
     fn routes(&self, node: usize, wanted: BTreeSet<NodeRoute>) -> BTreeSet<NodeRoute> {
-        in_netns(&self.nodes[node], move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let handle = netlink::connect().expect("netlink");
-                node_routes::apply(&handle, &wanted)
-                    .await
-                    .expect("apply routes");
-                node_routes::installed(&handle).await.expect("list routes")
-            })
+        block_on_in(&self.nodes[node], move || async move {
+            let handle = netlink::connect().expect("netlink");
+            node_routes::apply(&handle, &wanted)
+                .await
+                .expect("apply routes");
+            node_routes::installed(&handle).await.expect("list routes")
         })
-        .join()
-        .expect("routes thread")
     }
 }
 
@@ -336,33 +320,25 @@ fn pods_reach_each_other_on_a_node_and_across_nodes() {
     // The drop is seen in the node's event ring buffer, with its reason.
     let target = SocketAddrV4::new(c.address, ECHO_PORT);
     let (layout, client_ns) = (cluster.layouts[0].clone(), ns_a.clone());
-    let dropped = in_netns(&cluster.nodes[0], move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let monitor = Monitor::start(&layout).expect("monitor");
-            let mut watch = monitor.watch(false);
-            let spoofer = in_netns(&client_ns, move || {
-                connect_from(Ipv4Addr::new(10, 201, 1, 99), target)
-            });
-            let seen = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    match watch.events.recv().await {
-                        Ok(event) if event.reason == "source not the pod's" => return Some(event),
-                        Ok(_) => {}
-                        Err(_) => return None,
-                    }
+    let dropped = block_on_in(&cluster.nodes[0], move || async move {
+        let monitor = Monitor::start(&layout).expect("monitor");
+        let mut watch = monitor.watch(false);
+        let spoofer = in_netns(&client_ns, move || {
+            connect_from(Ipv4Addr::new(10, 201, 1, 99), target)
+        });
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match watch.events.recv().await {
+                    Ok(event) if event.reason == "source not the pod's" => return Some(event),
+                    Ok(_) => {}
+                    Err(_) => return None,
                 }
-            })
-            .await;
-            let _ = spoofer.join();
-            seen.ok().flatten()
+            }
         })
+        .await;
+        let _ = spoofer.join();
+        seen.ok().flatten()
     })
-    .join()
-    .expect("monitor thread")
     .expect("a drop of the forged packet");
     assert_eq!(dropped.kind, "drop");
     assert_eq!(dropped.source.split(':').next(), Some("10.201.1.99"));

@@ -84,6 +84,8 @@ impl Drop for Fixture {
         );
         let _ = services::detach(&self.layout);
         let _ = self.layout.remove_all();
+        // The child the move test makes, if a failure left it.
+        let _ = std::fs::remove_dir(self.cgroup.join("moved"));
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])

@@ -37,6 +37,26 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
+/// Runs the future `make` gives on a runtime of its own, on a thread
+/// inside `netns` (netlink and tc calls, and every socket the future
+/// opens, act there); its output.
+pub fn block_on_in<T, F, Fut>(netns: &str, make: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    in_netns(netns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(make())
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// A network namespace with loopback up, deleted on drop.
 pub struct Namespace(pub String);
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service};
 use orch_core::api::{ApiClient, ApiError};
+use orch_core::networking::load_balancer_addresses;
 use orch_core::object::{Kind, Object};
 use orch_core::runtime::{Cache, Change, Next, ObjectRef, WorkQueue};
 
@@ -77,19 +78,6 @@ fn is_load_balancer(service: &Service) -> bool {
     service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
-/// The IPv4 addresses in a Service's status.loadBalancer.ingress.
-fn ingress_addresses(service: &Service) -> Vec<Ipv4Addr> {
-    service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
-}
-
 impl LoadBalancerIpam {
     pub fn new(cache: Arc<Cache>, range: Option<AddressRange>) -> Arc<Self> {
         Arc::new(Self {
@@ -128,7 +116,7 @@ impl LoadBalancerIpam {
             .iter()
             .filter(|object| ObjectRef::of(object) != *key)
             .filter_map(|object| match object.as_ref() {
-                Object::Service(other) => Some(ingress_addresses(other)),
+                Object::Service(other) => Some(load_balancer_addresses(other)),
                 _ => None,
             })
             .flatten()
@@ -139,7 +127,7 @@ impl LoadBalancerIpam {
             .as_ref()
             .and_then(|s| s.load_balancer_ip.as_deref())
             .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        let held = ingress_addresses(service).into_iter().next();
+        let held = load_balancer_addresses(service).into_iter().next();
         let free = |a: &Ipv4Addr| range.contains(*a) && !taken.contains(a);
         let chosen = asked
             .filter(free)
@@ -165,7 +153,7 @@ impl LoadBalancerIpam {
                 return Ok(Next::Done);
             }
         };
-        let current = ingress_addresses(&service);
+        let current = load_balancer_addresses(&service);
         let wanted = match (is_load_balancer(&service), self.range) {
             (true, Some(range)) => match self.reserve(&key, &service, range) {
                 Some(address) => vec![address],

@@ -62,16 +62,10 @@ pub fn desired(
         node.filter(|_| matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")));
     // A LoadBalancer's addresses (status.loadBalancer) take its ports as
     // its NodePorts do, on every node the traffic is sent to.
-    let load_balancer: Vec<Ipv4Addr> = match node_ports {
-        Some(_) if spec.type_.as_deref() == Some("LoadBalancer") => service
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect(),
+    let load_balancer = match node_ports {
+        Some(_) if spec.type_.as_deref() == Some("LoadBalancer") => {
+            orch_core::networking::load_balancer_addresses(service)
+        }
         _ => Vec::new(),
     };
     let local_only = spec.external_traffic_policy.as_deref() == Some("Local");

@@ -3,7 +3,7 @@
 //! names: `orch_ebpf_common::service`.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     btf_maps::{HashMap, LruHashMap, PerCpuHashMap},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
@@ -21,7 +21,12 @@ static BACKENDS: HashMap<BackendKey, Backend, BACKENDS_MAX_ENTRIES> = HashMap::n
 
 /// LRU: clients that stopped connecting age out.
 #[btf_map]
-static AFFINITY: LruHashMap<AffinityKey, AffinityEntry, AFFINITY_MAX_ENTRIES> = LruHashMap::new();
+static AFFINITY: LruHashMap<
+    AffinityKey,
+    AffinityEntry,
+    AFFINITY_MAX_ENTRIES,
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 /// Per-CPU, so counting never contends; allocated as services are
 /// counted (preallocating every service on every CPU would cost megabytes

@@ -8,7 +8,7 @@
 //! names: `orch_ebpf_common::nat`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR},
     btf_maps::{Array, LruHashMap},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::btf_map,
@@ -33,7 +33,12 @@ use crate::packet::{
 };
 
 #[btf_map]
-static CONNTRACK: LruHashMap<FlowKey, NatEntry, CONNTRACK_MAX_ENTRIES> = LruHashMap::new();
+static CONNTRACK: LruHashMap<
+    FlowKey,
+    NatEntry,
+    CONNTRACK_MAX_ENTRIES,
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 /// The node's own address (index 0), written by the agent.
 #[btf_map]

@@ -6,6 +6,7 @@
 //! dialled. Types and map names: `orch_ebpf_common::service`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::LruHashMap,
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{btf_map, cgroup_sock_addr},
@@ -21,7 +22,12 @@ use orch_ebpf_common::events::DROP_NO_BACKEND;
 
 /// LRU: entries of closed sockets age out as new ones need room.
 #[btf_map]
-static SOCK_REVNAT: LruHashMap<RevNatKey, RevNatEntry, SOCK_REVNAT_MAX_ENTRIES> = LruHashMap::new();
+static SOCK_REVNAT: LruHashMap<
+    RevNatKey,
+    RevNatEntry,
+    SOCK_REVNAT_MAX_ENTRIES,
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 /// What sock_addr programs return: let the call go on, or fail it.
 const ALLOW: i32 = 1;

@@ -8,7 +8,10 @@
 //! two client pods. Each client connection is connect, 64 bytes each way,
 //! close (RST, so no TIME_WAIT piles up), by 4 client threads for a few
 //! seconds, in rounds that take turns so the machine's noise falls on all:
-//! - direct: the client dials the server pod's address;
+//! - direct: the client dials the server pod's address, both of its
+//!   ports in turn (the services spread over both: the same server work
+//!   on every path), from the balancer's cgroup as every pod of an orch
+//!   node is (the hook runs and finds no service);
 //! - orch: the client, in the socket balancer's cgroup, dials a ClusterIP
 //!   in orch's service table;
 //! - iptables: the other client dials a ClusterIP that nat rules built as
@@ -61,9 +64,9 @@ fn main() {
     );
     let bench = Bench::new();
     let seconds = if quick { 1.0 } else { 2.0 };
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = if quick { 1 } else { 5 };
     println!(
-        "dataplane: {CLIENT_THREADS} client threads, connect + {MESSAGE} B each way + close, {seconds} s per run, median of {rounds} rounds"
+        "dataplane: {CLIENT_THREADS} client threads, connect + {MESSAGE} B each way + close, {seconds} s per run, medians of {rounds} rounds; \"vs direct\" is the median of each round's ratio to the direct run beside it"
     );
     println!(
         "{:>9} {:<9} {:>10} {:>10} {:>10} {:>14}",
@@ -78,15 +81,29 @@ fn main() {
                 slot.push(bench.load(*path, seconds));
             }
         }
-        let [direct, orch, iptables] = runs.map(median_run);
-        for (path, run) in PATHS.iter().zip([&direct, &orch, &iptables]) {
+        // Each round's ratio to the direct run of the same round: the
+        // machine's drift between rounds cancels out.
+        let ratios: Vec<f64> = runs
+            .iter()
+            .map(|path_runs| {
+                let mut ratios: Vec<f64> = path_runs
+                    .iter()
+                    .zip(&runs[0])
+                    .map(|(run, direct)| run.rate / direct.rate)
+                    .collect();
+                ratios.sort_by(f64::total_cmp);
+                ratios[ratios.len() / 2]
+            })
+            .collect();
+        let medians = runs.map(median_run);
+        for ((path, run), ratio) in PATHS.iter().zip(&medians).zip(&ratios) {
             println!(
                 "{count:>9} {:<9} {:>10.0} {:>10.0} {:>10.0} {:>13.3}x",
                 path.name(),
                 run.rate,
                 run.p50_us,
                 run.p99_us,
-                run.rate / direct.rate
+                ratio
             );
         }
         let _ = writeln!(
@@ -280,7 +297,7 @@ impl Bench {
         let count = self.rules.lock().expect("rules").0;
         let target = count / 2;
         let (netns, address, cgroup) = match path {
-            Way::Direct => (&self.client, self.server.address, None),
+            Way::Direct => (&self.client, self.server.address, Some(&self.cgroup)),
             Way::Orch => (
                 &self.client,
                 service_address(96, target),
@@ -288,15 +305,16 @@ impl Bench {
             ),
             Way::Iptables => (&self.iptables_client, service_address(97, target), None),
         };
-        let port = if matches!(path, Way::Direct) {
-            PORTS[0]
-        } else {
-            80
+        // Direct dials both server ports in turn, as the services spread
+        // over both backends: the same server work on every path.
+        let targets = match path {
+            Way::Direct => PORTS.map(|p| format!("{address}:{p}")).join(","),
+            _ => format!("{address}:80"),
         };
         let mut command = Command::new(std::env::current_exe().expect("this binary"));
         command
             .arg("--client")
-            .arg(format!("{address}:{port}"))
+            .arg(targets)
             .arg(seconds.to_string())
             .arg(cgroup.map_or_else(String::new, |c| c.display().to_string()))
             .stdout(Stdio::piped());
@@ -459,11 +477,15 @@ fn serve(netns: &str, address: Ipv4Addr, port: u16) {
     wait.recv_timeout(Duration::from_secs(5)).expect("server");
 }
 
-/// The client process: `--client ADDR:PORT SECONDS [CGROUP]`. It enters
+/// The client process: `--client ADDR:PORT[,ADDR:PORT...] SECONDS
+/// [CGROUP]` (several targets are dialled in turn). It enters
 /// the cgroup (the balancer's, for orch) before its first connect, then
 /// prints `rate=... p50_us=... p99_us=...`.
 fn client(args: Vec<String>) {
-    let target: SocketAddrV4 = args[0].parse().expect("target");
+    let targets: Vec<SocketAddrV4> = args[0]
+        .split(',')
+        .map(|t| t.parse().expect("target"))
+        .collect();
     let seconds: f64 = args[1].parse().expect("seconds");
     if let Some(cgroup) = args.get(2).filter(|c| !c.is_empty()) {
         std::fs::write(
@@ -476,11 +498,15 @@ fn client(args: Vec<String>) {
     let workers: Vec<_> = (0..CLIENT_THREADS)
         .map(|_| {
             let stop = stop.clone();
+            let targets = targets.clone();
             std::thread::spawn(move || {
                 let mut latencies = Vec::new();
                 let mut failures = 0u64;
                 let mut buffer = [7u8; MESSAGE];
-                while !stop.load(Ordering::Relaxed) {
+                for target in targets.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let started = Instant::now();
                     let exchanged = TcpStream::connect(target).and_then(|mut stream| {
                         stream.set_nodelay(true)?;

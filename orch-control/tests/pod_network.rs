@@ -468,8 +468,8 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
         assert!(table.contains(&expected), "{expected} in {table}");
     }
 
-    // The monitor: a NodePort with no endpoint drops the client's packets,
-    // and says why.
+    // The monitor: a NodePort with no endpoint refuses the client (the
+    // node's stack answers), and the drop is reported with its reason.
     let nobody = object(
         "apiVersion: v1\nkind: Service\nmetadata: {name: nobody, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: nobody}\n  ports: [{port: 80, targetPort: 8080}]\n",
     );

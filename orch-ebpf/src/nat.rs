@@ -60,9 +60,13 @@ pub enum Translated {
     No,
     /// Rewritten: route it to its new destination (network byte order).
     To(u32),
-    /// A NodePort with no backend (or a packet that could not be
-    /// rewritten): drop it.
+    /// A packet that could not be translated: drop it.
     Drop,
+    /// A new flow to a NodePort with no ready endpoint: the node's own
+    /// stack gets it and refuses it at once (TCP RST, ICMP port
+    /// unreachable for UDP), as kube-proxy's REJECT rules do, rather than
+    /// letting the client wait for a timeout.
+    Refuse,
 }
 
 /// What an event says of this packet: protocol, addresses, and ports when
@@ -200,7 +204,7 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
         Pick::NotService => return Translated::No,
         Pick::NoBackend => {
             events::drop(DROP_NO_BACKEND, &subject_of_flow(ifindex, &flow));
-            return Translated::Drop;
+            return Translated::Refuse;
         }
         Pick::Backend(backend, id) => (backend, id),
     };

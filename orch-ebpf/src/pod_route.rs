@@ -44,6 +44,7 @@ pub fn pod_from_pod(ctx: TcContext) -> i32 {
     }
     match translate(&ctx, false) {
         Translated::Drop => return TC_ACT_SHOT,
+        Translated::Refuse => return TC_ACT_OK,
         Translated::To(destination) => return route(&ctx, destination),
         Translated::No => {}
     }
@@ -59,6 +60,7 @@ pub fn pod_from_pod(ctx: TcContext) -> i32 {
 pub fn pod_from_net(ctx: TcContext) -> i32 {
     match translate(&ctx, true) {
         Translated::Drop => return TC_ACT_SHOT,
+        Translated::Refuse => return TC_ACT_OK,
         Translated::To(destination) => return route(&ctx, destination),
         Translated::No => {}
     }

@@ -469,8 +469,20 @@ fn node_ports_take_clients_from_outside_the_nodes() {
                 "{protocol}"
             );
         }
-        // No ready endpoint: dropped.
-        assert!(exchange(&client, node, 30082).is_err(), "{protocol}");
+        // No ready endpoint: refused by the node at once (a TCP reset;
+        // an ICMP port unreachable an unconnected UDP socket never sees).
+        let started = std::time::Instant::now();
+        let refused = exchange(&client, node, 30082);
+        assert!(refused.is_err(), "{protocol}");
+        if protocol == "tcp" {
+            let error = refused.unwrap_err();
+            assert!(error.contains("refused"), "{error}");
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                started.elapsed()
+            );
+        }
         // sessionAffinity ClientIP: the client keeps one backend.
         let kept: BTreeSet<Answer> = (0..16)
             .map(|_| exchange(&client, node, 30083).expect(protocol))

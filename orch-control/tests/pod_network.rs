@@ -439,12 +439,25 @@ async fn scenario(dir: PathBuf, nodes: Vec<NodeHost>, client_host: String) {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    for answer in answers(node_ports[1], 8) {
-        assert_eq!(
-            answer,
-            Ok("web-a".to_string()),
-            "externalTrafficPolicy Local"
+    // Local: only node 1's pod ever answers. The Service was made with the
+    // Cluster one, whose answers the loop above waited for; this one's
+    // frontend may reach the node's table a moment later (refused until
+    // then), so the check runs once every answer comes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = answers(node_ports[1], 8);
+        for body in answered.iter().flatten() {
+            assert_eq!(body, "web-a", "externalTrafficPolicy Local");
+        }
+        if answered.iter().all(Result::is_ok) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NodePort {} (Local) never answered: {answered:?}",
+            node_ports[1]
         );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     // The node's dataplane through the API: its table, decoded, and how

@@ -77,13 +77,6 @@ async fn until_table(
 }
 
 /// The addresses of the Deployment's running pods, at `port`.
-fn balancing(backends: Vec<SocketAddrV4>) -> Balancing {
-    Balancing {
-        backends,
-        affinity_seconds: 0,
-    }
-}
-
 async fn pod_backends(client: &mut ApiClient, port: u16) -> Vec<SocketAddrV4> {
     let options = ListOptions {
         label_selector: "app=web".into(),
@@ -173,8 +166,14 @@ async fn services_and_their_endpoints_reach_the_kernel_maps() {
     assert_eq!(
         listed,
         vec![
-            (dns, balancing(pod_backends(&mut client, 5353).await)),
-            (http, balancing(pod_backends(&mut client, 8080).await)),
+            (
+                dns,
+                Balancing::without_affinity(pod_backends(&mut client, 5353).await)
+            ),
+            (
+                http,
+                Balancing::without_affinity(pod_backends(&mut client, 8080).await)
+            ),
         ]
     );
 

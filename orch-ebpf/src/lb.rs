@@ -83,7 +83,7 @@ pub enum Pick {
 /// A backend of frontend `key` for `client`: the one it had, under
 /// sessionAffinity, else backend `pick % count`.
 #[inline(always)]
-pub fn pick_backend(key: ServiceKey, pick: u32, client: Client) -> Pick {
+pub fn pick_backend(key: ServiceKey, pick: u32, client: impl FnOnce() -> Client) -> Pick {
     // SAFETY: values are plain data the agent replaces whole; a read racing
     // an update sees the old or the new value, both valid.
     let Some(service) = (unsafe { SERVICES.get(key) }) else {
@@ -96,6 +96,8 @@ pub fn pick_backend(key: ServiceKey, pick: u32, client: Client) -> Pick {
     if affinity == 0 {
         return pick_slot(key, id, count, pick);
     }
+    // Who the client is, read only for a service with affinity.
+    let client = client();
     let affinity_key = AffinityKey {
         client: client.id,
         service: id,

@@ -194,7 +194,7 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     };
     // SAFETY: a helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
-    let client = Client {
+    let client = || Client {
         id: u64::from(flow.src_address),
         scope: AFFINITY_SCOPE_ADDRESS,
     };

@@ -23,7 +23,7 @@ use orch_ebpf_common::pod::{EndpointKey, POD_ENDPOINTS_MAX_ENTRIES, PodEndpoint}
 use crate::events;
 use crate::nat::{Translated, subject, translate};
 use crate::packet::{
-    IP_CHECKSUM, IP_PROTOCOL, IP_SOURCE, IP_TOS, IP_TOT_LEN, IP_TTL, ipv4_destination,
+    IP_CHECKSUM, IP_PROTOCOL, IP_SOURCE, IP_TOS, IP_TOT_LEN, IP_TTL, ipv4_destination, is_ipv4,
 };
 use orch_ebpf_common::events::{
     DROP_FIB_MISS, DROP_SPOOFED, DROP_TTL, TRACE_FORWARD, TRACE_TO_POD, TRACE_TO_STACK,
@@ -78,9 +78,9 @@ pub fn pod_from_net(ctx: TcContext) -> i32 {
 /// flow's conntrack entries). Not IPv4 (ARP, IPv6): nothing to check.
 #[inline(always)]
 fn from_its_pod(ctx: &TcContext) -> bool {
-    let Some(_) = ipv4_destination(ctx) else {
+    if !is_ipv4(ctx) {
         return true;
-    };
+    }
     let Ok(source) = ctx.load::<u32>(IP_SOURCE) else {
         return false;
     };

@@ -80,10 +80,9 @@ fn forward(ctx: &SockAddrContext, datagram: bool) -> i32 {
     };
     // SAFETY: a helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
-    // SAFETY: the context pointer is valid for this helper.
-    let netns = unsafe { bpf_get_netns_cookie(addr.cast()) };
-    let client = Client {
-        id: netns,
+    let client = || Client {
+        // SAFETY: the context pointer is valid for this helper.
+        id: unsafe { bpf_get_netns_cookie(addr.cast()) },
         scope: AFFINITY_SCOPE_NETNS,
     };
     let backend = match pick_backend(key, pick, client) {

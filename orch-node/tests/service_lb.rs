@@ -126,13 +126,6 @@ fn dial_tcp(service: SocketAddrV4) -> std::io::Result<(u8, SocketAddr)> {
     Ok((answer[0], peer))
 }
 
-fn balancing(backends: Vec<SocketAddrV4>) -> Balancing {
-    Balancing {
-        backends,
-        affinity_seconds: 0,
-    }
-}
-
 #[test]
 fn cluster_ips_balance_at_the_socket() {
     let fixture = Fixture::new();
@@ -292,9 +285,9 @@ fn cluster_ips_balance_at_the_socket() {
     assert_eq!(
         listed,
         vec![
-            (udp, balancing(backends.clone())),
-            (tcp, balancing(backends[1..].to_vec())),
-            (empty, balancing(Vec::new())),
+            (udp, Balancing::without_affinity(backends.clone())),
+            (tcp, Balancing::without_affinity(backends[1..].to_vec())),
+            (empty, Balancing::without_affinity(Vec::new())),
         ]
     );
     assert!(table.remove(empty).expect("remove"));

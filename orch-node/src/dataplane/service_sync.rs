@@ -433,9 +433,8 @@ mod tests {
             protocol: Protocol::Udp,
             ..http
         };
-        let balancing = |backends: &[&str]| Balancing {
-            backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
-            affinity_seconds: 0,
+        let balancing = |backends: &[&str]| {
+            Balancing::without_affinity(backends.iter().map(|b| b.parse().expect("addr")).collect())
         };
         assert_eq!(
             wanted,

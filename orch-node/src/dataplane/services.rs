@@ -126,6 +126,16 @@ pub struct Balancing {
     pub affinity_seconds: u32,
 }
 
+impl Balancing {
+    /// Over `backends`, with no sessionAffinity.
+    pub fn without_affinity(backends: Vec<SocketAddrV4>) -> Self {
+        Self {
+            backends,
+            affinity_seconds: 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,

@@ -60,11 +60,7 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Option<Interface>,
             mac: mac_of(&link),
         })),
         Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(message))
-            if message.raw_code() == -nix::libc::ENODEV =>
-        {
-            Ok(None)
-        }
+        Err(error) if is_gone(&error) => Ok(None),
         Err(source) => Err(failed(format!("looking up interface {name}"), source)),
     }
 }

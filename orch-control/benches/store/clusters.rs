@@ -1,7 +1,11 @@
 //! The two systems under measurement, as real processes on loopback with
 //! temporary data directories: orch-control replicas and etcd members.
 //! Both get the same Raft timing (heartbeat 100 ms, election timeout
-//! 500 ms; each randomizes elections up to twice that).
+//! 500 ms; each randomizes elections up to twice that) and the same
+//! transport security: mutual TLS on client and peer ports, as orch's
+//! replication port always is and as Kubernetes runs etcd (kubeadm sets
+//! `--client-cert-auth` and `--peer-client-cert-auth`). A plaintext etcd
+//! would be measured without the encryption orch pays for.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -282,6 +286,11 @@ impl OrchCluster {
 pub struct EtcdCluster {
     pub root: tempfile::TempDir,
     pub client_urls: Vec<String>,
+    /// What a client presents and trusts: a CA of the bench's own, and a
+    /// certificate it signed (the members serve and call with it too).
+    pub tls: tonic::transport::ClientTlsConfig,
+    /// The same credentials as etcdctl's flags.
+    pub etcdctl_tls: Vec<String>,
     args: Vec<Vec<String>>,
     procs: Vec<Option<Process>>,
 }
@@ -295,11 +304,29 @@ fn free_port() -> Result<u16> {
 impl EtcdCluster {
     pub async fn start(members: usize) -> Result<Self> {
         let root = tempfile::tempdir()?;
+        let pki = orch_control::pki::Pki::new(root.path());
+        pki.create_ca()?;
+        // Serving and client use in one certificate, for 127.0.0.1.
+        pki.ensure_peer_certificate(&["127.0.0.1".to_string()])?;
+        let file = |name: &str| pki.path(name).to_string_lossy().into_owned();
+        let (ca, cert, key) = (
+            file(orch_control::pki::CA_CERT),
+            file(orch_control::pki::PEER_CERT),
+            file(orch_control::pki::PEER_KEY),
+        );
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(&ca).context("reading the bench CA")?,
+            ))
+            .identity(tonic::transport::Identity::from_pem(
+                std::fs::read(&cert).context("reading the bench certificate")?,
+                std::fs::read(&key).context("reading the bench key")?,
+            ));
         let mut client_urls = Vec::new();
         let mut peer_urls = Vec::new();
         for _ in 0..members {
-            client_urls.push(format!("http://127.0.0.1:{}", free_port()?));
-            peer_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+            client_urls.push(format!("https://127.0.0.1:{}", free_port()?));
+            peer_urls.push(format!("https://127.0.0.1:{}", free_port()?));
         }
         let initial_cluster = peer_urls
             .iter()
@@ -337,13 +364,32 @@ impl EtcdCluster {
                     "zap".into(),
                     "--log-level".into(),
                     "warn".into(),
+                    "--client-cert-auth".into(),
+                    "--trusted-ca-file".into(),
+                    ca.clone(),
+                    "--cert-file".into(),
+                    cert.clone(),
+                    "--key-file".into(),
+                    key.clone(),
+                    "--peer-client-cert-auth".into(),
+                    "--peer-trusted-ca-file".into(),
+                    ca.clone(),
+                    "--peer-cert-file".into(),
+                    cert.clone(),
+                    "--peer-key-file".into(),
+                    key.clone(),
                 ]
                 .to_vec()
             })
             .collect();
+        let etcdctl_tls = ["--cacert", &ca, "--cert", &cert, "--key", &key]
+            .map(String::from)
+            .to_vec();
         let mut cluster = Self {
             root,
             client_urls,
+            tls,
+            etcdctl_tls,
             args,
             procs: (0..members).map(|_| None).collect(),
         };
@@ -369,8 +415,19 @@ impl EtcdCluster {
         Ok(())
     }
 
-    async fn status(url: &str) -> Option<(u64, u64)> {
-        let mut client = etcd_client::Client::connect([url], None).await.ok()?;
+    /// A connection to the members at `urls`.
+    pub async fn connect(
+        urls: &[String],
+        tls: &tonic::transport::ClientTlsConfig,
+    ) -> Result<etcd_client::Client> {
+        let options = etcd_client::ConnectOptions::new().with_tls(tls.clone());
+        etcd_client::Client::connect(urls, Some(options))
+            .await
+            .context("connecting to etcd")
+    }
+
+    async fn status(url: &str, tls: &tonic::transport::ClientTlsConfig) -> Option<(u64, u64)> {
+        let mut client = Self::connect(&[url.to_string()], tls).await.ok()?;
         let status = tokio::time::timeout(Duration::from_secs(1), client.status())
             .await
             .ok()?
@@ -386,9 +443,10 @@ impl EtcdCluster {
             .collect();
         until("etcd members settle", Duration::from_secs(60), || {
             let urls = urls.clone();
+            let tls = self.tls.clone();
             async move {
                 for url in &urls {
-                    match Self::status(url).await {
+                    match Self::status(url, &tls).await {
                         Some((_, leader)) if leader != 0 => {}
                         _ => return false,
                     }
@@ -407,7 +465,7 @@ impl EtcdCluster {
             if self.procs[index].is_none() {
                 continue;
             }
-            if let Some((member, known)) = Self::status(url).await {
+            if let Some((member, known)) = Self::status(url, &self.tls).await {
                 members.push((index, member));
                 leader = leader.max(known);
             }

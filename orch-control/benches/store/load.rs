@@ -20,7 +20,7 @@ pub enum Conn {
 #[derive(Clone)]
 pub enum Target {
     Orch(Vec<String>, PeerTls),
-    Etcd(Vec<String>),
+    Etcd(Vec<String>, tonic::transport::ClientTlsConfig),
 }
 
 impl Target {
@@ -29,10 +29,9 @@ impl Target {
             Target::Orch(addrs, tls) => {
                 Conn::Orch(StoreClient::new(addrs, tls, Duration::from_secs(30))?)
             }
-            Target::Etcd(urls) => Conn::Etcd(Box::new(
-                etcd_client::Client::connect(urls, None)
-                    .await
-                    .context("connecting to etcd")?
+            Target::Etcd(urls, tls) => Conn::Etcd(Box::new(
+                crate::clusters::EtcdCluster::connect(urls, tls)
+                    .await?
                     .kv_client(),
             )),
         })

@@ -1,6 +1,6 @@
 //! `cargo xtask bench store`: orch's replicated store against etcd, both
-//! as real processes on loopback, measured in the same run and printed
-//! side by side with orch/etcd ratios.
+//! as real processes on loopback with mutual TLS on every port, measured
+//! in the same run and printed side by side with orch/etcd ratios.
 //!
 //! - puts of 256-byte values, 1 and 64 clients, 1 and 3 replicas:
 //!   throughput (median of the rounds), p50 and p99 latency (all rounds);
@@ -152,7 +152,10 @@ async fn replicated(replicas: usize, sizes: &Sizes, rows: &mut Vec<Row>) -> Resu
     let orch_target = Target::Orch(orch.addrs.clone(), orch.tls()?);
     // etcd's clients talk to its leader, as orch's client does (a follower
     // would forward each put: an extra hop orch's clients don't take).
-    let etcd_target = Target::Etcd(vec![etcd.client_urls[etcd.leader().await?].clone()]);
+    let etcd_target = Target::Etcd(
+        vec![etcd.client_urls[etcd.leader().await?].clone()],
+        etcd.tls.clone(),
+    );
     for target in [&orch_target, &etcd_target] {
         puts(target, 8, 50, VALUE_BYTES, "/registry/bench/warm").await?;
     }
@@ -174,7 +177,7 @@ async fn replicated(replicas: usize, sizes: &Sizes, rows: &mut Vec<Row>) -> Resu
                 let run = puts(target, clients, per_client, VALUE_BYTES, &prefix).await?;
                 match target {
                     Target::Orch(..) => orch_runs.push(run),
-                    Target::Etcd(_) => etcd_runs.push(run),
+                    Target::Etcd(..) => etcd_runs.push(run),
                 }
             }
         }
@@ -204,7 +207,7 @@ async fn replicated(replicas: usize, sizes: &Sizes, rows: &mut Vec<Row>) -> Resu
             orch.restart(leader).await?;
 
             let leader = etcd.leader().await?;
-            let all = Target::Etcd(etcd.client_urls.clone());
+            let all = Target::Etcd(etcd.client_urls.clone(), etcd.tls.clone());
             let took = failover(&all, || {
                 etcd.kill(leader);
                 Ok(())
@@ -234,7 +237,7 @@ async fn holding(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     let orch = OrchCluster::start(1).await?;
     let etcd = EtcdCluster::start(1).await?;
     let orch_target = Target::Orch(orch.addrs.clone(), orch.tls()?);
-    let etcd_target = Target::Etcd(etcd.client_urls.clone());
+    let etcd_target = Target::Etcd(etcd.client_urls.clone(), etcd.tls.clone());
     puts(&orch_target, clients, per_client, 1024, "/registry/objects").await?;
     puts(&etcd_target, clients, per_client, 1024, "/registry/objects").await?;
     // Let background work (compaction, flushes) settle before sampling.
@@ -269,7 +272,9 @@ async fn holding(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     let etcd_save = timed(
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &etcd.client_urls[0], "snapshot", "save"])
+            .args(["--endpoints", &etcd.client_urls[0]])
+            .args(&etcd.etcdctl_tls)
+            .args(["snapshot", "save"])
             .arg(&etcd_file),
         "etcdctl snapshot save",
     )?;
@@ -315,7 +320,7 @@ fn print(rows: &[Row], sizes: &Sizes) {
         .unwrap_or_else(|| "etcd (version unknown)".into());
     println!();
     println!(
-        "store benchmark: {} round(s); orch-control vs {etcd_version}; loopback, temporary data dirs, heartbeat {} ms, election timeout {} ms",
+        "store benchmark: {} round(s); orch-control vs {etcd_version}; loopback, mutual TLS on client and peer ports, temporary data dirs, heartbeat {} ms, election timeout {} ms",
         sizes.rounds,
         clusters::HEARTBEAT_MS,
         clusters::ELECTION_MS

@@ -5,12 +5,14 @@
 //! - `test`: setup, build-ebpf, fmt check, clippy and the whole test suite
 //! - `bench store|api|scheduler|pods`: benchmarks beside their anchors or targets
 //! - `fuzz`: the fuzz targets, each for a fixed time
+//! - `up` / `down`: a single-node cluster on this machine with a demo app
 
 mod bench;
 mod ebpf;
 mod fuzz;
 mod setup;
 mod test;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Set up, build and start a single-node cluster on this machine
+    /// (orch-control and orch-node as daemons, the node in a network
+    /// namespace) with a demo Deployment and Services; safe to rerun.
+    Up(up::UpArgs),
+    /// Stop the cluster `up` started and remove everything it made.
+    Down(up::DownArgs),
     /// Install the toolchain pieces and Debian packages the project needs (safe to rerun).
     Setup,
     /// Build orch-ebpf's kernel programs (target/bpfel-unknown-none/release/orch-ebpf).
@@ -56,6 +64,8 @@ enum Task {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Task::Up(args) => up::up(&args),
+        Task::Down(args) => up::down(&args),
         Task::Setup => setup::run(),
         Task::BuildEbpf => ebpf::build(),
         Task::Test { cargo_test_args } => test::run(&cargo_test_args),

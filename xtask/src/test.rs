@@ -23,7 +23,22 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     ]))?;
     // Default members: everything but orch-ebpf, whose only real target is
     // the kernel (clippy above already checked it).
-    let totals = cargo_test(cargo_test_args)?;
+    let mut totals = cargo_test(cargo_test_args)?;
+    // The README's first command, end to end, when the whole suite runs
+    // (a name filter asks for particular tests only).
+    if cargo_test_args.is_empty() {
+        eprintln!("+ cargo xtask up --debug, then cargo xtask down");
+        match crate::up::check_up_and_down() {
+            Ok(()) => {
+                println!("test xtask::up_and_down ... ok");
+                totals.passed += 1;
+            }
+            Err(error) => {
+                println!("test xtask::up_and_down ... FAILED: {error:#}");
+                totals.failed += 1;
+            }
+        }
+    }
     eprintln!(
         "xtask test: done in {:.0} s",
         started.elapsed().as_secs_f64()

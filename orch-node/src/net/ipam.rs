@@ -98,6 +98,9 @@ struct Allocations {
     last: Option<Ipv4Addr>,
 }
 
+/// The file under the agent's state dir that records the pods' addresses.
+pub const ADDRESSES_FILE: &str = "pod-addresses.json";
+
 /// The node's pod addresses, backed by `<state dir>/pod-addresses.json`.
 #[derive(Debug)]
 pub struct PodAddresses {
@@ -110,7 +113,7 @@ impl PodAddresses {
     /// not one is an error: silently starting afresh would hand out
     /// addresses that running pods hold.
     pub fn open(state_dir: &Path) -> Result<Self, IpamError> {
-        let path = state_dir.join("pod-addresses.json");
+        let path = state_dir.join(ADDRESSES_FILE);
         let state = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt {
                 path: path.clone(),

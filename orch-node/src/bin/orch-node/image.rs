@@ -15,6 +15,15 @@ pub enum ImageCommand {
     },
     /// Import an OCI layout or `docker save` archive (plain or gzip).
     Import { file: PathBuf },
+    /// Build an image of Debian's busybox-static (`/bin/busybox` with a
+    /// link per applet: sh, httpd, wget, ...) and name it IMAGE: a demo or
+    /// test image made on the node, with no registry.
+    BuildBusybox {
+        image: String,
+        /// The static busybox binary to put in it.
+        #[arg(long, default_value = orch_node::image::build::BUSYBOX)]
+        busybox: PathBuf,
+    },
     /// List the images in the node's store.
     List,
     /// Forget an image's name (its blobs go with `prune`).
@@ -44,6 +53,13 @@ pub fn run_image(state_dir: &std::path::Path, command: ImageCommand) -> Result<(
             for name in import::import_archive(&store, &file)? {
                 println!("imported {name}");
             }
+        }
+        ImageCommand::BuildBusybox { image, busybox } => {
+            let reference = Reference::parse(&image)?;
+            let descriptor =
+                orch_node::image::build::busybox_image(&store, &reference, &busybox, &[], &["sh"])
+                    .with_context(|| format!("building {reference} from {}", busybox.display()))?;
+            println!("{reference}: {}", descriptor.digest);
         }
         ImageCommand::List => {
             println!("{:<70} {:>12}", "IMAGE", "SIZE");

@@ -130,6 +130,14 @@ enum Command {
         #[command(subcommand)]
         command: DataplaneCommand,
     },
+    /// Undo what this node's agent made, like `kubeadm reset`: stop every
+    /// pod now (no grace), release their mounts, cgroups and network, and
+    /// remove the node's pinned kernel programs and maps. Stop the agent
+    /// first: a running one would start the pods again.
+    Reset {
+        #[arg(long, default_value = "/var/lib/orch-node")]
+        state_dir: PathBuf,
+    },
 }
 
 mod dataplane;
@@ -175,8 +183,27 @@ fn main() -> Result<()> {
         Some(Command::Shim { pod_dir }) => orch_node::runtime::shim::server::run(&pod_dir)
             .map_err(|e| anyhow::anyhow!("shim {}: {e}", pod_dir.display())),
         Some(Command::Image { command, state_dir }) => run_image(&state_dir, command),
+        Some(Command::Reset { state_dir }) => reset(&node_name, &layout, &state_dir),
         None => run_agent(node_name, &layout, cli.agent),
     }
+}
+
+fn reset(node_name: &str, layout: &PinLayout, state_dir: &std::path::Path) -> Result<()> {
+    orch_node::runtime::release::release_all(state_dir, node_name)
+        .map_err(|e| anyhow::anyhow!("releasing the pods under {}: {e}", state_dir.display()))?;
+    // Every pod is gone, so are the addresses they held.
+    let addresses = state_dir.join(orch_node::net::ipam::ADDRESSES_FILE);
+    match std::fs::remove_file(&addresses) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", addresses.display()));
+        }
+        _ => {}
+    }
+    if layout.remove_all()? {
+        println!("removed {}", layout.node_dir().display());
+    }
+    println!("node {node_name} reset: no pods, no pinned programs");
+    Ok(())
 }
 
 fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<()> {

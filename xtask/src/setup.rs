@@ -20,11 +20,12 @@ use crate::{cargo, output, run_command};
 /// image tests pull from, started on loopback by the tests), runc and crun
 /// (the anchors `cargo xtask bench pods` measures orch-node's runtime
 /// against), iptables (kube-proxy's mode, the anchor of `cargo xtask bench
-/// dataplane`).
+/// dataplane`), curl (what `cargo xtask up` tells people to try).
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "crun",
+    "curl",
     "docker-registry",
     "etcd-client",
     "etcd-server",

@@ -5,19 +5,19 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{DownArgs, HOST_LINK, NODE, State, UpArgs, down, namespace_exists, service_cgroup, up};
+use super::{
+    BPF_PINS, DownArgs, HOST_LINK, NODE, OWNER_FILE, State, UpArgs, down, namespace_exists,
+    service_cgroup, up,
+};
 use crate::output;
 
 /// `up` then `down` from the debug builds, in a state directory of its
 /// own, and a check that nothing is left: the test command's proof that
 /// the README's first command works.
 pub fn check_up_and_down() -> Result<()> {
-    if namespace_exists() {
-        bail!(
-            "a cluster from `cargo xtask up` runs on this machine (network namespace {NODE}): `cargo xtask down` it first; the test command brings its own up and down"
-        );
-    }
-    let state_dir = std::env::temp_dir().join(format!("orch-up-test-{}", std::process::id()));
+    // A fixed directory: a run cut short (its daemons outlive it) is
+    // cleaned up by the next one's `up`.
+    let state_dir = std::env::temp_dir().join("orch-up-test");
     let brought_up = up(&UpArgs {
         state_dir: state_dir.clone(),
         debug: true,
@@ -57,7 +57,10 @@ fn leftovers(state_dir: &Path) -> Vec<String> {
     if output(Command::new("ip").args(["link", "show", HOST_LINK])).is_some() {
         left.push(format!("interface {HOST_LINK}"));
     }
-    let pins = Path::new("/sys/fs/bpf/orch").join(NODE);
+    if Path::new(OWNER_FILE).exists() {
+        left.push(OWNER_FILE.to_string());
+    }
+    let pins = Path::new(BPF_PINS).join(NODE);
     if pins.exists() {
         left.push(format!("bpffs pins {}", pins.display()));
     }

@@ -155,10 +155,11 @@ Try:
   bpftool map dump pinned /sys/fs/bpf/orch/{NODE}/SERVICES
 
 Stop it and remove everything it made:
-  cargo xtask down",
+  {down}",
         control_log = state.log("orch-control").display(),
         node_log = state.log("orch-node").display(),
         bin = bin.trim(),
+        down = super::down_command(state),
         config = config.display(),
     );
 }

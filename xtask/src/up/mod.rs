@@ -15,8 +15,8 @@ mod demo;
 pub use check::check_up_and_down;
 use demo::{DEMO_IMAGE, DEMO_MANIFEST, Orchctl, http_get, print_next_steps, wait_for_demo};
 
+use std::ffi::OsString;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,11 +35,25 @@ const LINK_PREFIX: u8 = 30;
 const API_PORT: u16 = 6443;
 const RAFT_PORT: u16 = 7101;
 const HEALTH_PORT: u16 = 6451;
+/// The pod network (orch-control's --cluster-cidr), routed from this
+/// machine to the node so pods (and, on a pure cgroup v2 host where this
+/// machine's sockets are balanced too, services) answer from here.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Names the state directory of the cluster whose namespace exists, so
+/// `up` and `down` of another state directory do not tear half of it down.
+const OWNER_FILE: &str = "/run/orch-up.state-dir";
+/// In every state directory `up` makes: `down` deletes no other directory.
+const MARKER: &str = ".orch-up";
+
+/// Where `up` keeps a cluster unless told otherwise.
+const DEFAULT_STATE_DIR: &str = "/var/lib/orch-up";
+/// Where orch-node pins each node's programs and maps.
+const BPF_PINS: &str = "/sys/fs/bpf/orch";
 
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Where the cluster keeps its data, logs and pid files.
-    #[arg(long, default_value = "/var/lib/orch-up")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Use debug builds (what `cargo xtask test` already built) instead of
     /// release ones.
@@ -50,7 +64,7 @@ pub struct UpArgs {
 #[derive(clap::Args)]
 pub struct DownArgs {
     /// The state directory `up` used.
-    #[arg(long, default_value = "/var/lib/orch-up")]
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 
@@ -90,7 +104,9 @@ impl State {
         self.root.join("web.yaml")
     }
 
-    /// The pid in `daemon`'s pid file, when that process still runs.
+    /// The pid in `daemon`'s pid file, when that process still runs: the
+    /// program is `daemon` and its arguments name this state directory (a
+    /// pid reused after a reboot is someone else's).
     fn running(&self, daemon: &str) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(self.pid_file(daemon))
             .ok()?
@@ -98,23 +114,54 @@ impl State {
             .parse()
             .ok()?;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        exe.file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with(daemon))
-            .then_some(pid)
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*self.root.to_string_lossy());
+        (ours
+            && exe
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(daemon)))
+        .then_some(pid)
+    }
+
+    /// Refuses when another state directory's cluster exists.
+    fn check_owner(&self) -> Result<()> {
+        let Ok(owner) = std::fs::read_to_string(OWNER_FILE) else {
+            return Ok(());
+        };
+        let owner = PathBuf::from(owner.trim());
+        if owner != self.root && (owner.exists() || namespace_exists()) {
+            bail!(
+                "the cluster on this machine is `cargo xtask up --state-dir {owner}`'s: `cargo xtask down --state-dir {owner}` first",
+                owner = owner.display()
+            );
+        }
+        Ok(())
     }
 }
 
+/// `dir` made absolute (the daemons and shims get it as an argument).
+fn state_of(dir: &Path) -> Result<State> {
+    Ok(State {
+        root: std::path::absolute(dir).with_context(|| format!("--state-dir {}", dir.display()))?,
+    })
+}
+
+/// Writes `contents` to `path`, naming it when that fails.
+fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn up(args: &UpArgs) -> Result<()> {
-    let state = State {
-        root: args.state_dir.clone(),
-    };
+    let state = state_of(&args.state_dir)?;
+    state.check_owner()?;
     if state.complete().exists()
         && state.running("orch-control").is_some()
         && state.running("orch-node").is_some()
     {
         eprintln!(
-            "a cluster is already up (state in {}); `cargo xtask down` stops it",
-            state.root.display()
+            "a cluster is already up (state in {}); `{}` stops it",
+            state.root.display(),
+            down_command(&state)
         );
         print_next_steps(&state);
         return Ok(());
@@ -135,6 +182,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
         .join("target")
         .join(if args.debug { "debug" } else { "release" });
 
+    std::fs::create_dir_all(&state.root)
+        .with_context(|| format!("creating {}", state.root.display()))?;
+    write(&state.root.join(MARKER), b"made by cargo xtask up\n")?;
     for dir in [
         state.control(),
         state.node(),
@@ -143,9 +193,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
     ] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(state.bin_file(), bin.to_string_lossy().as_bytes())?;
-    std::fs::write(state.manifest(), DEMO_MANIFEST)?;
+    write(&state.bin_file(), bin.to_string_lossy().as_bytes())?;
+    write(&state.manifest(), DEMO_MANIFEST)?;
     let started = Instant::now();
+    write(
+        Path::new(OWNER_FILE),
+        state.root.to_string_lossy().as_bytes(),
+    )?;
     node_network()?;
     start_control_plane(&state, &bin)?;
     start_node(&state, &bin)?;
@@ -153,6 +207,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         bin: bin.join("orchctl"),
         config: state.admin_config(),
     };
+    wait_for_node(&state, &orchctl)?;
     // The control plane makes its system namespaces just after it starts.
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Err(why) = orchctl.output(&["get", "namespace", "default"]) {
@@ -164,11 +219,12 @@ pub fn up(args: &UpArgs) -> Result<()> {
     orchctl.run(&["apply", "-f", &state.manifest().to_string_lossy()])?;
     wait_for_demo(&orchctl).with_context(|| {
         format!(
-            "the demo did not come up (logs in {}; `cargo xtask down` removes the cluster)",
-            state.root.join("logs").display()
+            "the demo did not come up (logs in {}; `{}` removes the cluster)",
+            state.root.join("logs").display(),
+            down_command(&state)
         )
     })?;
-    std::fs::write(state.complete(), b"")?;
+    write(&state.complete(), b"")?;
     eprintln!(
         "the cluster is up and the demo answers through its ClusterIP and NodePort ({:.0} s)",
         started.elapsed().as_secs_f64()
@@ -178,12 +234,20 @@ pub fn up(args: &UpArgs) -> Result<()> {
 }
 
 pub fn down(args: &DownArgs) -> Result<()> {
-    let state = State {
-        root: args.state_dir.clone(),
-    };
+    let state = state_of(&args.state_dir)?;
+    state.check_owner()?;
     teardown(&state)?;
     eprintln!("the cluster is down; nothing of it is left");
     Ok(())
+}
+
+/// The command that stops the cluster of `state`.
+fn down_command(state: &State) -> String {
+    if state.root == Path::new(DEFAULT_STATE_DIR) {
+        "cargo xtask down".to_string()
+    } else {
+        format!("cargo xtask down --state-dir {}", state.root.display())
+    }
 }
 
 fn namespace_exists() -> bool {
@@ -215,23 +279,35 @@ fn node_network() -> Result<()> {
         "eth0",
     ])?;
     ip(&["-n", NODE, "link", "set", "eth0", "up"])?;
-    ip(&["-n", NODE, "link", "set", "lo", "up"])
+    ip(&["-n", NODE, "link", "set", "lo", "up"])?;
+    // Goes with the link on `down`.
+    ip(&[
+        "route",
+        "add",
+        CLUSTER_CIDR,
+        "via",
+        &NODE_ADDRESS.to_string(),
+        "dev",
+        HOST_LINK,
+    ])
 }
 
-/// Starts `command` as a daemon: its own process group (a Ctrl-C of the
-/// terminal does not reach it), output to its log, pid in its pid file.
-fn daemon(state: &State, name: &str, command: &mut Command) -> Result<u32> {
+/// Starts `program` with `args` as a daemon: in a session of its own
+/// (`setsid`, which execs it: same pid), so neither a Ctrl-C nor the
+/// terminal closing reaches it; output to its log, pid in its pid file.
+fn daemon(state: &State, name: &str, program: &Path, args: &[OsString]) -> Result<u32> {
     let log = std::fs::File::create(state.log(name))
         .with_context(|| format!("creating {}", state.log(name).display()))?;
-    let child = command
+    let child = Command::new("setsid")
+        .arg(program)
+        .args(args)
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    std::fs::write(state.pid_file(name), format!("{}\n", child.id()))?;
+    write(&state.pid_file(name), format!("{}\n", child.id()))?;
     eprintln!(
         "started {name} (pid {}, log {})",
         child.id(),
@@ -255,17 +331,23 @@ fn check_alive(state: &State, name: &str) -> Result<()> {
 }
 
 fn start_control_plane(state: &State, bin: &Path) -> Result<()> {
-    daemon(
-        state,
-        "orch-control",
-        Command::new(bin.join("orch-control"))
-            .args(["--node-id", "1", "--data-dir"])
-            .arg(state.control())
-            .args(["--listen", &format!("{HOST_ADDRESS}:{RAFT_PORT}")])
-            .args(["--api-listen", &format!("{HOST_ADDRESS}:{API_PORT}")])
-            .args(["--health-listen", &format!("{HOST_ADDRESS}:{HEALTH_PORT}")])
-            .arg("--init"),
-    )?;
+    let args: Vec<OsString> = [
+        "--node-id".into(),
+        "1".into(),
+        "--data-dir".into(),
+        state.control().into_os_string(),
+        "--listen".into(),
+        format!("{HOST_ADDRESS}:{RAFT_PORT}").into(),
+        "--api-listen".into(),
+        format!("{HOST_ADDRESS}:{API_PORT}").into(),
+        "--health-listen".into(),
+        format!("{HOST_ADDRESS}:{HEALTH_PORT}").into(),
+        "--cluster-cidr".into(),
+        CLUSTER_CIDR.into(),
+        "--init".into(),
+    ]
+    .to_vec();
+    daemon(state, "orch-control", &bin.join("orch-control"), &args)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(state.admin_config().exists() && http_get(HOST_ADDRESS, HEALTH_PORT, "/readyz").is_ok())
     {
@@ -328,29 +410,69 @@ fn start_node(state: &State, bin: &Path) -> Result<()> {
     }
     // nsenter joins the node's network namespace only; `ip netns exec`
     // would also mount a fresh /sys, hiding bpffs from the agent.
-    daemon(
-        state,
-        "orch-node",
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{NODE}"))
-            .arg("--")
-            .arg(&orch_node)
-            .args(["--node-name", NODE, "--config"])
-            .arg(state.node_config())
-            .arg("--state-dir")
-            .arg(state.node())
-            .args(["--node-ip", &NODE_ADDRESS.to_string()])
-            .args(["--address", &NODE_ADDRESS.to_string()])
-            .args(["--pod-network-interface", "eth0", "--service-cgroup"])
-            .arg(&cgroup),
-    )?;
+    let args: Vec<OsString> = [
+        format!("--net=/run/netns/{NODE}").into(),
+        "--".into(),
+        orch_node.into_os_string(),
+        "--node-name".into(),
+        NODE.into(),
+        "--config".into(),
+        state.node_config().into_os_string(),
+        "--state-dir".into(),
+        state.node().into_os_string(),
+        "--node-ip".into(),
+        NODE_ADDRESS.to_string().into(),
+        "--address".into(),
+        NODE_ADDRESS.to_string().into(),
+        "--pod-network-interface".into(),
+        "eth0".into(),
+        "--service-cgroup".into(),
+        cgroup.into_os_string(),
+    ]
+    .to_vec();
+    daemon(state, "orch-node", Path::new("nsenter"), &args)?;
     Ok(())
 }
 
+/// Waits until the node registered and is Ready, failing with the end of
+/// the agent's log when it exits.
+fn wait_for_node(state: &State, orchctl: &Orchctl) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let ready = orchctl
+            .output(&["get", "node", NODE, "-o", "json"])
+            .ok()
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .is_some_and(|node| {
+                node["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|conditions| {
+                        conditions
+                            .iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            });
+        if ready {
+            return Ok(());
+        }
+        // Until nsenter has exec'd the agent, the pid is nsenter's.
+        if started.elapsed() > Duration::from_secs(2) {
+            check_alive(state, "orch-node")?;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "node {NODE} was not Ready within 60 s (see {})",
+                state.log("orch-node").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Stops `name` (SIGTERM, then SIGKILL after `grace`).
-fn stop(state: &State, name: &str, grace: Duration) {
+fn stop(state: &State, name: &str, grace: Duration) -> Result<()> {
     let Some(pid) = state.running(name) else {
-        return;
+        return Ok(());
     };
     let signal = |signal: &str| {
         let _ = Command::new("kill")
@@ -364,11 +486,16 @@ fn stop(state: &State, name: &str, grace: Duration) {
     }
     if state.running(name).is_some() {
         signal("-KILL");
+        let deadline = Instant::now() + Duration::from_secs(10);
         while state.running(name).is_some() {
+            if Instant::now() > deadline {
+                bail!("{name} (pid {pid}) is still there 10 s after SIGKILL");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     eprintln!("stopped {name} (pid {pid})");
+    Ok(())
 }
 
 /// Removes everything `up` made, whatever state it was left in: the
@@ -376,8 +503,16 @@ fn stop(state: &State, name: &str, grace: Duration) {
 /// pinned kernel programs, the service cgroup, the namespace and veth
 /// pair, and the state directory.
 fn teardown(state: &State) -> Result<()> {
-    stop(state, "orch-node", Duration::from_secs(10));
-    stop(state, "orch-control", Duration::from_secs(10));
+    let ours = state.root.join(MARKER).exists();
+    let empty = std::fs::read_dir(&state.root).map_or(true, |mut entries| entries.next().is_none());
+    if !ours && !empty {
+        bail!(
+            "{} was not made by `cargo xtask up` (it has no {MARKER}); refusing to delete it",
+            state.root.display()
+        );
+    }
+    stop(state, "orch-node", Duration::from_secs(10))?;
+    stop(state, "orch-control", Duration::from_secs(10))?;
     let bin = std::fs::read_to_string(state.bin_file())
         .map(|dir| PathBuf::from(dir.trim()))
         .unwrap_or_else(|_| workspace_root().join("target").join("release"));
@@ -394,6 +529,11 @@ fn teardown(state: &State) -> Result<()> {
             orch_node.display(),
             state.node().display()
         );
+    }
+    // What the reset removes, also when there was no binary to run it.
+    let pins = Path::new(BPF_PINS).join(NODE);
+    if pins.exists() {
+        std::fs::remove_dir_all(&pins).with_context(|| format!("unpinning {}", pins.display()))?;
     }
     if let Ok((cgroup, true)) = service_cgroup() {
         remove_cgroup(&cgroup)?;
@@ -415,10 +555,33 @@ fn teardown(state: &State) -> Result<()> {
         }
     }
     if state.root.exists() {
+        let mounted = mounts_under(&state.root);
+        if !mounted.is_empty() {
+            bail!(
+                "still mounted under {}: {}",
+                state.root.display(),
+                mounted.join(", ")
+            );
+        }
         std::fs::remove_dir_all(&state.root)
             .with_context(|| format!("removing {}", state.root.display()))?;
     }
+    if std::fs::read_to_string(OWNER_FILE).is_ok_and(|owner| Path::new(owner.trim()) == state.root)
+    {
+        std::fs::remove_file(OWNER_FILE).with_context(|| format!("removing {OWNER_FILE}"))?;
+    }
     Ok(())
+}
+
+/// Mount points at or under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Removes a cgroup directory once the processes that were in it are gone.

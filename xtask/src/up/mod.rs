@@ -298,7 +298,7 @@ fn node_network() -> Result<()> {
 fn daemon(state: &State, name: &str, program: &Path, args: &[OsString]) -> Result<u32> {
     let log = std::fs::File::create(state.log(name))
         .with_context(|| format!("creating {}", state.log(name).display()))?;
-    let child = Command::new("setsid")
+    let mut child = Command::new("setsid")
         .arg(program)
         .args(args)
         .env_remove("RUST_BACKTRACE")
@@ -308,6 +308,15 @@ fn daemon(state: &State, name: &str, program: &Path, args: &[OsString]) -> Resul
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     write(&state.pid_file(name), format!("{}\n", child.id()))?;
+    // setsid (and nsenter) exec the daemon under the same pid: it is ours
+    // once its program is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.running(name).is_none() {
+        if child.try_wait()?.is_some() || Instant::now() > deadline {
+            return check_alive(state, name).map(|()| child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     eprintln!(
         "started {name} (pid {}, log {})",
         child.id(),
@@ -324,7 +333,7 @@ fn check_alive(state: &State, name: &str) -> Result<()> {
     let log = std::fs::read_to_string(state.log(name)).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(20).collect();
     bail!(
-        "{name} exited; the end of {}:\n{}",
+        "{name} is not running; the end of {}:\n{}",
         state.log(name).display(),
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     )
@@ -455,10 +464,7 @@ fn wait_for_node(state: &State, orchctl: &Orchctl) -> Result<()> {
         if ready {
             return Ok(());
         }
-        // Until nsenter has exec'd the agent, the pid is nsenter's.
-        if started.elapsed() > Duration::from_secs(2) {
-            check_alive(state, "orch-node")?;
-        }
+        check_alive(state, "orch-node")?;
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
                 "node {NODE} was not Ready within 60 s (see {})",

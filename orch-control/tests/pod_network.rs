@@ -241,27 +241,7 @@ impl Drop for Monitor {
 
 /// `GET /` at `address:port` over plain TCP: the body (a pod's hostname).
 fn http_get(address: Ipv4Addr, port: u16) -> Result<String, String> {
-    http_get_path(address, port, "/")
-}
-
-/// `GET path` at `address:port` over plain TCP: the body.
-fn http_get_path(address: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read as _, Write as _};
-    let target = std::net::SocketAddr::from((address, port));
-    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
-        .map_err(|e| format!("connect {target}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .map_err(|e| format!("send to {target}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read from {target}: {e}"))?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    Ok(body.trim().to_string())
+    orch_tests::cluster::http_get(address, port, "/")
 }
 
 fn in_cidr(address: Ipv4Addr, cidr: &str) -> bool {

@@ -250,9 +250,12 @@ pub fn get(args: GetArgs) -> Result<()> {
         found.push((kind, objects));
     }
     let all: Vec<Object> = found.iter().flat_map(|(_, o)| o.clone()).collect();
+    // As kubectl: one object named is printed as itself; anything listed
+    // (a selector's single match included) as a List.
+    let one_named = kinds.len() == 1 && args.names.len() == 1;
     match args.output.as_deref() {
-        Some("yaml") => print!("{}", to_yaml(&all)?),
-        Some("json") => println!("{}", to_json(&all)?),
+        Some("yaml") => print!("{}", to_yaml(&all, one_named)?),
+        Some("json") => println!("{}", to_json(&all, one_named)?),
         Some("name") => {
             for object in &all {
                 println!("{}", object_ref(object));
@@ -303,15 +306,15 @@ pub fn get(args: GetArgs) -> Result<()> {
     Ok(())
 }
 
-fn to_yaml(objects: &[Object]) -> Result<String> {
-    if let [one] = objects {
+fn to_yaml(objects: &[Object], one_named: bool) -> Result<String> {
+    if let ([one], true) = (objects, one_named) {
         return Ok(serde_yaml_ng::to_string(one)?);
     }
     Ok(serde_yaml_ng::to_string(&list_of(objects))?)
 }
 
-fn to_json(objects: &[Object]) -> Result<String> {
-    if let [one] = objects {
+fn to_json(objects: &[Object], one_named: bool) -> Result<String> {
+    if let ([one], true) = (objects, one_named) {
         return Ok(serde_json::to_string_pretty(one)?);
     }
     Ok(serde_json::to_string_pretty(&list_of(objects))?)

@@ -1,0 +1,562 @@
+//! A whole cluster of real processes for tests: control-plane replicas and
+//! node agents, each host a network namespace on one LAN (a bridge in a
+//! namespace of the harness's own), and a client host for traffic from
+//! outside the nodes. Pod and service traffic stays on that LAN: no host
+//! namespace route, no address routed out of the machine.
+//!
+//! The harness drives the binaries only (`orch-control`, `orch-node`,
+//! `orchctl`), as an operator would. Dropping the cluster, a panic
+//! included, kills every process it started, resets every node
+//! (`orch-node reset`: pods, mounts, cgroups, pins), removes the service
+//! cgroups, the namespaces and the state directory.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::{Lan, in_netns};
+
+/// The programs the cluster runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub orch_control: PathBuf,
+    pub orch_node: PathBuf,
+    pub orchctl: PathBuf,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Names every namespace (`<tag>-...`) and node (`<tag>-n<i>`): unique
+    /// per test and process.
+    pub tag: String,
+    pub replicas: usize,
+    pub nodes: usize,
+    /// Images built on every node from Debian's busybox-static.
+    pub busybox_images: Vec<String>,
+    /// Extra orch-control flags (timings, ranges).
+    pub control_plane_args: Vec<String>,
+    /// Extra orch-node flags.
+    pub node_args: Vec<String>,
+}
+
+/// The LAN's first three octets; hosts are .1-.99 nodes, .101-.109
+/// replicas, .200 the client.
+const LAN: [u8; 3] = [10, 211, 0];
+const API_PORT: u16 = 6443;
+const RAFT_PORT: u16 = 7101;
+const HEALTH_PORT: u16 = 6451;
+
+fn lan_address(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(LAN[0], LAN[1], LAN[2], host)
+}
+
+/// A process of the cluster, killed (SIGKILL) when dropped.
+pub struct Daemon(Child);
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A control-plane replica.
+pub struct Replica {
+    pub id: usize,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub dir: PathBuf,
+    pub process: Option<Daemon>,
+}
+
+impl Replica {
+    pub fn api(&self) -> String {
+        format!("{}:{API_PORT}", self.address)
+    }
+    pub fn raft(&self) -> String {
+        format!("{}:{RAFT_PORT}", self.address)
+    }
+}
+
+/// A node and its agent.
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub cgroup: PathBuf,
+    pub process: Option<Daemon>,
+}
+
+/// A running cluster. Field order is drop order after `Drop::drop`: the
+/// LAN (namespaces) goes after the processes are gone.
+pub struct Cluster {
+    pub bins: Binaries,
+    pub spec: ClusterSpec,
+    pub replicas: Vec<Replica>,
+    pub nodes: Vec<Node>,
+    /// The client host's namespace (not a node): traffic from outside.
+    pub client: String,
+    pub client_address: Ipv4Addr,
+    /// orchctl's config: every replica's API, the admin certificate.
+    pub admin_config: PathBuf,
+    pub dir: PathBuf,
+    lan: Option<Lan>,
+}
+
+/// Spawns `command` from a thread inside `netns` (so it runs there).
+fn spawn_in(netns: &str, mut command: Command) -> Child {
+    in_netns(netns, move || command.spawn())
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        .expect("spawn a cluster process")
+}
+
+/// Runs `command` to completion; panics with its output when it fails.
+fn must(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `GET path` at `address:port` over plain TCP, from this thread's
+/// network namespace: the body of a 200 answer.
+pub fn http_get(address: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let target = std::net::SocketAddr::from((address, port));
+    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send to {target}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read from {target}: {e}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.split_whitespace().nth(1) == Some("200") => {
+            Ok(body.trim().to_string())
+        }
+        _ => Err(format!(
+            "{target}{path}: {:?}",
+            response.lines().next().unwrap_or_default()
+        )),
+    }
+}
+
+/// [`http_get`] from inside `netns`.
+pub fn http_get_in(
+    netns: &str,
+    address: Ipv4Addr,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
+    let path = path.to_string();
+    in_netns(netns, move || http_get(address, port, &path))
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The cgroup2 hierarchy's mount point.
+pub fn cgroup2_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (after.split_whitespace().next() == Some("cgroup2"))
+                .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .expect("a cgroup2 hierarchy is mounted")
+}
+
+impl Cluster {
+    /// Builds the LAN, starts the replicas (the first with `--init`, the
+    /// others joining it), waits until each is ready, then starts the node
+    /// agents and waits until every node is Ready.
+    pub fn start(bins: Binaries, spec: ClusterSpec, dir: &Path) -> Self {
+        assert!(spec.replicas >= 1 && spec.replicas <= 9, "1-9 replicas");
+        assert!(spec.nodes <= 99, "at most 99 nodes");
+        let mut lan = Lan::new(&spec.tag);
+        let client_address = lan_address(200);
+        let client = lan.add_host("client", client_address);
+        let mut cluster = Cluster {
+            bins,
+            replicas: Vec::new(),
+            nodes: Vec::new(),
+            client,
+            client_address,
+            admin_config: dir.join("admin.conf"),
+            dir: dir.to_path_buf(),
+            lan: Some(lan),
+            spec,
+        };
+        for id in 1..=cluster.spec.replicas {
+            let address = lan_address(100 + id as u8);
+            let netns = cluster
+                .lan
+                .as_mut()
+                .expect("the LAN")
+                .add_host(&format!("cp{id}"), address);
+            cluster.replicas.push(Replica {
+                id,
+                netns,
+                address,
+                dir: dir.join(format!("replica-{id}")),
+                process: None,
+            });
+        }
+        for index in 0..cluster.replicas.len() {
+            cluster.start_replica(index);
+        }
+        cluster.write_admin_config();
+        let cgroup_root = cgroup2_mount();
+        for index in 0..cluster.spec.nodes {
+            let short = format!("n{}", index + 1);
+            let address = lan_address(index as u8 + 1);
+            let netns = cluster
+                .lan
+                .as_mut()
+                .expect("the LAN")
+                .add_host(&short, address);
+            let name = format!("{}-{short}", cluster.spec.tag);
+            let cgroup = cgroup_root.join(&name);
+            std::fs::create_dir_all(&cgroup).expect("the node's service cgroup");
+            cluster.nodes.push(Node {
+                state: dir.join(&name),
+                config: dir.join(format!("{name}.conf")),
+                name,
+                netns,
+                address,
+                cgroup,
+                process: None,
+            });
+        }
+        for index in 0..cluster.nodes.len() {
+            cluster.prepare_node(index);
+            cluster.start_node(index);
+        }
+        for index in 0..cluster.nodes.len() {
+            cluster.wait_node_ready(index);
+        }
+        cluster
+    }
+
+    /// Starts replica `index` (again, after a kill: same directory, same
+    /// addresses) and waits until it answers /readyz.
+    pub fn start_replica(&mut self, index: usize) {
+        let first = &self.replicas[0];
+        let (first_raft, first_pki) = (first.raft(), first.dir.join("pki"));
+        let replica = &self.replicas[index];
+        let mut command = Command::new(&self.bins.orch_control);
+        command
+            .args(["--node-id", &replica.id.to_string(), "--data-dir"])
+            .arg(&replica.dir)
+            .args(["--listen", &replica.raft(), "--api-listen", &replica.api()])
+            .args([
+                "--health-listen",
+                &format!("{}:{HEALTH_PORT}", replica.address),
+            ])
+            .args(&self.spec.control_plane_args);
+        let initialised = replica.dir.join("pki").exists();
+        if index == 0 && !initialised {
+            command.arg("--init");
+        } else if !initialised {
+            // A joining replica brings the cluster CA.
+            let pki = replica.dir.join("pki");
+            std::fs::create_dir_all(&pki).expect("pki dir");
+            for file in ["ca.crt", "ca.key"] {
+                std::fs::copy(first_pki.join(file), pki.join(file)).expect("copy the CA");
+            }
+            command.args(["--join", &first_raft]);
+        }
+        let log = std::fs::File::create(replica.dir.with_extension("log")).expect("log");
+        command
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = spawn_in(&replica.netns, command);
+        self.replicas[index].process = Some(Daemon(child));
+        let replica = &self.replicas[index];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get_in(&self.client, replica.address, HEALTH_PORT, "/readyz").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} was not ready within 60 s: {}",
+                replica.id,
+                std::fs::read_to_string(replica.dir.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills replica `index` (SIGKILL).
+    pub fn kill_replica(&mut self, index: usize) {
+        self.replicas[index].process = None;
+    }
+
+    /// An admin config naming every replica's API.
+    fn write_admin_config(&self) {
+        let written = self.replicas[0].dir.join("pki").join("admin.conf");
+        let mut config = orch_core::api::config::ClientConfig::load(&written)
+            .unwrap_or_else(|e| panic!("{}: {e}", written.display()));
+        config.servers = self.replicas.iter().map(Replica::api).collect();
+        std::fs::write(&self.admin_config, config.to_yaml()).expect("admin config");
+    }
+
+    /// The node's credentials and its images.
+    fn prepare_node(&self, index: usize) {
+        let node = &self.nodes[index];
+        std::fs::create_dir_all(&node.state).expect("node state dir");
+        let servers: Vec<String> = self.replicas.iter().map(Replica::api).collect();
+        must(
+            Command::new(&self.bins.orch_control)
+                .args(["node-config", "--data-dir"])
+                .arg(&self.replicas[0].dir)
+                .args(["--node-name", &node.name])
+                .args(["--server", &servers.join(",")])
+                .arg("--output")
+                .arg(&node.config),
+        );
+        for image in &self.spec.busybox_images {
+            must(
+                Command::new(&self.bins.orch_node)
+                    .args(["image", "--state-dir"])
+                    .arg(&node.state)
+                    .args(["build-busybox", image]),
+            );
+        }
+    }
+
+    /// Starts (or restarts) node `index`'s agent in its namespace.
+    pub fn start_node(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        let mut command = Command::new(&self.bins.orch_node);
+        command
+            .args(["--node-name", &node.name, "--config"])
+            .arg(&node.config)
+            .arg("--state-dir")
+            .arg(&node.state)
+            .args(["--node-ip", &node.address.to_string()])
+            .args(["--address", &node.address.to_string(), "--port", "10250"])
+            .args(["--pod-network-interface", "eth0", "--service-cgroup"])
+            .arg(&node.cgroup)
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .args(["--image-gc-high-threshold", "100"])
+            .args(&self.spec.node_args)
+            .env_remove("RUST_BACKTRACE")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(node.state.with_extension("log")).expect("log"));
+        let child = spawn_in(&node.netns, command);
+        self.nodes[index].process = Some(Daemon(child));
+    }
+
+    /// Kills node `index`'s agent (SIGKILL); its pods keep running.
+    pub fn kill_node(&mut self, index: usize) {
+        self.nodes[index].process = None;
+    }
+
+    /// Waits until node `index` is registered and Ready.
+    pub fn wait_node_ready(&self, index: usize) {
+        let node = &self.nodes[index];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let json = self.orchctl(&["get", "node", &node.name, "-o", "json"]);
+            let ready = json.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&json.stdout).is_ok_and(|node| {
+                    node["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|conditions| {
+                            conditions
+                                .iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} was not Ready within 60 s:\n{}",
+                node.name,
+                std::fs::read_to_string(node.state.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs orchctl from the client host with the admin config.
+    pub fn orchctl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(&self.bins.orchctl);
+        command.args(args).env("ORCH_CONFIG", &self.admin_config);
+        in_netns(&self.client, move || command.output())
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .expect("run orchctl")
+    }
+
+    /// orchctl that must succeed: its stdout.
+    pub fn orchctl_ok(&self, args: &[&str]) -> String {
+        let output = self.orchctl(args);
+        assert!(
+            output.status.success(),
+            "orchctl {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Every agent's and replica's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for path in self
+            .replicas
+            .iter()
+            .map(|r| r.dir.with_extension("log"))
+            .chain(self.nodes.iter().map(|n| n.state.with_extension("log")))
+        {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text.push_str(&format!(
+                "--- {} ---\n{}\n",
+                path.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        text
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.process = None;
+        }
+        for replica in &mut self.replicas {
+            replica.process = None;
+        }
+        for node in &self.nodes {
+            let reset = Command::new(&self.bins.orch_node)
+                .args(["--node-name", &node.name, "reset", "--state-dir"])
+                .arg(&node.state)
+                .output();
+            if let Ok(output) = &reset
+                && !output.status.success()
+            {
+                eprintln!(
+                    "orch-node reset of {}: {}",
+                    node.name,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            for _ in 0..100 {
+                match std::fs::remove_dir(&node.cgroup) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // The namespaces, hosts before the bridge.
+        self.lan = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What of a cluster tagged `tag` (state in `dir`) is still on the
+/// machine: namespaces, pins, cgroups, processes, the directory.
+pub fn leftovers(tag: &str, dir: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Ok(namespaces) = std::fs::read_dir("/var/run/netns") {
+        for namespace in namespaces.flatten() {
+            let name = namespace.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{tag}-")) {
+                left.push(format!("network namespace {name}"));
+            }
+        }
+    }
+    if let Ok(pins) = std::fs::read_dir("/sys/fs/bpf/orch") {
+        for pin in pins.flatten() {
+            let name = pin.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{tag}-")) {
+                left.push(format!("bpffs pins {}", pin.path().display()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let needle = dir.to_string_lossy().into_owned();
+    for line in mounts.lines() {
+        if line.contains(&needle) {
+            left.push(format!("mount {line}"));
+        }
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        if let Some(point) = before.split_whitespace().nth(4)
+            && after.starts_with("cgroup")
+            && let Ok(entries) = std::fs::read_dir(Path::new(point).join("orch"))
+        {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{tag}-"))
+                {
+                    left.push(format!("cgroup {}", entry.path().display()));
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(cgroup2_mount()) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{tag}-"))
+            {
+                left.push(format!("service cgroup {}", entry.path().display()));
+            }
+        }
+    }
+    if let Ok(processes) = std::fs::read_dir("/proc") {
+        for process in processes.flatten() {
+            let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                left.push(format!(
+                    "process {}: {}",
+                    process.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                ));
+            }
+        }
+    }
+    if dir.exists() {
+        left.push(format!("directory {}", dir.display()));
+    }
+    left
+}

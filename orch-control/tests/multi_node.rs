@@ -26,14 +26,19 @@ fn spec(tag: &str, replicas: usize, nodes: usize) -> ClusterSpec {
         replicas,
         nodes,
         busybox_images: vec![IMAGE.to_string()],
-        control_plane_args: vec![
-            "--heartbeat-ms".into(),
-            "50".into(),
-            "--election-timeout-ms".into(),
-            "300".into(),
-        ],
+        control_plane_args: Vec::new(),
         node_args: Vec::new(),
     }
+}
+
+/// One cluster at a time: on the 2-core CI machine two would starve
+/// each other (and every test's namespaces stay apart anyway).
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A Deployment of `replicas` busybox httpd pods answering with their
@@ -138,6 +143,7 @@ fn state_dir(test: &str) -> (tempfile::TempDir, PathBuf) {
 /// and its NodePort from a host that is not a node, at every node.
 #[test]
 fn a_deployment_spreads_over_three_nodes_and_answers_by_cluster_ip_and_node_port() {
+    let _one = one_cluster();
     let tag = format!("mn{}", std::process::id());
     let (_root, dir) = state_dir("scenario-1");
     let cluster = Cluster::start(binaries(), spec(&tag, 3, 3), &dir);
@@ -174,11 +180,18 @@ fn a_deployment_spreads_over_three_nodes_and_answers_by_cluster_ip_and_node_port
         .as_str()
         .expect("a clusterIP")
         .to_string();
+    let node_of = |pod: &str| {
+        pods.iter()
+            .find(|(name, _, _)| name == pod)
+            .map(|(_, node, _)| node.clone())
+    };
+    // Each check retries until a pod on another node answers: the
+    // balancing spans nodes, not only local backends.
     for (node, pods_there) in &by_node {
         let from = &pods_there[0];
         let answer = within(
             Duration::from_secs(30),
-            &format!("the ClusterIP from pod {from} on {node}"),
+            &format!("the ClusterIP from pod {from} on {node}, answered from another node"),
             || {
                 let output = cluster.orchctl(&[
                     "exec",
@@ -193,7 +206,10 @@ fn a_deployment_spreads_over_three_nodes_and_answers_by_cluster_ip_and_node_port
                     &format!("http://{cluster_ip}/"),
                 ]);
                 let body = String::from_utf8_lossy(&output.stdout).trim().to_string();
-                if output.status.success() && names.contains(&body.as_str()) {
+                if output.status.success()
+                    && names.contains(&body.as_str())
+                    && node_of(&body).as_ref() != Some(node)
+                {
                     Ok(body)
                 } else {
                     Err(format!(
@@ -208,8 +224,17 @@ fn a_deployment_spreads_over_three_nodes_and_answers_by_cluster_ip_and_node_port
     for node in &cluster.nodes {
         let answer = within(
             Duration::from_secs(30),
-            &format!("the NodePort at {} from the client host", node.name),
-            || http_get_in(&cluster.client, node.address, NODE_PORT, "/"),
+            &format!(
+                "the NodePort at {} from the client host, answered from another node",
+                node.name
+            ),
+            || {
+                let answer = http_get_in(&cluster.client, node.address, NODE_PORT, "/")?;
+                match node_of(&answer) {
+                    Some(there) if there != node.name => Ok(answer),
+                    _ => Err(format!("{answer} answered")),
+                }
+            },
         );
         assert!(
             names.contains(&answer.as_str()),
@@ -227,6 +252,7 @@ fn a_deployment_spreads_over_three_nodes_and_answers_by_cluster_ip_and_node_port
 /// behind.
 #[test]
 fn a_cluster_leaves_nothing_behind_even_when_its_test_panics() {
+    let _one = one_cluster();
     let tag = format!("mz{}", std::process::id());
     let (_root, dir) = state_dir("leftovers");
     let started = {
@@ -240,13 +266,30 @@ fn a_cluster_leaves_nothing_behind_even_when_its_test_panics() {
                 if pods.iter().any(|(_, _, ready)| *ready) {
                     Ok(())
                 } else {
-                    Err(format!("{pods:?}\n{}", cluster.logs()))
+                    Err(format!("{pods:?}"))
                 }
             });
+            // The check below finds each kind of thing while it is there.
+            let running = leftovers(&tag, &dir).join("\n");
+            for kind in [
+                "network namespace",
+                "bpffs pins",
+                "service cgroup",
+                "cgroup ",
+                "mount ",
+                "process ",
+                "directory",
+            ] {
+                assert!(
+                    running.contains(kind),
+                    "leftovers() does not see the running cluster's {kind}:\n{running}"
+                );
+            }
             panic!("failing on purpose with the cluster running");
         })
     };
     let panic = started.expect_err("the closure panics");
+    assert_eq!(leftovers(&tag, Path::new(&dir)), Vec::<String>::new());
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -256,5 +299,4 @@ fn a_cluster_leaves_nothing_behind_even_when_its_test_panics() {
         message, "failing on purpose with the cluster running",
         "the cluster did not come up"
     );
-    assert_eq!(leftovers(&tag, Path::new(&dir)), Vec::<String>::new());
 }

@@ -59,6 +59,20 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+}
+
+/// A log file opened for appending: a restarted process adds to it.
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 impl Drop for Daemon {
@@ -290,7 +304,7 @@ impl Cluster {
             }
             command.args(["--join", &first_raft]);
         }
-        let log = std::fs::File::create(replica.dir.with_extension("log")).expect("log");
+        let log = log_file(&replica.dir.with_extension("log"));
         command
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
@@ -298,9 +312,20 @@ impl Cluster {
             .stderr(log);
         let child = spawn_in(&replica.netns, command);
         self.replicas[index].process = Some(Daemon(child));
-        let replica = &self.replicas[index];
         let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get_in(&self.client, replica.address, HEALTH_PORT, "/readyz").is_err() {
+        loop {
+            let replica = &mut self.replicas[index];
+            if let Some(exited) = replica.process.as_mut().and_then(Daemon::exited) {
+                panic!(
+                    "replica {} exited ({exited}): {}",
+                    replica.id,
+                    std::fs::read_to_string(replica.dir.with_extension("log")).unwrap_or_default()
+                );
+            }
+            let replica = &self.replicas[index];
+            if http_get_in(&self.client, replica.address, HEALTH_PORT, "/readyz").is_ok() {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
                 "replica {} was not ready within 60 s: {}",
@@ -369,7 +394,7 @@ impl Cluster {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(node.state.with_extension("log")).expect("log"));
+            .stderr(log_file(&node.state.with_extension("log")));
         let child = spawn_in(&node.netns, command);
         self.nodes[index].process = Some(Daemon(child));
     }
@@ -380,10 +405,18 @@ impl Cluster {
     }
 
     /// Waits until node `index` is registered and Ready.
-    pub fn wait_node_ready(&self, index: usize) {
-        let node = &self.nodes[index];
+    pub fn wait_node_ready(&mut self, index: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            if let Some(exited) = self.nodes[index].process.as_mut().and_then(Daemon::exited) {
+                panic!(
+                    "the agent of {} exited ({exited}): {}",
+                    self.nodes[index].name,
+                    std::fs::read_to_string(self.nodes[index].state.with_extension("log"))
+                        .unwrap_or_default()
+                );
+            }
+            let node = &self.nodes[index];
             let json = self.orchctl(&["get", "node", &node.name, "-o", "json"]);
             let ready = json.status.success()
                 && serde_json::from_slice::<serde_json::Value>(&json.stdout).is_ok_and(|node| {
@@ -464,15 +497,19 @@ impl Drop for Cluster {
                 .args(["--node-name", &node.name, "reset", "--state-dir"])
                 .arg(&node.state)
                 .output();
-            if let Ok(output) = &reset
-                && !output.status.success()
-            {
-                eprintln!(
+            match &reset {
+                Ok(output) if output.status.success() => {}
+                Ok(output) => eprintln!(
                     "orch-node reset of {}: {}",
                     node.name,
                     String::from_utf8_lossy(&output.stderr)
-                );
+                ),
+                Err(error) => eprintln!("orch-node reset of {}: {error}", node.name),
             }
+            // Whatever a failed reset left: the pins, and every process
+            // still in the node's service cgroup (its pods' shims).
+            let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/orch").join(&node.name));
+            let _ = std::fs::write(node.cgroup.join("cgroup.kill"), "1");
             for _ in 0..100 {
                 match std::fs::remove_dir(&node.cgroup) {
                     Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
@@ -484,7 +521,14 @@ impl Drop for Cluster {
         }
         // The namespaces, hosts before the bridge.
         self.lan = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Never into a mount a failed reset left (a pod's volumes).
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.to_string_lossy().into_owned();
+        if mounts.contains(&dir) {
+            eprintln!("still mounted under {dir}: leaving it");
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

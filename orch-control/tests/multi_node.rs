@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use orch_tests::cluster::{Binaries, Cluster, ClusterSpec, http_get_in, leftovers};
+use orch_tests::cluster::{Binaries, Cluster, ClusterSpec, http_get_in, is_ready, leftovers};
 
 const IMAGE: &str = "orch.test/web:1";
 const NODE_PORT: u16 = 30080;
@@ -92,10 +92,6 @@ fn web_pods(cluster: &Cluster) -> Vec<(String, String, bool)> {
             items
                 .iter()
                 .map(|pod| {
-                    let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    });
                     (
                         pod["metadata"]["name"]
                             .as_str()
@@ -105,7 +101,7 @@ fn web_pods(cluster: &Cluster) -> Vec<(String, String, bool)> {
                             .as_str()
                             .unwrap_or_default()
                             .to_string(),
-                        ready,
+                        is_ready(pod),
                     )
                 })
                 .collect()

@@ -191,6 +191,17 @@ pub fn http_get_in(
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// Whether an object's JSON (a Pod's or a Node's) has condition Ready True.
+pub fn is_ready(object: &serde_json::Value) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
 /// The cgroup2 hierarchy's mount point.
 pub fn cgroup2_mount() -> PathBuf {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
@@ -419,15 +430,8 @@ impl Cluster {
             let node = &self.nodes[index];
             let json = self.orchctl(&["get", "node", &node.name, "-o", "json"]);
             let ready = json.status.success()
-                && serde_json::from_slice::<serde_json::Value>(&json.stdout).is_ok_and(|node| {
-                    node["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|conditions| {
-                            conditions
-                                .iter()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
-                });
+                && serde_json::from_slice::<serde_json::Value>(&json.stdout)
+                    .is_ok_and(|node| is_ready(&node));
             if ready {
                 return;
             }

@@ -103,8 +103,10 @@ const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 ///
 /// `apply` commits are durable only once a second (and on `persist`): the
 /// Raft log is the durable record of every acknowledged write, and after a
-/// crash openraft re-applies it from the applied marker of the last
-/// durable commit, which always travels with the data it describes. The
+/// crash the entries above the applied marker of the last durable commit
+/// (which always travels with the data it describes) are applied again:
+/// at start up to the log's committed marker, the rest once a leader
+/// commits. The
 /// log is purged only below a snapshot, and a snapshot is built only after
 /// `persist`, so the entries a crash would need again are always there.
 pub struct MvccStore {

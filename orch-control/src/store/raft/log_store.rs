@@ -38,7 +38,8 @@ const MAX_GROUP: usize = 256;
 /// written at the end of each such interval. Writing it with every entry
 /// dirtied one more B-tree page per log commit (a commit wrote 7 scattered
 /// pages, not 6) and made each fsync'd commit take ~550 µs instead of
-/// ~350 µs (`cargo xtask bench store`, 3 replicas, on the dev machine);
+/// ~350 µs (timed in the log writer under `cargo xtask bench store`, 3
+/// replicas, on the dev machine);
 /// under load a commit lands every few milliseconds, so one in tens now
 /// carries it.
 const COMMITTED_MARKER_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -86,13 +87,6 @@ pub struct LogStore {
     committed: Arc<Mutex<CommittedMarker>>,
 }
 
-fn lock_marker(marker: &Mutex<CommittedMarker>) -> MutexGuard<'_, CommittedMarker> {
-    match marker.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
 /// Hands the committed marker to the writer thread.
 fn queue_committed(
     writes: &mpsc::UnboundedSender<LogWrite>,
@@ -109,8 +103,10 @@ fn queue_committed(
         .map_err(|_| std::io::Error::other("log writer stopped"))
 }
 
-fn lock(pending: &Pending) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
-    match pending.lock() {
+/// Locks `mutex`, poisoned or not (a panicked holder left consistent data:
+/// every change under these locks is one call).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     }
@@ -361,7 +357,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // before it hears from a leader, and openraft allows it to lag (the
         // leader's next entry commits the rest). It lands in order with the
         // log, in the next group commit.
-        let mut marker = lock_marker(&self.committed);
+        let mut marker = lock(&self.committed);
         marker.latest = committed;
         let since = marker.queued_at.map(|at| at.elapsed());
         if since.is_none_or(|since| since >= COMMITTED_MARKER_EVERY) {
@@ -375,7 +371,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (slot, writes) = (self.committed.clone(), self.writes.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                let mut marker = lock_marker(&slot);
+                let mut marker = lock(&slot);
                 marker.flush_scheduled = false;
                 marker.queued_at = Some(std::time::Instant::now());
                 // Queued under the lock: values reach the writer in order.

@@ -486,7 +486,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     client
         .create(
             &pod(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, \"echo started; trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done\"]\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, \"echo started; trap 'echo bye; exit 0' TERM; while true; do sleep 0.2; done\"]\n    lifecycle: {{preStop: {{exec: {{command: [sh, -c, 'echo pre-stop > /proc/1/fd/1']}}}}}}\n"
             )),
             false,
         )
@@ -922,8 +922,9 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!followed.is_finished(), "a followed log ended early");
 
-    // Deleted: SIGTERM (the trap says bye), then everything is released
-    // and the Pod object goes.
+    // Deleted: the preStop hook (writing to the container's output), then
+    // SIGTERM (the trap says bye), then everything is released and the Pod
+    // object goes.
     client
         .delete(Kind::Pod, Some("default"), "web", &Default::default())
         .await
@@ -934,7 +935,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
         .expect("follow task")
         .expect("followed log");
     assert!(followed.starts_with("started\n"), "{followed}");
-    assert!(followed.ends_with("bye\n"), "{followed}");
+    assert!(followed.ends_with("pre-stop\nbye\n"), "{followed}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match client.get(Kind::Pod, Some("default"), "web").await {

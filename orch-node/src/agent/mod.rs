@@ -5,6 +5,7 @@ pub mod container_config;
 pub mod container_logs;
 pub mod exec_session;
 pub mod image_gc;
+mod lifecycle;
 pub mod machine;
 pub mod metrics_port;
 pub mod node_status;

@@ -263,11 +263,12 @@ impl PodManager {
             return Ok(Next::Done);
         };
         if pod.metadata.deletion_timestamp.is_some() {
-            let grace = deletion_grace(&pod, now_seconds() as i64);
+            let grace = Duration::from_secs(deletion_grace(&pod, now_seconds() as i64));
+            let dir = self.pod_dir(&uid);
+            let grace = super::lifecycle::run_pre_stop_hooks(&pod, &dir, grace).await;
             // The Pod goes only once everything it held is released: the
             // API must not say it is gone while its processes run.
-            self.stop_and_release(&self.pod_dir(&uid), &uid, Duration::from_secs(grace))
-                .await?;
+            self.stop_and_release(&dir, &uid, grace).await?;
             let options = DeleteRequest {
                 grace_period_seconds: Some(0),
                 uid: uid.clone(),

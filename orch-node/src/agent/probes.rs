@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pods::now_seconds;
@@ -200,6 +202,14 @@ fn port(container: &Container, port: &IntOrString) -> Result<u16, String> {
     }
 }
 
+/// What a probe or a lifecycle hook does: one of these is set.
+#[derive(Clone, Copy)]
+pub(super) struct Action<'a> {
+    pub exec: Option<&'a ExecAction>,
+    pub http_get: Option<&'a HTTPGetAction>,
+    pub tcp_socket: Option<&'a TCPSocketAction>,
+}
+
 /// Runs one probe against container instance `id` of the pod in
 /// `pod_dir` (network namespace `netns`); Err says why it failed.
 async fn run(
@@ -210,15 +220,39 @@ async fn run(
     probe: &Probe,
 ) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
-    if let Some(http) = &probe.http_get {
+    let action = Action {
+        exec: probe.exec.as_ref(),
+        http_get: probe.http_get.as_ref(),
+        tcp_socket: probe.tcp_socket.as_ref(),
+    };
+    run_action(netns, pod_dir, id, container, action, timeout)
+        .await
+        .unwrap_or_else(|| Err("the probe names no handler (httpGet, tcpSocket, exec)".into()))
+}
+
+/// Runs `action` against container instance `id` of the pod in `pod_dir`
+/// (network namespace `netns`) within `timeout`: None when it names no
+/// handler, else Err saying why it failed.
+pub(super) async fn run_action(
+    netns: PathBuf,
+    pod_dir: &Path,
+    id: &str,
+    container: &Container,
+    action: Action<'_>,
+    timeout: Duration,
+) -> Option<Result<(), String>> {
+    if let Some(http) = action.http_get {
         if http
             .scheme
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
         {
-            return Err("HTTPS probes are not supported by this node yet".into());
+            return Some(Err("HTTPS probes are not supported by this node yet".into()));
         }
-        let port = port(container, &http.port)?;
+        let port = match port(container, &http.port) {
+            Ok(port) => port,
+            Err(error) => return Some(Err(error)),
+        };
         let path = http.path.clone().unwrap_or_else(|| "/".into());
         let headers: Vec<(String, String)> = http
             .http_headers
@@ -226,28 +260,35 @@ async fn run(
             .flatten()
             .map(|h| (h.name.clone(), h.value.clone()))
             .collect();
-        return in_netns(netns, move || http_get(port, &path, &headers, timeout)).await;
+        return Some(in_netns(netns, move || http_get(port, &path, &headers, timeout)).await);
     }
-    if let Some(tcp) = &probe.tcp_socket {
-        let port = port(container, &tcp.port)?;
-        return in_netns(netns, move || {
-            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout)
-                .map(|_| ())
-                .map_err(|e| format!("dial tcp 127.0.0.1:{port}: {e}"))
-        })
-        .await;
+    if let Some(tcp) = action.tcp_socket {
+        let port = match port(container, &tcp.port) {
+            Ok(port) => port,
+            Err(error) => return Some(Err(error)),
+        };
+        return Some(
+            in_netns(netns, move || {
+                TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+                    .map(|_| ())
+                    .map_err(|e| format!("dial tcp 127.0.0.1:{port}: {e}"))
+            })
+            .await,
+        );
     }
-    if let Some(exec) = &probe.exec {
+    if let Some(exec) = action.exec {
         let command = exec.command.clone().unwrap_or_default();
         if command.is_empty() {
-            return Err("the exec probe has no command".into());
+            return Some(Err("the exec handler has no command".into()));
         }
         let (pod_dir, id) = (pod_dir.to_path_buf(), id.to_string());
-        return tokio::task::spawn_blocking(move || exec_probe(&pod_dir, &id, command, timeout))
-            .await
-            .unwrap_or_else(|_| Err("the probe thread died".into()));
+        return Some(
+            tokio::task::spawn_blocking(move || exec_probe(&pod_dir, &id, command, timeout))
+                .await
+                .unwrap_or_else(|_| Err("the probe thread died".into())),
+        );
     }
-    Err("the probe names no handler (httpGet, tcpSocket, exec)".into())
+    None
 }
 
 /// The most output of an exec probe kept for its failure message (the

@@ -51,6 +51,8 @@ const UDP_CHECKSUM: usize = L4 + 6;
 const FRAGMENTED: u16 = 0x3fff;
 const TCP_FLAGS: usize = L4 + 13;
 const TCP_FIN_OR_RST: u8 = 0x01 | 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 /// bpf_map_update_elem's BPF_NOEXIST: insert only if absent.
 const NOEXIST: u64 = 1;
 
@@ -166,11 +168,19 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
     // SAFETY: entries are plain data written whole.
     if let Some(entry) = unsafe { CONNTRACK.get(flow) } {
         let mut entry = *entry;
-        if alive(&flow, &entry, now) {
-            let closing = flow.protocol == PROTOCOL_TCP
-                && ctx
-                    .load::<u8>(TCP_FLAGS)
-                    .is_ok_and(|f| f & TCP_FIN_OR_RST != 0);
+        let flags = if flow.protocol == PROTOCOL_TCP {
+            ctx.load::<u8>(TCP_FLAGS).unwrap_or(0)
+        } else {
+            0
+        };
+        // A client reuses a source port soon after its last connection on
+        // it closed: a SYN on a closing entry opens a new connection, which
+        // gets a backend of its own (the old one may be gone), as a SYN
+        // reopens a closed flow in the kernel's conntrack. A SYN on an open
+        // entry is a retransmission and keeps its backend.
+        let reopened = entry.closing != 0 && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if alive(&flow, &entry, now) && !reopened {
+            let closing = flags & TCP_FIN_OR_RST != 0;
             if (closing && entry.closing == 0) || now.saturating_sub(entry.last_seen) > REFRESH_NS {
                 entry.closing |= u32::from(closing);
                 entry.last_seen = now;
@@ -179,7 +189,8 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
             count(entry.service, 0, 1, u64::from(ctx.len()));
             return rewrite(ctx, &flow, &entry);
         }
-        // Expired: both directions go; this packet starts a new flow.
+        // Expired or reopened: both directions go; this packet starts a
+        // new flow.
         let _ = CONNTRACK.remove(flow);
         let _ = CONNTRACK.remove(reverse_of(&entry, flow.protocol));
     }

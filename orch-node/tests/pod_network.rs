@@ -203,6 +203,50 @@ fn exchange(netns: &str, target: Ipv4Addr, port: u16) -> Result<Answer, String> 
     .expect("client thread")
 }
 
+/// [`exchange`] from the client port `source_port`.
+fn exchange_from(
+    netns: &str,
+    target: Ipv4Addr,
+    port: u16,
+    source_port: u16,
+) -> Result<Answer, String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+    in_netns(netns, move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| e.to_string())?;
+        let timeout = nix::sys::time::TimeVal::new(2, 0);
+        setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| e.to_string())?;
+        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| e.to_string())?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port)),
+        )
+        .map_err(|e| format!("bind port {source_port}: {e}"))?;
+        connect(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(target, port)),
+        )
+        .map_err(|e| format!("connect {target}:{port}: {e}"))?;
+        let mut stream = TcpStream::from(fd);
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| format!("read from {target}: {e}"))?;
+        parse_answer(&answer)
+    })
+    .join()
+    .expect("client thread")
+}
+
 /// The same over UDP, from a socket bound to `port` (so the client's port
 /// is known).
 fn exchange_udp(netns: &str, target: Ipv4Addr, port: u16) -> Result<Answer, String> {
@@ -488,6 +532,25 @@ fn node_ports_take_clients_from_outside_the_nodes() {
             .map(|_| exchange(&client, node, 30083).expect(protocol))
             .collect();
         assert_eq!(kept.len(), 1, "{protocol}: affinity gave {kept:?}");
+    }
+
+    // A client that reuses its source port right after a connection on it
+    // closed gets a backend from the table as it is now: the closed
+    // connection's backend may be gone.
+    let tcp = Frontend {
+        address: node,
+        port: 30080,
+        protocol: Protocol::Tcp,
+    };
+    let (first, _) = exchange_from(&client, node, 30080, 40_123).expect("first connection");
+    let other = *backends
+        .iter()
+        .find(|backend| *backend.ip() != first)
+        .expect("another backend");
+    table.set(tcp, &[other], 0).expect("one backend left");
+    for _ in 0..4 {
+        let (second, _) = exchange_from(&client, node, 30080, 40_123).expect("the port reused");
+        assert_eq!(second, *other.ip(), "a reused port kept a removed backend");
     }
 
     // The connection table as bpftool shows it.

@@ -347,6 +347,21 @@ impl Cluster {
         }
     }
 
+    /// The index of the replica that is the Raft leader, by its own
+    /// word (`orch_raft_is_leader` on its health port).
+    pub fn leader(&self) -> Option<usize> {
+        self.replicas.iter().position(|replica| {
+            replica.process.is_some()
+                && http_get_in(&self.client, replica.address, HEALTH_PORT, "/metrics").is_ok_and(
+                    |metrics| {
+                        metrics
+                            .lines()
+                            .any(|line| line.split_whitespace().eq(["orch_raft_is_leader", "1"]))
+                    },
+                )
+        })
+    }
+
     /// Kills replica `index` (SIGKILL).
     pub fn kill_replica(&mut self, index: usize) {
         self.replicas[index].process = None;

@@ -990,6 +990,37 @@ async fn a_silent_node_is_tainted_and_its_pods_move() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its pods are not Ready any more (Services drop them), evicted or not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pods = client
+            .list(Kind::Pod, Some("default"), &ListOptions::default())
+            .await
+            .expect("pods");
+        let still_ready: Vec<String> = pods
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                Object::Pod(pod) if node_of(pod).as_deref() == Some("node-2") => Some(pod),
+                _ => None,
+            })
+            .filter(|pod| {
+                pod.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .filter_map(|pod| pod.metadata.name.clone())
+            .collect();
+        if still_ready.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-2's pods still Ready: {still_ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let by_node = active_by_node(&mut client).await;

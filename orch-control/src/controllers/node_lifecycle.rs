@@ -4,6 +4,8 @@
 //! tainted `node.kubernetes.io/unreachable`; one whose agent reports
 //! Ready=False is tainted `node.kubernetes.io/not-ready`; both with
 //! NoSchedule and NoExecute, removed again once the node is healthy.
+//! A silent node's pods are marked not Ready at once, so Services drop
+//! them before they are evicted.
 //!
 //! Its taint manager evicts the pods of a node with NoExecute taints: at
 //! once when a taint is not tolerated, else after the shortest
@@ -163,6 +165,9 @@ impl NodeLifecycleController {
             // The status write comes back through the watch.
             return Ok(Next::After(MONITOR_PERIOD));
         }
+        if silent {
+            self.mark_pods_not_ready(client, &key.name).await?;
+        }
         let wanted_key = match ready.as_deref() {
             Some("True") if !silent => None,
             Some("False") if !silent => Some(NOT_READY_TAINT),
@@ -232,6 +237,48 @@ impl NodeLifecycleController {
             Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
             Err(error) => Err(error),
         }
+    }
+
+    /// The pods of a silent node stop being Ready, as Kubernetes'
+    /// MarkPodsNotReady does: their agent cannot say whether they serve,
+    /// and Services must stop sending them traffic long before they are
+    /// evicted. (A node whose agent still reports is left to its agent.)
+    async fn mark_pods_not_ready(
+        &self,
+        client: &mut ApiClient,
+        node: &str,
+    ) -> Result<(), ApiError> {
+        let pods = self.cache.select_kind(Kind::Pod, |object| match object {
+            Object::Pod(pod) => {
+                pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+            }
+            _ => false,
+        });
+        for object in pods {
+            let Object::Pod(pod) = object.as_ref() else {
+                continue;
+            };
+            let mut pod = (**pod).clone();
+            let Some(ready) = pod
+                .status
+                .as_mut()
+                .and_then(|s| s.conditions.as_mut())
+                .and_then(|c| {
+                    c.iter_mut()
+                        .find(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            else {
+                continue;
+            };
+            ready.status = "False".into();
+            ready.last_transition_time = Some(Time(orch_core::time::now()));
+            match client.update_status(&Object::Pod(Box::new(pod))).await {
+                // A newer pod comes through the watch: the next pass.
+                Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Conflict(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the node's pods whose time under its NoExecute taints is

@@ -5,6 +5,7 @@
 //! node. One cluster runs at a time; each scenario bounds its waits.
 
 mod leftovers;
+mod node_loss;
 mod rolling_update;
 mod scaling;
 mod spread;

@@ -277,6 +277,16 @@ pub fn node_backends(
 /// Waits until every node balances the web ClusterIP and its own NodePort
 /// over exactly `pods`' addresses; returns how long that took.
 pub fn until_tables_converge(cluster: &Cluster, pods: &[WebPod], limit: Duration) -> Duration {
+    until_tables_converge_on(cluster, &[], pods, limit)
+}
+
+/// [`until_tables_converge`] on every node but those named in `skip`.
+pub fn until_tables_converge_on(
+    cluster: &Cluster,
+    skip: &[&str],
+    pods: &[WebPod],
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     let ip: Ipv4Addr = cluster_ip(cluster, "web")
         .parse()
@@ -286,7 +296,11 @@ pub fn until_tables_converge(cluster: &Cluster, pods: &[WebPod], limit: Duration
         .map(|pod| SocketAddrV4::new(pod.ip.parse().expect("a pod IP"), 8080))
         .collect();
     within(limit, "every node's service table to converge", || {
-        for node in &cluster.nodes {
+        for node in cluster
+            .nodes
+            .iter()
+            .filter(|node| !skip.contains(&node.name.as_str()))
+        {
             for (address, port) in [(ip, 80), (node.address, NODE_PORT)] {
                 let have = node_backends(&node.name, address, port)?;
                 if have.as_ref() != Some(&wanted) {

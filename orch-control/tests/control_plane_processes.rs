@@ -377,6 +377,10 @@ async fn leases_live_while_kept_alive_and_their_keys_go_when_they_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
+    use orch_control::store::RESTORE_REVISION_BUMP;
+    use orch_control::store::raft::service::{WatchBatch, WatchError, WatchQuery};
+    use orch_control::store::raft::transport::proto::RaftMessage;
+    use orch_control::store::raft::transport::proto::store_client::StoreClient as GrpcStore;
     let dir = tempfile::tempdir().expect("temp dir");
     let (replicas, addrs) = common::cluster(dir.path(), 3).await;
     let mut client = common::store_client(&addrs, Duration::from_secs(20));
@@ -451,7 +455,10 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
         .output()
         .expect("run orchctl snapshot restore");
     assert!(
-        String::from_utf8_lossy(&restored.stdout).contains("restored revision"),
+        String::from_utf8_lossy(&restored.stdout).contains(&format!(
+            "revisions go on from {}",
+            source.0 + RESTORE_REVISION_BUMP
+        )),
         "{}",
         String::from_utf8_lossy(&restored.stderr)
     );
@@ -467,10 +474,13 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
 
     let mut replica = Replica::new(1, new_dir);
     replica.start(&["--init"]);
+    // The same keys at the same revisions; the store's revision moved on
+    // (see below).
+    let restored_state = (source.0 + RESTORE_REVISION_BUMP, source.1.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(state) = common::local_state(&replica.addr).await
-            && state == source
+            && state == restored_state
         {
             break;
         }
@@ -487,5 +497,27 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
         .write(&put(40_000, "/registry/after-restore"))
         .await
         .expect("write");
-    assert_eq!(response.revision, source.0 + 1);
+    assert_eq!(response.revision, source.0 + RESTORE_REVISION_BUMP + 1);
+    // A watcher from before the backup (whose revisions the old cluster
+    // may have reused after it) is told to relist.
+    let endpoint = common::peer_tls(&replica.addr)
+        .endpoint(&replica.addr)
+        .expect("endpoint");
+    let mut grpc = GrpcStore::connect(endpoint).await.expect("connect");
+    let query = WatchQuery {
+        prefix: b"/registry/".to_vec(),
+        start: source.0 + 1,
+    };
+    let data = postcard::to_stdvec(&query).expect("encode");
+    let mut stream = grpc
+        .watch(RaftMessage { data })
+        .await
+        .expect("watch")
+        .into_inner();
+    let message = stream.message().await.expect("stream").expect("a message");
+    let batch: WatchBatch = postcard::from_bytes(&message.data).expect("decode");
+    assert!(
+        matches!(batch, Err(WatchError::Compacted { .. })),
+        "a watch from before the restore got {batch:?}"
+    );
 }

@@ -20,10 +20,17 @@ pub mod watch;
 
 pub use mvcc::{MvccStore, StoreError};
 
+/// How far a restored store's revision jumps (etcd's documented
+/// `--bump-revision` for Kubernetes): more than any cluster writes between
+/// a backup and its restore, so no revision is handed out twice.
+pub const RESTORE_REVISION_BUMP: types::Revision = 1_000_000_000;
+
 /// Builds a new replica's data directory from a snapshot file (like
-/// `etcdutl snapshot restore`): the data and revisions, without the old
-/// cluster's membership. `data_dir` must be missing or empty; nothing is
-/// left behind unless the snapshot verifies. Returns the revision restored.
+/// `etcdutl snapshot restore --bump-revision --mark-compacted`): the data,
+/// without the old cluster's membership, its revision moved
+/// [`RESTORE_REVISION_BUMP`] ahead with everything before compacted.
+/// `data_dir` must be missing or empty; nothing is left behind unless the
+/// snapshot verifies. Returns the restored store's revision.
 pub fn restore_data_dir(
     file: &std::path::Path,
     data_dir: &std::path::Path,
@@ -43,7 +50,7 @@ pub fn restore_data_dir(
     let restored =
         MvccStore::restore_snapshot(file, &state_dir.join("state.redb")).and_then(|store| {
             store.clear_raft_state()?;
-            Ok(store.revision()?)
+            Ok(store.bump_revision(RESTORE_REVISION_BUMP)?)
         });
     if restored.is_err() {
         // Remove only what this made: the directory may be a mount point
@@ -60,7 +67,7 @@ pub fn restore_data_dir(
 /// `restore_data_dir`: what was restored and how to start it.
 pub fn restored_message(revision: types::Revision, data_dir: &std::path::Path) -> String {
     format!(
-        "restored revision {revision} into {dir}; start it with: orch-control --data-dir {dir} --node-id ID --listen ADDR --init",
+        "restored into {dir} (revisions go on from {revision}; watchers from before the backup relist); start it with: orch-control --data-dir {dir} --node-id ID --listen ADDR --init",
         dir = data_dir.display()
     )
 }

@@ -32,8 +32,8 @@ pub(super) const REQUESTS: TableDefinition<u128, &[u8]> = TableDefinition::new("
 pub(super) const REQUESTS_BY_REVISION: TableDefinition<(u64, u128), ()> =
     TableDefinition::new("requests_by_revision");
 
-const REVISION: &str = "revision";
-const COMPACT_REVISION: &str = "compact_revision";
+pub(super) const REVISION: &str = "revision";
+pub(super) const COMPACT_REVISION: &str = "compact_revision";
 pub(super) const RAFT_STATE: &str = "raft_state";
 
 /// Errors of the store's storage. Deterministic refusals of a request are

@@ -19,8 +19,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::mvcc::{
-    HISTORY, KV, LEASE_KEYS, LEASES, META, META_BYTES, RAFT_STATE, REQUESTS, REQUESTS_BY_REVISION,
+    COMPACT_REVISION, HISTORY, KV, LEASE_KEYS, LEASES, META, META_BYTES, RAFT_STATE, REQUESTS,
+    REQUESTS_BY_REVISION, REVISION,
 };
+use super::types::Revision;
 use super::{MvccStore, StoreError};
 
 const MAGIC: &[u8; 8] = b"ORCHSNAP";
@@ -190,6 +192,31 @@ impl MvccStore {
         file.sync_all().map_err(io)?;
         std::fs::rename(&partial, path).map_err(io)?;
         Ok(raft_state)
+    }
+
+    /// Moves the revision `by` ahead and marks everything before the new
+    /// one compacted, as `etcdutl snapshot restore --bump-revision
+    /// --mark-compacted` does. A restored store would otherwise hand out
+    /// again revisions the old cluster already gave to changes made after
+    /// the snapshot, and a watcher resuming from one of them would miss
+    /// events without knowing; this way every watcher from before the
+    /// restore is told to relist. Returns the new revision.
+    pub fn bump_revision(&self, by: Revision) -> Result<Revision, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let bumped = {
+            let mut meta = txn.open_table(META)?;
+            let current = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
+            let bumped = current.saturating_add(by);
+            meta.insert(REVISION, bumped)?;
+            meta.insert(COMPACT_REVISION, bumped)?;
+            bumped
+        };
+        txn.open_table(HISTORY)?.retain(|_, _| false)?;
+        txn.open_table(REQUESTS_BY_REVISION)?.retain(|_, _| false)?;
+        txn.open_table(REQUESTS)?.retain(|_, _| false)?;
+        txn.commit()?;
+        Ok(bumped)
     }
 
     /// Builds a new store at `target` from the snapshot file `source`. The

@@ -4,6 +4,7 @@
 //! images built on the nodes, traffic from a client host that is not a
 //! node. One cluster runs at a time; each scenario bounds its waits.
 
+mod backup_restore;
 mod leftovers;
 mod node_loss;
 mod rolling_update;

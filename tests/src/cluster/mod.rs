@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{Lan, in_netns};
 
+mod leftovers;
+pub use leftovers::leftovers;
+
 /// The programs the cluster runs.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -303,17 +306,20 @@ impl Cluster {
                 &format!("{}:{HEALTH_PORT}", replica.address),
             ])
             .args(&self.spec.control_plane_args);
-        let initialised = replica.dir.join("pki").exists();
-        if index == 0 && !initialised {
-            command.arg("--init");
-        } else if !initialised {
-            // A joining replica brings the cluster CA.
-            let pki = replica.dir.join("pki");
-            std::fs::create_dir_all(&pki).expect("pki dir");
-            for file in ["ca.crt", "ca.key"] {
-                std::fs::copy(first_pki.join(file), pki.join(file)).expect("copy the CA");
+        // A replica's first start writes its peer certificate: before
+        // that, the first replica bootstraps the cluster (with the CA it
+        // was given, if any) and the others join it, bringing its CA.
+        let pki = replica.dir.join("pki");
+        if !pki.join("peer.crt").exists() {
+            if index == 0 {
+                command.arg("--init");
+            } else {
+                std::fs::create_dir_all(&pki).expect("pki dir");
+                for file in ["ca.crt", "ca.key"] {
+                    std::fs::copy(first_pki.join(file), pki.join(file)).expect("copy the CA");
+                }
+                command.args(["--join", &first_raft]);
             }
-            command.args(["--join", &first_raft]);
         }
         let log = log_file(&replica.dir.with_extension("log"));
         command
@@ -365,6 +371,42 @@ impl Cluster {
     /// Kills replica `index` (SIGKILL).
     pub fn kill_replica(&mut self, index: usize) {
         self.replicas[index].process = None;
+    }
+
+    /// Replaces the whole control plane with one restored from
+    /// `snapshot` (`orchctl snapshot save`), as an operator does after
+    /// losing it: every replica killed and its data directory deleted (the
+    /// cluster CA kept aside, as an operator keeps the PKI with the
+    /// backup); the first rebuilt by `orch-control restore` and started
+    /// with `--init`, the others joining it. The addresses stay, so the
+    /// nodes' and orchctl's configs still hold.
+    pub fn replace_control_plane(&mut self, snapshot: &Path) {
+        let kept = self.dir.join("kept-ca");
+        std::fs::create_dir_all(&kept).expect("a directory for the CA");
+        for file in ["ca.crt", "ca.key"] {
+            std::fs::copy(self.replicas[0].dir.join("pki").join(file), kept.join(file))
+                .expect("keep the CA");
+        }
+        for replica in &mut self.replicas {
+            replica.process = None;
+            std::fs::remove_dir_all(&replica.dir).expect("remove a replica's data");
+        }
+        let first = &self.replicas[0].dir;
+        must(
+            Command::new(&self.bins.orch_control)
+                .arg("restore")
+                .arg(snapshot)
+                .arg("--data-dir")
+                .arg(first),
+        );
+        let pki = first.join("pki");
+        std::fs::create_dir_all(&pki).expect("pki dir");
+        for file in ["ca.crt", "ca.key"] {
+            std::fs::copy(kept.join(file), pki.join(file)).expect("restore the CA");
+        }
+        for index in 0..self.replicas.len() {
+            self.start_replica(index);
+        }
     }
 
     /// An admin config naming every replica's API.
@@ -549,77 +591,4 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// What of a cluster tagged `tag` (state in `dir`) is still on the
-/// machine: namespaces, pins, cgroups, processes, the directory.
-pub fn leftovers(tag: &str, dir: &Path) -> Vec<String> {
-    let mut left = Vec::new();
-    if let Ok(namespaces) = std::fs::read_dir("/var/run/netns") {
-        for namespace in namespaces.flatten() {
-            let name = namespace.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{tag}-")) {
-                left.push(format!("network namespace {name}"));
-            }
-        }
-    }
-    if let Ok(pins) = std::fs::read_dir("/sys/fs/bpf/orch") {
-        for pin in pins.flatten() {
-            let name = pin.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{tag}-")) {
-                left.push(format!("bpffs pins {}", pin.path().display()));
-            }
-        }
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let needle = dir.to_string_lossy().into_owned();
-    for line in mounts.lines() {
-        if line.contains(&needle) {
-            left.push(format!("mount {line}"));
-        }
-        let Some((before, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        if let Some(point) = before.split_whitespace().nth(4)
-            && after.starts_with("cgroup")
-            && let Ok(entries) = std::fs::read_dir(Path::new(point).join("orch"))
-        {
-            for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{tag}-"))
-                {
-                    left.push(format!("cgroup {}", entry.path().display()));
-                }
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(cgroup2_mount()) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{tag}-"))
-            {
-                left.push(format!("service cgroup {}", entry.path().display()));
-            }
-        }
-    }
-    if let Ok(processes) = std::fs::read_dir("/proc") {
-        for process in processes.flatten() {
-            let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                left.push(format!(
-                    "process {}: {}",
-                    process.file_name().to_string_lossy(),
-                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
-                ));
-            }
-        }
-    }
-    if dir.exists() {
-        left.push(format!("directory {}", dir.display()));
-    }
-    left
 }

@@ -5,6 +5,7 @@
 //! node. One cluster runs at a time; each scenario bounds its waits.
 
 mod backup_restore;
+mod bad_input;
 mod leftovers;
 mod node_loss;
 mod rolling_update;

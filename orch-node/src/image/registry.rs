@@ -34,7 +34,7 @@ pub enum RegistryError {
         registry: String,
         status: StatusCode,
     },
-    #[error("{reference}: {url}: {source}")]
+    #[error("{reference}: {url}: {}", causes(source))]
     Http {
         reference: String,
         url: String,
@@ -58,6 +58,22 @@ pub enum RegistryError {
         #[source]
         source: StoreError,
     },
+}
+
+/// What went wrong under an HTTP error (the connection refused, the name
+/// not resolved): reqwest's own message only repeats the URL.
+fn causes(error: &reqwest::Error) -> String {
+    let mut causes = Vec::new();
+    let mut next = std::error::Error::source(error);
+    while let Some(cause) = next {
+        causes.push(cause.to_string());
+        next = cause.source();
+    }
+    if causes.is_empty() {
+        error.to_string()
+    } else {
+        causes.join(": ")
+    }
 }
 
 /// (registry host, scope, credentials' user and password digest).

@@ -1,8 +1,11 @@
 //! The health port: GET /healthz (the process answers), /readyz (this
-//! replica knows a leader, so it can serve reads and forward writes) and
-//! /metrics (Prometheus), on orch-core's plain-HTTP health port.
+//! replica knows a leader, so it can serve reads and forward writes, and
+//! the system namespaces exist, as kube-apiserver's post-start hooks gate
+//! its readiness) and /metrics (Prometheus), on orch-core's plain-HTTP
+//! health port.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use orch_core::health_port::Answer;
 use tokio::net::TcpListener;
@@ -10,13 +13,21 @@ use tokio::net::TcpListener;
 use crate::store::raft::node::RaftNode;
 
 /// Serves the health port until the process ends.
-pub async fn serve(listener: TcpListener, node: Arc<RaftNode>) {
+/// `namespaces_ready` turns true once the system namespaces exist.
+pub async fn serve(listener: TcpListener, node: Arc<RaftNode>, namespaces_ready: Arc<AtomicBool>) {
     orch_core::health_port::serve(listener, move |path: String| {
         let node = node.clone();
+        let namespaces_ready = namespaces_ready.clone();
         async move {
             match path.as_str() {
                 "/healthz" | "/livez" => Answer::text("200 OK", "ok"),
-                "/readyz" => match ready(&node) {
+                "/readyz" => match ready(&node).and_then(|()| {
+                    if namespaces_ready.load(Ordering::Acquire) {
+                        Ok(())
+                    } else {
+                        Err("the system namespaces are being created".into())
+                    }
+                }) {
                     Ok(()) => Answer::text("200 OK", "ok"),
                     Err(reason) => Answer::text("503 Service Unavailable", reason),
                 },

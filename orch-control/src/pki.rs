@@ -410,11 +410,14 @@ impl Pki {
 
     /// The serving identity and the CA, for the API server's TLS.
     pub fn server_tls(&self) -> Result<tonic::transport::ServerTlsConfig, PkiError> {
+        // The chain names the CA too: a node joining with a bootstrap
+        // token learns it from the handshake and pins it by hash.
+        let ca_pem = read(&self.path(CA_CERT))?;
         let identity = tonic::transport::Identity::from_pem(
-            read(&self.path(SERVER_CERT))?,
+            format!("{}{ca_pem}", read(&self.path(SERVER_CERT))?),
             read(&self.path(SERVER_KEY))?,
         );
-        let ca = tonic::transport::Certificate::from_pem(read(&self.path(CA_CERT))?);
+        let ca = tonic::transport::Certificate::from_pem(ca_pem);
         // Client certificates are checked against the CA when presented;
         // callers without one must bring a bearer token (checked per call).
         Ok(tonic::transport::ServerTlsConfig::new()

@@ -26,7 +26,7 @@ fn validate_accepts_a_directory_and_warns_on_ignored_fields() {
     assert!(
         stderr.contains("Warning: ")
             && stderr.contains(
-                "spec.template.spec.containers[0].lifecycle: not supported by orch yet, ignored"
+                "spec.template.spec.containers[0].lifecycle.postStart: not supported by orch yet, ignored"
             ),
         "{stderr}"
     );
@@ -100,4 +100,53 @@ fn missing_file_is_a_clear_error() {
         stderr.contains("/nonexistent/web.yaml: No such file or directory"),
         "{stderr}"
     );
+}
+
+/// The systemd units and their environment files in `deploy/systemd` name
+/// only flags the binaries take (and every binary flag they name exists).
+#[test]
+fn the_systemd_units_name_flags_the_binaries_take() {
+    let deploy = format!("{}/../deploy/systemd", env!("CARGO_MANIFEST_DIR"));
+    let orch_control = env!("CARGO_BIN_EXE_orch-control");
+    let orch_node = std::path::Path::new(orch_control).with_file_name("orch-node");
+    for (binary, unit, environment) in [
+        (
+            std::path::PathBuf::from(orch_control),
+            "orch-control.service",
+            "orch-control.env",
+        ),
+        (orch_node, "orch-node.service", "orch-node.env"),
+    ] {
+        let help = Command::new(&binary)
+            .arg("--help")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        let known: std::collections::BTreeSet<&str> = help
+            .split_whitespace()
+            .map(|word| word.trim_end_matches(','))
+            .filter(|word| word.starts_with("--"))
+            .collect();
+        let mut named = 0;
+        for file in [unit, environment] {
+            let text = std::fs::read_to_string(format!("{deploy}/{file}"))
+                .unwrap_or_else(|e| panic!("{deploy}/{file}: {e}"));
+            for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                // `--flag=value` and `VARIABLE=--flag` alike.
+                for flag in line
+                    .split_whitespace()
+                    .flat_map(|word| word.split('='))
+                    .filter(|word| word.starts_with("--"))
+                {
+                    named += 1;
+                    assert!(
+                        known.contains(flag),
+                        "{file} names {flag}, which {} does not take",
+                        binary.display()
+                    );
+                }
+            }
+        }
+        assert!(named > 5, "{unit}: only {named} flags found");
+    }
 }

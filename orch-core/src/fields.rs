@@ -1,10 +1,10 @@
 //! The registry of Kubernetes fields orch acts on.
 //!
 //! orch decodes Kubernetes' full types, so a manifest written for Kubernetes
-//! loads unchanged; but a field orch does not implement yet (`lifecycle`,
+//! loads unchanged; but a field orch does not implement yet (`lifecycle.postStart`,
 //! `envFrom`, ...) would otherwise be accepted and then silently do nothing.
 //! Every set field outside this registry is reported as a warning naming its
-//! path, e.g. `spec.template.spec.containers[0].lifecycle`.
+//! path, e.g. `spec.template.spec.containers[0].lifecycle.postStart`.
 //!
 //! Patterns are dotted paths from the object's root; `[]` stands for any list
 //! index. A pattern covers everything below it (`metadata.labels` covers every
@@ -70,6 +70,9 @@ const CONTAINER: &[&str] = &[
     "securityContext.readOnlyRootFilesystem",
     "securityContext.allowPrivilegeEscalation",
     "securityContext.capabilities",
+    // Run by the node agent before a deleted pod's SIGTERM; postStart is
+    // not run yet, so it warns.
+    "lifecycle.preStop",
     // Set by defaulting, so objects read back from the API don't warn.
     "terminationMessagePath",
     "terminationMessagePolicy",
@@ -304,7 +307,8 @@ mod tests {
                         "containers": [
                             {"name": "a", "image": "busybox"},
                             {"name": "b", "image": "busybox",
-                             "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
+                             "lifecycle": {"postStart": {"exec": {"command": ["true"]}},
+                                           "preStop": {"sleep": {"seconds": 1}}},
                              "env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                              "readinessProbe": {"httpGet": {"port": 80}, "periodSeconds": 5}}
                         ],
@@ -318,7 +322,7 @@ mod tests {
             vec![
                 "metadata.managedFields",
                 "spec.template.spec.containers[1].env[0].valueFrom.fieldRef",
-                "spec.template.spec.containers[1].lifecycle",
+                "spec.template.spec.containers[1].lifecycle.postStart",
                 "spec.template.spec.hostNetwork",
             ]
         );

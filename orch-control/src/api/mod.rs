@@ -8,6 +8,7 @@
 pub mod access;
 pub mod admission;
 pub mod auth;
+pub mod bootstrap;
 pub mod filter;
 pub mod node_proxy;
 pub mod registry;

@@ -61,6 +61,11 @@ enum Subcommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Bootstrap tokens for nodes to join with (`orch-node --join`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Build a data directory for a new cluster from a snapshot file
     /// (`orchctl snapshot save`); then start it with --init.
     Restore {
@@ -69,6 +74,26 @@ enum Subcommand {
         /// The new replica's data directory; must not exist or be empty.
         #[arg(long)]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Make a bootstrap token (kubeadm token create) and print it.
+    Create {
+        /// A replica's data directory: its pki/ holds the admin config the
+        /// token is written with and the CA whose hash a node pins.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How long the token is valid (`24h`, `30m`; 0: for ever).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What the token is for, kept with it.
+        #[arg(long)]
+        description: Option<String>,
+        /// Print the whole `orch-node --join ...` command, not only the token.
+        #[arg(long)]
+        print_join_command: bool,
     },
 }
 
@@ -185,6 +210,15 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Subcommand::Restore { file, data_dir }) => restore(&file, &data_dir),
+        Some(Subcommand::Token {
+            command:
+                TokenCommand::Create {
+                    data_dir,
+                    ttl,
+                    description,
+                    print_join_command,
+                },
+        }) => token_create(&data_dir, &ttl, description, print_join_command).await,
         Some(Subcommand::NodeConfig {
             data_dir,
             node_name,
@@ -222,6 +256,74 @@ fn node_config(
             file.write_all(config.to_yaml().as_bytes())
                 .with_context(|| format!("--output {}", path.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// Writes a new bootstrap token's Secret through the API (with the admin
+/// config in `data_dir`) and prints the token, or the join command.
+async fn token_create(
+    data_dir: &Path,
+    ttl: &str,
+    description: Option<String>,
+    print_join_command: bool,
+) -> Result<()> {
+    use orch_core::api::bootstrap::{self, BootstrapToken};
+    use rustls_pki_types::pem::PemObject as _;
+    let ttl = orch_core::time::parse_duration("--ttl", ttl).map_err(anyhow::Error::msg)?;
+    let admin = Pki::new(data_dir).dir.join(ADMIN_CONFIG);
+    let config = orch_core::api::config::ClientConfig::load(&admin)
+        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    let ca =
+        rustls_pki_types::CertificateDer::from_pem_slice(config.certificate_authority.as_bytes())
+            .with_context(|| format!("{}: the cluster CA", admin.display()))?;
+    let token = BootstrapToken::generate()?;
+    let mut data = BTreeMap::from([
+        (bootstrap::TOKEN_ID.to_string(), token.id.clone()),
+        (bootstrap::TOKEN_SECRET.to_string(), token.secret.clone()),
+        (
+            bootstrap::USAGE_AUTHENTICATION.to_string(),
+            "true".to_string(),
+        ),
+    ]);
+    if !ttl.is_zero() {
+        let expires = orch_core::time::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                ttl.as_secs() as i64
+            ))
+            .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+        data.insert(bootstrap::EXPIRATION.to_string(), expires.to_string());
+    }
+    if let Some(description) = description {
+        data.insert(bootstrap::DESCRIPTION.to_string(), description);
+    }
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(token.secret_name()),
+            namespace: Some(bootstrap::SECRET_NAMESPACE.to_string()),
+            ..Default::default()
+        },
+        type_: Some(bootstrap::SECRET_TYPE.to_string()),
+        data: Some(
+            data.into_iter()
+                .map(|(key, value)| (key, k8s_openapi::ByteString(value.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let mut client = orch_core::api::ApiClient::new(&config, Duration::from_secs(20))?;
+    client
+        .create(&orch_core::object::Object::Secret(Box::new(secret)), false)
+        .await
+        .context("writing the token's Secret")?;
+    if print_join_command {
+        println!(
+            "orch-node --join {} --token {token} --ca-cert-hash {}",
+            config.servers.join(","),
+            bootstrap::ca_cert_hash(&ca)
+        );
+    } else {
+        println!("{token}");
     }
     Ok(())
 }
@@ -349,7 +451,12 @@ async fn run(cli: RunArgs) -> Result<()> {
         .local_addr()
         .context("reading the health address")?;
     println!("orch-control health on {health_addr}");
-    tokio::spawn(orch_control::health::serve(health_listener, node.clone()));
+    let namespaces_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(orch_control::health::serve(
+        health_listener,
+        node.clone(),
+        namespaces_ready.clone(),
+    ));
     let registry = Arc::new(
         Registry::new(StoreAccess::new(
             node.clone(),
@@ -389,6 +496,10 @@ async fn run(cli: RunArgs) -> Result<()> {
             api_service.clone(),
             Authenticator::new(tokens),
         ))
+        .add_service(orch_control::api::bootstrap::bootstrap_server(
+            registry.clone(),
+            Pki::new(&data_dir),
+        ))
         .serve_with_incoming_shutdown(
             orch_control::store::raft::transport::incoming(api_listener),
             shutdown_signal(),
@@ -417,7 +528,10 @@ async fn run(cli: RunArgs) -> Result<()> {
             data_dir.display()
         );
     }
-    tokio::spawn(ensure_system_namespaces(registry));
+    tokio::spawn(async move {
+        ensure_system_namespaces(registry).await;
+        namespaces_ready.store(true, std::sync::atomic::Ordering::Release);
+    });
     // The controllers are API clients of this replica's API server, called
     // in memory: the same admission and store path as every client,
     // without TLS and HTTP/2 between two parts of one process.

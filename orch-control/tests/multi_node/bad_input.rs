@@ -1,12 +1,13 @@
 //! Scenario 7: bad input end to end. A manifest with a broken field is
 //! refused with the field named and nothing written; an image that exists
 //! nowhere leaves its pod waiting with the pull's reason; a pod asking more
-//! CPU than any node has stays Pending, saying why. The running workload is
-//! not disturbed.
+//! CPU than any node has stays Pending, saying why; a node joining with a
+//! bad token or CA pin is refused. The running workload is not disturbed.
 
 use std::time::Duration;
 
 use orch_tests::cluster::{Cluster, http_get_in};
+use orch_tests::netns::in_netns;
 
 use super::support::{
     IMAGE, NODE_PORT, apply, binaries, one_cluster, spec, state_dir, tag, until_web_ready, web,
@@ -19,6 +20,50 @@ fn pod_json(cluster: &Cluster, name: &str) -> Result<serde_json::Value, String> 
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
     serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+}
+
+/// An agent joining from the client host with `token` and the CA pin
+/// `hash`: (whether it ran, its stderr, whether it wrote a config).
+fn try_join(cluster: &Cluster, token: &str, hash: &str) -> (bool, String, bool) {
+    let state = cluster.dir.join("joiner");
+    let mut command = std::process::Command::new(&cluster.bins.orch_node);
+    command
+        .args(["--node-name", "joiner", "--state-dir"])
+        .arg(&state)
+        .args(["--join", &cluster.replicas[0].api(), "--token", token])
+        .args([
+            "--ca-cert-hash",
+            hash,
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = in_netns(&cluster.client, move || command.spawn())
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        .expect("start orch-node");
+    // A join that wrongly succeeded would run an agent: stop it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ran = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (ran, stderr, state.join("node.conf").exists())
 }
 
 #[test]
@@ -111,6 +156,35 @@ fn bad_input_gets_precise_errors_and_disturbs_nothing() {
         "broken field: {}\nmissing image: {waiting:?}\ntoo big: {unschedulable:?}",
         stderr.trim()
     );
+
+    // Joining with an unknown token, an expired one, or a pin that is not
+    // the cluster's CA: refused with the reason, no config written.
+    let pin = cluster.join_args[5].clone();
+    let expired = cluster.token_create(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    for (token, hash, reason) in [
+        (
+            "abcdef.0123456789abcdef",
+            pin.as_str(),
+            "invalid bootstrap token",
+        ),
+        (expired.trim(), pin.as_str(), "expired at"),
+        (
+            cluster.join_args[3].as_str(),
+            wrong_pin.as_str(),
+            "does not match --ca-cert-hash",
+        ),
+    ] {
+        let (joined, stderr, written) = try_join(&cluster, token, hash);
+        assert!(!joined, "joined with {token} {hash}");
+        assert!(stderr.contains(reason), "{reason:?} not in: {stderr}");
+        assert!(!written, "a refused join wrote a config");
+        eprintln!(
+            "join refused: {}",
+            stderr.trim().lines().last().unwrap_or_default()
+        );
+    }
 
     // Nothing else disturbed: the same web pods, ready, answering.
     let after = web_pods(&cluster).expect("web pods");

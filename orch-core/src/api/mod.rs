@@ -3,10 +3,12 @@
 //! use. Objects travel as Kubernetes JSON; errors as gRPC statuses whose
 //! codes carry Kubernetes' reasons (see [`ApiError`]).
 
+pub mod bootstrap;
 pub mod client;
 pub mod config;
 mod error;
 pub mod identity;
+pub mod join;
 
 pub use client::{ApiClient, ListOptions, ObjectList, WatchEvent, WatchEventType};
 pub use error::ApiError;

@@ -63,17 +63,9 @@ pub enum RegistryError {
 /// What went wrong under an HTTP error (the connection refused, the name
 /// not resolved): reqwest's own message only repeats the URL.
 fn causes(error: &reqwest::Error) -> String {
-    let mut causes = Vec::new();
-    let mut next = std::error::Error::source(error);
-    while let Some(cause) = next {
-        causes.push(cause.to_string());
-        next = cause.source();
-    }
-    if causes.is_empty() {
-        error.to_string()
-    } else {
-        causes.join(": ")
-    }
+    std::error::Error::source(error)
+        .map(orch_core::api::error_chain)
+        .unwrap_or_else(|| error.to_string())
 }
 
 /// (registry host, scope, credentials' user and password digest).

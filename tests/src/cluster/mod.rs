@@ -126,6 +126,8 @@ pub struct Cluster {
     pub client_address: Ipv4Addr,
     /// orchctl's config: every replica's API, the admin certificate.
     pub admin_config: PathBuf,
+    /// The nodes' `--join SERVERS --token T --ca-cert-hash H`.
+    pub join_args: Vec<String>,
     pub dir: PathBuf,
     lan: Option<Lan>,
 }
@@ -235,6 +237,7 @@ impl Cluster {
             client,
             client_address,
             admin_config: dir.join("admin.conf"),
+            join_args: Vec::new(),
             dir: dir.to_path_buf(),
             lan: Some(lan),
             spec,
@@ -258,6 +261,7 @@ impl Cluster {
             cluster.start_replica(index);
         }
         cluster.write_admin_config();
+        cluster.join_args = cluster.join_command();
         let cgroup_root = cgroup2_mount();
         for index in 0..cluster.spec.nodes {
             let short = format!("n{}", index + 1);
@@ -418,20 +422,57 @@ impl Cluster {
         std::fs::write(&self.admin_config, config.to_yaml()).expect("admin config");
     }
 
-    /// The node's credentials and its images.
+    /// `orch-control token create ARGS` as an operator runs it, on the
+    /// first replica's host (whose API it reaches): its output.
+    pub fn token_create(&self, args: &[&str]) -> String {
+        let mut command = Command::new(&self.bins.orch_control);
+        command
+            .args(["token", "create", "--data-dir"])
+            .arg(&self.replicas[0].dir)
+            .args(args)
+            .env_remove("RUST_BACKTRACE");
+        let output = in_netns(&self.replicas[0].netns, move || command.output())
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .expect("run orch-control token create");
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "orch-control token create: {printed}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        printed
+    }
+
+    /// The nodes' join flags: a bootstrap token, the CA pin, and every
+    /// replica's API address.
+    fn join_command(&self) -> Vec<String> {
+        let printed = self.token_create(&["--print-join-command"]);
+        // orch-node --join SERVER --token T --ca-cert-hash H
+        let words: Vec<&str> = printed.split_whitespace().collect();
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+                .unwrap_or_else(|| panic!("{flag} in {printed:?}"))
+                .to_string()
+        };
+        let servers: Vec<String> = self.replicas.iter().map(Replica::api).collect();
+        vec![
+            "--join".into(),
+            servers.join(","),
+            "--token".into(),
+            after("--token"),
+            "--ca-cert-hash".into(),
+            after("--ca-cert-hash"),
+        ]
+    }
+
+    /// The node's images.
     fn prepare_node(&self, index: usize) {
         let node = &self.nodes[index];
         std::fs::create_dir_all(&node.state).expect("node state dir");
-        let servers: Vec<String> = self.replicas.iter().map(Replica::api).collect();
-        must(
-            Command::new(&self.bins.orch_control)
-                .args(["node-config", "--data-dir"])
-                .arg(&self.replicas[0].dir)
-                .args(["--node-name", &node.name])
-                .args(["--server", &servers.join(",")])
-                .arg("--output")
-                .arg(&node.config),
-        );
         for image in &self.spec.busybox_images {
             must(
                 Command::new(&self.bins.orch_node)
@@ -449,6 +490,8 @@ impl Cluster {
         command
             .args(["--node-name", &node.name, "--config"])
             .arg(&node.config)
+            // Joins at its first start; later starts use the config.
+            .args(&self.join_args)
             .arg("--state-dir")
             .arg(&node.state)
             .args(["--node-ip", &node.address.to_string()])

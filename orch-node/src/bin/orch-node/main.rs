@@ -43,6 +43,8 @@ struct AgentArgs {
     /// credentials), like the kubelet's --kubeconfig.
     #[arg(long, env = "ORCH_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    join: join::JoinArgs,
     /// The agent's state (its filesystem is the node's ephemeral storage).
     #[arg(long, default_value = "/var/lib/orch-node")]
     state_dir: PathBuf,
@@ -142,6 +144,7 @@ enum Command {
 
 mod dataplane;
 mod image;
+mod join;
 
 use dataplane::{DataplaneCommand, run_dataplane};
 use image::{ImageCommand, run_image};
@@ -207,8 +210,8 @@ fn reset(node_name: &str, layout: &PinLayout, state_dir: &std::path::Path) -> Re
 }
 
 fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<()> {
-    let config_path = ClientConfig::locate(args.config.as_deref())
-        .context("--config: the client config for the API servers")?;
+    let config_path = join::config_path(args.config.as_deref(), &args.join, &args.state_dir)?;
+    join::join_if_new(&args.join, &node_name, &config_path)?;
     let client_config = ClientConfig::load(&config_path)
         .with_context(|| format!("--config {}", config_path.display()))?;
     std::fs::create_dir_all(&args.state_dir)

@@ -268,23 +268,7 @@ async fn watch_replays_then_follows_live_in_order() {
         client.write(&compact).await.expect("compact").outcome,
         Outcome::Compacted
     );
-    let endpoint = common::peer_tls(&addrs[0])
-        .endpoint(&addrs[0])
-        .expect("endpoint");
-    let mut grpc = GrpcStore::connect(endpoint).await.expect("connect");
-    let query = WatchQuery {
-        prefix: b"/registry/w/".to_vec(),
-        start: revisions_written[10],
-    };
-    let data = postcard::to_stdvec(&query).expect("encode");
-    let mut stream = grpc
-        .watch(RaftMessage { data })
-        .await
-        .expect("watch")
-        .into_inner();
-    let message = stream.message().await.expect("stream").expect("a message");
-    let batch: WatchBatch = postcard::from_bytes(&message.data).expect("decode");
-    match batch {
+    match first_watch_batch(&addrs[0], b"/registry/w/", revisions_written[10]).await {
         Err(WatchError::Compacted {
             requested,
             compacted,
@@ -378,9 +362,7 @@ async fn leases_live_while_kept_alive_and_their_keys_go_when_they_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
     use orch_control::store::RESTORE_REVISION_BUMP;
-    use orch_control::store::raft::service::{WatchBatch, WatchError, WatchQuery};
-    use orch_control::store::raft::transport::proto::RaftMessage;
-    use orch_control::store::raft::transport::proto::store_client::StoreClient as GrpcStore;
+    use orch_control::store::raft::service::WatchError;
     let dir = tempfile::tempdir().expect("temp dir");
     let (replicas, addrs) = common::cluster(dir.path(), 3).await;
     let mut client = common::store_client(&addrs, Duration::from_secs(20));
@@ -500,13 +482,27 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
     assert_eq!(response.revision, source.0 + RESTORE_REVISION_BUMP + 1);
     // A watcher from before the backup (whose revisions the old cluster
     // may have reused after it) is told to relist.
-    let endpoint = common::peer_tls(&replica.addr)
-        .endpoint(&replica.addr)
-        .expect("endpoint");
+    let batch = first_watch_batch(&replica.addr, b"/registry/", source.0 + 1).await;
+    assert!(
+        matches!(batch, Err(WatchError::Compacted { .. })),
+        "a watch from before the restore got {batch:?}"
+    );
+}
+
+/// The first batch a store watch of `prefix` from `start` gets at `addr`.
+async fn first_watch_batch(
+    addr: &str,
+    prefix: &[u8],
+    start: u64,
+) -> orch_control::store::raft::service::WatchBatch {
+    use orch_control::store::raft::service::WatchQuery;
+    use orch_control::store::raft::transport::proto::RaftMessage;
+    use orch_control::store::raft::transport::proto::store_client::StoreClient as GrpcStore;
+    let endpoint = common::peer_tls(addr).endpoint(addr).expect("endpoint");
     let mut grpc = GrpcStore::connect(endpoint).await.expect("connect");
     let query = WatchQuery {
-        prefix: b"/registry/".to_vec(),
-        start: source.0 + 1,
+        prefix: prefix.to_vec(),
+        start,
     };
     let data = postcard::to_stdvec(&query).expect("encode");
     let mut stream = grpc
@@ -515,9 +511,5 @@ async fn snapshot_saved_by_orchctl_restores_into_an_equal_new_cluster() {
         .expect("watch")
         .into_inner();
     let message = stream.message().await.expect("stream").expect("a message");
-    let batch: WatchBatch = postcard::from_bytes(&message.data).expect("decode");
-    assert!(
-        matches!(batch, Err(WatchError::Compacted { .. })),
-        "a watch from before the restore got {batch:?}"
-    );
+    postcard::from_bytes(&message.data).expect("decode")
 }

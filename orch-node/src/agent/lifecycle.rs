@@ -13,7 +13,6 @@ use super::pods::{blocking, instance_of};
 use super::probes::{Action, run_action};
 use crate::runtime::sandbox;
 use crate::runtime::shim::client::ShimClient;
-use crate::runtime::shim::protocol::Status;
 
 /// The kubelet's one-time extension: a container whose preStop hook used
 /// up the grace period still gets this long after its SIGTERM.
@@ -37,19 +36,7 @@ pub async fn run_pre_stop_hooks(pod: &Pod, pod_dir: &Path, grace: Duration) -> D
         return grace;
     }
     let shim_dir = pod_dir.to_path_buf();
-    let running: Vec<String> = blocking(move || {
-        let shim = ShimClient::new(&shim_dir);
-        if !shim.alive() {
-            return Vec::new();
-        }
-        shim.state()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.status == Status::Running)
-            .map(|c| c.id)
-            .collect()
-    })
-    .await;
+    let running = blocking(move || ShimClient::new(&shim_dir).running()).await;
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let started = Instant::now();
     let hooks = running.iter().filter_map(|id| {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::shim::client::ShimClient;
-use super::shim::protocol::{Request, Status};
+use super::shim::protocol::Request;
 use super::{cgroups, rootfs, sandbox};
 
 /// Releases every pod held under `state_dir` at once (no grace) and the
@@ -33,26 +33,18 @@ pub fn release_all(state_dir: &Path, node: &str) -> Result<(), String> {
 pub fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> {
     let shim = ShimClient::new(dir);
     if shim.alive() {
-        let running = |shim: &ShimClient| -> Vec<String> {
-            shim.state()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.status == Status::Running)
-                .map(|c| c.id)
-                .collect()
-        };
-        for id in running(&shim) {
+        for id in shim.running() {
             let _ = shim.call(&Request::Kill { id, signal: 15 });
         }
         let deadline = Instant::now() + grace;
-        while !running(&shim).is_empty() && Instant::now() < deadline {
+        while !shim.running().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        for id in running(&shim) {
+        for id in shim.running() {
             let _ = shim.call(&Request::Kill { id, signal: 9 });
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !running(&shim).is_empty() && Instant::now() < deadline {
+        while !shim.running().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         for container in shim.state().unwrap_or_default() {

@@ -92,6 +92,17 @@ impl ShimClient {
         }
     }
 
+    /// The ids of the containers running now (none when the shim does not
+    /// answer).
+    pub fn running(&self) -> Vec<String> {
+        self.state()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.status == super::protocol::Status::Running)
+            .map(|c| c.id)
+            .collect()
+    }
+
     /// Whether a shim answers on the socket.
     pub fn alive(&self) -> bool {
         self.state().is_ok()

@@ -393,7 +393,7 @@ impl Pki {
         let (cert, key) = self.sign(
             &format!("system:node:{node_name}"),
             Some(orch_core::api::identity::NODES),
-            &[node_name.to_string()],
+            &[orch_core::api::identity::node_serving_name(node_name)],
             &[
                 ExtendedKeyUsagePurpose::ClientAuth,
                 ExtendedKeyUsagePurpose::ServerAuth,
@@ -414,7 +414,7 @@ impl Pki {
         // token learns it from the handshake and pins it by hash.
         let ca_pem = read(&self.path(CA_CERT))?;
         let identity = tonic::transport::Identity::from_pem(
-            format!("{}{ca_pem}", read(&self.path(SERVER_CERT))?),
+            format!("{}\n{ca_pem}", read(&self.path(SERVER_CERT))?.trim_end()),
             read(&self.path(SERVER_KEY))?,
         );
         let ca = tonic::transport::Certificate::from_pem(ca_pem);

@@ -1355,7 +1355,10 @@ async fn logs_and_exec(
     let tls =
         orch_control::store::raft::peer_tls::PeerTls::from_client_config(admin).expect("admin tls");
     let channel = tls
-        .endpoint_for(&format!("127.0.0.1:{port}"), "n1")
+        .endpoint_for(
+            &format!("127.0.0.1:{port}"),
+            &orch_core::api::identity::node_serving_name("n1"),
+        )
         .expect("endpoint")
         .connect()
         .await

@@ -174,11 +174,18 @@ pub fn translate(ctx: &TcContext, frontends: bool) -> Translated {
             0
         };
         // A client reuses a source port soon after its last connection on
-        // it closed: a SYN on a closing entry opens a new connection, which
-        // gets a backend of its own (the old one may be gone), as a SYN
-        // reopens a closed flow in the kernel's conntrack. A SYN on an open
-        // entry is a retransmission and keeps its backend.
-        let reopened = entry.closing != 0 && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        // it closed: a SYN on a flow either side closed (FIN or RST seen
+        // in either direction, or the other direction's entry gone) opens
+        // a new connection, which gets a backend of its own (the old one
+        // may be gone), as a SYN reopens a closed flow in the kernel's
+        // conntrack. A SYN on an open flow is a retransmission and keeps
+        // its backend.
+        let reopened = flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && (entry.closing != 0 || {
+                // SAFETY: entries are plain data written whole.
+                unsafe { CONNTRACK.get(reverse_of(&entry, flow.protocol)) }
+                    .is_none_or(|reverse| reverse.closing != 0)
+            });
         if alive(&flow, &entry, now) && !reopened {
             let closing = flags & TCP_FIN_OR_RST != 0;
             if (closing && entry.closing == 0) || now.saturating_sub(entry.last_seen) > REFRESH_NS {

@@ -1,14 +1,19 @@
 //! The Bootstrap service: a node presenting a valid bootstrap token (a
 //! Secret `kube-system/bootstrap-token-<id>`, made by `orch-control token
 //! create`) gets a client certificate for `system:node:<name>` signed by
-//! the cluster CA. Served on the API port without client authentication:
-//! the token is the credential, checked here.
+//! the cluster CA, for a name no registered Node has. Served on the API
+//! port without client authentication: the token is the credential,
+//! checked here. The certificate names the node as a client and, for its
+//! agent's port, `<name>.nodes.orch.internal` as a server: never an API
+//! server's name. Deleting the token stops new joins; certificates already
+//! issued stay valid until they expire (there is no revocation yet).
 
 use std::sync::Arc;
 
 use orch_core::api::ApiError;
 use orch_core::api::bootstrap::{
-    BootstrapToken, EXPIRATION, SECRET_NAMESPACE, SECRET_TYPE, TOKEN_SECRET, USAGE_AUTHENTICATION,
+    BootstrapToken, EXPIRATION, SECRET_NAMESPACE, SECRET_TYPE, TOKEN_ID, TOKEN_SECRET,
+    USAGE_AUTHENTICATION,
 };
 use orch_core::api::proto::bootstrap_server::{Bootstrap, BootstrapServer};
 use orch_core::api::proto::{JoinNodeReply, JoinNodeRequest};
@@ -47,7 +52,9 @@ impl BootstrapService {
         }
         let data = secret.data.unwrap_or_default();
         let field = |key: &str| data.get(key).map(|value| value.0.clone());
-        if !field(TOKEN_SECRET).is_some_and(|secret| token.secret_matches(&secret)) {
+        if field(TOKEN_ID).as_deref() != Some(token.id.as_bytes())
+            || !field(TOKEN_SECRET).is_some_and(|secret| token.secret_matches(&secret))
+        {
             return Err(invalid());
         }
         if field(USAGE_AUTHENTICATION).as_deref() != Some(b"true".as_slice()) {
@@ -88,6 +95,18 @@ impl Bootstrap for BootstrapService {
             )));
         }
         self.check(&token).await?;
+        // A token makes new nodes: it never takes over a registered node's
+        // name (and so its pods), as kubeadm join refuses one.
+        match self.registry.get(Kind::Node, "", &request.node_name).await {
+            Err(ApiError::NotFound(_)) => {}
+            Ok(_) => {
+                return Err(Status::already_exists(format!(
+                    "node {:?} is already registered: delete it (orchctl delete node {}) to join again under its name",
+                    request.node_name, request.node_name
+                )));
+            }
+            Err(error) => return Err(error.to_status()),
+        }
         let config = self
             .pki
             .node_config(&request.node_name, &[])

@@ -161,7 +161,10 @@ impl NodeProxy {
         };
         let endpoint = self
             .tls
-            .endpoint_for(&target.addr, &target.node)
+            .endpoint_for(
+                &target.addr,
+                &orch_core::api::identity::node_serving_name(&target.node),
+            )
             .map_err(|e| unavailable(&e))?;
         let channel = endpoint
             .connect()

@@ -22,13 +22,13 @@ fn pod_json(cluster: &Cluster, name: &str) -> Result<serde_json::Value, String> 
     serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
 }
 
-/// An agent joining from the client host with `token` and the CA pin
-/// `hash`: (whether it ran, its stderr, whether it wrote a config).
-fn try_join(cluster: &Cluster, token: &str, hash: &str) -> (bool, String, bool) {
+/// An agent joining from the client host as `node` with `token` and the
+/// CA pin `hash`: (whether it ran, its stderr, whether it wrote a config).
+fn try_join(cluster: &Cluster, node: &str, token: &str, hash: &str) -> (bool, String, bool) {
     let state = cluster.dir.join("joiner");
     let mut command = std::process::Command::new(&cluster.bins.orch_node);
     command
-        .args(["--node-name", "joiner", "--state-dir"])
+        .args(["--node-name", node, "--state-dir"])
         .arg(&state)
         .args(["--join", &cluster.replicas[0].api(), "--token", token])
         .args([
@@ -163,20 +163,26 @@ fn bad_input_gets_precise_errors_and_disturbs_nothing() {
     let expired = cluster.token_create(&["--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let wrong_pin = format!("sha256:{}", "0".repeat(64));
-    for (token, hash, reason) in [
+    let valid = cluster.join_args[3].as_str();
+    let taken = cluster.nodes[0].name.as_str();
+    for (node, token, hash, reason) in [
         (
+            "joiner",
             "abcdef.0123456789abcdef",
             pin.as_str(),
             "invalid bootstrap token",
         ),
-        (expired.trim(), pin.as_str(), "expired at"),
+        ("joiner", expired.trim(), pin.as_str(), "expired at"),
         (
-            cluster.join_args[3].as_str(),
+            "joiner",
+            valid,
             wrong_pin.as_str(),
             "does not match --ca-cert-hash",
         ),
+        // A valid token never takes over a registered node's name.
+        (taken, valid, pin.as_str(), "already registered"),
     ] {
-        let (joined, stderr, written) = try_join(&cluster, token, hash);
+        let (joined, stderr, written) = try_join(&cluster, node, token, hash);
         assert!(!joined, "joined with {token} {hash}");
         assert!(stderr.contains(reason), "{reason:?} not in: {stderr}");
         assert!(!written, "a refused join wrote a config");

@@ -134,6 +134,17 @@ fn the_leader_dies_while_scaling_and_no_object_is_lost_or_doubled() {
     assert_eq!(after.len(), 30, "{after:?}");
     let replica_sets = names(&cluster, "replicasets").expect("replicasets");
     assert_eq!(replica_sets.len(), 1, "{replica_sets:?}");
+    // Nor made and then taken back: the ReplicaSet never deleted a pod.
+    let events: serde_json::Value =
+        serde_json::from_str(&cluster.orchctl_ok(&["get", "events", "-o", "json"]))
+            .expect("events JSON");
+    let deletions: Vec<&serde_json::Value> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|event| event["reason"] == "SuccessfulDelete")
+        .collect();
+    assert!(deletions.is_empty(), "pods made twice: {deletions:?}");
     // Nothing written before the kill is lost.
     let config_maps = names(&cluster, "configmaps").expect("configmaps");
     for name in &before_config_maps {

@@ -51,8 +51,8 @@ pub fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
 
 /// A Deployment of `replicas` busybox httpd pods answering with their
 /// names, a ClusterIP Service and a NodePort Service in front of them.
-/// A pod keeps serving 2 s into its deletion (preStop sleep), the time
-/// every node needs to stop sending it new connections.
+/// A pod keeps serving 3 s into its deletion (preStop sleep), more than
+/// every node needs to stop sending it new connections (~0.1 s here).
 pub fn web(replicas: usize) -> String {
     format!(
         "apiVersion: apps/v1
@@ -64,7 +64,7 @@ spec:
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
-      terminationGracePeriodSeconds: 5
+      terminationGracePeriodSeconds: 8
       containers:
       - name: httpd
         image: {IMAGE}
@@ -73,7 +73,7 @@ spec:
         ports: [{{name: http, containerPort: 8080}}]
         resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}
         readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}
-        lifecycle: {{preStop: {{sleep: {{seconds: 2}}}}}}
+        lifecycle: {{preStop: {{sleep: {{seconds: 3}}}}}}
 ---
 apiVersion: v1
 kind: Service

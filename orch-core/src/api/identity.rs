@@ -17,6 +17,18 @@ pub const ADMINS: &str = "system:masters";
 /// The organization of a node agent's certificate.
 pub const NODES: &str = "system:nodes";
 
+/// Where node agents' serving names live: a node's certificate names
+/// `<node>.nodes.orch.internal`, never the node's bare name, so no node
+/// (whatever it is called: an IP address, a replica's host name) holds a
+/// certificate valid for an API server's or a replica's address.
+pub const NODE_SERVING_DOMAIN: &str = "nodes.orch.internal";
+
+/// The name a node agent's serving certificate holds, and the API servers
+/// check when they call it.
+pub fn node_serving_name(node: &str) -> String {
+    format!("{node}.{NODE_SERVING_DOMAIN}")
+}
+
 /// Distinct certificates remembered, so a hot path (every Raft append)
 /// does not parse X.509 each time.
 const REMEMBERED: usize = 64;

@@ -54,6 +54,9 @@ pub struct PodManager {
     pub image_gc: super::image_gc::ImageGcPolicy,
     /// Pod uid -> when its volumes were last brought up to date.
     volumes_synced: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Pods (uids) whose preStop hooks have run: once per deletion, as
+    /// the kubelet runs them, however often the deletion is retried.
+    pre_stopped: std::sync::Mutex<std::collections::HashSet<String>>,
     pub prober: super::probes::Prober,
     /// The pods' network and service cgroup.
     pub plumbing: super::pod_network::PodPlumbing,
@@ -161,6 +164,7 @@ impl PodManager {
             log_rotation,
             image_gc,
             volumes_synced: Default::default(),
+            pre_stopped: Default::default(),
             prober: super::probes::Prober::default(),
             plumbing,
         })
@@ -265,7 +269,16 @@ impl PodManager {
         if pod.metadata.deletion_timestamp.is_some() {
             let grace = Duration::from_secs(deletion_grace(&pod, now_seconds() as i64));
             let dir = self.pod_dir(&uid);
-            let grace = super::lifecycle::run_pre_stop_hooks(&pod, &dir, grace).await;
+            let first = self
+                .pre_stopped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(uid.clone());
+            let grace = if first {
+                super::lifecycle::run_pre_stop_hooks(&pod, &dir, grace).await
+            } else {
+                grace
+            };
             // The Pod goes only once everything it held is released: the
             // API must not say it is gone while its processes run.
             self.stop_and_release(&dir, &uid, grace).await?;
@@ -540,6 +553,10 @@ impl PodManager {
             .await
             .map_err(|error| ApiError::Unavailable(format!("pod {uid}'s network: {error}")))?;
         tracing::info!(pod_uid = %uid, "pod stopped and released");
+        self.pre_stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
         Ok(())
     }
 }

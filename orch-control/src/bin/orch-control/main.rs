@@ -28,6 +28,9 @@ use orch_control::store::raft::transport::proto::JoinRequest;
 use orch_core::runtime::election::ElectionTimings;
 use tonic::service::interceptor::InterceptedService;
 
+mod data_dir;
+mod token;
+
 #[derive(Parser)]
 #[command(
     name = "orch-control",
@@ -64,7 +67,7 @@ enum Subcommand {
     /// Bootstrap tokens for nodes to join with (`orch-node --join`).
     Token {
         #[command(subcommand)]
-        command: TokenCommand,
+        command: token::TokenCommand,
     },
     /// Build a data directory for a new cluster from a snapshot file
     /// (`orchctl snapshot save`); then start it with --init.
@@ -74,26 +77,6 @@ enum Subcommand {
         /// The new replica's data directory; must not exist or be empty.
         #[arg(long)]
         data_dir: PathBuf,
-    },
-}
-
-#[derive(clap::Subcommand)]
-enum TokenCommand {
-    /// Make a bootstrap token (kubeadm token create) and print it.
-    Create {
-        /// A replica's data directory: its pki/ holds the admin config the
-        /// token is written with and the CA whose hash a node pins.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// How long the token is valid (`24h`, `30m`; 0: for ever).
-        #[arg(long, default_value = "24h")]
-        ttl: String,
-        /// What the token is for, kept with it.
-        #[arg(long)]
-        description: Option<String>,
-        /// Print the whole `orch-node --join ...` command, not only the token.
-        #[arg(long)]
-        print_join_command: bool,
     },
 }
 
@@ -209,135 +192,16 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Subcommand::Restore { file, data_dir }) => restore(&file, &data_dir),
-        Some(Subcommand::Token {
-            command:
-                TokenCommand::Create {
-                    data_dir,
-                    ttl,
-                    description,
-                    print_join_command,
-                },
-        }) => token_create(&data_dir, &ttl, description, print_join_command).await,
+        Some(Subcommand::Restore { file, data_dir }) => data_dir::restore(&file, &data_dir),
+        Some(Subcommand::Token { command }) => token::run(command).await,
         Some(Subcommand::NodeConfig {
             data_dir,
             node_name,
             servers,
             output,
-        }) => node_config(&data_dir, &node_name, &servers, output.as_deref()),
+        }) => data_dir::node_config(&data_dir, &node_name, &servers, output.as_deref()),
         None => run(cli.run).await,
     }
-}
-
-fn node_config(
-    data_dir: &Path,
-    node_name: &str,
-    servers: &[String],
-    output: Option<&Path>,
-) -> Result<()> {
-    let problems = orch_core::names::is_dns1123_subdomain(node_name);
-    if !problems.is_empty() {
-        bail!("--node-name {node_name:?}: {}", problems.join("; "));
-    }
-    let config = Pki::new(data_dir)
-        .node_config(node_name, servers)
-        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
-    match output {
-        None => print!("{}", config.to_yaml()),
-        Some(path) => {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("--output {}", path.display()))?;
-            file.write_all(config.to_yaml().as_bytes())
-                .with_context(|| format!("--output {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes a new bootstrap token's Secret through the API (with the admin
-/// config in `data_dir`) and prints the token, or the join command.
-async fn token_create(
-    data_dir: &Path,
-    ttl: &str,
-    description: Option<String>,
-    print_join_command: bool,
-) -> Result<()> {
-    use orch_core::api::bootstrap::{self, BootstrapToken};
-    use rustls_pki_types::pem::PemObject as _;
-    let ttl = orch_core::time::parse_duration("--ttl", ttl).map_err(anyhow::Error::msg)?;
-    let admin = Pki::new(data_dir).dir.join(ADMIN_CONFIG);
-    let config = orch_core::api::config::ClientConfig::load(&admin)
-        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
-    let ca =
-        rustls_pki_types::CertificateDer::from_pem_slice(config.certificate_authority.as_bytes())
-            .with_context(|| format!("{}: the cluster CA", admin.display()))?;
-    let token = BootstrapToken::generate()?;
-    let mut data = BTreeMap::from([
-        (bootstrap::TOKEN_ID.to_string(), token.id.clone()),
-        (bootstrap::TOKEN_SECRET.to_string(), token.secret.clone()),
-        (
-            bootstrap::USAGE_AUTHENTICATION.to_string(),
-            "true".to_string(),
-        ),
-    ]);
-    if !ttl.is_zero() {
-        let expires = orch_core::time::now()
-            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-                ttl.as_secs() as i64
-            ))
-            .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-        data.insert(bootstrap::EXPIRATION.to_string(), expires.to_string());
-    }
-    if let Some(description) = description {
-        data.insert(bootstrap::DESCRIPTION.to_string(), description);
-    }
-    let secret = k8s_openapi::api::core::v1::Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(token.secret_name()),
-            namespace: Some(bootstrap::SECRET_NAMESPACE.to_string()),
-            ..Default::default()
-        },
-        type_: Some(bootstrap::SECRET_TYPE.to_string()),
-        data: Some(
-            data.into_iter()
-                .map(|(key, value)| (key, k8s_openapi::ByteString(value.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    let mut client = orch_core::api::ApiClient::new(&config, Duration::from_secs(20))?;
-    client
-        .create(&orch_core::object::Object::Secret(Box::new(secret)), false)
-        .await
-        .context("writing the token's Secret")?;
-    if print_join_command {
-        println!(
-            "orch-node --join {} --token {token} --ca-cert-hash {}",
-            config.servers.join(","),
-            bootstrap::ca_cert_hash(&ca)
-        );
-    } else {
-        println!("{token}");
-    }
-    Ok(())
-}
-
-/// Like `etcdutl snapshot restore`: the data, without the old cluster's
-/// membership; nothing is written unless the snapshot verifies.
-fn restore(file: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
-    // Its errors name the snapshot file or the data directory.
-    let revision = orch_control::store::restore_data_dir(file, data_dir)?;
-    println!(
-        "{}",
-        orch_control::store::restored_message(revision, data_dir)
-    );
-    Ok(())
 }
 
 async fn run(cli: RunArgs) -> Result<()> {
@@ -715,6 +579,14 @@ fn serving_names(addr: SocketAddr) -> Vec<String> {
     {
         names.push(host.to_string());
     }
+    // A host name in the nodes' domain would share a name with a node's
+    // certificate.
+    names.retain(|name| {
+        !name.ends_with(&format!(
+            ".{}",
+            orch_core::api::identity::NODE_SERVING_DOMAIN
+        ))
+    });
     names.sort();
     names.dedup();
     names

@@ -1426,6 +1426,8 @@ async fn unused_images_are_collected_under_disk_pressure() {
             "1",
             "--image-gc-low-threshold",
             "0",
+            "--minimum-image-ttl-duration",
+            "0",
         ],
     );
     until_default_namespace(&mut client).await;

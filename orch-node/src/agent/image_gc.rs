@@ -1,11 +1,13 @@
 //! Image garbage collection under disk pressure, as the kubelet does it:
 //! when the image filesystem is fuller than the high threshold, images no
 //! pod of the node uses are deleted, least recently used first, until it
-//! is below the low threshold.
+//! is below the low threshold; an image unused for less than the minimum
+//! age (`--minimum-image-ttl-duration`, 2 minutes) stays, so an image just
+//! pulled or imported for a pod about to start is not taken away.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -27,6 +29,9 @@ pub enum ImageGcError {
 pub struct ImageGcPolicy {
     pub high_percent: u8,
     pub low_percent: u8,
+    /// How long an image must have gone unused (or, never used, known to
+    /// the agent) before it may be collected.
+    pub min_age: Duration,
 }
 
 impl Default for ImageGcPolicy {
@@ -34,12 +39,13 @@ impl Default for ImageGcPolicy {
         Self {
             high_percent: 85,
             low_percent: 80,
+            min_age: Duration::from_secs(120),
         }
     }
 }
 
 impl ImageGcPolicy {
-    pub fn new(high_percent: u8, low_percent: u8) -> Result<Self, String> {
+    pub fn new(high_percent: u8, low_percent: u8, min_age: Duration) -> Result<Self, String> {
         if high_percent > 100 {
             return Err("--image-gc-high-threshold: a percent, 0 to 100".into());
         }
@@ -51,28 +57,46 @@ impl ImageGcPolicy {
         Ok(Self {
             high_percent,
             low_percent,
+            min_age,
         })
     }
 }
 
-/// When each image (manifest digest) was last used by a container.
+/// When each image (manifest digest) was last used by a container, and
+/// when the collector first saw each one.
 #[derive(Default)]
-pub struct LastUsed(std::sync::Mutex<HashMap<String, Instant>>);
+pub struct LastUsed {
+    used: std::sync::Mutex<HashMap<String, Instant>>,
+    seen: std::sync::Mutex<HashMap<String, Instant>>,
+}
 
 impl LastUsed {
     pub fn touch(&self, manifest: &str) {
-        self.0
+        self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(manifest.to_string(), Instant::now());
     }
 
     fn get(&self, manifest: &str) -> Option<Instant> {
-        self.0
+        self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(manifest)
             .copied()
+    }
+
+    /// Since when the image has gone unused: its last use, else when the
+    /// collector first saw it (now, the first time it asks).
+    fn unused_since(&self, manifest: &str) -> Instant {
+        self.get(manifest).unwrap_or_else(|| {
+            *self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(manifest.to_string())
+                .or_insert_with(Instant::now)
+        })
     }
 }
 
@@ -152,6 +176,7 @@ pub fn collect_under_pressure(
         .iter()
         .map(|(_, d)| d.digest.clone())
         .filter(|digest| !kept_manifests.contains(digest))
+        .filter(|digest| last_used.unused_since(digest).elapsed() >= policy.min_age)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .map(|digest| (last_used.get(&digest), digest))
@@ -172,4 +197,23 @@ pub fn collect_under_pressure(
         tracing::info!(image = %digest, freed, "image collected under disk pressure");
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_unused_since_its_last_use_or_since_first_seen() {
+        let last_used = LastUsed::default();
+        let first = last_used.unused_since("sha256:a");
+        std::thread::sleep(Duration::from_millis(20));
+        // Seen once, it keeps that time: its age grows.
+        assert_eq!(last_used.unused_since("sha256:a"), first);
+        assert!(first.elapsed() >= Duration::from_millis(20));
+        // A use starts it over.
+        last_used.touch("sha256:a");
+        assert!(last_used.unused_since("sha256:a") > first);
+        assert!(last_used.unused_since("sha256:a").elapsed() < Duration::from_millis(20));
+    }
 }

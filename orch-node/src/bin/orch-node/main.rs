@@ -110,6 +110,10 @@ struct AgentArgs {
     /// Percent in use that image garbage collection brings it down to.
     #[arg(long, default_value_t = 80)]
     image_gc_low_threshold: u8,
+    /// How long an image goes unused before it may be collected (`2m`,
+    /// `30s`, `0`), like the kubelet's.
+    #[arg(long, default_value = "2m")]
+    minimum_image_ttl_duration: String,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +231,11 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
     let image_gc = orch_node::agent::image_gc::ImageGcPolicy::new(
         args.image_gc_high_threshold,
         args.image_gc_low_threshold,
+        orch_core::time::parse_duration(
+            "--minimum-image-ttl-duration",
+            &args.minimum_image_ttl_duration,
+        )
+        .map_err(anyhow::Error::msg)?,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let agent_tls = orch_node::agent::server::tls(&client_config)

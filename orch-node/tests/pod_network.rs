@@ -184,20 +184,25 @@ fn parse_answer(text: &str) -> Result<Answer, String> {
     Ok((parse(own)?, parse(peer)?))
 }
 
+/// Reads a server's whole answer from `stream`.
+fn read_answer(mut stream: TcpStream, target: Ipv4Addr) -> Result<Answer, String> {
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("read from {target}: {e}"))?;
+    parse_answer(&answer)
+}
+
 /// From `netns`, over TCP: who answered at `target:port`, and whom it saw.
 fn exchange(netns: &str, target: Ipv4Addr, port: u16) -> Result<Answer, String> {
     in_netns(netns, move || {
         let address = SocketAddrV4::new(target, port).into();
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
             .map_err(|e| format!("connect {target}:{port}: {e}"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| format!("read from {target}: {e}"))?;
-        parse_answer(&answer)
+        read_answer(stream, target)
     })
     .join()
     .expect("client thread")
@@ -210,38 +215,12 @@ fn exchange_from(
     port: u16,
     source_port: u16,
 ) -> Result<Answer, String> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
-    };
-    use std::os::fd::AsRawFd as _;
     in_netns(netns, move || {
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::empty(),
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| e.to_string())?;
-        let timeout = nix::sys::time::TimeVal::new(2, 0);
-        setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| e.to_string())?;
-        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| e.to_string())?;
-        bind(
-            fd.as_raw_fd(),
-            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port)),
-        )
-        .map_err(|e| format!("bind port {source_port}: {e}"))?;
-        connect(
-            fd.as_raw_fd(),
-            &SockaddrIn::from(SocketAddrV4::new(target, port)),
-        )
-        .map_err(|e| format!("connect {target}:{port}: {e}"))?;
-        let mut stream = TcpStream::from(fd);
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| format!("read from {target}: {e}"))?;
-        parse_answer(&answer)
+        let stream = connect_bound(
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port),
+            SocketAddrV4::new(target, port),
+        )?;
+        read_answer(stream, target)
     })
     .join()
     .expect("client thread")
@@ -277,9 +256,9 @@ fn peer_seen(netns: &str, target: Ipv4Addr, port: u16) -> Result<Ipv4Addr, Strin
     exchange(netns, target, port).map(|(_, peer)| peer)
 }
 
-/// A TCP connect to `target` from the local address `source` (2 s at
-/// most).
-fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> Result<(), String> {
+/// A TCP connection to `target` from the local address `local` (its
+/// port reusable at once), sends and reads bounded to 2 s.
+fn connect_bound(local: SocketAddrV4, target: SocketAddrV4) -> Result<TcpStream, String> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
     };
@@ -291,14 +270,20 @@ fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> Result<(), String> {
         None,
     )
     .map_err(|e| e.to_string())?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(source, 0)),
-    )
-    .map_err(|e| format!("bind {source}: {e}"))?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| e.to_string())?;
     let timeout = nix::sys::time::TimeVal::new(2, 0);
     setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| e.to_string())?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(target)).map_err(|e| format!("connect {target}: {e}"))
+    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| e.to_string())?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(local)).map_err(|e| format!("bind {local}: {e}"))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target))
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// A TCP connect to `target` from the local address `source` (2 s at
+/// most).
+fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> Result<(), String> {
+    connect_bound(SocketAddrV4::new(source, 0), target).map(|_| ())
 }
 
 /// Packets sent through `interface` in `netns`.

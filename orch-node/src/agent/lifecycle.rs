@@ -77,8 +77,7 @@ async fn run_one(pod_dir: &Path, id: &str, container: &Container, grace: Duratio
         )
         .await
         {
-            Ok(Some(result)) => result,
-            Ok(None) => Err("the handler names no action".into()),
+            Ok(result) => result,
             Err(_) => Err(format!("not done within the grace period ({grace:?})")),
         }
     };

@@ -223,14 +223,11 @@ async fn run(
         http_get: probe.http_get.as_ref(),
         tcp_socket: probe.tcp_socket.as_ref(),
     };
-    run_action(netns, pod_dir, id, container, action, timeout)
-        .await
-        .unwrap_or_else(|| Err("the probe names no handler (httpGet, tcpSocket, exec)".into()))
+    run_action(netns, pod_dir, id, container, action, timeout).await
 }
 
 /// Runs `action` against container instance `id` of the pod in `pod_dir`
-/// (network namespace `netns`) within `timeout`: None when it names no
-/// handler, else Err saying why it failed.
+/// (network namespace `netns`) within `timeout`; Err says why it failed.
 pub(super) async fn run_action(
     netns: PathBuf,
     pod_dir: &Path,
@@ -238,19 +235,16 @@ pub(super) async fn run_action(
     container: &Container,
     action: Action<'_>,
     timeout: Duration,
-) -> Option<Result<(), String>> {
+) -> Result<(), String> {
     if let Some(http) = action.http_get {
         if http
             .scheme
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
         {
-            return Some(Err("HTTPS probes are not supported by this node yet".into()));
+            return Err("HTTPS probes are not supported by this node yet".into());
         }
-        let port = match port(container, &http.port) {
-            Ok(port) => port,
-            Err(error) => return Some(Err(error)),
-        };
+        let port = port(container, &http.port)?;
         let path = http.path.clone().unwrap_or_else(|| "/".into());
         let headers: Vec<(String, String)> = http
             .http_headers
@@ -258,35 +252,28 @@ pub(super) async fn run_action(
             .flatten()
             .map(|h| (h.name.clone(), h.value.clone()))
             .collect();
-        return Some(in_netns(netns, move || http_get(port, &path, &headers, timeout)).await);
+        return in_netns(netns, move || http_get(port, &path, &headers, timeout)).await;
     }
     if let Some(tcp) = action.tcp_socket {
-        let port = match port(container, &tcp.port) {
-            Ok(port) => port,
-            Err(error) => return Some(Err(error)),
-        };
-        return Some(
-            in_netns(netns, move || {
-                TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout)
-                    .map(|_| ())
-                    .map_err(|e| format!("dial tcp 127.0.0.1:{port}: {e}"))
-            })
-            .await,
-        );
+        let port = port(container, &tcp.port)?;
+        return in_netns(netns, move || {
+            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+                .map(|_| ())
+                .map_err(|e| format!("dial tcp 127.0.0.1:{port}: {e}"))
+        })
+        .await;
     }
     if let Some(exec) = action.exec {
         let command = exec.command.clone().unwrap_or_default();
         if command.is_empty() {
-            return Some(Err("the exec handler has no command".into()));
+            return Err("the exec handler has no command".into());
         }
         let (pod_dir, id) = (pod_dir.to_path_buf(), id.to_string());
-        return Some(
-            tokio::task::spawn_blocking(move || exec_probe(&pod_dir, &id, command, timeout))
-                .await
-                .unwrap_or_else(|_| Err("the probe thread died".into())),
-        );
+        return tokio::task::spawn_blocking(move || exec_probe(&pod_dir, &id, command, timeout))
+            .await
+            .unwrap_or_else(|_| Err("the probe thread died".into()));
     }
-    None
+    Err("no handler is set (httpGet, tcpSocket, exec)".into())
 }
 
 /// The most output of an exec probe kept for its failure message (the

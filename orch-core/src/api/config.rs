@@ -64,6 +64,15 @@ impl ClientConfig {
         serde_yaml_ng::to_string(self).unwrap_or_default()
     }
 
+    /// Writes the config to `path`, readable by its owner only (it holds
+    /// a key), whole or not at all.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        write_private_atomically(path, &self.to_yaml()).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// The config in `path`: the file's own, or its current context's.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = ConfigFile::load(path)?;
@@ -266,6 +275,16 @@ mod tests {
         };
         std::fs::write(&path, config.to_yaml()).expect("write");
         assert_eq!(ClientConfig::load(&path).expect("load"), config);
+        // Saved: owner-only, and loads back the same.
+        let saved = dir.path().join("saved");
+        config.save(&saved).expect("save");
+        assert_eq!(ClientConfig::load(&saved).expect("load"), config);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&saved)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
 
         std::fs::write(&path, "servers: []\ncertificate-authority: x\n").expect("write");
         let error = ClientConfig::load(&path).expect_err("no servers");

@@ -61,23 +61,7 @@ pub fn join_if_new(join: &JoinArgs, node_name: &str, path: &Path) -> Result<()> 
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
     }
-    // Written whole or not at all, readable by root only: it holds a key.
-    let partial = path.with_extension("joining");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&partial)
-            .with_context(|| format!("{}", partial.display()))?;
-        file.write_all(config.to_yaml().as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("{}", partial.display()))?;
-    }
-    std::fs::rename(&partial, path).with_context(|| format!("{}", path.display()))?;
+    config.save(path).context("--config")?;
     tracing::info!(config = %path.display(), "joined the cluster");
     Ok(())
 }

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use orch_tests::cluster::{Cluster, http_get_in};
-use orch_tests::netns::in_netns;
+use orch_tests::cluster::{Cluster, http_get_in, spawn_in};
 
 use super::support::{
     IMAGE, NODE_PORT, apply, binaries, one_cluster, spec, state_dir, tag, until_web_ready, web,
@@ -41,10 +40,7 @@ fn try_join(cluster: &Cluster, node: &str, token: &str, hash: &str) -> (bool, St
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let mut child = in_netns(&cluster.client, move || command.spawn())
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        .expect("start orch-node");
+    let mut child = spawn_in(&cluster.client, command);
     // A join that wrongly succeeded would run an agent: stop it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let ran = loop {

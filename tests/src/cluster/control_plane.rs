@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Cluster, Daemon, HEALTH_PORT, Replica, http_get_in, in_netns, log_file, must, spawn_in,
+    Cluster, Daemon, HEALTH_PORT, Replica, http_get_in, log_file, must, output_in, spawn_in,
 };
 
 impl Cluster {
@@ -148,10 +148,7 @@ impl Cluster {
             .arg(&self.replicas[0].dir)
             .args(args)
             .env_remove("RUST_BACKTRACE");
-        let output = in_netns(&self.replicas[0].netns, move || command.output())
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            .expect("run orch-control token create");
+        let output = output_in(&self.replicas[0].netns, command);
         let printed = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),

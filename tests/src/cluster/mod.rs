@@ -134,11 +134,19 @@ pub struct Cluster {
 }
 
 /// Spawns `command` from a thread inside `netns` (so it runs there).
-fn spawn_in(netns: &str, mut command: Command) -> Child {
+pub fn spawn_in(netns: &str, mut command: Command) -> Child {
     in_netns(netns, move || command.spawn())
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         .expect("spawn a cluster process")
+}
+
+/// Runs `command` to its end inside `netns`: its output.
+pub fn output_in(netns: &str, mut command: Command) -> Output {
+    in_netns(netns, move || command.output())
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        .expect("run a cluster command")
 }
 
 /// Runs `command` to completion; panics with its output when it fails.
@@ -375,10 +383,7 @@ impl Cluster {
     pub fn orchctl(&self, args: &[&str]) -> Output {
         let mut command = Command::new(&self.bins.orchctl);
         command.args(args).env("ORCH_CONFIG", &self.admin_config);
-        in_netns(&self.client, move || command.output())
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            .expect("run orchctl")
+        output_in(&self.client, command)
     }
 
     /// orchctl that must succeed: its stdout.

@@ -103,15 +103,8 @@ fn orch(pod_dir: &Path, bundle: &Path) -> Vec<Duration> {
         client
             .call(&Request::Start { id: id.clone() })
             .expect("start");
-        loop {
-            let state = client.state().expect("state");
-            if state
-                .iter()
-                .any(|c| c.id == id && c.status == Status::Exited)
-            {
-                break;
-            }
-        }
+        let exited = client.wait(&id, None).expect("wait");
+        assert_eq!(exited.status, Status::Exited);
         client.call(&Request::Delete { id }).expect("delete");
         samples.push(started.elapsed());
     }

@@ -99,21 +99,21 @@ fn container_spec(rootfs: PathBuf, pod_dir: &Path, name: &str, args: &[&str]) ->
     }
 }
 
+/// Container `id` once exited, through the shim's Wait (which must agree
+/// with what State then says).
 fn wait_exited(client: &ShimClient, id: &str) -> ContainerState {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let state = client
-            .state()
-            .expect("state")
-            .into_iter()
-            .find(|c| c.id == id)
-            .expect("container known");
-        if state.status == Status::Exited {
-            return state;
-        }
-        assert!(Instant::now() < deadline, "{id} still {:?}", state.status);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exited = client
+        .wait(id, Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("waiting for {id}: {e}"));
+    assert_eq!(exited.status, Status::Exited, "{id}");
+    let listed = client
+        .state()
+        .expect("state")
+        .into_iter()
+        .find(|c| c.id == id)
+        .expect("container known");
+    assert_eq!(listed, exited, "Wait and State agree on {id}");
+    exited
 }
 
 #[test]
@@ -180,14 +180,14 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         (id, log)
     };
 
-    // Output, exit code, the sandbox's hostname, seccomp filtering and
-    // no_new_privs as the process sees them.
+    // Output, exit code, the sandbox's hostname, seccomp filtering (a user
+    // namespace refused) and no_new_privs as the process sees them.
     let (id, log) = run(
         "hello",
         &[
             "sh",
             "-c",
-            "echo hello; hostname; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo oops >&2; exit 3",
+            "echo hello; hostname; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare -U true 2>/dev/null || echo no-userns; echo oops >&2; exit 3",
         ],
         Resources::default(),
         None,
@@ -208,6 +208,8 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         "stdout F pod-a",
         "stdout F Seccomp:\t2",
         "stdout F NoNewPrivs:\t1",
+        // A user namespace needs no privilege, only the filter's consent.
+        "stdout F no-userns",
         "stderr F oops",
     ] {
         assert!(
@@ -217,7 +219,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     }
     assert_eq!(
         text.lines().count(),
-        5,
+        6,
         "only the container's output:\n{text}"
     );
     // CRI format: an RFC 3339 time first.

@@ -7,6 +7,7 @@ pub mod mounts;
 pub mod release;
 pub mod rootfs;
 pub mod sandbox;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod subpath;

@@ -26,56 +26,6 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
-/// System calls the default seccomp profile refuses (EPERM): kernel
-/// modules, keyrings, clocks, namespaces and mounts, tracing other
-/// processes, reboot, swap, and the like. Everything else is allowed.
-pub const DENIED_SYSCALLS: [&str; 44] = [
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "move_mount",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-];
-
 const MASKED_PATHS: [&str; 11] = [
     "/proc/acpi",
     "/proc/asound",
@@ -298,11 +248,7 @@ pub fn runtime_spec(spec: &ContainerSpec) -> Value {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
         if spec.seccomp {
-            linux["seccomp"] = json!({
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-                "syscalls": [{"names": DENIED_SYSCALLS.as_slice(), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
-            });
+            linux["seccomp"] = super::seccomp::default_profile(&caps);
         }
     }
     let mut config = json!({
@@ -389,7 +335,7 @@ mod tests {
         );
         assert_eq!(
             config["linux"]["seccomp"]["defaultAction"],
-            "SCMP_ACT_ALLOW"
+            "SCMP_ACT_ERRNO"
         );
         assert_eq!(
             config["process"]["capabilities"]["bounding"]

@@ -92,6 +92,22 @@ impl ShimClient {
         }
     }
 
+    /// Container `id` once it has exited, waiting at most `timeout` (None:
+    /// as long as it takes).
+    pub fn wait(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ContainerState, ShimClientError> {
+        let request = Request::Wait { id: id.to_string() };
+        match self.call_with(&request, &[], timeout)? {
+            Response::State { mut containers } if containers.len() == 1 => Ok(containers.remove(0)),
+            other => Err(ShimClientError::Refused(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
     /// The ids of the containers running now (none when the shim does not
     /// answer).
     pub fn running(&self) -> Vec<String> {

@@ -52,6 +52,11 @@ pub enum Request {
         exec_id: String,
         signal: i32,
     },
+    /// Answers `State` with container `id` alone once it has exited (at
+    /// once if it has), like containerd's shim Wait.
+    Wait {
+        id: String,
+    },
     /// Every container the shim holds.
     State,
     /// The shim exits once it holds no running container.

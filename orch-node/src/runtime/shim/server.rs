@@ -35,6 +35,8 @@ struct Held {
     container: Container,
     state: ContainerState,
     cgroups_path: String,
+    /// `Wait` requests answered when the container exits.
+    waiters: Vec<mpsc::Sender<Response>>,
 }
 
 fn now() -> f64 {
@@ -127,6 +129,22 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
                     };
                     let _ =
                         reply.send(response.unwrap_or_else(|message| Response::Error { message }));
+                }
+                Request::Wait { id } => {
+                    reap(&mut held, &mut execs);
+                    match held.get_mut(&id) {
+                        None => {
+                            let _ = reply.send(Response::Error {
+                                message: format!("no container {id}"),
+                            });
+                        }
+                        Some(entry) if entry.state.status == Status::Exited => {
+                            let _ = reply.send(Response::State {
+                                containers: vec![entry.state.clone()],
+                            });
+                        }
+                        Some(entry) => entry.waiters.push(reply),
+                    }
                 }
                 Request::ExecWait { exec_id } => {
                     reap(&mut held, &mut execs);
@@ -244,6 +262,7 @@ fn handle(
                         oom_killed: false,
                     },
                     cgroups_path,
+                    waiters: Vec::new(),
                 },
             );
             Ok(Response::Ok)
@@ -290,6 +309,11 @@ fn handle(
                 held.insert(id, entry);
                 return Err(message);
             }
+            for waiter in entry.waiters.drain(..) {
+                let _ = waiter.send(Response::Error {
+                    message: format!("container {id} was deleted before it exited"),
+                });
+            }
             Ok(Response::Ok)
         }
         Request::State => {
@@ -300,6 +324,7 @@ fn handle(
             Ok(Response::State { containers })
         }
         Request::Shutdown
+        | Request::Wait { .. }
         | Request::Exec { .. }
         | Request::ExecWait { .. }
         | Request::ExecKill { .. } => Err("handled by the main loop".into()),
@@ -331,6 +356,11 @@ fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
             entry.state.finished_at = Some(now());
             entry.state.oom_killed = oom_kills(&entry.cgroups_path) > 0;
             let _ = entry.container.refresh_status();
+            for waiter in entry.waiters.drain(..) {
+                let _ = waiter.send(Response::State {
+                    containers: vec![entry.state.clone()],
+                });
+            }
         } else {
             execs.exited(pid.as_raw(), code);
         }

@@ -445,35 +445,16 @@ fn guarded(capabilities: &[String]) -> (Vec<&'static str>, Vec<&'static str>) {
 /// `CAP_`-prefixed) capabilities.
 pub fn default_profile(capabilities: &[String]) -> Value {
     let (granted, refused) = guarded(capabilities);
-    let mut rules = vec![
-        json!({"names": ALLOWED, "action": "SCMP_ACT_ALLOW"}),
-        // Old personalities that programs ask for (and the query).
-        json!({
+    let mut rules = vec![json!({"names": ALLOWED, "action": "SCMP_ACT_ALLOW"})];
+    // The personalities programs ask for: Linux, linux32, uname26, both,
+    // and the query (0xffffffff).
+    for persona in [0_u64, 0x0008, 0x2_0000, 0x2_0008, 0xffff_ffff] {
+        rules.push(json!({
             "names": ["personality"],
             "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}],
-        }),
-        json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": 0x0008, "op": "SCMP_CMP_EQ"}],
-        }),
-        json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": 0x2_0000, "op": "SCMP_CMP_EQ"}],
-        }),
-        json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": 0x2_0008, "op": "SCMP_CMP_EQ"}],
-        }),
-        json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": 0xffff_ffff_u64, "op": "SCMP_CMP_EQ"}],
-        }),
-    ];
+            "args": [{"index": 0, "value": persona, "op": "SCMP_CMP_EQ"}],
+        }));
+    }
     if granted.contains(&"unshare") {
         rules.push(json!({"names": ["clone", "clone3"], "action": "SCMP_ACT_ALLOW"}));
     } else {

@@ -14,7 +14,9 @@ use crate::{cargo, output, run_command};
 /// Debian packages: bpftool to inspect maps, iproute2 for test namespaces,
 /// pkg-config + libseccomp-dev for libcontainer's seccomp support,
 /// busybox-static for test images and test traffic (ping), procps (sysctl),
-/// protobuf-compiler (protoc, for the gRPC definitions), etcd-server and
+/// protobuf-compiler (protoc, for the gRPC definitions) with libprotobuf-dev
+/// (the well-known types protoc imports, e.g. google/protobuf/descriptor.proto,
+/// which the etcd client the store bench uses compiles against), etcd-server and
 /// etcd-client (etcd and etcdctl: the anchor `cargo xtask bench store`
 /// measures orch's store against), docker-registry (the OCI registry the
 /// image tests pull from, started on loopback by the tests), runc and crun
@@ -31,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "iproute2",
     "iptables",
+    "libprotobuf-dev",
     "libseccomp-dev",
     "pkg-config",
     "procps",

@@ -79,6 +79,16 @@ fn calls() -> Vec<Call> {
         ("io_uring_setup", || unsafe {
             libc::syscall(libc::SYS_io_uring_setup, 1, 0)
         }),
+        ("socket inet", || unsafe {
+            let fd = libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd >= 0 {
+                libc::close(fd as libc::c_int);
+            }
+            fd
+        }),
+        ("socket vsock", || unsafe {
+            libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0)
+        }),
         ("personality query", || unsafe {
             libc::syscall(libc::SYS_personality, 0xffff_ffff_u64)
         }),
@@ -142,6 +152,9 @@ fn the_default_profile_allows_everyday_calls_and_refuses_reaching_out() {
         ("keyctl", eperm.as_str()),
         // Not on the list at all: "the kernel lacks it".
         ("io_uring_setup", enosys.as_str()),
+        ("socket inet", "ok"),
+        // The hypervisor's sockets are out of reach (the default errno).
+        ("socket vsock", enosys.as_str()),
         ("personality query", "ok"),
     ];
     let expected: Vec<String> = expected

@@ -44,17 +44,7 @@ fn a_lost_nodes_pods_run_again_elsewhere_and_the_service_keeps_answering() {
     assert!(!lost_pods.is_empty(), "no pod on {lost_name}: {before:?}");
 
     cluster.kill_node(lost);
-    run(
-        "ip",
-        &[
-            "-n",
-            &cluster.nodes[lost].netns,
-            "link",
-            "set",
-            "eth0",
-            "down",
-        ],
-    );
+    set_uplink(&cluster, lost, "down");
     let cut = Instant::now();
     // Its pods leave the Services before they are evicted.
     let not_ready = within(Duration::from_secs(30), "the lost pods not Ready", || {
@@ -110,17 +100,7 @@ fn a_lost_nodes_pods_run_again_elsewhere_and_the_service_keeps_answering() {
 
     // Back: the agent finishes what was evicted (stops the containers,
     // removes the pods) and the node is Ready again.
-    run(
-        "ip",
-        &[
-            "-n",
-            &cluster.nodes[lost].netns,
-            "link",
-            "set",
-            "eth0",
-            "up",
-        ],
-    );
+    set_uplink(&cluster, lost, "up");
     cluster.start_node(lost);
     cluster.wait_node_ready(lost);
     within(Duration::from_secs(60), "the evicted pods gone", || {
@@ -136,4 +116,19 @@ fn a_lost_nodes_pods_run_again_elsewhere_and_the_service_keeps_answering() {
         }
     });
     until_web_ready(&cluster, 6, Duration::from_secs(30));
+}
+
+/// Takes node `index`'s link to the LAN `down` or `up`.
+fn set_uplink(cluster: &Cluster, index: usize, state: &str) {
+    run(
+        "ip",
+        &[
+            "-n",
+            &cluster.nodes[index].netns,
+            "link",
+            "set",
+            "eth0",
+            state,
+        ],
+    );
 }

@@ -22,6 +22,8 @@ use orch_node::runtime::spec::{ContainerSpec, Resources};
 use orch_node::runtime::{cgroups, sandbox, spec};
 
 const RUNS: usize = 200;
+/// Runs of one runtime before the next takes its turn.
+const ROUND: usize = 20;
 
 fn median_and_p99(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
@@ -67,56 +69,97 @@ fn bundle(dir: &Path, rootfs: &Path, pod_dir: &Path, cgroup: &str) -> PathBuf {
     bundle
 }
 
-fn orch(pod_dir: &Path, bundle: &Path) -> Vec<Duration> {
-    let shim_binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/orch-node");
-    let mut shim = Command::new(&shim_binary)
-        .args(["shim", "--pod-dir"])
-        .arg(pod_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (cargo build --release -p orch-node first)",
-                shim_binary.display()
-            )
-        });
-    let client = ShimClient::new(pod_dir);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client.alive() {
-        assert!(Instant::now() < deadline, "the shim did not start");
-        std::thread::sleep(Duration::from_millis(10));
+/// One orch shim, timed per phase of each run.
+struct Orch {
+    shim: std::process::Child,
+    client: ShimClient,
+    log: PathBuf,
+    runs: usize,
+}
+
+/// How long each phase of one orch run took, and the whole.
+#[derive(Clone, Copy)]
+struct OrchRun {
+    phases: [Duration; 4],
+    total: Duration,
+}
+
+const PHASES: [&str; 4] = ["create", "start", "wait", "delete"];
+
+impl Orch {
+    fn start(pod_dir: &Path) -> Self {
+        let shim_binary =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/orch-node");
+        let shim = Command::new(&shim_binary)
+            .args(["shim", "--pod-dir"])
+            .arg(pod_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (cargo build --release -p orch-node first)",
+                    shim_binary.display()
+                )
+            });
+        let client = ShimClient::new(pod_dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client.alive() {
+            assert!(Instant::now() < deadline, "the shim did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            shim,
+            client,
+            log: pod_dir.join("bench.log"),
+            runs: 0,
+        }
     }
-    let log = pod_dir.join("bench.log");
-    let mut samples = Vec::with_capacity(RUNS);
-    for i in 0..RUNS {
-        let id = format!("true-{i}");
+
+    fn run(&mut self, bundle: &Path) -> OrchRun {
+        let id = format!("true-{}", self.runs);
+        self.runs += 1;
         let started = Instant::now();
-        client
+        self.client
             .call(&Request::Create {
                 id: id.clone(),
                 bundle: bundle.to_path_buf(),
-                log: log.clone(),
+                log: self.log.clone(),
                 log_rotation: None,
             })
             .expect("create");
-        client
+        let created = started.elapsed();
+        self.client
             .call(&Request::Start { id: id.clone() })
             .expect("start");
-        let exited = client.wait(&id, None).expect("wait");
+        let running = started.elapsed();
+        let exited = self.client.wait(&id, None).expect("wait");
         assert_eq!(exited.status, Status::Exited);
-        client.call(&Request::Delete { id }).expect("delete");
-        samples.push(started.elapsed());
+        let waited = started.elapsed();
+        self.client.call(&Request::Delete { id }).expect("delete");
+        let total = started.elapsed();
+        OrchRun {
+            phases: [created, running - created, waited - running, total - waited],
+            total,
+        }
     }
-    let _ = client.call(&Request::Shutdown);
-    let _ = shim.wait();
-    samples
+
+    fn stop(mut self) {
+        let _ = self.client.call(&Request::Shutdown);
+        let _ = self.shim.wait();
+    }
 }
 
 /// Times each `<runtime> run` of a shell loop (nanoseconds, one per line).
-fn shell_loop(prefix: &str, runtime: &str, root: &Path, bundle: &Path) -> Vec<Duration> {
+fn shell_loop(
+    prefix: &str,
+    runtime: &str,
+    root: &Path,
+    bundle: &Path,
+    runs: usize,
+) -> Vec<Duration> {
     let script = format!(
-        "{prefix}for i in $(seq {RUNS}); do s=$(date +%s%N); {runtime} --root {root} run -b {bundle} bench-$i >/dev/null 2>&1 || exit 1; e=$(date +%s%N); echo $((e - s)); done",
+        "{prefix}for i in $(seq {runs}); do s=$(date +%s%N); {runtime} --root {root} run -b {bundle} bench-$$-$i >/dev/null 2>&1 || exit 1; e=$(date +%s%N); echo $((e - s)); done",
         root = root.display(),
         bundle = bundle.display()
     );
@@ -151,19 +194,34 @@ fn main() {
     let cgroup = format!("/orch-bench-{}", std::process::id());
     let bundle = bundle(dir.path(), &layers[0], &pod_dir, &format!("{cgroup}/c"));
 
-    // The same shell loop timing costs each external runtime a fork and
-    // two `date` runs per sample; the figure is what a caller waits.
-    let orch_samples = orch(&pod_dir, &bundle);
-    let runc_samples = shell_loop("", "runc", &dir.path().join("runc-state"), &bundle);
-    let crun_samples = shell_loop(
-        "umount /sys/fs/cgroup/unified 2>/dev/null; ",
-        "crun",
-        &dir.path().join("crun-state"),
-        &bundle,
-    );
+    // The three take turns, ROUND runs at a time, so that a change in the
+    // machine's load (it is shared) falls on all of them alike. The same
+    // shell loop timing costs each external runtime a fork and two `date`
+    // runs per sample; the figure is what a caller waits.
+    let mut orch = Orch::start(&pod_dir);
+    let mut orch_runs = Vec::with_capacity(RUNS);
+    let (mut runc_samples, mut crun_samples) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS / ROUND {
+        orch_runs.extend((0..ROUND).map(|_| orch.run(&bundle)));
+        runc_samples.extend(shell_loop(
+            "",
+            "runc",
+            &dir.path().join("runc-state"),
+            &bundle,
+            ROUND,
+        ));
+        crun_samples.extend(shell_loop(
+            "umount /sys/fs/cgroup/unified 2>/dev/null; ",
+            "crun",
+            &dir.path().join("crun-state"),
+            &bundle,
+            ROUND,
+        ));
+    }
+    orch.stop();
     // The loop's own cost (a fork, two `date` runs) is measured with a
     // command that does nothing and taken off the anchors' samples.
-    let (overhead, _) = median_and_p99(shell_loop("", "true", dir.path(), &bundle));
+    let (overhead, _) = median_and_p99(shell_loop("", "true", dir.path(), &bundle, RUNS));
     let less_overhead = |samples: Vec<Duration>| -> Vec<Duration> {
         let overhead = Duration::from_secs_f64(overhead / 1000.0);
         samples
@@ -175,9 +233,10 @@ fn main() {
     let _ = sandbox::remove(&pod_dir);
     let _ = cgroups::remove(&cgroup);
 
+    let orch_samples: Vec<Duration> = orch_runs.iter().map(|r| r.total).collect();
     let (orch_p50, orch_p99) = median_and_p99(orch_samples);
     println!(
-        "pods benchmark: {RUNS} runs each; create + start + wait + delete of `true`, same bundle"
+        "pods benchmark: {RUNS} runs each, taking turns {ROUND} at a time; create + start + wait + delete of `true`, same bundle"
     );
     println!(
         "(the anchors' shell-loop overhead, {overhead:.2} ms median, is taken off their samples)"
@@ -203,4 +262,13 @@ fn main() {
             orch_p99 / p99
         );
     }
+    let phases: Vec<String> = PHASES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (p50, _) = median_and_p99(orch_runs.iter().map(|r| r.phases[i]).collect());
+            format!("{name} {p50:.2}")
+        })
+        .collect();
+    println!("orch's p50 per call, ms: {}", phases.join(", "));
 }

@@ -231,7 +231,23 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
             .is_some_and(|t| t.ends_with('Z') && t.contains('T')),
         "{first}"
     );
+    // Delete takes the container's own cgroup (every hierarchy) and its
+    // runtime state with it.
+    let leaf: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer"]
+        .iter()
+        .map(|h| {
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(cgroup_parent().trim_start_matches('/'))
+                .join("hello")
+        })
+        .collect();
+    let state_dir = pod_dir.join("runtime-state").join(&id);
+    assert!(leaf.iter().all(|p| p.exists()) && state_dir.exists());
     client.call(&Request::Delete { id }).expect("delete");
+    let left: Vec<_> = leaf.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "cgroups left after delete: {left:?}");
+    assert!(!state_dir.exists(), "{} left", state_dir.display());
 
     // SIGTERM reaches a process that handles it (PID 1 of its namespace
     // ignores signals it does not handle, as in any container)...

@@ -180,14 +180,15 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         (id, log)
     };
 
-    // Output, exit code, the sandbox's hostname, seccomp filtering (a user
-    // namespace refused) and no_new_privs as the process sees them.
+    // Output, exit code, the sandbox's hostname and loopback, seccomp
+    // filtering (a user namespace refused) and no_new_privs as the process
+    // sees them.
     let (id, log) = run(
         "hello",
         &[
             "sh",
             "-c",
-            "echo hello; hostname; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare -U true 2>&1 | grep -o 'Operation not permitted'; echo oops >&2; exit 3",
+            "echo hello; hostname; echo lo $(cat /sys/class/net/lo/flags); grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare -U true 2>&1 | grep -o 'Operation not permitted'; echo oops >&2; exit 3",
         ],
         Resources::default(),
         None,
@@ -206,6 +207,8 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     for expected in [
         "stdout F hello",
         "stdout F pod-a",
+        // The sandbox's loopback is up (IFF_UP | IFF_LOOPBACK).
+        "stdout F lo 0x9",
         "stdout F Seccomp:\t2",
         "stdout F NoNewPrivs:\t1",
         // A user namespace needs no privilege here; the filter refuses it.
@@ -219,7 +222,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     }
     assert_eq!(
         text.lines().count(),
-        6,
+        7,
         "only the container's output:\n{text}"
     );
     // CRI format: an RFC 3339 time first.

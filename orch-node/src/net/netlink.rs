@@ -95,3 +95,44 @@ pub fn set_interface_sysctl(name: &str, key: &str, value: &str) -> Result<(), Ne
     let path = Path::new("/proc/sys/net/ipv4/conf").join(name).join(key);
     std::fs::write(&path, value).map_err(|source| NetError::Io { path, source })
 }
+
+/// The kernel gives a new network namespace's loopback this index
+/// (`LOOPBACK_IFINDEX`), before any other interface can exist.
+const LOOPBACK_INDEX: u32 = 1;
+
+/// Sets `lo` up in the calling thread's network namespace, synchronously:
+/// the thread that makes a pod sandbox calls it right after unshare, with
+/// no runtime to drive an rtnetlink connection (and no `ip` to run).
+pub fn loopback_up_here() -> std::io::Result<()> {
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_route::link::LinkFlags;
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut link = LinkMessage::default();
+    link.header.index = LOOPBACK_INDEX;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::SetLink(link));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    let (reply, _) = socket.recv_from_full()?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
+        .map_err(|e| std::io::Error::other(format!("netlink reply: {e}")))?;
+    match reply.payload {
+        NetlinkPayload::Error(error) => match error.code {
+            None => Ok(()),
+            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+        },
+        other => Err(std::io::Error::other(format!(
+            "netlink: no acknowledgement but {other:?}"
+        ))),
+    }
+}

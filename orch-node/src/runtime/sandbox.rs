@@ -73,13 +73,7 @@ pub fn create(pod_dir: &Path, hostname: &str) -> Result<SandboxNamespaces, Sandb
         .map_err(|e| format!("unshare: {e}"))?;
         nix::unistd::sethostname(&hostname)
             .map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
-        let lo = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .map_err(|e| format!("ip link set lo up: {e}"))?;
-        if !lo.success() {
-            return Err(format!("ip link set lo up: {lo}"));
-        }
+        crate::net::netlink::loopback_up_here().map_err(|e| format!("setting lo up: {e}"))?;
         let tid = nix::unistd::gettid();
         for kind in KINDS {
             let source = PathBuf::from(format!("/proc/self/task/{tid}/ns/{kind}"));

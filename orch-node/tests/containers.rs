@@ -76,6 +76,20 @@ fn start_shim(pod_dir: &Path) -> Shim {
     Shim { child, client }
 }
 
+/// The directory of `child` of this run's cgroup parent in each of
+/// `hierarchies` (the parent itself for an empty `child`).
+fn in_hierarchies(hierarchies: &[&str], child: &str) -> Vec<PathBuf> {
+    hierarchies
+        .iter()
+        .map(|h| {
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(cgroup_parent().trim_start_matches('/'))
+                .join(child)
+        })
+        .collect()
+}
+
 fn container_spec(rootfs: PathBuf, pod_dir: &Path, name: &str, args: &[&str]) -> ContainerSpec {
     ContainerSpec {
         args: args.iter().map(|a| a.to_string()).collect(),
@@ -236,15 +250,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     );
     // Delete takes the container's own cgroup (every hierarchy) and its
     // runtime state with it.
-    let leaf: Vec<PathBuf> = ["memory", "pids", "cpu", "freezer"]
-        .iter()
-        .map(|h| {
-            Path::new("/sys/fs/cgroup")
-                .join(h)
-                .join(cgroup_parent().trim_start_matches('/'))
-                .join("hello")
-        })
-        .collect();
+    let leaf = in_hierarchies(&["memory", "pids", "cpu", "freezer"], "hello");
     let state_dir = pod_dir.join("runtime-state").join(&id);
     assert!(leaf.iter().all(|p| p.exists()) && state_dir.exists());
     client.call(&Request::Delete { id }).expect("delete");
@@ -378,13 +384,8 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     drop(shim);
     drop(pod);
     assert!(!sandbox::exists(&pod_dir));
-    let leftover: Vec<_> = ["memory", "pids", "cpu", "unified"]
-        .iter()
-        .map(|h| {
-            Path::new("/sys/fs/cgroup")
-                .join(h)
-                .join(cgroup_parent().trim_start_matches('/'))
-        })
+    let leftover: Vec<_> = in_hierarchies(&["memory", "pids", "cpu", "unified"], "")
+        .into_iter()
         .filter(|p| p.exists())
         .collect();
     assert!(leftover.is_empty(), "cgroups left: {leftover:?}");

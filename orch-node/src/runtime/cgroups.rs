@@ -1,6 +1,6 @@
-//! Removing cgroups: libcontainer deletes a container's leaf cgroup only;
-//! the pod's (and the node's) parents are the agent's to remove, in every
-//! hierarchy (the v1 controllers and the unified one on hybrid hosts).
+//! Removing cgroups, in every hierarchy (the v1 controllers and the
+//! unified one on hybrid hosts): an exited container's leaf (the shim's
+//! delete), and the pod's and the node's parents (the agent's).
 
 use std::path::{Path, PathBuf};
 

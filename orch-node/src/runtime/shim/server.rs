@@ -305,7 +305,11 @@ fn handle(
                 return Ok(Response::Ok);
             };
             let released = entry.state.status == Status::Exited
-                && release_exited(&state_root.join(&id), &entry.cgroups_path).is_ok();
+                && release_exited(&entry.container.root, &entry.cgroups_path)
+                    .inspect_err(|error| {
+                        tracing::warn!(%id, %error, "releasing an exited container; libcontainer deletes it")
+                    })
+                    .is_ok();
             if !released && let Err(error) = entry.container.delete(true) {
                 let message = format!("deleting {id}: {error}");
                 held.insert(id, entry);
@@ -338,19 +342,25 @@ fn handle(
 /// stopped container without hooks (orch sets none). Done here because
 /// libcontainer's v1 cgroup manager finds each controller's mount by
 /// reading /proc/self/mountinfo and /proc/self/cgroup through pathrs'
-/// checked procfs, twice per controller: about 1.5 ms a container on the
-/// hybrid hosts, more than the rmdirs themselves. Anything that fails here
-/// is left to libcontainer's delete.
+/// checked procfs (two reads per controller): about 1 ms a container on
+/// the hybrid hosts, more than the rmdirs themselves, and growing with the
+/// host's mount table. Anything that fails here is left to libcontainer's
+/// delete.
 fn release_exited(container_root: &Path, cgroups_path: &str) -> Result<(), String> {
     if !cgroups_path.starts_with('/') {
         return Err("no absolute cgroupsPath".into());
     }
-    // The pid namespace's processes died with its init, but a container
-    // sharing the pod's pid namespace may leave some behind.
+    // Every container has a pid namespace of its own, whose processes the
+    // kernel killed and reaped with its init; this only makes sure.
     crate::runtime::cgroups::kill_all(cgroups_path);
     let mut pause = std::time::Duration::from_millis(2);
     let mut removed = crate::runtime::cgroups::remove(cgroups_path);
-    while removed.is_err() && pause < std::time::Duration::from_millis(300) {
+    // Only EBUSY (a process still leaving) is worth waiting for.
+    while removed
+        .as_ref()
+        .is_err_and(|e| e.raw_os_error() == Some(nix::libc::EBUSY))
+        && pause < std::time::Duration::from_millis(300)
+    {
         std::thread::sleep(pause);
         pause *= 2;
         removed = crate::runtime::cgroups::remove(cgroups_path);

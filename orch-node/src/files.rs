@@ -1,6 +1,7 @@
 //! Writing files so a crash leaves the old content or the new, never a
 //! torn one: a temporary file beside the target (named `.tmp-*`, which the
-//! image store sweeps away at start), synced, then renamed over it.
+//! image store sweeps away at start), synced, then renamed over it. And
+//! removing directory trees that may already be gone.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,5 +43,14 @@ pub struct RemoveOnDrop(pub std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Removes the directory `dir` and everything in it; one already gone is
+/// fine (removals are retried after a crash or a failed attempt).
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
     }
 }

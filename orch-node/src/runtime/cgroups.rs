@@ -37,6 +37,23 @@ pub fn remove(path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `remove`, waiting (briefly, with back-off) while a cgroup is busy: a
+/// killed process still on its way out. Other errors return at once.
+pub fn remove_waiting_while_busy(path: &str) -> std::io::Result<()> {
+    let mut pause = std::time::Duration::from_millis(2);
+    let mut removed = remove(path);
+    while removed
+        .as_ref()
+        .is_err_and(|e| e.raw_os_error() == Some(nix::libc::EBUSY))
+        && pause < std::time::Duration::from_millis(300)
+    {
+        std::thread::sleep(pause);
+        pause *= 2;
+        removed = remove(path);
+    }
+    removed
+}
+
 fn remove_tree(dir: &Path) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,

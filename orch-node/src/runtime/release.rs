@@ -76,10 +76,5 @@ pub fn release(dir: &Path, cgroup: &str, grace: Duration) -> Result<(), String> 
     crate::agent::volume_writer::unmount_all(&dir.join("volumes"))
         .map_err(|e| format!("{}: {e}", dir.join("volumes").display()))?;
     cgroups::remove(cgroup).map_err(|e| format!("cgroup {cgroup}: {e}"))?;
-    match std::fs::remove_dir_all(dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("{}: {error}", dir.display()))
-        }
-        _ => Ok(()),
-    }
+    crate::files::remove_tree(dir).map_err(|error| format!("{}: {error}", dir.display()))
 }

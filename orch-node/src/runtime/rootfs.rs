@@ -46,8 +46,5 @@ pub fn remove(container_dir: &Path) -> std::io::Result<()> {
     if super::mounts::is_mount_point(&rootfs) {
         nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
     }
-    match std::fs::remove_dir_all(container_dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
+    crate::files::remove_tree(container_dir)
 }

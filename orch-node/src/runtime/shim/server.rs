@@ -353,25 +353,10 @@ fn release_exited(container_root: &Path, cgroups_path: &str) -> Result<(), Strin
     // Every container has a pid namespace of its own, whose processes the
     // kernel killed and reaped with its init; this only makes sure.
     crate::runtime::cgroups::kill_all(cgroups_path);
-    let mut pause = std::time::Duration::from_millis(2);
-    let mut removed = crate::runtime::cgroups::remove(cgroups_path);
-    // Only EBUSY (a process still leaving) is worth waiting for.
-    while removed
-        .as_ref()
-        .is_err_and(|e| e.raw_os_error() == Some(nix::libc::EBUSY))
-        && pause < std::time::Duration::from_millis(300)
-    {
-        std::thread::sleep(pause);
-        pause *= 2;
-        removed = crate::runtime::cgroups::remove(cgroups_path);
-    }
-    removed.map_err(|e| format!("cgroup {cgroups_path}: {e}"))?;
-    match std::fs::remove_dir_all(container_root) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("{}: {error}", container_root.display()))
-        }
-        _ => Ok(()),
-    }
+    crate::runtime::cgroups::remove_waiting_while_busy(cgroups_path)
+        .map_err(|e| format!("cgroup {cgroups_path}: {e}"))?;
+    crate::files::remove_tree(container_root)
+        .map_err(|error| format!("{}: {error}", container_root.display()))
 }
 
 /// Collects every exited child; records the containers' and the exec'd

@@ -52,13 +52,16 @@ pub struct WatchEvent {
 
 /// Whether `status` says the replica could not be reached, or went away
 /// in the middle of the call (its connection broke: tonic reports
-/// "transport error" as Unknown): then another replica is tried. A write
-/// the dead replica may have applied is retried like any lost reply;
-/// creates answer AlreadyExists then, updates and patches are applied
-/// again.
+/// "transport error" as Unknown, and a call still queued on a connection
+/// that closed as hyper's Cancelled "operation was canceled"): then
+/// another replica is tried. A write the dead replica may have applied is
+/// retried like any lost reply; creates answer AlreadyExists then, updates
+/// and patches are applied again.
 fn unreachable(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         || (status.code() == tonic::Code::Unknown && status.message().contains("transport error"))
+        || (status.code() == tonic::Code::Cancelled
+            && status.message().contains("operation was canceled"))
 }
 
 /// How calls reach an API server: a TLS channel to a replica, or the API
@@ -535,6 +538,11 @@ mod tests {
         )));
         assert!(unreachable(&tonic::Status::unknown("transport error")));
         assert!(!unreachable(&tonic::Status::unknown("something else")));
+        // A call queued on a connection that closed before it was sent.
+        assert!(unreachable(&tonic::Status::cancelled(
+            "operation was canceled"
+        )));
+        assert!(!unreachable(&tonic::Status::cancelled("by the caller")));
         assert!(!unreachable(&tonic::Status::not_found(
             "pods \"web\" not found"
         )));

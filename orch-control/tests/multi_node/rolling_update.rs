@@ -13,7 +13,8 @@ use super::support::{
 };
 
 /// A pod (not behind the Service) requesting the ClusterIP in a loop,
-/// keeping `<answered> <failed>` in /tmp/count and logging each failure
+/// keeping `<answered> <failed>` in /tmp/count (replaced by a rename, so
+/// a reader never catches it truncated and empty) and logging each failure
 /// (`timeout`, since Debian's busybox wget crashes on its own `-T`).
 fn loader(cluster_ip: &str) -> String {
     format!(
@@ -26,7 +27,7 @@ spec:
   - name: loader
     image: {IMAGE}
     imagePullPolicy: Never
-    command: [sh, -c, 'ok=0; failed=0; while true; do if timeout 5 wget -q -O /dev/null http://{cluster_ip}/; then ok=$((ok+1)); else failed=$((failed+1)); echo failed at $(date +%T); fi; echo $ok $failed > /tmp/count; sleep 0.02; done']
+    command: [sh, -c, 'ok=0; failed=0; while true; do if timeout 5 wget -q -O /dev/null http://{cluster_ip}/; then ok=$((ok+1)); else failed=$((failed+1)); echo failed at $(date +%T); fi; echo $ok $failed > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.02; done']
 "
     )
 }

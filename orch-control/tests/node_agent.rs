@@ -1004,7 +1004,7 @@ fn shim_executables(state: &std::path::Path) -> Vec<(u32, String, u64)> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let is_shim = args.get(1).is_some_and(|a| a == "shim")
+            let is_shim = args.first().is_some_and(|a| a == "orch-shim")
                 && args.iter().any(|a| a.starts_with(&needle));
             if !is_shim {
                 return None;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use orch_node::image::build::{self, BUSYBOX};
 use orch_node::image::{ImageStore, Reference, unpack};
+use orch_node::runtime::shim::ShimPrograms;
 use orch_node::runtime::shim::client::ShimClient;
 use orch_node::runtime::shim::protocol::{Request, Status};
 use orch_node::runtime::spec::{ContainerSpec, Resources};
@@ -92,20 +93,16 @@ const PHASES: [&str; 4] = ["create", "start", "wait", "delete"];
 
 impl Orch {
     fn start(pod_dir: &Path) -> Self {
-        let shim_binary =
+        let orch_node =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/orch-node");
-        let shim = Command::new(&shim_binary)
-            .args(["shim", "--pod-dir"])
-            .arg(pod_dir)
+        let programs = ShimPrograms::beside(&orch_node)
+            .unwrap_or_else(|e| panic!("{e} (cargo build --release -p orch-node first)"));
+        let shim = programs
+            .shim_command(pod_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e} (cargo build --release -p orch-node first)",
-                    shim_binary.display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("starting orch-shim: {e}"));
         let client = ShimClient::new(pod_dir);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !client.alive() {

@@ -5,12 +5,13 @@
 //! CRI-format logs as the shim reports them. Needs root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use orch_node::image::build::{self, BUSYBOX};
 use orch_node::image::{ImageStore, Reference, unpack};
 use orch_node::runtime::exec::{self, ExecIo, ExecOptions};
+use orch_node::runtime::shim::ShimPrograms;
 use orch_node::runtime::shim::client::ShimClient;
 use orch_node::runtime::shim::protocol::{ContainerState, LogRotation, Request, Status};
 use orch_node::runtime::spec::{ContainerSpec, Resources};
@@ -52,9 +53,10 @@ fn cgroup_parent() -> String {
 }
 
 fn start_shim(pod_dir: &Path) -> Shim {
-    let child = Command::new(env!("CARGO_BIN_EXE_orch-node"))
-        .args(["shim", "--pod-dir"])
-        .arg(pod_dir)
+    let programs = ShimPrograms::beside(Path::new(env!("CARGO_BIN_EXE_orch-node")))
+        .expect("sealed orch-shim and orch-node");
+    let child = programs
+        .shim_command(pod_dir)
         .env_remove("RUST_BACKTRACE")
         // libcontainer's debug logs must reach the shim's log, never a
         // container's output (asserted below).
@@ -153,13 +155,19 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     sandbox::create(&pod_dir, "pod-a").expect("sandbox");
     let shim = start_shim(&pod_dir);
     let client = &shim.client;
-    // The shim runs from a sealed in-memory copy of orch-node, not the file.
+    // The shim runs from a sealed in-memory copy of orch-shim, not the file.
     let exe = std::fs::read_link(format!("/proc/{}/exe", shim.child.id())).expect("shim exe");
     assert!(
         exe.to_string_lossy().contains("memfd:"),
         "{}",
         exe.display()
     );
+
+    // It never maps libcontainer (or its libseccomp): the runtime calls run
+    // in orch-node processes of their own.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", shim.child.id())).expect("maps");
+    assert!(!maps.contains("libseccomp"), "{maps}");
+    let shim_pid = shim.child.id();
 
     let mut run = |name: &str,
                    args: &[&str],
@@ -305,6 +313,9 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         .expect("kill");
     let killed = wait_exited(client, &id);
     assert_eq!((killed.exit_code, killed.signal), (Some(137), Some(9)));
+    // The runtime processes that created and started it are gone; what
+    // they made was the shim's to reap.
+    assert_eq!(children(shim_pid), Vec::<i32>::new());
     client.call(&Request::Delete { id }).expect("delete");
 
     // Processes exec'd into a running container.
@@ -389,6 +400,49 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
     client.call(&Request::Delete { id }).expect("delete");
 
+    // Created and never started: its delete goes to the runtime process
+    // still holding it, which takes its init, cgroup and state along.
+    let container_dir = pod_dir.join("containers").join("unstarted");
+    pod.containers.push(container_dir.clone());
+    let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
+    let config = container_spec(root, &pod_dir, "unstarted", &["true"]);
+    std::fs::write(
+        container_dir.join("config.json"),
+        serde_json::to_vec_pretty(&spec::runtime_spec(&config)).expect("spec"),
+    )
+    .expect("config.json");
+    client
+        .call(&Request::Create {
+            id: "unstarted-0".into(),
+            bundle: container_dir,
+            log: pod_dir.join("logs").join("unstarted").join("0.log"),
+            log_rotation: None,
+        })
+        .expect("create");
+    let created = client.state().expect("state");
+    let init = created
+        .iter()
+        .find(|c| c.id == "unstarted-0")
+        .and_then(|c| (c.status == Status::Created).then_some(c.pid).flatten())
+        .expect("a created container with an init");
+    assert!(Path::new(&format!("/proc/{init}")).exists());
+    let leaf = in_hierarchies(&["memory", "pids"], "unstarted");
+    assert!(leaf.iter().all(|p| p.exists()), "{leaf:?}");
+    client
+        .call(&Request::Delete {
+            id: "unstarted-0".into(),
+        })
+        .expect("delete a created container");
+    let state_dir = pod_dir.join("runtime-state").join("unstarted-0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children(shim_pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(children(shim_pid), Vec::<i32>::new());
+    assert!(!state_dir.exists(), "{} left", state_dir.display());
+    let left: Vec<_> = leaf.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+
     // Everything goes: the shim on request, the mounts, the cgroups.
     drop(shim);
     drop(pod);
@@ -398,6 +452,27 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         .filter(|p| p.exists())
         .collect();
     assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
+}
+
+/// The live (not yet reaped) children of process `pid`, any thread's.
+fn children(pid: u32) -> Vec<i32> {
+    let mut found: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the shim's threads")
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|child| {
+            // A zombie is a child the shim has yet to reap.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").starts_with(" Z"))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 fn read_all(fd: std::os::fd::OwnedFd) -> String {

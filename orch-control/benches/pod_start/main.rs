@@ -148,7 +148,7 @@ fn shims(state: &Path) -> Vec<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let shim = args.get(1) == Some(&&b"shim"[..])
+            let shim = args.first() == Some(&&b"orch-shim"[..])
                 && args
                     .iter()
                     .any(|a| String::from_utf8_lossy(a).starts_with(&needle));
@@ -304,7 +304,9 @@ async fn main() -> Result<()> {
         // Private memory: what a shim costs beyond the binary all share.
         .filter_map(|pid| proc_bytes(*pid, "status", "RssAnon").ok())
         .sum();
-    let sealed_copy = std::fs::metadata(&node_binary)?.len();
+    // The agent seals orch-shim and orch-runtime once for all its shims.
+    let sealed_copy = std::fs::metadata(node_binary.with_file_name("orch-shim"))?.len()
+        + std::fs::metadata(node_binary.with_file_name("orch-runtime"))?.len();
     delete_all(&mut client, &names).await?;
 
     eprintln!("bench pod start: {count} pods at once...");
@@ -384,7 +386,7 @@ async fn main() -> Result<()> {
         "< 3",
     );
     row(
-        "sealed orch-node copy, once per agent, MiB",
+        "sealed orch-shim + orch-runtime, once per agent, MiB",
         format!("{:.1}", mib(sealed_copy)),
         "",
     );

@@ -17,10 +17,8 @@ impl PodManager {
         }
         let log =
             std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
-        let mut command = std::process::Command::new(&self.shim_binary);
+        let mut command = self.shim_programs.shim_command(dir);
         command
-            .args(["shim", "--pod-dir"])
-            .arg(dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log);

@@ -46,8 +46,8 @@ pub struct PodManager {
     pub images: Arc<ImagePuller>,
     pub cache: Arc<Cache>,
     pub queue: Arc<WorkQueue<ObjectRef>>,
-    /// orch-node itself, run as each pod's shim.
-    pub shim_binary: PathBuf,
+    /// orch-shim and orch-node, sealed, that each pod's shim runs.
+    pub shim_programs: Arc<crate::runtime::shim::ShimPrograms>,
     /// How the containers' log files are rotated.
     pub log_rotation: LogRotation,
     /// When unused images are deleted.
@@ -147,7 +147,7 @@ impl PodManager {
         images: Arc<ImageStore>,
         registry: Arc<RegistryClient>,
         cache: Arc<Cache>,
-        shim_binary: PathBuf,
+        shim_programs: Arc<crate::runtime::shim::ShimPrograms>,
         log_rotation: LogRotation,
         image_gc: super::image_gc::ImageGcPolicy,
         plumbing: super::pod_network::PodPlumbing,
@@ -160,7 +160,7 @@ impl PodManager {
             images: Arc::new(ImagePuller::new(images, registry)),
             cache,
             queue: WorkQueue::new(),
-            shim_binary,
+            shim_programs,
             log_rotation,
             image_gc,
             volumes_synced: Default::default(),

@@ -118,12 +118,6 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run as the shim of one pod (started by the agent; not for people).
-    #[command(hide = true)]
-    Shim {
-        #[arg(long)]
-        pod_dir: PathBuf,
-    },
     /// The node's image store (under --state-dir).
     Image {
         #[command(subcommand)]
@@ -157,26 +151,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if matches!(cli.command, Some(Command::Shim { .. })) {
-        // libcontainer logs from the container's process too, after it
-        // made the container's stdio its fds 0-2: the shim's log goes to
-        // a copy of its own stderr, so none of it lands in a container's
-        // output.
-        let log = std::os::fd::AsFd::as_fd(&std::io::stderr())
-            .try_clone_to_owned()
-            .context("duplicating the shim's stderr")?;
-        let log = std::sync::Arc::new(std::fs::File::from(log));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(log)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let node_name = match cli.node_name {
         Some(name) => name,
         None => nix::unistd::gethostname()
@@ -187,8 +165,6 @@ fn main() -> Result<()> {
     let layout = PinLayout::new(&cli.bpffs, &node_name).context("--node-name")?;
     match cli.command {
         Some(Command::Dataplane { command }) => run_dataplane(&layout, command),
-        Some(Command::Shim { pod_dir }) => orch_node::runtime::shim::server::run(&pod_dir)
-            .map_err(|e| anyhow::anyhow!("shim {}: {e}", pod_dir.display())),
         Some(Command::Image { command, state_dir }) => run_image(&state_dir, command),
         Some(Command::Reset { state_dir }) => reset(&node_name, &layout, &state_dir),
         None => run_agent(node_name, &layout, cli.agent),
@@ -266,9 +242,12 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
                 .with_context(|| format!("the image store in {}", args.state_dir.display()))?,
         )),
     };
-    // Held for the agent's life: the shims it starts run from it.
-    let shim_binary = orch_node::runtime::shim::SealedBinary::of_current_exe()
-        .context("a sealed copy of orch-node for the pod shims")?;
+    // Held for the agent's life: the shims it starts run from them.
+    let orch_node = std::env::current_exe().context("where orch-node is")?;
+    let shim_programs = std::sync::Arc::new(
+        orch_node::runtime::shim::ShimPrograms::beside(&orch_node)
+            .map_err(|e| anyhow::anyhow!("sealed copies of the pod shims' programs: {e}"))?,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -353,7 +332,7 @@ fn run_agent(node_name: String, layout: &PinLayout, args: AgentArgs) -> Result<(
             images,
             registry,
             orch_core::runtime::Cache::new(),
-            shim_binary.path(),
+            shim_programs.clone(),
             log_rotation,
             image_gc,
             plumbing,

@@ -1,27 +1,15 @@
-//! Processes exec'd into a pod's running containers (the shim's side).
-//!
-//! libcontainer's tenant builder joins the container's namespaces and
-//! cgroup; the process it runs is the container's own process section
-//! (user, environment, working directory, capabilities, no_new_privs)
-//! with other arguments. libcontainer 0.7 drops the container's seccomp
-//! filter for a tenant, so the executor here loads it again right
-//! before exec, as runc does for `runc exec` (which is why an exec'd
-//! process always runs with no_new_privs; see `start`).
+//! Processes exec'd into a pod's running containers: the shim's records
+//! of them (their pids, exit codes and who waits for them). Starting one
+//! is an `orch-runtime` call (`exec_process`).
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
-use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-
-use super::protocol::Response;
+use super::protocol::{Response, RuntimeCall};
+use super::runtime_process::{RuntimeBinary, RuntimeProcess};
 
 /// How long an exit code nobody asked for is kept.
 const UNCLAIMED: Duration = Duration::from_secs(600);
@@ -57,11 +45,13 @@ impl Execs {
         }
     }
 
-    /// Starts a process in `container` (running); its host pid.
+    /// Starts a process in running container `id` (through an
+    /// `orch-runtime` call); its host pid.
     pub fn start(
         &mut self,
+        runtime: &RuntimeBinary,
         state_root: &Path,
-        container: &Container,
+        id: &str,
         start: ExecStart,
     ) -> Result<i32, String> {
         self.forget_unclaimed();
@@ -72,96 +62,27 @@ impl Execs {
             console_socket,
             fds,
         } = start;
-        if exec_id.is_empty()
-            || exec_id.len() > 64
-            || !exec_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(format!("exec id {exec_id:?}: letters, digits and '-' only"));
-        }
+        check_exec_id(&exec_id)?;
         if self.records.contains_key(&exec_id) {
             return Err(format!("exec {exec_id} exists"));
         }
         if args.is_empty() {
             return Err("exec: no command".into());
         }
-        let bundle = container.bundle();
-        let config: serde_json::Value = std::fs::read(bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| format!("{}: no readable config.json", bundle.display()))?;
-        let mut process = config["process"].clone();
-        if !process.is_object() {
-            return Err(format!("{}: no process section", bundle.display()));
-        }
-        process["args"] = serde_json::json!(args);
-        process["terminal"] = serde_json::json!(console_socket.is_some());
-        let seccomp: Option<LinuxSeccomp> = match &config["linux"]["seccomp"] {
-            serde_json::Value::Null => None,
-            value => Some(
-                serde_json::from_value(value.clone())
-                    .map_err(|e| format!("{}: linux.seccomp: {e}", bundle.display()))?,
-            ),
+        let call = RuntimeCall::Exec {
+            state_root: state_root.to_path_buf(),
+            id: id.to_string(),
+            exec_dir: self.dir.clone(),
+            exec_id: exec_id.clone(),
+            args,
+            stdin,
+            console_socket,
         };
-        if seccomp.is_some() {
-            // The filter is loaded after the capabilities are dropped, which
-            // the kernel allows only under no_new_privs: an exec'd process
-            // always has it (setuid programs do not elevate it), rather
-            // than running without the container's filter.
-            process["noNewPrivileges"] = serde_json::json!(true);
-        }
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let process_file = self.dir.join(format!("{exec_id}.json"));
-        std::fs::write(
-            &process_file,
-            serde_json::to_vec(&process).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| format!("{}: {e}", process_file.display()))?;
-
-        let mut builder = ContainerBuilder::new(container.id().to_string(), SyscallType::Linux)
-            .with_executor(SeccompExecutor { seccomp })
-            .with_root_path(state_root)
-            .map_err(|e| format!("state root: {e}"))?;
-        match console_socket {
-            Some(socket) => {
-                if !fds.is_empty() {
-                    return Err("exec: descriptors sent with a terminal".into());
-                }
-                builder = builder.with_console_socket(Some(socket));
-            }
-            None => {
-                let expected = if stdin { 3 } else { 2 };
-                if fds.len() != expected {
-                    return Err(format!(
-                        "exec: {} descriptors sent, {expected} expected",
-                        fds.len()
-                    ));
-                }
-                let mut fds = fds.into_iter();
-                let input = match stdin {
-                    true => fds.next(),
-                    false => std::fs::File::open("/dev/null").ok().map(OwnedFd::from),
-                };
-                let (Some(input), Some(output), Some(errors)) = (input, fds.next(), fds.next())
-                else {
-                    return Err("exec: missing descriptors".into());
-                };
-                builder = builder
-                    .with_stdin(input)
-                    .with_stdout(output)
-                    .with_stderr(errors);
-            }
-        }
-        let started = builder
-            .as_tenant()
-            .with_process(Some(&process_file))
-            .with_detach(true)
-            .build();
-        let _ = std::fs::remove_file(&process_file);
-        let pid = started
-            .map_err(|e| format!("exec in {}: {e}", container.id()))?
-            .as_raw();
+        let sent: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        let pid = match RuntimeProcess::start(runtime)?.call(&call, &sent)? {
+            Response::Started { pid } => pid,
+            other => return Err(format!("exec: unexpected answer {other:?}")),
+        };
         self.records.insert(
             exec_id,
             Record {
@@ -228,23 +149,15 @@ impl Execs {
     }
 }
 
-/// Loads the container's seccomp filter, then runs the process as
-/// libcontainer's default executor does.
-#[derive(Clone)]
-struct SeccompExecutor {
-    seccomp: Option<LinuxSeccomp>,
-}
-
-impl Executor for SeccompExecutor {
-    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if let Some(seccomp) = &self.seccomp {
-            libcontainer::seccomp::initialize_seccomp(seccomp)
-                .map_err(|e| ExecutorError::Other(format!("loading the seccomp filter: {e}")))?;
-        }
-        DefaultExecutor {}.exec(spec)
+/// An exec id names a file: letters, digits and '-' only.
+pub fn check_exec_id(exec_id: &str) -> Result<(), String> {
+    if exec_id.is_empty()
+        || exec_id.len() > 64
+        || !exec_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(format!("exec id {exec_id:?}: letters, digits and '-' only"));
     }
-
-    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
-    }
+    Ok(())
 }

@@ -1,17 +1,51 @@
-//! Pod shims: the per-pod process that runs the pod's containers through
-//! libcontainer (`server`, `exec`), the agent's client of it, and their
-//! protocol (`protocol`, framed by `wire`).
+//! Pod shims: the per-pod process (`orch-shim`: `server`, `exec`) that
+//! has libcontainer run the pod's containers in short-lived
+//! `orch-runtime` processes (`calls`, `exec_process`; started by
+//! `runtime_process`), the agent's client of it, and their protocol
+//! (`protocol`, framed by `wire`).
 
+pub mod calls;
 pub mod client;
 pub mod exec;
+pub mod exec_process;
 pub mod logs;
 pub mod protocol;
+pub mod runtime_process;
 pub mod server;
 pub mod wire;
 
-/// One sealed in-memory copy of this program, which every shim the agent
-/// starts runs from. A shim must never run from the file on disk (a
-/// container that reached /proc/<shim>/exe could overwrite orch-node,
+use std::path::Path;
+use std::process::Command;
+
+/// How orch-shim and orch-runtime begin: from a sealed copy of
+/// themselves (re-executing into one when run from a file; the
+/// re-executed program keeps its inherited descriptors), logging to a
+/// copy of stderr. A copy, because libcontainer logs from a container's
+/// process too after making the container's stdio its fds 0-2: that way
+/// none of it lands in a container's output. Debug lines with
+/// `RUST_LOG=debug` (or trace), info otherwise: no filter expressions,
+/// whose parser would be most of what these small programs map.
+pub fn begin_sealed_with_log() -> Result<(), String> {
+    pentacle::ensure_sealed().map_err(|e| format!("re-executing from a sealed memfd: {e}"))?;
+    let log = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating stderr: {e}"))?;
+    let level = match std::env::var("RUST_LOG").as_deref() {
+        Ok("debug") | Ok("trace") => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::sync::Arc::new(std::fs::File::from(log)))
+        .init();
+    Ok(())
+}
+
+/// A sealed in-memory copy of a program (orch-shim, orch-runtime), which
+/// every process started from it runs. A
+/// shim or a libcontainer caller must never run from the file on disk (a
+/// container that reached /proc/<pid>/exe could overwrite it,
 /// CVE-2019-5736); a copy made by each shim would cost a whole binary of
 /// memory per pod, this one costs it once per agent.
 pub struct SealedBinary {
@@ -19,12 +53,16 @@ pub struct SealedBinary {
 }
 
 impl SealedBinary {
-    pub fn of_current_exe() -> std::io::Result<Self> {
-        let mut exe = std::fs::File::open("/proc/self/exe")?;
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let mut program = std::fs::File::open(path)?;
         let file = pentacle::SealOptions::new()
             .executable(true)
-            .copy_and_seal(&mut exe)?;
+            .copy_and_seal(&mut program)?;
         Ok(Self { file })
+    }
+
+    pub fn of_current_exe() -> std::io::Result<Self> {
+        Self::of(Path::new("/proc/self/exe"))
     }
 
     /// The path that runs it, valid in this process and in its children
@@ -33,5 +71,60 @@ impl SealedBinary {
     pub fn path(&self) -> std::path::PathBuf {
         use std::os::fd::AsRawFd as _;
         std::path::PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// The two programs a node's shims run, sealed once per agent.
+pub struct ShimPrograms {
+    pub shim: SealedBinary,
+    pub runtime: SealedBinary,
+}
+
+impl ShimPrograms {
+    /// `orch-shim` and `orch-runtime` beside the orch-node at `orch_node`
+    /// (installed in one directory, as cargo builds them).
+    pub fn beside(orch_node: &Path) -> Result<Self, String> {
+        let sealed = |name: &str| {
+            let path = orch_node.with_file_name(name);
+            SealedBinary::of(&path).map_err(|e| {
+                format!(
+                    "{}: {e} ({name} is installed beside orch-node)",
+                    path.display()
+                )
+            })
+        };
+        Ok(Self {
+            shim: sealed("orch-shim")?,
+            runtime: sealed("orch-runtime")?,
+        })
+    }
+
+    /// The command that starts the shim of the pod in `pod_dir`, handing
+    /// it the sealed orch-runtime: the one descriptor it inherits. Spawn
+    /// it while `self` lives.
+    pub fn shim_command(&self, pod_dir: &Path) -> Command {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::process::CommandExt as _;
+        let runtime_fd = self.runtime.file.as_raw_fd();
+        let mut command = Command::new(self.shim.path());
+        command
+            .arg0("orch-shim")
+            .arg("--pod-dir")
+            .arg(pod_dir)
+            .arg("--runtime-fd")
+            .arg(runtime_fd.to_string());
+        // SAFETY: runs in the forked child before exec; fcntl(2) is
+        // async-signal-safe and nothing is allocated.
+        unsafe {
+            command.pre_exec(move || {
+                // Clears close-on-exec on the sealed orch-runtime; a closed
+                // descriptor fails the spawn with EBADF.
+                nix::libc::fcntl(runtime_fd, nix::libc::F_SETFD, 0)
+                    .ge(&0)
+                    .then_some(())
+                    .ok_or_else(std::io::Error::last_os_error)
+            });
+        }
+        command
     }
 }

@@ -63,6 +63,40 @@ pub enum Request {
     Shutdown,
 }
 
+/// What a shim asks of the `orch-runtime` process it starts for
+/// each libcontainer call (the shim itself does not link libcontainer, so
+/// it stays small), over the socket that process has as its stdin. It
+/// answers each with a `Response`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum RuntimeCall {
+    /// Creates container `id` from the bundle, its stdin, stdout and
+    /// stderr the descriptors sent with the call; answers `Started` with
+    /// its init's pid, then waits for `Start` or `Delete` (or the end of
+    /// the socket, which deletes it).
+    Create {
+        state_root: PathBuf,
+        id: String,
+        bundle: PathBuf,
+    },
+    /// Starts the container just created; the process exits after it.
+    Start,
+    /// Deletes container `id`, killing it first if it runs.
+    Delete { state_root: PathBuf, id: String },
+    /// Runs `args` in running container `id` like `Request::Exec` (the
+    /// process description is written under `exec_dir`); answers
+    /// `Started` with its pid.
+    Exec {
+        state_root: PathBuf,
+        id: String,
+        exec_dir: PathBuf,
+        exec_id: String,
+        args: Vec<String>,
+        stdin: bool,
+        console_socket: Option<PathBuf>,
+    },
+}
+
 /// When a container's log file is rotated, and how many files are kept
 /// (the live one included), like the kubelet's containerLogMaxSize and
 /// containerLogMaxFiles.

@@ -1,30 +1,31 @@
-//! The shim: one small process per pod (`orch-node shim --pod-dir DIR`).
+//! The shim: one small process per pod (`orch-shim --pod-dir DIR
+//! --runtime-fd N`).
 //!
 //! libcontainer may not be called concurrently (it chdir()s the process)
 //! and makes its caller the parent of every container init, so the agent
-//! never calls it: each pod's shim does, one call at a time, from its
-//! main thread. The shim is a child subreaper, reaps its containers and
+//! never calls it: each pod's shim has it called, one call at a time, by
+//! an `orch-runtime` process it starts from the sealed copy the agent
+//! handed it (`calls`); what that process makes becomes the shim's
+//! when it exits. The shim is a child subreaper, reaps its containers and
 //! records their exit codes, holds their stdout/stderr and writes the log
-//! files, re-executes itself from a sealed memfd first (a container that
-//! could reach /proc/<shim>/exe cannot overwrite orch-node), and outlives
-//! an agent restart: the agent finds it again by its socket.
+//! files, runs from a sealed memfd (a process that could reach
+//! /proc/<shim>/exe cannot overwrite the binary), and outlives an agent
+//! restart: the agent finds it again by its socket.
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::client::socket_path;
-use super::protocol::{ContainerState, Request, Response, Status};
+use super::protocol::{ContainerState, Request, Response, RuntimeCall, Status};
+use super::runtime_process::{RuntimeBinary, RuntimeProcess};
 
 enum Event {
     Request(Request, Vec<OwnedFd>, mpsc::Sender<Response>),
@@ -32,9 +33,13 @@ enum Event {
 }
 
 struct Held {
-    container: Container,
     state: ContainerState,
     cgroups_path: String,
+    /// libcontainer's state directory of the container.
+    root: PathBuf,
+    /// The runtime process holding the container from its create until
+    /// its start (or delete).
+    creator: Option<RuntimeProcess>,
     /// `Wait` requests answered when the container exits.
     waiters: Vec<mpsc::Sender<Response>>,
 }
@@ -45,10 +50,9 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Runs the shim of the pod in `pod_dir` until told to shut down.
-pub fn run(pod_dir: &Path) -> Result<(), String> {
-    // From a sealed copy of the binary, never from the file on disk.
-    pentacle::ensure_sealed().map_err(|e| format!("re-executing from a sealed memfd: {e}"))?;
+/// Runs the shim of the pod in `pod_dir` until told to shut down;
+/// `runtime` runs its libcontainer calls.
+pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     let state_root = pod_dir.join("runtime-state");
@@ -92,6 +96,10 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
         }
     });
 
+    // The shim lives as long as its pod: one malloc arena for its few
+    // threads, not one each (~100 KiB less resident).
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
     let mut held: HashMap<String, Held> = HashMap::new();
     let mut execs = super::exec::Execs::new(pod_dir.join("exec"));
     let mut shutting_down = false;
@@ -113,8 +121,9 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
                     let response = match held.get(&id) {
                         Some(entry) if entry.state.status == Status::Running => execs
                             .start(
+                                &runtime,
                                 &state_root,
-                                &entry.container,
+                                &id,
                                 super::exec::ExecStart {
                                     exec_id,
                                     args,
@@ -158,7 +167,7 @@ pub fn run(pod_dir: &Path) -> Result<(), String> {
                     let _ = reply.send(response);
                 }
                 request => {
-                    let response = handle(&mut held, &mut execs, &state_root, request)
+                    let response = handle(&mut held, &mut execs, &runtime, &state_root, request)
                         .unwrap_or_else(|message| Response::Error { message });
                     let _ = reply.send(response);
                 }
@@ -203,6 +212,7 @@ fn serve_connection(stream: UnixStream, requests: mpsc::Sender<Event>) {
 fn handle(
     held: &mut HashMap<String, Held>,
     execs: &mut super::exec::Execs,
+    runtime: &RuntimeBinary,
     state_root: &Path,
     request: Request,
 ) -> Result<Response, String> {
@@ -216,44 +226,37 @@ fn handle(
             if held.contains_key(&id) {
                 return Err(format!("container {id} exists"));
             }
-            let config: serde_json::Value = std::fs::read(bundle.join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| format!("{}: no readable config.json", bundle.display()))?;
-            let cgroups_path = config["linux"]["cgroupsPath"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let cgroups_path = cgroups_path(&bundle)?;
             let (out_read, out_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
             let (err_read, err_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
             let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-            let container = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-                .with_executor(DefaultExecutor {})
-                .with_root_path(state_root)
-                .map_err(|e| format!("state root: {e}"))?
-                .with_stdin(OwnedFd::from(null))
-                .with_stdout(out_write)
-                .with_stderr(err_write)
-                .validate_id()
-                .map_err(|e| format!("container id {id:?}: {e}"))?
-                .as_init(&bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map_err(|e| format!("creating {id}: {e}"))?;
+            let mut creator = RuntimeProcess::start(runtime)?;
+            let created = creator.call(
+                &RuntimeCall::Create {
+                    state_root: state_root.to_path_buf(),
+                    id: id.clone(),
+                    bundle,
+                },
+                &[null.as_fd(), out_write.as_fd(), err_write.as_fd()],
+            )?;
+            // The container holds the write ends now: the copiers see the
+            // end of its output when it is gone.
+            drop((null, out_write, err_write));
+            let Response::Started { pid } = created else {
+                return Err(format!("creating {id}: unexpected answer {created:?}"));
+            };
             let log_writer = super::logs::LogWriter::open(&log, log_rotation)
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             super::logs::copy_stream(out_read, "stdout", log_writer.clone());
             super::logs::copy_stream(err_read, "stderr", log_writer);
-            let pid = container.pid().map(|pid| pid.as_raw());
             held.insert(
                 id.clone(),
                 Held {
-                    container,
+                    root: state_root.join(&id),
                     state: ContainerState {
                         id,
                         status: Status::Created,
-                        pid,
+                        pid: Some(pid),
                         exit_code: None,
                         signal: None,
                         created_at: now(),
@@ -262,6 +265,7 @@ fn handle(
                         oom_killed: false,
                     },
                     cgroups_path,
+                    creator: Some(creator),
                     waiters: Vec::new(),
                 },
             );
@@ -271,9 +275,12 @@ fn handle(
             let entry = held
                 .get_mut(&id)
                 .ok_or_else(|| format!("no container {id}"))?;
-            entry
-                .container
-                .start()
+            let mut creator = entry
+                .creator
+                .take()
+                .ok_or_else(|| format!("container {id} was started already"))?;
+            creator
+                .call(&RuntimeCall::Start, &[])
                 .map_err(|e| format!("starting {id}: {e}"))?;
             if entry.state.status == Status::Created {
                 entry.state.status = Status::Running;
@@ -288,29 +295,40 @@ fn handle(
             if entry.state.status == Status::Exited {
                 return Ok(Response::Ok);
             }
-            let everyone = signal == nix::sys::signal::Signal::SIGKILL as i32;
-            let signal = libcontainer::signal::Signal::try_from(signal)
-                .map_err(|e| format!("signal {signal}: {e}"))?;
+            let signal = Signal::try_from(signal).map_err(|e| format!("signal {signal}: {e}"))?;
+            let init = entry
+                .state
+                .pid
+                .ok_or_else(|| format!("container {id} has no process"))?;
             // Like runc and containerd: a signal goes to the container's
             // init (its process decides what its children get); SIGKILL
-            // goes to every process of the container.
-            entry
-                .container
-                .kill(signal, everyone)
+            // goes to every process of the container. Its init is not
+            // reaped yet, so the pid is still its own.
+            nix::sys::signal::kill(Pid::from_raw(init), signal)
                 .map_err(|e| format!("signalling {id}: {e}"))?;
+            if signal == Signal::SIGKILL {
+                crate::runtime::cgroups::kill_all(&entry.cgroups_path);
+            }
             Ok(Response::Ok)
         }
         Request::Delete { id } => {
             let Some(mut entry) = held.remove(&id) else {
                 return Ok(Response::Ok);
             };
-            let released = entry.state.status == Status::Exited
-                && release_exited(&entry.container.root, &entry.cgroups_path)
-                    .inspect_err(|error| {
-                        tracing::warn!(%id, %error, "releasing an exited container; libcontainer deletes it")
-                    })
-                    .is_ok();
-            if !released && let Err(error) = entry.container.delete(true) {
+            let deleted = match entry.creator.take() {
+                // Created, never started: its creator deletes it.
+                Some(mut creator) => creator
+                    .call(
+                        &RuntimeCall::Delete {
+                            state_root: state_root.to_path_buf(),
+                            id: id.clone(),
+                        },
+                        &[],
+                    )
+                    .map(drop),
+                None => delete(&id, &entry, runtime, state_root),
+            };
+            if let Err(error) = deleted {
                 let message = format!("deleting {id}: {error}");
                 held.insert(id, entry);
                 return Err(message);
@@ -335,6 +353,54 @@ fn handle(
         | Request::ExecWait { .. }
         | Request::ExecKill { .. } => Err("handled by the main loop".into()),
     }
+}
+
+/// The bundle's `linux.cgroupsPath` ("" when it has none). Read into a
+/// struct of that one field: the rest of config.json (the seccomp profile
+/// is most of it) is skipped, not built as a tree.
+fn cgroups_path(bundle: &Path) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        linux: Linux,
+    }
+    #[derive(Default, serde::Deserialize)]
+    struct Linux {
+        #[serde(default, rename = "cgroupsPath")]
+        cgroups_path: String,
+    }
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice::<Config>(&bytes)
+        .map(|config| config.linux.cgroups_path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Deletes a started container: an exited one here (`release_exited`),
+/// a running one, or one that fails that, through libcontainer's delete.
+fn delete(
+    id: &str,
+    entry: &Held,
+    runtime: &RuntimeBinary,
+    state_root: &Path,
+) -> Result<(), String> {
+    if entry.state.status == Status::Exited {
+        match release_exited(&entry.root, &entry.cgroups_path) {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(%id, %error, "releasing an exited container; libcontainer deletes it")
+            }
+        }
+    }
+    RuntimeProcess::start(runtime)?
+        .call(
+            &RuntimeCall::Delete {
+                state_root: state_root.to_path_buf(),
+                id: id.to_string(),
+            },
+            &[],
+        )
+        .map(drop)
 }
 
 /// Deletes a container whose init this shim has reaped: its cgroup and
@@ -383,7 +449,6 @@ fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
             entry.state.signal = signal;
             entry.state.finished_at = Some(now());
             entry.state.oom_killed = oom_kills(&entry.cgroups_path) > 0;
-            let _ = entry.container.refresh_status();
             for waiter in entry.waiters.drain(..) {
                 let _ = waiter.send(Response::State {
                     containers: vec![entry.state.clone()],

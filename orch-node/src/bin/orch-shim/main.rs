@@ -1,0 +1,100 @@
+//! orch-shim: the shim of one pod, started by orch-node (not for people):
+//! `orch-shim --pod-dir DIR --runtime-fd N`, where descriptor N is a
+//! sealed copy of orch-runtime for its libcontainer calls. It lives as long
+//! as its pod, so it is a program of its own and stays small: it links no
+//! libcontainer (see `orch_node::runtime::shim::server`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+struct Args {
+    pod_dir: PathBuf,
+    runtime_fd: i32,
+}
+
+/// Two flags, read by hand: a parser library would double what the shim
+/// maps.
+fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, String> {
+    let mut pod_dir = None;
+    let mut runtime_fd = None;
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{}: a value is missing", flag.to_string_lossy()))?;
+        match flag.to_str() {
+            Some("--pod-dir") => pod_dir = Some(PathBuf::from(value)),
+            Some("--runtime-fd") => {
+                let text = value.to_string_lossy();
+                runtime_fd = Some(
+                    text.parse::<i32>()
+                        .map_err(|_| format!("--runtime-fd {text:?}: not a descriptor number"))?,
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "unknown flag {} (usage: orch-shim --pod-dir DIR --runtime-fd N)",
+                    flag.to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(Args {
+        pod_dir: pod_dir.ok_or("--pod-dir is required")?,
+        runtime_fd: runtime_fd.ok_or("--runtime-fd is required")?,
+    })
+}
+
+fn main() -> ExitCode {
+    // First: a re-exec into a sealed copy keeps the inherited runtime
+    // descriptor only while nothing has made it close-on-exec yet.
+    if let Err(error) = orch_node::runtime::shim::begin_sealed_with_log() {
+        eprintln!("orch-shim: {error}");
+        return ExitCode::FAILURE;
+    }
+    let args = match parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(error) => {
+            tracing::error!("orch-shim: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome =
+        orch_node::runtime::shim::runtime_process::RuntimeBinary::inherited(args.runtime_fd)
+            .and_then(|runtime| orch_node::runtime::shim::server::run(&args.pod_dir, runtime));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("orch-shim {}: {error}", args.pod_dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn parsed(args: &[&str]) -> Result<(String, i32), String> {
+        parse(args.iter().map(std::ffi::OsString::from))
+            .map(|a| (a.pod_dir.display().to_string(), a.runtime_fd))
+    }
+
+    #[test]
+    fn flags_are_read_and_bad_ones_named() {
+        assert_eq!(
+            parsed(&["--pod-dir", "/p", "--runtime-fd", "7"]),
+            Ok(("/p".into(), 7))
+        );
+        let no_fd = parsed(&["--pod-dir", "/p"]).unwrap_err();
+        assert!(no_fd.contains("--runtime-fd is required"), "{no_fd}");
+        let bad_fd = parsed(&["--pod-dir", "/p", "--runtime-fd", "x"]).unwrap_err();
+        assert!(bad_fd.contains("--runtime-fd \"x\""), "{bad_fd}");
+        let unknown = parsed(&["--pod", "/p"]).unwrap_err();
+        assert!(unknown.contains("unknown flag --pod"), "{unknown}");
+        let dangling = parsed(&["--pod-dir"]).unwrap_err();
+        assert!(
+            dangling.contains("--pod-dir: a value is missing"),
+            "{dangling}"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! `orch-runtime`: the short-lived process a pod's shim starts for
+//! each libcontainer call (create and start, exec, a forced delete), as
+//! containerd's shim runs `runc`. It runs from the sealed copy the
+//! shim was given, reads its call from the socket that is
+//! its stdin and answers there; the processes libcontainer makes are its
+//! children, and become the shim's (a child subreaper) when it exits.
+//!
+//! libcontainer makes its caller the parent of a container's init (and
+//! of an exec'd process), so only a descendant of the shim may call it;
+//! keeping the calls out of the shim itself keeps the shim, which lives
+//! as long as its pod, a few MiB (it does not map libcontainer at all).
+
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+
+use super::protocol::{Response, RuntimeCall};
+use super::wire::{LineReader, send_line};
+
+/// Serves the one call that arrives on stdin (a unix socket).
+pub fn serve() -> Result<(), String> {
+    let control = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("stdin: {e}"))?;
+    let control = UnixStream::from(control);
+    let mut reader = LineReader::new();
+    let (call, fds) =
+        next_call(&mut reader, &control)?.ok_or_else(|| "no call arrived on stdin".to_string())?;
+    match call {
+        RuntimeCall::Create {
+            state_root,
+            id,
+            bundle,
+        } => {
+            let created = create(&state_root, &id, &bundle, fds);
+            let mut container = match created {
+                Ok(container) => container,
+                Err(message) => return answer(&control, &Response::Error { message }),
+            };
+            let pid = container.pid().map_or(0, |pid| pid.as_raw());
+            answer(&control, &Response::Started { pid })?;
+            // Until the shim says start (or goes away), the container's
+            // init waits in libcontainer's notify socket.
+            let response = match next_call(&mut reader, &control) {
+                Ok(Some((RuntimeCall::Start, _))) => container
+                    .start()
+                    .map(|()| Response::Ok)
+                    .unwrap_or_else(|e| Response::Error {
+                        message: format!("starting {id}: {e}"),
+                    }),
+                Ok(Some((RuntimeCall::Delete { .. }, _))) => delete(&mut container),
+                Ok(Some((other, _))) => Response::Error {
+                    message: format!("{other:?} is no call for a created container"),
+                },
+                Ok(None) | Err(_) => {
+                    // The shim is gone: nobody would ever start it.
+                    let _ = delete(&mut container);
+                    return Ok(());
+                }
+            };
+            answer(&control, &response)
+        }
+        RuntimeCall::Delete { state_root, id } => {
+            let response = match Container::load(state_root.join(&id)) {
+                Ok(mut container) => delete(&mut container),
+                Err(error) => Response::Error {
+                    message: format!("loading {id}: {error}"),
+                },
+            };
+            answer(&control, &response)
+        }
+        RuntimeCall::Exec {
+            state_root,
+            id,
+            exec_dir,
+            exec_id,
+            args,
+            stdin,
+            console_socket,
+        } => {
+            let started = super::exec_process::start(
+                &state_root,
+                &id,
+                &exec_dir,
+                super::exec::ExecStart {
+                    exec_id,
+                    args,
+                    stdin,
+                    console_socket,
+                    fds,
+                },
+            );
+            answer(
+                &control,
+                &started.map_or_else(
+                    |message| Response::Error { message },
+                    |pid| Response::Started { pid },
+                ),
+            )
+        }
+        RuntimeCall::Start => answer(
+            &control,
+            &Response::Error {
+                message: "start: no container created".into(),
+            },
+        ),
+    }
+}
+
+fn next_call(
+    reader: &mut LineReader,
+    control: &UnixStream,
+) -> Result<Option<(RuntimeCall, Vec<OwnedFd>)>, String> {
+    let Some((line, fds)) = reader
+        .next(control)
+        .map_err(|e| format!("reading the call: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let call = serde_json::from_str(&line).map_err(|e| format!("unreadable call {line:?}: {e}"))?;
+    Ok(Some((call, fds)))
+}
+
+fn answer(control: &UnixStream, response: &Response) -> Result<(), String> {
+    let line = serde_json::to_string(response).map_err(|e| e.to_string())?;
+    send_line(control, &line, &[]).map_err(|e| format!("answering the shim: {e}"))
+}
+
+fn create(
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    fds: Vec<OwnedFd>,
+) -> Result<Container, String> {
+    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+        format!("create: {} descriptors sent, 3 expected", fds.len())
+    })?;
+    ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_executor(DefaultExecutor {})
+        .with_root_path(state_root)
+        .map_err(|e| format!("state root: {e}"))?
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .validate_id()
+        .map_err(|e| format!("container id {id:?}: {e}"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("creating {id}: {e}"))
+}
+
+fn delete(container: &mut Container) -> Response {
+    match container.delete(true) {
+        Ok(()) => Response::Ok,
+        Err(error) => Response::Error {
+            message: format!("deleting {}: {error}", container.id()),
+        },
+    }
+}
+
+/// Loads the container's seccomp filter, then runs the process as
+/// libcontainer's default executor does.
+#[derive(Clone)]
+pub(super) struct SeccompExecutor {
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(seccomp) = &self.seccomp {
+            libcontainer::seccomp::initialize_seccomp(seccomp)
+                .map_err(|e| ExecutorError::Other(format!("loading the seccomp filter: {e}")))?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}

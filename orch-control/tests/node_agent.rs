@@ -729,7 +729,7 @@ async fn bound_pods_run_restart_and_stop_gracefully() {
     );
 
     // Every shim runs from the agent's one sealed in-memory copy of
-    // orch-node, never from the file on disk nor from a copy of its own.
+    // orch-shim, never from the file on disk nor from a copy of its own.
     let shims = shim_executables(&state);
     assert!(shims.len() >= 3, "{shims:?}");
     assert!(

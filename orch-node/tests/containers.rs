@@ -53,8 +53,9 @@ fn cgroup_parent() -> String {
 }
 
 fn start_shim(pod_dir: &Path) -> Shim {
-    let programs = ShimPrograms::beside(Path::new(env!("CARGO_BIN_EXE_orch-node")))
-        .expect("sealed orch-shim and orch-node");
+    // orch-shim and orch-runtime, which cargo builds beside orch-node.
+    let programs = ShimPrograms::beside(Path::new(env!("CARGO_BIN_EXE_orch-shim")))
+        .expect("sealed orch-shim and orch-runtime");
     let child = programs
         .shim_command(pod_dir)
         .env_remove("RUST_BACKTRACE")
@@ -164,7 +165,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     );
 
     // It never maps libcontainer (or its libseccomp): the runtime calls run
-    // in orch-node processes of their own.
+    // in orch-runtime processes of their own.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", shim.child.id())).expect("maps");
     assert!(!maps.contains("libseccomp"), "{maps}");
     let shim_pid = shim.child.id();
@@ -305,6 +306,20 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     client.call(&Request::Delete { id }).expect("delete");
     // ...and SIGKILL ends anything: 128 + 9.
     let (id, _) = run("sleeper", &["sleep", "1000"], Resources::default(), None);
+    // The runtime process that created and started it exits after the
+    // start: the container's init is left as the shim's one child.
+    let init = client
+        .state()
+        .expect("state")
+        .into_iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.pid)
+        .expect("the sleeper's init");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children(shim_pid) != vec![init] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(children(shim_pid), vec![init]);
     client
         .call(&Request::Kill {
             id: id.clone(),
@@ -313,9 +328,6 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         .expect("kill");
     let killed = wait_exited(client, &id);
     assert_eq!((killed.exit_code, killed.signal), (Some(137), Some(9)));
-    // The runtime processes that created and started it are gone; what
-    // they made was the shim's to reap.
-    assert_eq!(children(shim_pid), Vec::<i32>::new());
     client.call(&Request::Delete { id }).expect("delete");
 
     // Processes exec'd into a running container.
@@ -442,6 +454,29 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     assert!(!state_dir.exists(), "{} left", state_dir.display());
     let left: Vec<_> = leaf.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
+
+    // A bundle without an absolute cgroupsPath below the root is refused
+    // before anything runs (the shim kills and removes that cgroup).
+    let bare = pod_dir.join("containers").join("bare");
+    std::fs::create_dir_all(&bare).expect("bundle dir");
+    std::fs::write(
+        bare.join("config.json"),
+        r#"{"linux": {"cgroupsPath": "/"}}"#,
+    )
+    .expect("config.json");
+    let refused = client
+        .call(&Request::Create {
+            id: "bare-0".into(),
+            bundle: bare,
+            log: pod_dir.join("logs").join("bare").join("0.log"),
+            log_rotation: None,
+        })
+        .expect_err("the root cgroup is refused");
+    assert!(
+        refused.to_string().contains("linux.cgroupsPath \"/\""),
+        "{refused}"
+    );
+    assert_eq!(children(shim_pid), Vec::<i32>::new());
 
     // Everything goes: the shim on request, the mounts, the cgroups.
     drop(shim);

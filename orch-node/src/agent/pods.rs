@@ -46,7 +46,7 @@ pub struct PodManager {
     pub images: Arc<ImagePuller>,
     pub cache: Arc<Cache>,
     pub queue: Arc<WorkQueue<ObjectRef>>,
-    /// orch-shim and orch-node, sealed, that each pod's shim runs.
+    /// orch-shim and orch-runtime, sealed, that each pod's shim runs.
     pub shim_programs: Arc<crate::runtime::shim::ShimPrograms>,
     /// How the containers' log files are rotated.
     pub log_rotation: LogRotation,

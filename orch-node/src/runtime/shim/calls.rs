@@ -45,26 +45,48 @@ pub fn serve() -> Result<(), String> {
                 Ok(container) => container,
                 Err(message) => return answer(&control, &Response::Error { message }),
             };
-            let pid = container.pid().map_or(0, |pid| pid.as_raw());
-            answer(&control, &Response::Started { pid })?;
+            let Some(pid) = container
+                .pid()
+                .map(|pid| pid.as_raw())
+                .filter(|pid| *pid > 0)
+            else {
+                let _ = delete(&mut container);
+                return answer(
+                    &control,
+                    &Response::Error {
+                        message: format!("creating {id}: libcontainer reported no init pid"),
+                    },
+                );
+            };
+            if let Err(error) = answer(&control, &Response::Started { pid }) {
+                let _ = delete(&mut container);
+                return Err(error);
+            }
             // Until the shim says start (or goes away), the container's
             // init waits in libcontainer's notify socket.
             let response = match next_call(&mut reader, &control) {
-                Ok(Some((RuntimeCall::Start, _))) => container
-                    .start()
-                    .map(|()| Response::Ok)
-                    .unwrap_or_else(|e| Response::Error {
-                        message: format!("starting {id}: {e}"),
-                    }),
+                Ok(Some((RuntimeCall::Start { .. }, _))) => start(&mut container),
                 Ok(Some((RuntimeCall::Delete { .. }, _))) => delete(&mut container),
-                Ok(Some((other, _))) => Response::Error {
-                    message: format!("{other:?} is no call for a created container"),
-                },
+                Ok(Some((other, _))) => {
+                    let _ = delete(&mut container);
+                    Response::Error {
+                        message: format!("{other:?} is no call for a created container (deleted)"),
+                    }
+                }
                 Ok(None) | Err(_) => {
                     // The shim is gone: nobody would ever start it.
                     let _ = delete(&mut container);
                     return Ok(());
                 }
+            };
+            answer(&control, &response)
+        }
+        RuntimeCall::Start { state_root, id } => {
+            let response = match Container::load(state_root.join(&id)) {
+                Ok(mut container) => start(&mut container),
+                Err(error) => Response::Error {
+                    message: format!("loading {id}: {error}"),
+                },
             };
             answer(&control, &response)
         }
@@ -106,12 +128,6 @@ pub fn serve() -> Result<(), String> {
                 ),
             )
         }
-        RuntimeCall::Start => answer(
-            &control,
-            &Response::Error {
-                message: "start: no container created".into(),
-            },
-        ),
     }
 }
 
@@ -157,6 +173,15 @@ fn create(
         .with_detach(true)
         .build()
         .map_err(|e| format!("creating {id}: {e}"))
+}
+
+fn start(container: &mut Container) -> Response {
+    match container.start() {
+        Ok(()) => Response::Ok,
+        Err(error) => Response::Error {
+            message: format!("starting {}: {error}", container.id()),
+        },
+    }
 }
 
 fn delete(container: &mut Container) -> Response {

@@ -80,7 +80,7 @@ impl Execs {
         };
         let sent: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
         let pid = match RuntimeProcess::start(runtime)?.call(&call, &sent)? {
-            Response::Started { pid } => pid,
+            Response::Started { pid } if pid > 0 => pid,
             other => return Err(format!("exec: unexpected answer {other:?}")),
         };
         self.records.insert(

@@ -79,8 +79,10 @@ pub enum RuntimeCall {
         id: String,
         bundle: PathBuf,
     },
-    /// Starts the container just created; the process exits after it.
-    Start,
+    /// Starts container `id`: the one the process just created, or (sent
+    /// to a new process, after a start failed) one created earlier. The
+    /// process exits after it.
+    Start { state_root: PathBuf, id: String },
     /// Deletes container `id`, killing it first if it runs.
     Delete { state_root: PathBuf, id: String },
     /// Runs `args` in running container `id` like `Request::Exec` (the

@@ -53,6 +53,10 @@ fn now() -> f64 {
 /// Runs the shim of the pod in `pod_dir` until told to shut down;
 /// `runtime` runs its libcontainer calls.
 pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
+    // The shim lives as long as its pod: one malloc arena for its few
+    // threads, not one each (~100 KiB less resident). Before any thread.
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     let state_root = pod_dir.join("runtime-state");
@@ -96,10 +100,6 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
         }
     });
 
-    // The shim lives as long as its pod: one malloc arena for its few
-    // threads, not one each (~100 KiB less resident).
-    // SAFETY: mallopt only sets an allocator parameter.
-    unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
     let mut held: HashMap<String, Held> = HashMap::new();
     let mut execs = super::exec::Execs::new(pod_dir.join("exec"));
     let mut shutting_down = false;
@@ -227,8 +227,11 @@ fn handle(
                 return Err(format!("container {id} exists"));
             }
             let cgroups_path = cgroups_path(&bundle)?;
-            let (out_read, out_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-            let (err_read, err_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            // Close-on-exec: only the container gets them (SCM_RIGHTS).
+            let pipe = || {
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+            };
+            let ((out_read, out_write), (err_read, err_write)) = (pipe()?, pipe()?);
             let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
             let mut creator = RuntimeProcess::start(runtime)?;
             let created = creator.call(
@@ -238,12 +241,31 @@ fn handle(
                     bundle,
                 },
                 &[null.as_fd(), out_write.as_fd(), err_write.as_fd()],
-            )?;
+            );
             // The container holds the write ends now: the copiers see the
             // end of its output when it is gone.
             drop((null, out_write, err_write));
-            let Response::Started { pid } = created else {
-                return Err(format!("creating {id}: unexpected answer {created:?}"));
+            let pid = match created {
+                Ok(Response::Started { pid }) if pid > 0 => pid,
+                failed => {
+                    // A runtime process that died half way leaves the
+                    // container behind: delete it, or every retry of this
+                    // id would be refused.
+                    drop(creator);
+                    if state_root.join(&id).exists() {
+                        let _ = runtime_call(
+                            runtime,
+                            RuntimeCall::Delete {
+                                state_root: state_root.to_path_buf(),
+                                id: id.clone(),
+                            },
+                        );
+                    }
+                    return Err(match failed {
+                        Err(message) => message,
+                        Ok(other) => format!("creating {id}: unexpected answer {other:?}"),
+                    });
+                }
             };
             let log_writer = super::logs::LogWriter::open(&log, log_rotation)
                 .map_err(|e| format!("{}: {e}", log.display()))?;
@@ -275,13 +297,20 @@ fn handle(
             let entry = held
                 .get_mut(&id)
                 .ok_or_else(|| format!("no container {id}"))?;
-            let mut creator = entry
-                .creator
-                .take()
-                .ok_or_else(|| format!("container {id} was started already"))?;
-            creator
-                .call(&RuntimeCall::Start, &[])
-                .map_err(|e| format!("starting {id}: {e}"))?;
+            if entry.state.status != Status::Created {
+                return Err(format!("container {id} was started already"));
+            }
+            let call = RuntimeCall::Start {
+                state_root: state_root.to_path_buf(),
+                id: id.clone(),
+            };
+            // The process that created it, or (it answered a failed start
+            // and exited) a new one.
+            match entry.creator.take() {
+                Some(mut creator) => creator.call(&call, &[]),
+                None => RuntimeProcess::start(runtime).and_then(|mut p| p.call(&call, &[])),
+            }
+            .map_err(|e| format!("starting {id}: {e}"))?;
             if entry.state.status == Status::Created {
                 entry.state.status = Status::Running;
             }
@@ -306,6 +335,9 @@ fn handle(
             // reaped yet, so the pid is still its own.
             nix::sys::signal::kill(Pid::from_raw(init), signal)
                 .map_err(|e| format!("signalling {id}: {e}"))?;
+            // Its pid namespace dies with its init; anything else left in
+            // its own cgroup (checked to be one below the root at create)
+            // goes too.
             if signal == Signal::SIGKILL {
                 crate::runtime::cgroups::kill_all(&entry.cgroups_path);
             }
@@ -371,9 +403,17 @@ fn cgroups_path(bundle: &Path) -> Result<String, String> {
     }
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_slice::<Config>(&bytes)
+    let cgroups_path = serde_json::from_slice::<Config>(&bytes)
         .map(|config| config.linux.cgroups_path)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // The shim kills and removes this cgroup itself: never the root.
+    if !cgroups_path.starts_with('/') || cgroups_path.trim_matches('/').is_empty() {
+        return Err(format!(
+            "{}: linux.cgroupsPath {cgroups_path:?} is not an absolute path below the root",
+            path.display()
+        ));
+    }
+    Ok(cgroups_path)
 }
 
 /// Deletes a started container: an exited one here (`release_exited`),
@@ -392,15 +432,18 @@ fn delete(
             }
         }
     }
-    RuntimeProcess::start(runtime)?
-        .call(
-            &RuntimeCall::Delete {
-                state_root: state_root.to_path_buf(),
-                id: id.to_string(),
-            },
-            &[],
-        )
-        .map(drop)
+    runtime_call(
+        runtime,
+        RuntimeCall::Delete {
+            state_root: state_root.to_path_buf(),
+            id: id.to_string(),
+        },
+    )
+}
+
+/// One call in a new runtime process, its answer dropped.
+fn runtime_call(runtime: &RuntimeBinary, call: RuntimeCall) -> Result<(), String> {
+    RuntimeProcess::start(runtime)?.call(&call, &[]).map(drop)
 }
 
 /// Deletes a container whose init this shim has reaped: its cgroup and

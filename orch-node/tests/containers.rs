@@ -170,10 +170,11 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     assert!(!maps.contains("libseccomp"), "{maps}");
     let shim_pid = shim.child.id();
 
-    let mut run = |name: &str,
-                   args: &[&str],
-                   resources: Resources,
-                   log_rotation: Option<LogRotation>|
+    // Creates container `name` (its bundle, then the shim's Create).
+    let mut create = |name: &str,
+                      args: &[&str],
+                      resources: Resources,
+                      log_rotation: Option<LogRotation>|
      -> (String, PathBuf) {
         let container_dir = pod_dir.join("containers").join(name);
         pod.containers.push(container_dir.clone());
@@ -200,6 +201,15 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
                     std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default()
                 )
             });
+        (id, log)
+    };
+    // Creates and starts it.
+    let mut run = |name: &str,
+                   args: &[&str],
+                   resources: Resources,
+                   log_rotation: Option<LogRotation>|
+     -> (String, PathBuf) {
+        let (id, log) = create(name, args, resources, log_rotation);
         client
             .call(&Request::Start { id: id.clone() })
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
@@ -414,38 +424,20 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
 
     // Created and never started: its delete goes to the runtime process
     // still holding it, which takes its init, cgroup and state along.
-    let container_dir = pod_dir.join("containers").join("unstarted");
-    pod.containers.push(container_dir.clone());
-    let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
-    let config = container_spec(root, &pod_dir, "unstarted", &["true"]);
-    std::fs::write(
-        container_dir.join("config.json"),
-        serde_json::to_vec_pretty(&spec::runtime_spec(&config)).expect("spec"),
-    )
-    .expect("config.json");
-    client
-        .call(&Request::Create {
-            id: "unstarted-0".into(),
-            bundle: container_dir,
-            log: pod_dir.join("logs").join("unstarted").join("0.log"),
-            log_rotation: None,
-        })
-        .expect("create");
+    let (id, _) = create("unstarted", &["true"], Resources::default(), None);
     let created = client.state().expect("state");
     let init = created
         .iter()
-        .find(|c| c.id == "unstarted-0")
+        .find(|c| c.id == id)
         .and_then(|c| (c.status == Status::Created).then_some(c.pid).flatten())
         .expect("a created container with an init");
     assert!(Path::new(&format!("/proc/{init}")).exists());
     let leaf = in_hierarchies(&["memory", "pids"], "unstarted");
     assert!(leaf.iter().all(|p| p.exists()), "{leaf:?}");
+    let state_dir = pod_dir.join("runtime-state").join(&id);
     client
-        .call(&Request::Delete {
-            id: "unstarted-0".into(),
-        })
+        .call(&Request::Delete { id })
         .expect("delete a created container");
-    let state_dir = pod_dir.join("runtime-state").join("unstarted-0");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !children(shim_pid).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -81,23 +81,9 @@ pub fn serve() -> Result<(), String> {
             };
             answer(&control, &response)
         }
-        RuntimeCall::Start { state_root, id } => {
-            let response = match Container::load(state_root.join(&id)) {
-                Ok(mut container) => start(&mut container),
-                Err(error) => Response::Error {
-                    message: format!("loading {id}: {error}"),
-                },
-            };
-            answer(&control, &response)
-        }
+        RuntimeCall::Start { state_root, id } => answer(&control, &loaded(&state_root, &id, start)),
         RuntimeCall::Delete { state_root, id } => {
-            let response = match Container::load(state_root.join(&id)) {
-                Ok(mut container) => delete(&mut container),
-                Err(error) => Response::Error {
-                    message: format!("loading {id}: {error}"),
-                },
-            };
-            answer(&control, &response)
+            answer(&control, &loaded(&state_root, &id, delete))
         }
         RuntimeCall::Exec {
             state_root,
@@ -173,6 +159,16 @@ fn create(
         .with_detach(true)
         .build()
         .map_err(|e| format!("creating {id}: {e}"))
+}
+
+/// `act` on container `id`, loaded from its libcontainer state.
+fn loaded(state_root: &Path, id: &str, act: fn(&mut Container) -> Response) -> Response {
+    match Container::load(state_root.join(id)) {
+        Ok(mut container) => act(&mut container),
+        Err(error) => Response::Error {
+            message: format!("loading {id}: {error}"),
+        },
+    }
 }
 
 fn start(container: &mut Container) -> Response {

@@ -23,6 +23,25 @@ pub struct ExecStart {
     pub fds: Vec<OwnedFd>,
 }
 
+impl ExecStart {
+    /// An exec id names a file (letters, digits and '-' only), and there
+    /// is a command. Checked by the shim, and again by orch-runtime,
+    /// which writes that file.
+    pub fn check(&self) -> Result<(), String> {
+        let id = &self.exec_id;
+        if id.is_empty()
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!("exec id {id:?}: letters, digits and '-' only"));
+        }
+        if self.args.is_empty() {
+            return Err("exec: no command".into());
+        }
+        Ok(())
+    }
+}
+
 struct Record {
     pid: i32,
     exit_code: Option<i32>,
@@ -55,6 +74,7 @@ impl Execs {
         start: ExecStart,
     ) -> Result<i32, String> {
         self.forget_unclaimed();
+        start.check()?;
         let ExecStart {
             exec_id,
             args,
@@ -62,12 +82,8 @@ impl Execs {
             console_socket,
             fds,
         } = start;
-        check_exec_id(&exec_id)?;
         if self.records.contains_key(&exec_id) {
             return Err(format!("exec {exec_id} exists"));
-        }
-        if args.is_empty() {
-            return Err("exec: no command".into());
         }
         let call = RuntimeCall::Exec {
             state_root: state_root.to_path_buf(),
@@ -147,17 +163,4 @@ impl Execs {
         self.records
             .retain(|_, r| r.finished.is_none_or(|at| at.elapsed() < UNCLAIMED));
     }
-}
-
-/// An exec id names a file: letters, digits and '-' only.
-pub fn check_exec_id(exec_id: &str) -> Result<(), String> {
-    if exec_id.is_empty()
-        || exec_id.len() > 64
-        || !exec_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(format!("exec id {exec_id:?}: letters, digits and '-' only"));
-    }
-    Ok(())
 }

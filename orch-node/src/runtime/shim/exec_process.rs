@@ -27,6 +27,7 @@ pub fn start(
     exec_dir: &Path,
     process: ExecStart,
 ) -> Result<i32, String> {
+    process.check()?;
     let ExecStart {
         exec_id,
         args,
@@ -34,10 +35,6 @@ pub fn start(
         console_socket,
         fds,
     } = process;
-    super::exec::check_exec_id(&exec_id)?;
-    if args.is_empty() {
-        return Err("exec: no command".into());
-    }
     let container =
         Container::load(state_root.join(id)).map_err(|e| format!("loading {id}: {e}"))?;
     let bundle = container.bundle();

@@ -35,8 +35,6 @@ enum Event {
 struct Held {
     state: ContainerState,
     cgroups_path: String,
-    /// libcontainer's state directory of the container.
-    root: PathBuf,
     /// The runtime process holding the container from its create until
     /// its start (or delete).
     creator: Option<RuntimeProcess>,
@@ -253,13 +251,7 @@ fn handle(
                     // id would be refused.
                     drop(creator);
                     if state_root.join(&id).exists() {
-                        let _ = runtime_call(
-                            runtime,
-                            RuntimeCall::Delete {
-                                state_root: state_root.to_path_buf(),
-                                id: id.clone(),
-                            },
-                        );
+                        let _ = call_runtime(None, runtime, &delete_call(state_root, &id));
                     }
                     return Err(match failed {
                         Err(message) => message,
@@ -274,7 +266,6 @@ fn handle(
             held.insert(
                 id.clone(),
                 Held {
-                    root: state_root.join(&id),
                     state: ContainerState {
                         id,
                         status: Status::Created,
@@ -306,14 +297,9 @@ fn handle(
             };
             // The process that created it, or (it answered a failed start
             // and exited) a new one.
-            match entry.creator.take() {
-                Some(mut creator) => creator.call(&call, &[]),
-                None => RuntimeProcess::start(runtime).and_then(|mut p| p.call(&call, &[])),
-            }
-            .map_err(|e| format!("starting {id}: {e}"))?;
-            if entry.state.status == Status::Created {
-                entry.state.status = Status::Running;
-            }
+            call_runtime(entry.creator.take(), runtime, &call)
+                .map_err(|e| format!("starting {id}: {e}"))?;
+            entry.state.status = Status::Running;
             entry.state.started_at = Some(now());
             Ok(Response::Ok)
         }
@@ -349,15 +335,9 @@ fn handle(
             };
             let deleted = match entry.creator.take() {
                 // Created, never started: its creator deletes it.
-                Some(mut creator) => creator
-                    .call(
-                        &RuntimeCall::Delete {
-                            state_root: state_root.to_path_buf(),
-                            id: id.clone(),
-                        },
-                        &[],
-                    )
-                    .map(drop),
+                creator @ Some(_) => {
+                    call_runtime(creator, runtime, &delete_call(state_root, &id)).map(drop)
+                }
                 None => delete(&id, &entry, runtime, state_root),
             };
             if let Err(error) = deleted {
@@ -387,9 +367,9 @@ fn handle(
     }
 }
 
-/// The bundle's `linux.cgroupsPath` ("" when it has none). Read into a
-/// struct of that one field: the rest of config.json (the seccomp profile
-/// is most of it) is skipped, not built as a tree.
+/// The bundle's `linux.cgroupsPath`, which must be absolute and below the
+/// root. Read into a struct of that one field: the rest of config.json
+/// (the seccomp profile is most of it) is skipped, not built as a tree.
 fn cgroups_path(bundle: &Path) -> Result<String, String> {
     #[derive(serde::Deserialize)]
     struct Config {
@@ -425,25 +405,35 @@ fn delete(
     state_root: &Path,
 ) -> Result<(), String> {
     if entry.state.status == Status::Exited {
-        match release_exited(&entry.root, &entry.cgroups_path) {
+        match release_exited(&state_root.join(id), &entry.cgroups_path) {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::warn!(%id, %error, "releasing an exited container; libcontainer deletes it")
             }
         }
     }
-    runtime_call(
-        runtime,
-        RuntimeCall::Delete {
-            state_root: state_root.to_path_buf(),
-            id: id.to_string(),
-        },
-    )
+    call_runtime(None, runtime, &delete_call(state_root, id)).map(drop)
 }
 
-/// One call in a new runtime process, its answer dropped.
-fn runtime_call(runtime: &RuntimeBinary, call: RuntimeCall) -> Result<(), String> {
-    RuntimeProcess::start(runtime)?.call(&call, &[]).map(drop)
+/// Deleting container `id` (forced: libcontainer kills it first).
+fn delete_call(state_root: &Path, id: &str) -> RuntimeCall {
+    RuntimeCall::Delete {
+        state_root: state_root.to_path_buf(),
+        id: id.to_string(),
+    }
+}
+
+/// Makes `call` in `creator` (the runtime process holding a created
+/// container), or else in a new runtime process.
+fn call_runtime(
+    creator: Option<RuntimeProcess>,
+    runtime: &RuntimeBinary,
+    call: &RuntimeCall,
+) -> Result<Response, String> {
+    match creator {
+        Some(mut creator) => creator.call(call, &[]),
+        None => RuntimeProcess::start(runtime)?.call(call, &[]),
+    }
 }
 
 /// Deletes a container whose init this shim has reaped: its cgroup and
@@ -456,9 +446,7 @@ fn runtime_call(runtime: &RuntimeBinary, call: RuntimeCall) -> Result<(), String
 /// host's mount table. Anything that fails here is left to libcontainer's
 /// delete.
 fn release_exited(container_root: &Path, cgroups_path: &str) -> Result<(), String> {
-    if !cgroups_path.starts_with('/') {
-        return Err("no absolute cgroupsPath".into());
-    }
+    // `cgroups_path` was checked at create (absolute, below the root).
     // Every container has a pid namespace of its own, whose processes the
     // kernel killed and reaped with its init; this only makes sure.
     crate::runtime::cgroups::kill_all(cgroups_path);

@@ -177,18 +177,17 @@ async fn services_and_their_endpoints_reach_the_kernel_maps() {
         ]
     );
 
-    // Scaled down: only the pod left takes new connections.
-    let mut scaled = match client
-        .get(Kind::Deployment, Some("default"), "web")
-        .await
-        .expect("get")
-    {
-        Object::Deployment(deployment) => deployment,
-        other => panic!("not a deployment: {other:?}"),
-    };
-    scaled.spec.get_or_insert_with(Default::default).replicas = Some(1);
+    // Scaled down: only the pod left takes new connections. A merge patch,
+    // as `orchctl scale` sends: a get-then-update raced the deployment
+    // controller's status writes (CI saw a Conflict).
     client
-        .update(&Object::Deployment(scaled), false)
+        .patch(
+            Kind::Deployment,
+            Some("default"),
+            "web",
+            &serde_json::json!({"spec": {"replicas": 1}}),
+            false,
+        )
         .await
         .expect("scale down");
     until_table(&table, "one backend per port", |listed| {

@@ -401,6 +401,51 @@ fn retried_requests_are_applied_once() {
 }
 
 #[test]
+fn a_batch_takes_one_revision_per_change_and_records_the_last() {
+    let mut f = Fixture::new();
+    f.put("/seen", "0");
+    let request = |id: u128, ops: Vec<Op>| Request {
+        id: RequestId(id),
+        command: Command::Txn(Txn {
+            success: ops,
+            ..Txn::default()
+        }),
+    };
+    let responses = f
+        .store
+        .apply(
+            &[
+                request(1001, vec![put("/a", "1")]),
+                // Changes nothing: no revision of its own.
+                request(1002, vec![delete("/missing")]),
+                // Refused: no revision either.
+                request(1003, vec![put("/b", "1"), put("/b", "2")]),
+                request(1004, vec![put("/a", "2"), put("/c", "1")]),
+                request(1005, vec![delete("/seen")]),
+            ],
+            None,
+        )
+        .expect("apply");
+    let revisions: Vec<u64> = responses.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [2, 2, 2, 3, 4]);
+    assert!(rejected(&responses[2]).is_some(), "{:?}", responses[2]);
+    assert_eq!(f.store.revision().expect("revision"), 4);
+    let a = f.store.get(b"/a").expect("get").expect("exists");
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
+    // The next batch goes on from the recorded revision, also after a
+    // reopen.
+    assert_eq!(f.put("/d", "1").revision, 5);
+    let Fixture { path, store, .. } = f;
+    drop(store);
+    let reopened = MvccStore::open(&path).expect("reopen");
+    assert_eq!(reopened.revision().expect("revision"), 5);
+    let next = reopened
+        .apply(&[request(2001, vec![put("/e", "1")])], None)
+        .expect("apply");
+    assert_eq!(next[0].revision, 6);
+}
+
+#[test]
 fn state_survives_reopening_and_corrupt_files_are_refused() {
     let mut f = Fixture::new();
     f.put("/a", "1");

@@ -162,6 +162,7 @@ impl MvccStore {
                     .insert((response.revision, id), ())?;
                 responses.push(response);
             }
+            tables.record_revision()?;
             if let Some(state) = raft_state {
                 tables.meta_bytes.insert(RAFT_STATE, state)?;
             }
@@ -331,14 +332,24 @@ struct Tables<'txn> {
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     requests: Table<'txn, u128, &'static [u8]>,
     requests_by_revision: Table<'txn, (u64, u128), ()>,
+    /// The store's revision as of the last applied request: read once per
+    /// batch and written once at its end (`record_revision`), not per
+    /// request.
+    revision: Revision,
+    /// Whether `revision` moved since it was read.
+    revision_moved: bool,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+        let meta = txn.open_table(META)?;
+        let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
         Ok(Self {
+            revision,
+            revision_moved: false,
+            meta,
             kv: txn.open_table(KV)?,
             history: txn.open_table(HISTORY)?,
-            meta: txn.open_table(META)?,
             meta_bytes: txn.open_table(META_BYTES)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
@@ -359,7 +370,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn apply_command(&mut self, command: &Command) -> Result<Response, StoreError> {
-        let current = self.meta(REVISION)?;
+        let current = self.revision;
         let outcome = match command {
             Command::Txn(txn) => self.apply_txn(txn, current + 1)?,
             Command::LeaseGrant { id, ttl_seconds } => {
@@ -369,7 +380,7 @@ impl<'txn> Tables<'txn> {
             Command::Compact { revision } => self.compact(*revision, current)?,
         };
         Ok(Response {
-            revision: self.meta(REVISION)?,
+            revision: self.revision,
             outcome,
         })
     }
@@ -539,7 +550,17 @@ impl<'txn> Tables<'txn> {
             return Ok(());
         }
         self.history.insert(revision, encode(&events).as_slice())?;
-        self.meta.insert(REVISION, revision)?;
+        self.revision = revision;
+        self.revision_moved = true;
+        Ok(())
+    }
+
+    /// Stores the revision the batch ended at, once.
+    fn record_revision(&mut self) -> Result<(), StoreError> {
+        if self.revision_moved {
+            self.meta.insert(REVISION, self.revision)?;
+            self.revision_moved = false;
+        }
         Ok(())
     }
 

@@ -3,3 +3,5 @@
 #![allow(unused_imports)]
 
 pub use orch_tests::netns::{in_netns, run};
+#[allow(dead_code)] // each test binary uses a part
+pub mod shim;

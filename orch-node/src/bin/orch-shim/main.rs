@@ -1,22 +1,29 @@
 //! orch-shim: the shim of one pod, started by orch-node (not for people):
-//! `orch-shim --pod-dir DIR --runtime-fd N`, where descriptor N is a
-//! sealed copy of orch-runtime for its libcontainer calls. It lives as long
+//! `orch-shim --pod-dir DIR --runtime-fd N [--runtime-call-timeout SECONDS]`,
+//! where descriptor N is a sealed copy of orch-runtime for its libcontainer
+//! calls, and a call that has not answered within the timeout (default
+//! 120 s, the kubelet's `--runtime-request-timeout`) is killed. It lives as long
 //! as its pod, so it is a program of its own and stays small: it links no
 //! libcontainer (see `orch_node::runtime::shim::server`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 struct Args {
     pod_dir: PathBuf,
     runtime_fd: i32,
+    call_limit: Duration,
 }
 
-/// Two flags, read by hand: a parser library would double what the shim
+const USAGE: &str = "orch-shim --pod-dir DIR --runtime-fd N [--runtime-call-timeout SECONDS]";
+
+/// Three flags, read by hand: a parser library would double what the shim
 /// maps.
 fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, String> {
     let mut pod_dir = None;
     let mut runtime_fd = None;
+    let mut call_limit = orch_node::runtime::shim::runtime_process::DEFAULT_CALL_LIMIT;
     while let Some(flag) = args.next() {
         let value = args
             .next()
@@ -30,9 +37,20 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Str
                         .map_err(|_| format!("--runtime-fd {text:?}: not a descriptor number"))?,
                 );
             }
+            Some("--runtime-call-timeout") => {
+                let text = value.to_string_lossy();
+                call_limit = text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|seconds| *seconds > 0)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| {
+                        format!("--runtime-call-timeout {text:?}: a positive number of seconds")
+                    })?;
+            }
             _ => {
                 return Err(format!(
-                    "unknown flag {} (usage: orch-shim --pod-dir DIR --runtime-fd N)",
+                    "unknown flag {} (usage: {USAGE})",
                     flag.to_string_lossy()
                 ));
             }
@@ -41,6 +59,7 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Str
     Ok(Args {
         pod_dir: pod_dir.ok_or("--pod-dir is required")?,
         runtime_fd: runtime_fd.ok_or("--runtime-fd is required")?,
+        call_limit,
     })
 }
 
@@ -58,9 +77,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome =
-        orch_node::runtime::shim::runtime_process::RuntimeBinary::inherited(args.runtime_fd)
-            .and_then(|runtime| orch_node::runtime::shim::server::run(&args.pod_dir, runtime));
+    let outcome = orch_node::runtime::shim::runtime_process::RuntimeBinary::inherited(
+        args.runtime_fd,
+        args.call_limit,
+    )
+    .and_then(|runtime| orch_node::runtime::shim::server::run(&args.pod_dir, runtime));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -74,17 +95,48 @@ fn main() -> ExitCode {
 mod tests {
     use super::parse;
 
-    fn parsed(args: &[&str]) -> Result<(String, i32), String> {
-        parse(args.iter().map(std::ffi::OsString::from))
-            .map(|a| (a.pod_dir.display().to_string(), a.runtime_fd))
+    fn parsed(args: &[&str]) -> Result<(String, i32, u64), String> {
+        parse(args.iter().map(std::ffi::OsString::from)).map(|a| {
+            (
+                a.pod_dir.display().to_string(),
+                a.runtime_fd,
+                a.call_limit.as_secs(),
+            )
+        })
     }
 
     #[test]
     fn flags_are_read_and_bad_ones_named() {
         assert_eq!(
             parsed(&["--pod-dir", "/p", "--runtime-fd", "7"]),
-            Ok(("/p".into(), 7))
+            Ok(("/p".into(), 7, 120))
         );
+        assert_eq!(
+            parsed(&[
+                "--pod-dir",
+                "/p",
+                "--runtime-fd",
+                "7",
+                "--runtime-call-timeout",
+                "3"
+            ]),
+            Ok(("/p".into(), 7, 3))
+        );
+        for bad in ["0", "-1", "soon"] {
+            let refused = parsed(&[
+                "--pod-dir",
+                "/p",
+                "--runtime-fd",
+                "7",
+                "--runtime-call-timeout",
+                bad,
+            ])
+            .unwrap_err();
+            assert!(
+                refused.contains(&format!("--runtime-call-timeout \"{bad}\"")),
+                "{refused}"
+            );
+        }
         let no_fd = parsed(&["--pod-dir", "/p"]).unwrap_err();
         assert!(no_fd.contains("--runtime-fd is required"), "{no_fd}");
         let bad_fd = parsed(&["--pod-dir", "/p", "--runtime-fd", "x"]).unwrap_err();

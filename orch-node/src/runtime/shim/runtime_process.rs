@@ -7,20 +7,29 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::protocol::{Response, RuntimeCall};
 use super::wire::{LineReader, send_line};
+
+/// How long a runtime call may go unanswered unless the shim is told
+/// otherwise: the kubelet's default `--runtime-request-timeout`.
+pub const DEFAULT_CALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// The sealed orch-runtime a shim runs its libcontainer calls with:
 /// a descriptor it inherited from whoever started it, held for its life.
 pub struct RuntimeBinary {
     file: OwnedFd,
+    /// How long a call may go unanswered before its runtime process is
+    /// killed: a call stuck in the kernel or in a hook must not stop the
+    /// shim serving its other containers for good.
+    call_limit: Duration,
 }
 
 impl RuntimeBinary {
     /// Takes descriptor `fd` (inherited; made close-on-exec here, so no
     /// container or runtime process inherits it in turn).
-    pub fn inherited(fd: RawFd) -> Result<Self, String> {
+    pub fn inherited(fd: RawFd, call_limit: Duration) -> Result<Self, String> {
         if fd < 3 {
             return Err(format!("--runtime-fd {fd}: not a descriptor of its own"));
         }
@@ -34,7 +43,7 @@ impl RuntimeBinary {
         // SAFETY: open (checked above) and passed for this use alone;
         // nothing else in the shim owns it.
         let file = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { file })
+        Ok(Self { file, call_limit })
     }
 
     /// The path that executes it: valid while the shim holds the
@@ -49,24 +58,58 @@ impl RuntimeBinary {
 pub struct RuntimeProcess {
     control: UnixStream,
     reader: LineReader,
+    /// Its pid, which is also its process group's id.
+    pid: i32,
+    call_limit: Duration,
 }
 
 impl RuntimeProcess {
-    /// Starts it. Its stderr is the shim's (the shim's log); the shim's
-    /// reaper collects it when it exits.
+    /// Starts it, in a process group of its own (so that a hung call is
+    /// killed with whatever it started, such as a hook). Its stderr is the
+    /// shim's (the shim's log); the shim's reaper collects it when it
+    /// exits.
     pub fn start(binary: &RuntimeBinary) -> Result<Self, String> {
         let (control, theirs) =
             UnixStream::pair().map_err(|e| format!("a socket pair for orch-runtime: {e}"))?;
-        Command::new(binary.path())
+        control
+            .set_read_timeout(Some(binary.call_limit))
+            .map_err(|e| format!("a socket pair for orch-runtime: {e}"))?;
+        let child = Command::new(binary.path())
             .arg0("orch-runtime")
+            .process_group(0)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting orch-runtime: {e}"))?;
+        let pid = i32::try_from(child.id()).map_err(|_| "orch-runtime: pid out of range")?;
         Ok(Self {
             control,
             reader: LineReader::new(),
+            pid,
+            call_limit: binary.call_limit,
         })
+    }
+
+    /// The next line from orch-runtime, within the call limit. A socket
+    /// with a receive timeout is never restarted after a signal (the
+    /// shim's SIGCHLD): such reads go on with the time left.
+    fn answer(&mut self) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
+        let deadline = std::time::Instant::now() + self.call_limit;
+        loop {
+            match self.reader.next(&self.control) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                    self.control.set_read_timeout(Some(left))?;
+                }
+                other => {
+                    self.control.set_read_timeout(Some(self.call_limit))?;
+                    return other;
+                }
+            }
+        }
     }
 
     /// Sends `call` with `fds` and reads its answer; an `Error` answer is
@@ -74,13 +117,31 @@ impl RuntimeProcess {
     pub fn call(&mut self, call: &RuntimeCall, fds: &[BorrowedFd<'_>]) -> Result<Response, String> {
         let line = serde_json::to_string(call).map_err(|e| e.to_string())?;
         send_line(&self.control, &line, fds).map_err(|e| format!("calling orch-runtime: {e}"))?;
-        let answer = self
-            .reader
-            .next(&self.control)
-            .map_err(|e| format!("reading orch-runtime's answer: {e}"))?
-            .ok_or_else(|| {
-                "orch-runtime exited without an answer (its error is in shim.log)".to_string()
-            })?;
+        let answer = match self.answer() {
+            Ok(answer) => answer,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Its process group: orch-runtime and what it started in
+                // it. The containers' own processes are the caller's to
+                // clean up (a failed create deletes what was made).
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(self.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(format!(
+                    "orch-runtime did not answer within {}s (killed; see shim.log)",
+                    self.call_limit.as_secs()
+                ));
+            }
+            Err(error) => return Err(format!("reading orch-runtime's answer: {error}")),
+        }
+        .ok_or_else(|| {
+            "orch-runtime exited without an answer (its error is in shim.log)".to_string()
+        })?;
         match serde_json::from_str(&answer.0) {
             Ok(Response::Error { message }) => Err(message),
             Ok(response) => Ok(response),

@@ -253,6 +253,9 @@ fn handle(
                     if state_root.join(&id).exists() {
                         let _ = call_runtime(None, runtime, &delete_call(state_root, &id));
                     }
+                    // A runtime process killed mid-call may leave an init
+                    // that libcontainer has no state for yet.
+                    crate::runtime::cgroups::kill_all(&cgroups_path);
                     return Err(match failed {
                         Err(message) => message,
                         Ok(other) => format!("creating {id}: unexpected answer {other:?}"),

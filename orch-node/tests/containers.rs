@@ -23,12 +23,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
     let layers = busybox_layers(dir.path());
 
     let pod_dir = dir.path().join("pod");
-    std::fs::create_dir(&pod_dir).expect("pod dir");
-    let mut pod = Pod {
-        dir: pod_dir.clone(),
-        containers: Vec::new(),
-    };
-    sandbox::create(&pod_dir, "pod-a").expect("sandbox");
+    let mut pod = Pod::create(pod_dir.clone(), "pod-a");
     let shim = start_shim(&pod_dir, &[]);
     let client = &shim.client;
     // The shim runs from a sealed in-memory copy of orch-shim, not the file.

@@ -16,12 +16,7 @@ fn a_hung_runtime_call_is_killed_and_the_shim_serves_on() {
     let dir = tempfile::tempdir().expect("temp dir");
     let layers = busybox_layers(dir.path());
     let pod_dir = dir.path().join("pod");
-    std::fs::create_dir(&pod_dir).expect("pod dir");
-    let mut pod = Pod {
-        dir: pod_dir.clone(),
-        containers: Vec::new(),
-    };
-    sandbox::create(&pod_dir, "pod-hang").expect("sandbox");
+    let mut pod = Pod::create(pod_dir.clone(), "pod-hang");
     let shim = start_shim(&pod_dir, &["--runtime-call-timeout", "2"]);
     let client = &shim.client;
     let shim_pid = shim.child.id();

@@ -55,6 +55,19 @@ impl Drop for Pod {
     }
 }
 
+impl Pod {
+    /// Pod directory `dir` with a sandbox whose hostname is `hostname`.
+    pub fn create(dir: PathBuf, hostname: &str) -> Self {
+        std::fs::create_dir(&dir).expect("pod dir");
+        let pod = Self {
+            dir,
+            containers: Vec::new(),
+        };
+        sandbox::create(&pod.dir, hostname).expect("sandbox");
+        pod
+    }
+}
+
 /// This test run's cgroup parent.
 pub fn cgroup_parent() -> String {
     format!("/orch-test-containers-{}", std::process::id())

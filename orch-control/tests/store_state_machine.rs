@@ -422,12 +422,27 @@ fn a_batch_takes_one_revision_per_change_and_records_the_last() {
                 request(1003, vec![put("/b", "1"), put("/b", "2")]),
                 request(1004, vec![put("/a", "2"), put("/c", "1")]),
                 request(1005, vec![delete("/seen")]),
+                // A retry inside the batch: the first answer again.
+                request(1001, vec![put("/a", "1")]),
+                // Compacting to the revision just made is not "future".
+                Request {
+                    id: RequestId(1006),
+                    command: Command::Compact { revision: 4 },
+                },
             ],
             None,
         )
         .expect("apply");
     let revisions: Vec<u64> = responses.iter().map(|r| r.revision).collect();
-    assert_eq!(revisions, [2, 2, 2, 3, 4]);
+    assert_eq!(revisions, [2, 2, 2, 3, 4, 2, 4]);
+    assert_eq!(responses[5], responses[0]);
+    assert_eq!(
+        responses[6].outcome,
+        Outcome::Compacted,
+        "{:?}",
+        responses[6]
+    );
+    assert_eq!(f.store.compact_revision().expect("compact revision"), 4);
     assert!(rejected(&responses[2]).is_some(), "{:?}", responses[2]);
     assert_eq!(f.store.revision().expect("revision"), 4);
     let a = f.store.get(b"/a").expect("get").expect("exists");

@@ -2,7 +2,7 @@
 //! `orch-shim --pod-dir DIR --runtime-fd N [--runtime-call-timeout SECONDS]`,
 //! where descriptor N is a sealed copy of orch-runtime for its libcontainer
 //! calls, and a call that has not answered within the timeout (default
-//! 120 s, the kubelet's `--runtime-request-timeout`) is killed. It lives as long
+//! 20 s, under the agent's 30 s wait for the shim) is killed. It lives as long
 //! as its pod, so it is a program of its own and stays small: it links no
 //! libcontainer (see `orch_node::runtime::shim::server`).
 
@@ -109,7 +109,7 @@ mod tests {
     fn flags_are_read_and_bad_ones_named() {
         assert_eq!(
             parsed(&["--pod-dir", "/p", "--runtime-fd", "7"]),
-            Ok(("/p".into(), 7, 120))
+            Ok(("/p".into(), 7, 20))
         );
         assert_eq!(
             parsed(&[

@@ -13,8 +13,11 @@ use super::protocol::{Response, RuntimeCall};
 use super::wire::{LineReader, send_line};
 
 /// How long a runtime call may go unanswered unless the shim is told
-/// otherwise: the kubelet's default `--runtime-request-timeout`.
-pub const DEFAULT_CALL_LIMIT: Duration = Duration::from_secs(120);
+/// otherwise: under the 30 s the agent waits for a shim's answer, so the
+/// shim answers (with this failure) before the agent gives up on it and
+/// takes it for dead. A create takes milliseconds, ~2 s at worst with 100
+/// pods starting at once.
+pub const DEFAULT_CALL_LIMIT: Duration = Duration::from_secs(20);
 
 /// The sealed orch-runtime a shim runs its libcontainer calls with:
 /// a descriptor it inherited from whoever started it, held for its life.
@@ -99,13 +102,16 @@ impl RuntimeProcess {
             match self.reader.next(&self.control) {
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
+                    // Setting a timeout on a socket we hold fails only for
+                    // a zero one; either way the call is over.
+                    if left.is_zero() || self.control.set_read_timeout(Some(left)).is_err() {
                         return Err(std::io::ErrorKind::TimedOut.into());
                     }
-                    self.control.set_read_timeout(Some(left))?;
                 }
                 other => {
-                    self.control.set_read_timeout(Some(self.call_limit))?;
+                    // The next call's limit; a failure here must not hide
+                    // this answer (the next read then fails on its own).
+                    let _ = self.control.set_read_timeout(Some(self.call_limit));
                     return other;
                 }
             }
@@ -119,25 +125,29 @@ impl RuntimeProcess {
         send_line(&self.control, &line, fds).map_err(|e| format!("calling orch-runtime: {e}"))?;
         let answer = match self.answer() {
             Ok(answer) => answer,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                // Its process group: orch-runtime and what it started in
-                // it. The containers' own processes are the caller's to
-                // clean up (a failed create deletes what was made).
+            Err(error) => {
+                // Unanswered, or unreadable: either way it is killed with
+                // its process group (orch-runtime and what it started in
+                // it, such as a hook). The container's own processes are
+                // the caller's to clean up (a failed create does).
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(self.pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                return Err(format!(
-                    "orch-runtime did not answer within {}s (killed; see shim.log)",
-                    self.call_limit.as_secs()
-                ));
+                return Err(
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        format!(
+                            "orch-runtime did not answer within {}s (killed)",
+                            self.call_limit.as_secs()
+                        )
+                    } else {
+                        format!("reading orch-runtime's answer: {error} (killed it)")
+                    },
+                );
             }
-            Err(error) => return Err(format!("reading orch-runtime's answer: {error}")),
         }
         .ok_or_else(|| {
             "orch-runtime exited without an answer (its error is in shim.log)".to_string()

@@ -250,12 +250,16 @@ fn handle(
                     // container behind: delete it, or every retry of this
                     // id would be refused.
                     drop(creator);
-                    if state_root.join(&id).exists() {
-                        let _ = call_runtime(None, runtime, &delete_call(state_root, &id));
+                    // Done here, not by another runtime call, which could
+                    // hang as this one may have: its processes killed,
+                    // its cgroup and state removed (libcontainer's delete
+                    // only where that fails).
+                    if let Err(error) = release_exited(&state_root.join(&id), &cgroups_path) {
+                        tracing::warn!(%id, %error, "cleaning up a failed create");
+                        if state_root.join(&id).exists() {
+                            let _ = call_runtime(None, runtime, &delete_call(state_root, &id));
+                        }
                     }
-                    // A runtime process killed mid-call may leave an init
-                    // that libcontainer has no state for yet.
-                    crate::runtime::cgroups::kill_all(&cgroups_path);
                     return Err(match failed {
                         Err(message) => message,
                         Ok(other) => format!("creating {id}: unexpected answer {other:?}"),

@@ -336,8 +336,8 @@ struct Tables<'txn> {
     /// batch and written once at its end (`record_revision`), not per
     /// request.
     revision: Revision,
-    /// Whether `revision` moved since it was read.
-    revision_moved: bool,
+    /// The revision the table holds (as read, or last recorded).
+    recorded_revision: Revision,
 }
 
 impl<'txn> Tables<'txn> {
@@ -346,7 +346,7 @@ impl<'txn> Tables<'txn> {
         let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
         Ok(Self {
             revision,
-            revision_moved: false,
+            recorded_revision: revision,
             meta,
             kv: txn.open_table(KV)?,
             history: txn.open_table(HISTORY)?,
@@ -551,15 +551,14 @@ impl<'txn> Tables<'txn> {
         }
         self.history.insert(revision, encode(&events).as_slice())?;
         self.revision = revision;
-        self.revision_moved = true;
         Ok(())
     }
 
     /// Stores the revision the batch ended at, once.
     fn record_revision(&mut self) -> Result<(), StoreError> {
-        if self.revision_moved {
+        if self.revision != self.recorded_revision {
             self.meta.insert(REVISION, self.revision)?;
-            self.revision_moved = false;
+            self.recorded_revision = self.revision;
         }
         Ok(())
     }

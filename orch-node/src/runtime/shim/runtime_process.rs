@@ -74,9 +74,6 @@ impl RuntimeProcess {
     pub fn start(binary: &RuntimeBinary) -> Result<Self, String> {
         let (control, theirs) =
             UnixStream::pair().map_err(|e| format!("a socket pair for orch-runtime: {e}"))?;
-        control
-            .set_read_timeout(Some(binary.call_limit))
-            .map_err(|e| format!("a socket pair for orch-runtime: {e}"))?;
         let child = Command::new(binary.path())
             .arg0("orch-runtime")
             .process_group(0)
@@ -99,21 +96,15 @@ impl RuntimeProcess {
     fn answer(&mut self) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
         let deadline = std::time::Instant::now() + self.call_limit;
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // Setting a timeout on a socket we hold fails only for a zero
+            // one; either way the call is over.
+            if left.is_zero() || self.control.set_read_timeout(Some(left)).is_err() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
             match self.reader.next(&self.control) {
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    // Setting a timeout on a socket we hold fails only for
-                    // a zero one; either way the call is over.
-                    if left.is_zero() || self.control.set_read_timeout(Some(left)).is_err() {
-                        return Err(std::io::ErrorKind::TimedOut.into());
-                    }
-                }
-                other => {
-                    // The next call's limit; a failure here must not hide
-                    // this answer (the next read then fails on its own).
-                    let _ = self.control.set_read_timeout(Some(self.call_limit));
-                    return other;
-                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
             }
         }
     }

@@ -254,12 +254,7 @@ fn handle(
                     // hang as this one may have: its processes killed,
                     // its cgroup and state removed (libcontainer's delete
                     // only where that fails).
-                    if let Err(error) = release_exited(&state_root.join(&id), &cgroups_path) {
-                        tracing::warn!(%id, %error, "cleaning up a failed create");
-                        if state_root.join(&id).exists() {
-                            let _ = call_runtime(None, runtime, &delete_call(state_root, &id));
-                        }
-                    }
+                    let _ = release_or_delete(&id, &cgroups_path, runtime, state_root);
                     return Err(match failed {
                         Err(message) => message,
                         Ok(other) => format!("creating {id}: unexpected answer {other:?}"),
@@ -412,12 +407,26 @@ fn delete(
     state_root: &Path,
 ) -> Result<(), String> {
     if entry.state.status == Status::Exited {
-        match release_exited(&state_root.join(id), &entry.cgroups_path) {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                tracing::warn!(%id, %error, "releasing an exited container; libcontainer deletes it")
-            }
-        }
+        return release_or_delete(id, &entry.cgroups_path, runtime, state_root);
+    }
+    call_runtime(None, runtime, &delete_call(state_root, id)).map(drop)
+}
+
+/// Removes container `id`, exited or never started, here
+/// (`release_exited`); where that fails and libcontainer still has its
+/// state, through libcontainer's delete.
+fn release_or_delete(
+    id: &str,
+    cgroups_path: &str,
+    runtime: &RuntimeBinary,
+    state_root: &Path,
+) -> Result<(), String> {
+    let Err(error) = release_exited(&state_root.join(id), cgroups_path) else {
+        return Ok(());
+    };
+    tracing::warn!(%id, %error, "releasing a container; libcontainer deletes it");
+    if !state_root.join(id).exists() {
+        return Err(error);
     }
     call_runtime(None, runtime, &delete_call(state_root, id)).map(drop)
 }

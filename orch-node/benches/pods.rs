@@ -20,7 +20,7 @@ use orch_node::runtime::shim::ShimPrograms;
 use orch_node::runtime::shim::client::ShimClient;
 use orch_node::runtime::shim::protocol::{Request, Status};
 use orch_node::runtime::spec::{ContainerSpec, Resources};
-use orch_node::runtime::{cgroups, sandbox, spec};
+use orch_node::runtime::{self, cgroups, sandbox, spec};
 
 const RUNS: usize = 200;
 /// Runs of one runtime before the next takes its turn.
@@ -62,11 +62,9 @@ fn bundle(dir: &Path, rootfs: &Path, pod_dir: &Path, cgroup: &str) -> PathBuf {
         mounts: vec![],
         oom_score_adj: 0,
     };
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec_pretty(&spec::runtime_spec(&config)).expect("spec"),
-    )
-    .expect("config.json");
+    // config.json (what runc and crun run) and orch-runtime's
+    // precompiled seccomp program beside it, as the agent writes them.
+    runtime::bundle::write(&bundle, &spec::runtime_spec(&config)).expect("bundle");
     bundle
 }
 

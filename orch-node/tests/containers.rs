@@ -15,7 +15,7 @@ use common::shim::{
 use orch_node::runtime::exec::{self, ExecIo, ExecOptions};
 use orch_node::runtime::shim::protocol::{LogRotation, Request, Status};
 use orch_node::runtime::spec::Resources;
-use orch_node::runtime::{rootfs, sandbox, spec};
+use orch_node::runtime::{bundle, rootfs, sandbox, spec};
 
 #[test]
 fn containers_run_in_a_pod_sandbox_through_the_shim() {
@@ -51,11 +51,7 @@ fn containers_run_in_a_pod_sandbox_through_the_shim() {
         let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
         let mut config = container_spec(root, &pod_dir, name, args);
         config.resources = resources;
-        std::fs::write(
-            container_dir.join("config.json"),
-            serde_json::to_vec_pretty(&spec::runtime_spec(&config)).expect("spec"),
-        )
-        .expect("config.json");
+        bundle::write(&container_dir, &spec::runtime_spec(&config)).expect("bundle");
         let id = format!("{name}-0");
         let log = pod_dir.join("logs").join(name).join("0.log");
         client

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::shim::{Pod, busybox_layers, children, container_spec, start_shim, wait_exited};
 use orch_node::runtime::shim::protocol::Request;
-use orch_node::runtime::{rootfs, sandbox, spec};
+use orch_node::runtime::{bundle, rootfs, sandbox, spec};
 
 #[test]
 fn a_hung_runtime_call_is_killed_and_the_shim_serves_on() {
@@ -34,11 +34,7 @@ fn a_hung_runtime_call_is_killed_and_the_shim_serves_on() {
                 "createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "600"]}]
             });
         }
-        std::fs::write(
-            container_dir.join("config.json"),
-            serde_json::to_vec_pretty(&bundle).expect("json"),
-        )
-        .expect("config.json");
+        bundle::write(&container_dir, &bundle).expect("bundle");
     };
     let create = || {
         client.call(&Request::Create {

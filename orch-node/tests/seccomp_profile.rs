@@ -1,7 +1,9 @@
-//! The default seccomp profile, loaded into a real process through
-//! libcontainer (as a container's init loads it): what it lets through,
-//! and what it refuses with which errno. A forked child loads the filter
-//! and makes the calls; the test reads what each one returned.
+//! The default seccomp profile, loaded into a real process both ways a
+//! container gets it: compiled by libcontainer (as a container's init
+//! loads a profile), and as the program the agent compiles ahead and
+//! orch-runtime installs (`seccomp_program`). What each lets through and
+//! refuses with which errno must be the same. A forked child loads the
+//! filter and makes the calls; the test reads what each one returned.
 //!
 //! Needs root (loading a filter without no_new_privs takes CAP_SYS_ADMIN;
 //! CI runs as root).
@@ -12,6 +14,14 @@ use std::os::fd::AsRawFd as _;
 use libcontainer::oci_spec::runtime::LinuxSeccomp;
 use nix::libc;
 use orch_node::runtime::seccomp::default_profile;
+use orch_node::runtime::seccomp_program;
+
+/// How the child gets its filter.
+#[derive(Clone, Copy, Debug)]
+enum Loader {
+    Libcontainer,
+    Precompiled,
+}
 
 /// What a call returned: `ok` or the errno's number.
 fn outcome(result: libc::c_long) -> String {
@@ -97,17 +107,26 @@ fn calls() -> Vec<Call> {
 
 /// Loads the profile for these capabilities in a forked child, makes
 /// every call there, and returns `name=outcome` for each.
-fn run_under(capabilities: &[String]) -> Vec<String> {
+fn run_under(capabilities: &[String], loader: Loader) -> Vec<String> {
     let profile: LinuxSeccomp = serde_json::from_value(default_profile(capabilities))
         .expect("the profile is a valid linux.seccomp section");
+    let program = seccomp_program::compile(&profile).expect("the profile compiles");
     let (mut read, write) = std::io::pipe().expect("pipe");
     // SAFETY: the child runs one thread: it loads the filter, makes the
     // calls, writes one report and leaves with _exit.
     match unsafe { nix::unistd::fork() }.expect("fork") {
         nix::unistd::ForkResult::Child => {
             drop(read);
-            let report = match libcontainer::seccomp::initialize_seccomp(&profile) {
-                Ok(_) => calls()
+            let loaded = match loader {
+                Loader::Libcontainer => libcontainer::seccomp::initialize_seccomp(&profile)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Loader::Precompiled => {
+                    seccomp_program::install(&program).map_err(|e| e.to_string())
+                }
+            };
+            let report = match loaded {
+                Ok(()) => calls()
                     .iter()
                     .map(|(name, call)| format!("{name}={}", outcome(call())))
                     .collect::<Vec<_>>()
@@ -138,7 +157,6 @@ fn the_default_profile_allows_everyday_calls_and_refuses_reaching_out() {
     );
     let eperm = libc::EPERM.to_string();
     let enosys = libc::ENOSYS.to_string();
-    let report = run_under(&[]);
     let expected = [
         ("getpid", "ok"),
         ("clone", "ok"),
@@ -161,15 +179,19 @@ fn the_default_profile_allows_everyday_calls_and_refuses_reaching_out() {
         .iter()
         .map(|(name, outcome)| format!("{name}={outcome}"))
         .collect();
-    assert_eq!(report, expected, "under the default profile");
+    for loader in [Loader::Libcontainer, Loader::Precompiled] {
+        let report = run_under(&[], loader);
+        assert_eq!(report, expected, "under the default profile, {loader:?}");
 
-    // CAP_SYS_ADMIN added: namespaces and mounts are the capability's
-    // business again (the caller here holds it, so unshare(0) succeeds).
-    let report = run_under(&["CAP_SYS_ADMIN".to_string()]);
-    for line in ["unshare=ok", "clone NEWUSER=ok", "keyctl=1"] {
-        assert!(
-            report.iter().any(|l| l == line),
-            "{line} with CAP_SYS_ADMIN: {report:?}"
-        );
+        // CAP_SYS_ADMIN added: namespaces and mounts are the capability's
+        // business again (the caller here holds it, so unshare(0)
+        // succeeds).
+        let report = run_under(&["CAP_SYS_ADMIN".to_string()], loader);
+        for line in ["unshare=ok", "clone NEWUSER=ok", "keyctl=1"] {
+            assert!(
+                report.iter().any(|l| l == line),
+                "{line} with CAP_SYS_ADMIN, {loader:?}: {report:?}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::pods::{PodManager, backoff, blocking, instance_of, now_seconds};
 use crate::runtime::shim::client::ShimClient;
 use crate::runtime::shim::protocol::{ContainerState, Request, Status};
 use crate::runtime::subpath;
-use crate::runtime::{rootfs, sandbox, spec};
+use crate::runtime::{bundle, rootfs, sandbox, spec};
 
 impl PodManager {
     /// One container's turn: what the shim says of its instances, and a
@@ -226,14 +226,10 @@ impl PodManager {
             built.spec.mounts[sub.mount].source = staging;
         }
         let config = spec::runtime_spec(&built.spec);
-        let bytes = serde_json::to_vec_pretty(&config)
-            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-        std::fs::write(container_dir.join("config.json"), bytes).map_err(|e| {
-            (
-                "CreateContainerError".to_string(),
-                format!("config.json: {e}"),
-            )
-        })?;
+        let bundle_dir = container_dir.clone();
+        blocking(move || bundle::write(&bundle_dir, &config).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| ("CreateContainerError".to_string(), format!("bundle: {e}")))?;
         let log = dir
             .join("logs")
             .join(&container.name)

@@ -23,6 +23,7 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
 use super::protocol::{Response, RuntimeCall};
 use super::wire::{LineReader, send_line};
+use crate::runtime::seccomp_program::{self, Program};
 
 /// Serves the one call that arrives on stdin (a unix socket).
 pub fn serve() -> Result<(), String> {
@@ -145,8 +146,16 @@ fn create(
     let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
         format!("create: {} descriptors sent, 3 expected", fds.len())
     })?;
+    // A precompiled profile: libcontainer runs the config without it and
+    // the executor installs the program (`runtime::bundle`).
+    let (bundle, filter) = match crate::runtime::bundle::precompiled(bundle)
+        .map_err(|e| format!("creating {id}: {e}"))?
+    {
+        Some((config_dir, program)) => (config_dir, Some(Filter::Program(program))),
+        None => (bundle.to_path_buf(), None),
+    };
     ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-        .with_executor(DefaultExecutor {})
+        .with_executor(SeccompExecutor { filter })
         .with_root_path(state_root)
         .map_err(|e| format!("state root: {e}"))?
         .with_stdin(stdin)
@@ -189,18 +198,33 @@ fn delete(container: &mut Container) -> Response {
     }
 }
 
-/// Loads the container's seccomp filter, then runs the process as
-/// libcontainer's default executor does.
+/// A seccomp filter to install right before the exec.
+#[derive(Clone)]
+pub(super) enum Filter {
+    /// Compiled by the agent (`runtime::bundle`).
+    Program(Program),
+    /// A profile compiled here, with libcontainer's own libseccomp call.
+    Profile(LinuxSeccomp),
+}
+
+/// Installs the container's seccomp filter, if any, then runs the
+/// process as libcontainer's default executor does.
 #[derive(Clone)]
 pub(super) struct SeccompExecutor {
-    pub seccomp: Option<LinuxSeccomp>,
+    pub filter: Option<Filter>,
 }
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if let Some(seccomp) = &self.seccomp {
-            libcontainer::seccomp::initialize_seccomp(seccomp)
-                .map_err(|e| ExecutorError::Other(format!("loading the seccomp filter: {e}")))?;
+        match &self.filter {
+            Some(Filter::Program(program)) => seccomp_program::install(program)
+                .map_err(|e| ExecutorError::Other(e.to_string()))?,
+            Some(Filter::Profile(profile)) => {
+                libcontainer::seccomp::initialize_seccomp(profile).map_err(|e| {
+                    ExecutorError::Other(format!("loading the seccomp filter: {e}"))
+                })?;
+            }
+            None => {}
         }
         DefaultExecutor {}.exec(spec)
     }

@@ -17,7 +17,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::oci_spec::runtime::LinuxSeccomp;
 use libcontainer::syscall::syscall::SyscallType;
 
-use super::calls::SeccompExecutor;
+use super::calls::{Filter, SeccompExecutor};
 use super::exec::ExecStart;
 
 /// Starts a process in running container `id`; its host pid.
@@ -48,14 +48,19 @@ pub fn start(
     }
     process["args"] = serde_json::json!(args);
     process["terminal"] = serde_json::json!(console_socket.is_some());
-    let seccomp: Option<LinuxSeccomp> = match &config["linux"]["seccomp"] {
-        serde_json::Value::Null => None,
-        value => Some(
-            serde_json::from_value(value.clone())
-                .map_err(|e| format!("{}: linux.seccomp: {e}", bundle.display()))?,
-        ),
+    // The container's filter: its precompiled program when libcontainer
+    // was given one (`runtime::bundle`), else the config's profile.
+    let filter = match crate::runtime::bundle::program_beside(bundle).map_err(|e| e.to_string())? {
+        Some(program) => Some(Filter::Program(program)),
+        None => match &config["linux"]["seccomp"] {
+            serde_json::Value::Null => None,
+            value => Some(Filter::Profile(
+                serde_json::from_value::<LinuxSeccomp>(value.clone())
+                    .map_err(|e| format!("{}: linux.seccomp: {e}", bundle.display()))?,
+            )),
+        },
     };
-    if seccomp.is_some() {
+    if filter.is_some() {
         // The filter is loaded after the capabilities are dropped, which
         // the kernel allows only under no_new_privs: an exec'd process
         // always has it (setuid programs do not elevate it), rather than
@@ -71,7 +76,7 @@ pub fn start(
     .map_err(|e| format!("{}: {e}", process_file.display()))?;
 
     let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-        .with_executor(SeccompExecutor { seccomp })
+        .with_executor(SeccompExecutor { filter })
         .with_root_path(state_root)
         .map_err(|e| format!("state root: {e}"))?;
     match console_socket {

@@ -41,9 +41,10 @@ fn log_text(log: &std::path::Path, needle: &str) -> String {
     }
 }
 
-/// Checks one report: filtered, no_new_privs as asked, capabilities
-/// exactly the bounding set (and no CAP_SYS_ADMIN, bit 21).
-fn check(report: &str, no_new_privs: bool) {
+/// Checks one report: filtered, no_new_privs as asked, no CAP_SYS_ADMIN
+/// (bit 21) anywhere; root holds exactly its bounding set, another user
+/// nothing (what the kernel leaves after an exec).
+fn check(report: &str, no_new_privs: bool, root: bool) {
     let f = fields(report);
     assert_eq!(f.get("Seccomp").map(String::as_str), Some("2"), "{report}");
     let nnp = if no_new_privs { "1" } else { "0" };
@@ -52,12 +53,23 @@ fn check(report: &str, no_new_privs: bool) {
         Some(nnp),
         "{report}"
     );
-    let bounding = f.get("CapBnd").expect("CapBnd");
-    assert_eq!(f.get("CapPrm"), Some(bounding), "{report}");
-    assert_eq!(f.get("CapEff"), Some(bounding), "{report}");
-    let bits = u64::from_str_radix(bounding, 16).expect("hex");
-    assert_eq!(bits & (1 << 21), 0, "CAP_SYS_ADMIN held: {report}");
-    assert!(bits != 0, "no capabilities at all: {report}");
+    let bounding = f.get("CapBnd").expect("CapBnd").clone();
+    let held = if root {
+        bounding.clone()
+    } else {
+        "0".repeat(16)
+    };
+    for set in ["CapPrm", "CapEff"] {
+        assert_eq!(f.get(set), Some(&held), "{set}: {report}");
+    }
+    for set in ["CapBnd", "CapInh", "CapAmb"] {
+        let bits = u64::from_str_radix(f.get(set).expect(set), 16).expect("hex");
+        assert_eq!(bits & (1 << 21), 0, "CAP_SYS_ADMIN in {set}: {report}");
+    }
+    assert!(
+        bounding != "0".repeat(16),
+        "no capabilities at all: {report}"
+    );
     assert!(report.contains("Operation not permitted"), "{report}");
 }
 
@@ -70,8 +82,15 @@ fn precompiled_filters_hold_with_and_without_no_new_privs() {
     let shim = start_shim(&pod_dir, &[]);
     let client = &shim.client;
 
-    for no_new_privs in [false, true] {
-        let name = if no_new_privs { "nnp" } else { "escalating" };
+    // (no_new_privs, uid): Kubernetes' default, allowPrivilegeEscalation
+    // false, and a non-root user without no_new_privs (the lent
+    // capability kept across libcontainer's setuid).
+    for (no_new_privs, uid) in [(false, 0), (true, 0), (false, 1000)] {
+        let name = match (no_new_privs, uid) {
+            (true, _) => "nnp",
+            (false, 0) => "escalating",
+            _ => "user",
+        };
         let container_dir = pod_dir.join("containers").join(name);
         pod.containers.push(container_dir.clone());
         let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
@@ -82,6 +101,8 @@ fn precompiled_filters_hold_with_and_without_no_new_privs() {
             &["sh", "-c", &format!("{REPORT}; echo done; sleep 1000")],
         );
         config.no_new_privileges = no_new_privs;
+        config.uid = uid;
+        config.gid = uid;
         bundle::write(&container_dir, &spec::runtime_spec(&config)).expect("bundle");
         // The program is there for orch-runtime to install.
         assert!(
@@ -108,7 +129,7 @@ fn precompiled_filters_hold_with_and_without_no_new_privs() {
             .call(&Request::Start { id: id.clone() })
             .expect("start");
         let text = log_text(&log, "stdout F done");
-        check(&text, no_new_privs);
+        check(&text, no_new_privs, uid == 0);
 
         // An exec'd process runs under the same filter (always with
         // no_new_privs, as runc exec does).
@@ -129,7 +150,7 @@ fn precompiled_filters_hold_with_and_without_no_new_privs() {
         std::io::Read::read_to_string(&mut std::fs::File::from(stdout), &mut output)
             .expect("exec output");
         assert_eq!(process.wait().expect("wait"), 0, "{output}");
-        check(&output, true);
+        check(&output, true, uid == 0);
 
         client
             .call(&Request::Kill {
@@ -170,6 +191,8 @@ fn precompiled_filters_hold_with_and_without_no_new_privs() {
         .call(&Request::Start { id: "nnp-1".into() })
         .expect("start");
     let text = log_text(&log, "stdout F done");
+    assert!(text.contains("stdout F done"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
     assert!(!text.contains("Operation not permitted"), "{text}");
     client
         .call(&Request::Kill {

@@ -195,3 +195,79 @@ fn the_default_profile_allows_everyday_calls_and_refuses_reaching_out() {
         }
     }
 }
+
+/// In a forked child set up as libcontainer leaves a container's init
+/// without no_new_privs (CAP_SYS_ADMIN out of the bounding and effective
+/// sets, lent in the permitted set only), installs the precompiled
+/// program and reports `/proc/self/status` before any exec.
+fn install_with_lent_admin(lent: bool) -> String {
+    let profile: LinuxSeccomp = serde_json::from_value(default_profile(&[])).expect("the profile");
+    let program = seccomp_program::compile(&profile).expect("the profile compiles");
+    let (mut read, write) = std::io::pipe().expect("pipe");
+    // SAFETY: the child runs one thread and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            drop(read);
+            let admin = caps::Capability::CAP_SYS_ADMIN;
+            let prepared = caps::drop(None, caps::CapSet::Bounding, admin)
+                .and_then(|()| caps::drop(None, caps::CapSet::Effective, admin))
+                .and_then(|()| match lent {
+                    true => Ok(()),
+                    false => caps::drop(None, caps::CapSet::Permitted, admin),
+                });
+            let report = match prepared {
+                Err(error) => format!("setup failed: {error}"),
+                Ok(()) => match seccomp_program::installable()
+                    .and_then(|()| seccomp_program::install(&program))
+                {
+                    Ok(()) => std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+                    Err(error) => format!("refused: {error}"),
+                },
+            };
+            let bytes = report.as_bytes();
+            // SAFETY: writing a buffer we own to our pipe end.
+            unsafe { libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+            unsafe { libc::_exit(0) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(write);
+            let mut report = String::new();
+            read.read_to_string(&mut report)
+                .expect("the child's report");
+            nix::sys::wait::waitpid(child, None).expect("waitpid");
+            report
+        }
+    }
+}
+
+#[test]
+fn the_lent_capability_is_gone_once_the_filter_is_installed() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test changes capability sets: run it as root"
+    );
+    let status = install_with_lent_admin(true);
+    let field = |name: &str| -> u64 {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        u64::from_str_radix(line.trim(), 16)
+            .unwrap_or_else(|_| line.trim().parse().unwrap_or(u64::MAX))
+    };
+    assert_eq!(field("Seccomp"), 2, "{status}");
+    assert_eq!(field("NoNewPrivs"), 0, "{status}");
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            field(set) & (1 << 21),
+            0,
+            "CAP_SYS_ADMIN in {set}: {status}"
+        );
+    }
+    // Everything else stays: the effective set is what it was.
+    assert_ne!(field("CapEff"), 0, "{status}");
+    // Nothing lent, no no_new_privs: refused before anything is loaded.
+    let refused = install_with_lent_admin(false);
+    assert!(refused.starts_with("refused:"), "{refused}");
+    assert!(refused.contains("CAP_SYS_ADMIN"), "{refused}");
+}

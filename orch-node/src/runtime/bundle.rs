@@ -52,23 +52,43 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
 }
 
 /// Writes the bundle for OCI config `config` into `dir` (which exists).
+/// `libcontainer/` is filled under another name and renamed into place,
+/// so orch-runtime finds a whole one or none (and then runs
+/// `config.json` with libcontainer's own seccomp).
 pub fn write(dir: &Path, config: &Value) -> Result<(), BundleError> {
     let precompiled = dir.join(PRECOMPILED);
-    match precompile(config)? {
-        Some((runtime_config, program)) => {
-            std::fs::create_dir_all(&precompiled).map_err(io(&precompiled))?;
-            replace(&precompiled.join(PROGRAM), &program.to_bytes())?;
-            replace(&precompiled.join("config.json"), &to_json(&runtime_config)?)?;
-        }
-        // A bundle rewritten without a profile must not keep an old one.
-        None => match std::fs::remove_dir_all(&precompiled) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(&precompiled)(e));
-            }
-            _ => {}
-        },
+    let staging = dir.join(format!("{PRECOMPILED}.new"));
+    remove_dir(&staging)?;
+    let made = precompile(config)?;
+    if let Some((runtime_config, program)) = &made {
+        std::fs::create_dir(&staging).map_err(io(&staging))?;
+        let (program_path, config_path) = (staging.join(PROGRAM), staging.join("config.json"));
+        std::fs::write(&program_path, program.to_bytes()).map_err(io(&program_path))?;
+        std::fs::write(&config_path, to_json(runtime_config)?).map_err(io(&config_path))?;
+    }
+    // A bundle rewritten without a profile must not keep an old one.
+    remove_dir(&precompiled)?;
+    if made.is_some() {
+        std::fs::rename(&staging, &precompiled).map_err(io(&precompiled))?;
     }
     replace(&dir.join("config.json"), &to_json(config)?)
+}
+
+fn remove_dir(path: &Path) -> Result<(), BundleError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The whole OCI config of the bundle libcontainer was given
+/// (`Container::bundle`): `config.json` there, or above it when that is
+/// the precompiled directory (whose process holds a lent capability).
+pub fn whole_config_dir(config_dir: &Path) -> &Path {
+    match config_dir.parent() {
+        Some(parent) if config_dir.file_name() == Some(PRECOMPILED.as_ref()) => parent,
+        _ => config_dir,
+    }
 }
 
 /// The directory to give libcontainer and the program to install, when
@@ -84,14 +104,15 @@ pub fn precompiled(dir: &Path) -> Result<Option<(PathBuf, Program)>, BundleError
 }
 
 /// The program of a bundle libcontainer was given (`Container::bundle`):
-/// present only when that is a precompiled directory.
+/// required when that is the precompiled directory (its config has no
+/// profile left to fall back on), none otherwise.
 pub fn program_beside(config_dir: &Path) -> Result<Option<Program>, BundleError> {
-    let path = config_dir.join(PROGRAM);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(read_program(&path, &bytes)?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path)(e)),
+    if whole_config_dir(config_dir) == config_dir {
+        return Ok(None);
     }
+    let path = config_dir.join(PROGRAM);
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    Ok(Some(read_program(&path, &bytes)?))
 }
 
 fn read_program(path: &Path, bytes: &[u8]) -> Result<Program, BundleError> {
@@ -118,17 +139,14 @@ fn precompile(config: &Value) -> Result<Option<(Value, Arc<Program>)>, BundleErr
     if let Some(linux) = runtime_config["linux"].as_object_mut() {
         linux.remove("seccomp");
     }
+    // Lent only where a permitted set is listed (orch always lists one):
+    // without it libcontainer keeps the full set, CAP_SYS_ADMIN included.
     let process = &mut runtime_config["process"];
-    if process["noNewPrivileges"] != json!(true) {
-        let permitted = &mut process["capabilities"]["permitted"];
-        if !permitted.is_array() {
-            *permitted = json!([]);
-        }
-        if let Some(caps) = permitted.as_array_mut()
-            && !caps.iter().any(|c| c == "CAP_SYS_ADMIN")
-        {
-            caps.push(json!("CAP_SYS_ADMIN"));
-        }
+    if process["noNewPrivileges"] != json!(true)
+        && let Some(caps) = process["capabilities"]["permitted"].as_array_mut()
+        && !caps.iter().any(|c| c == "CAP_SYS_ADMIN")
+    {
+        caps.push(json!("CAP_SYS_ADMIN"));
     }
     Ok(Some((runtime_config, program)))
 }
@@ -215,6 +233,19 @@ mod tests {
             program_beside(&runtime_dir).expect("readable"),
             Some(program)
         );
+        // An exec takes its process from the whole config, not the one
+        // with the lent capability.
+        assert_eq!(whole_config_dir(&runtime_dir), dir.path());
+        assert_eq!(whole_config_dir(dir.path()), dir.path());
+        assert_eq!(program_beside(dir.path()).expect("no program"), None);
+        // A precompiled directory without its program is an error, never
+        // an unfiltered process.
+        std::fs::remove_file(runtime_dir.join(PROGRAM)).expect("remove");
+        let error = program_beside(&runtime_dir)
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains(PROGRAM), "{error}");
+        assert!(!dir.path().join(format!("{PRECOMPILED}.new")).exists());
     }
 
     #[test]

@@ -103,12 +103,18 @@ impl Program {
 }
 
 /// Whether [`compile`] takes this profile: no notifications (they need
-/// a listener libcontainer sets up) and no filter flags. Any other
-/// profile is left to libcontainer.
+/// a listener libcontainer sets up), no filter flags, and architectures
+/// of the machines orch runs on. Any other profile is left to
+/// libcontainer.
 pub fn compilable(profile: &LinuxSeccomp) -> bool {
     let notifies = |action: LinuxSeccompAction| action == LinuxSeccompAction::ScmpActNotify;
     !notifies(profile.default_action())
         && profile.flags().as_ref().is_none_or(|f| f.is_empty())
+        && profile
+            .architectures()
+            .iter()
+            .flatten()
+            .all(|arch| architecture(*arch).is_ok())
         && profile.listener_path().is_none()
         && profile
             .syscalls()
@@ -255,18 +261,45 @@ fn architecture(arch: Arch) -> Result<ScmpArch, ProgramError> {
     })
 }
 
+/// Whether [`install`] can work in the calling process as it is now
+/// (after libcontainer dropped the capabilities, before the container's
+/// start): under no_new_privs, or with CAP_SYS_ADMIN at least permitted.
+/// Checked while the create can still fail with a reason, rather than
+/// at the exec, where a failure only ends the container.
+pub fn installable() -> Result<(), ProgramError> {
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| ProgramError::Install(format!("{what}: {e}"));
+    if nix::sys::prctl::get_no_new_privs().map_err(|e| fail("no_new_privs", &e))? {
+        return Ok(());
+    }
+    match caps::has_cap(None, CapSet::Permitted, Capability::CAP_SYS_ADMIN) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ProgramError::Install(
+            "neither no_new_privs nor CAP_SYS_ADMIN in the permitted set: the filter could not be installed"
+                .into(),
+        )),
+        Err(e) => Err(fail("capabilities", &e)),
+    }
+}
+
 /// Installs `program` in the calling (single-threaded) process as
 /// the last step before its exec: under no_new_privs directly, otherwise
 /// with CAP_SYS_ADMIN raised from the permitted set for the one call.
 /// Afterwards no capability outside the bounding set is left in the
-/// effective or permitted sets.
+/// effective or permitted sets. Everything is read before the filter is
+/// loaded; after it, at most one capset, and none when nothing was lent.
 pub fn install(program: &Program) -> Result<(), ProgramError> {
     let fail =
         |what: &str, e: &dyn std::fmt::Display| ProgramError::Install(format!("{what}: {e}"));
     let no_new_privs = nix::sys::prctl::get_no_new_privs().map_err(|e| fail("no_new_privs", &e))?;
+    let read = |set: CapSet| caps::read(None, set).map_err(|e| fail("capabilities", &e));
+    let (bounding, effective, permitted) = (
+        read(CapSet::Bounding)?,
+        read(CapSet::Effective)?,
+        read(CapSet::Permitted)?,
+    );
     let admin = Capability::CAP_SYS_ADMIN;
-    let raise = !no_new_privs
-        && !caps::has_cap(None, CapSet::Effective, admin).map_err(|e| fail("capabilities", &e))?;
+    let raise = !no_new_privs && !effective.contains(&admin);
     if raise {
         caps::raise(None, CapSet::Effective, admin)
             .map_err(|e| fail("CAP_SYS_ADMIN is not in the permitted set", &e))?;
@@ -295,16 +328,16 @@ pub fn install(program: &Program) -> Result<(), ProgramError> {
             &std::io::Error::last_os_error(),
         ))
     };
-    if raise {
-        caps::drop(None, CapSet::Effective, admin)
-            .map_err(|e| fail("lowering CAP_SYS_ADMIN", &e))?;
+    // What was effective before, and nothing outside the bounding set.
+    let keep_effective: caps::CapsHashSet = effective.intersection(&bounding).copied().collect();
+    let keep_permitted: caps::CapsHashSet = permitted.intersection(&bounding).copied().collect();
+    if raise || keep_effective != effective {
+        caps::set(None, CapSet::Effective, &keep_effective)
+            .map_err(|e| fail("lowering the effective set", &e))?;
     }
-    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| fail("the bounding set", &e))?;
-    for set in [CapSet::Effective, CapSet::Permitted] {
-        let held = caps::read(None, set).map_err(|e| fail("capabilities", &e))?;
-        for cap in held.difference(&bounding) {
-            caps::drop(None, set, *cap).map_err(|e| fail(&format!("dropping {cap}"), &e))?;
-        }
+    if keep_permitted != permitted {
+        caps::set(None, CapSet::Permitted, &keep_permitted)
+            .map_err(|e| fail("lowering the permitted set", &e))?;
     }
     loaded
 }

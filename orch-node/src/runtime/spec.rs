@@ -270,7 +270,8 @@ pub fn runtime_spec(spec: &ContainerSpec) -> Value {
         "mounts": mounts,
         "linux": linux,
     });
-    // Only ever `true`: libcontainer 0.7 loads the seccomp filter before
+    // Only ever `true`: where libcontainer 0.7 loads the filter itself (a
+    // profile not precompiled, `runtime::bundle`), it does so before
     // dropping capabilities only when the field is absent; an explicit
     // `false` makes it load the filter after, without CAP_SYS_ADMIN, and
     // the container fails to start.

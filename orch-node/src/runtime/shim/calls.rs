@@ -230,6 +230,10 @@ impl Executor for SeccompExecutor {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        if let Some(Filter::Program(_)) = &self.filter {
+            seccomp_program::installable()
+                .map_err(|e| ExecutorValidationError::ArgValidationError(e.to_string()))?;
+        }
         DefaultExecutor {}.validate(spec)
     }
 }

@@ -37,7 +37,9 @@ pub fn start(
     } = process;
     let container =
         Container::load(state_root.join(id)).map_err(|e| format!("loading {id}: {e}"))?;
-    let bundle = container.bundle();
+    // The whole config: a precompiled bundle's own lends its init
+    // CAP_SYS_ADMIN, which an exec (always no_new_privs) must not hold.
+    let bundle = crate::runtime::bundle::whole_config_dir(container.bundle());
     let config: serde_json::Value = std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -50,7 +52,9 @@ pub fn start(
     process["terminal"] = serde_json::json!(console_socket.is_some());
     // The container's filter: its precompiled program when libcontainer
     // was given one (`runtime::bundle`), else the config's profile.
-    let filter = match crate::runtime::bundle::program_beside(bundle).map_err(|e| e.to_string())? {
+    let filter = match crate::runtime::bundle::program_beside(container.bundle())
+        .map_err(|e| e.to_string())?
+    {
         Some(program) => Some(Filter::Program(program)),
         None => match &config["linux"]["seccomp"] {
             serde_json::Value::Null => None,

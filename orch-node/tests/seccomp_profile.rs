@@ -111,28 +111,34 @@ fn run_under(capabilities: &[String], loader: Loader) -> Vec<String> {
     let profile: LinuxSeccomp = serde_json::from_value(default_profile(capabilities))
         .expect("the profile is a valid linux.seccomp section");
     let program = seccomp_program::compile(&profile).expect("the profile compiles");
+    let report = in_child(|| {
+        let loaded = match loader {
+            Loader::Libcontainer => libcontainer::seccomp::initialize_seccomp(&profile)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Loader::Precompiled => seccomp_program::install(&program).map_err(|e| e.to_string()),
+        };
+        match loaded {
+            Ok(()) => calls()
+                .iter()
+                .map(|(name, call)| format!("{name}={}", outcome(call())))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(error) => format!("load failed: {error}"),
+        }
+    });
+    report.lines().map(str::to_string).collect()
+}
+
+/// Runs `work` in a forked child (one thread, which leaves with _exit
+/// after writing what `work` returned) and returns that report.
+fn in_child(work: impl FnOnce() -> String) -> String {
     let (mut read, write) = std::io::pipe().expect("pipe");
-    // SAFETY: the child runs one thread: it loads the filter, makes the
-    // calls, writes one report and leaves with _exit.
+    // SAFETY: the child runs one thread and leaves with _exit.
     match unsafe { nix::unistd::fork() }.expect("fork") {
         nix::unistd::ForkResult::Child => {
             drop(read);
-            let loaded = match loader {
-                Loader::Libcontainer => libcontainer::seccomp::initialize_seccomp(&profile)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Loader::Precompiled => {
-                    seccomp_program::install(&program).map_err(|e| e.to_string())
-                }
-            };
-            let report = match loaded {
-                Ok(()) => calls()
-                    .iter()
-                    .map(|(name, call)| format!("{name}={}", outcome(call())))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                Err(error) => format!("load failed: {error}"),
-            };
+            let report = work();
             let bytes = report.as_bytes();
             // SAFETY: writing a buffer we own to our pipe end.
             unsafe { libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
@@ -144,7 +150,7 @@ fn run_under(capabilities: &[String], loader: Loader) -> Vec<String> {
             read.read_to_string(&mut report)
                 .expect("the child's report");
             nix::sys::wait::waitpid(child, None).expect("waitpid");
-            report.lines().map(str::to_string).collect()
+            report
         }
     }
 }
@@ -203,41 +209,24 @@ fn the_default_profile_allows_everyday_calls_and_refuses_reaching_out() {
 fn install_with_lent_admin(lent: bool) -> String {
     let profile: LinuxSeccomp = serde_json::from_value(default_profile(&[])).expect("the profile");
     let program = seccomp_program::compile(&profile).expect("the profile compiles");
-    let (mut read, write) = std::io::pipe().expect("pipe");
-    // SAFETY: the child runs one thread and leaves with _exit.
-    match unsafe { nix::unistd::fork() }.expect("fork") {
-        nix::unistd::ForkResult::Child => {
-            drop(read);
-            let admin = caps::Capability::CAP_SYS_ADMIN;
-            let prepared = caps::drop(None, caps::CapSet::Bounding, admin)
-                .and_then(|()| caps::drop(None, caps::CapSet::Effective, admin))
-                .and_then(|()| match lent {
-                    true => Ok(()),
-                    false => caps::drop(None, caps::CapSet::Permitted, admin),
-                });
-            let report = match prepared {
-                Err(error) => format!("setup failed: {error}"),
-                Ok(()) => match seccomp_program::installable()
-                    .and_then(|()| seccomp_program::install(&program))
-                {
-                    Ok(()) => std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
-                    Err(error) => format!("refused: {error}"),
-                },
-            };
-            let bytes = report.as_bytes();
-            // SAFETY: writing a buffer we own to our pipe end.
-            unsafe { libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-            unsafe { libc::_exit(0) };
+    in_child(|| {
+        let admin = caps::Capability::CAP_SYS_ADMIN;
+        let prepared = caps::drop(None, caps::CapSet::Bounding, admin)
+            .and_then(|()| caps::drop(None, caps::CapSet::Effective, admin))
+            .and_then(|()| match lent {
+                true => Ok(()),
+                false => caps::drop(None, caps::CapSet::Permitted, admin),
+            });
+        match prepared {
+            Err(error) => format!("setup failed: {error}"),
+            Ok(()) => match seccomp_program::installable()
+                .and_then(|()| seccomp_program::install(&program))
+            {
+                Ok(()) => std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+                Err(error) => format!("refused: {error}"),
+            },
         }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(write);
-            let mut report = String::new();
-            read.read_to_string(&mut report)
-                .expect("the child's report");
-            nix::sys::wait::waitpid(child, None).expect("waitpid");
-            report
-        }
-    }
+    })
 }
 
 #[test]

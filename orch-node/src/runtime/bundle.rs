@@ -38,6 +38,8 @@ pub enum BundleError {
     },
     #[error("linux.seccomp: {0}")]
     Seccomp(String),
+    #[error("serializing the config: {0}")]
+    Json(String),
     #[error(transparent)]
     Program(#[from] ProgramError),
     #[error("{path}: {source}")]
@@ -170,7 +172,7 @@ fn compiled(section: &Value, profile: &LinuxSeccomp) -> Result<Arc<Program>, Bun
 }
 
 fn to_json(value: &Value) -> Result<Vec<u8>, BundleError> {
-    serde_json::to_vec_pretty(value).map_err(|e| BundleError::Seccomp(e.to_string()))
+    serde_json::to_vec_pretty(value).map_err(|e| BundleError::Json(e.to_string()))
 }
 
 /// Writes `bytes` to `path` through a temporary file renamed over it, so

@@ -92,14 +92,6 @@ impl Program {
             .collect();
         Ok(Self { instructions })
     }
-
-    pub fn len(&self) -> usize {
-        self.instructions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.instructions.is_empty()
-    }
 }
 
 /// Whether [`compile`] takes this profile: no notifications (they need
@@ -261,15 +253,17 @@ fn architecture(arch: Arch) -> Result<ScmpArch, ProgramError> {
     })
 }
 
+fn install_failed(what: &str, e: &dyn std::fmt::Display) -> ProgramError {
+    ProgramError::Install(format!("{what}: {e}"))
+}
+
 /// Whether [`install`] can work in the calling process as it is now
 /// (after libcontainer dropped the capabilities, before the container's
 /// start): under no_new_privs, or with CAP_SYS_ADMIN at least permitted.
 /// Checked while the create can still fail with a reason, rather than
 /// at the exec, where a failure only ends the container.
 pub fn installable() -> Result<(), ProgramError> {
-    let fail =
-        |what: &str, e: &dyn std::fmt::Display| ProgramError::Install(format!("{what}: {e}"));
-    if nix::sys::prctl::get_no_new_privs().map_err(|e| fail("no_new_privs", &e))? {
+    if nix::sys::prctl::get_no_new_privs().map_err(|e| install_failed("no_new_privs", &e))? {
         return Ok(());
     }
     match caps::has_cap(None, CapSet::Permitted, Capability::CAP_SYS_ADMIN) {
@@ -278,7 +272,7 @@ pub fn installable() -> Result<(), ProgramError> {
             "neither no_new_privs nor CAP_SYS_ADMIN in the permitted set: the filter could not be installed"
                 .into(),
         )),
-        Err(e) => Err(fail("capabilities", &e)),
+        Err(e) => Err(install_failed("capabilities", &e)),
     }
 }
 
@@ -289,10 +283,9 @@ pub fn installable() -> Result<(), ProgramError> {
 /// effective or permitted sets. Everything is read before the filter is
 /// loaded; after it, at most one capset, and none when nothing was lent.
 pub fn install(program: &Program) -> Result<(), ProgramError> {
-    let fail =
-        |what: &str, e: &dyn std::fmt::Display| ProgramError::Install(format!("{what}: {e}"));
-    let no_new_privs = nix::sys::prctl::get_no_new_privs().map_err(|e| fail("no_new_privs", &e))?;
-    let read = |set: CapSet| caps::read(None, set).map_err(|e| fail("capabilities", &e));
+    let no_new_privs =
+        nix::sys::prctl::get_no_new_privs().map_err(|e| install_failed("no_new_privs", &e))?;
+    let read = |set: CapSet| caps::read(None, set).map_err(|e| install_failed("capabilities", &e));
     let (bounding, effective, permitted) = (
         read(CapSet::Bounding)?,
         read(CapSet::Effective)?,
@@ -302,7 +295,7 @@ pub fn install(program: &Program) -> Result<(), ProgramError> {
     let raise = !no_new_privs && !effective.contains(&admin);
     if raise {
         caps::raise(None, CapSet::Effective, admin)
-            .map_err(|e| fail("CAP_SYS_ADMIN is not in the permitted set", &e))?;
+            .map_err(|e| install_failed("CAP_SYS_ADMIN is not in the permitted set", &e))?;
     }
     let length = u16::try_from(program.instructions.len())
         .map_err(|_| ProgramError::Corrupt("too long".into()))?;
@@ -323,7 +316,7 @@ pub fn install(program: &Program) -> Result<(), ProgramError> {
     let loaded = if loaded == 0 {
         Ok(())
     } else {
-        Err(fail(
+        Err(install_failed(
             "seccomp(SET_MODE_FILTER)",
             &std::io::Error::last_os_error(),
         ))
@@ -333,11 +326,11 @@ pub fn install(program: &Program) -> Result<(), ProgramError> {
     let keep_permitted: caps::CapsHashSet = permitted.intersection(&bounding).copied().collect();
     if raise || keep_effective != effective {
         caps::set(None, CapSet::Effective, &keep_effective)
-            .map_err(|e| fail("lowering the effective set", &e))?;
+            .map_err(|e| install_failed("lowering the effective set", &e))?;
     }
     if keep_permitted != permitted {
         caps::set(None, CapSet::Permitted, &keep_permitted)
-            .map_err(|e| fail("lowering the permitted set", &e))?;
+            .map_err(|e| install_failed("lowering the permitted set", &e))?;
     }
     loaded
 }
@@ -351,7 +344,8 @@ mod tests {
         let profile: LinuxSeccomp =
             serde_json::from_value(crate::runtime::seccomp::default_profile(&[])).expect("profile");
         let program = compile(&profile).expect("compiles");
-        assert!(program.len() > 100, "{} instructions", program.len());
+        let instructions = program.to_bytes().len() / INSTRUCTION_BYTES;
+        assert!(instructions > 100, "{instructions} instructions");
         assert_eq!(
             Program::from_bytes(&program.to_bytes()).expect("reads"),
             program

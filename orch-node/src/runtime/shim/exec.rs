@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::protocol::{Response, RuntimeCall};
 use super::runtime_process::{RuntimeBinary, RuntimeProcess};
+use super::wire::Reply;
 
 /// How long an exit code nobody asked for is kept.
 const UNCLAIMED: Duration = Duration::from_secs(600);
@@ -46,7 +46,7 @@ struct Record {
     pid: i32,
     exit_code: Option<i32>,
     finished: Option<Instant>,
-    waiters: Vec<mpsc::Sender<Response>>,
+    waiters: Vec<Reply>,
 }
 
 /// The exec'd processes of one shim, by exec id.
@@ -121,22 +121,22 @@ impl Execs {
             record.exit_code = Some(exit_code);
             record.finished = Some(Instant::now());
             for waiter in record.waiters.drain(..) {
-                let _ = waiter.send(Response::Exited { exit_code });
+                waiter.send(&Response::Exited { exit_code });
             }
         }
     }
 
     /// Answers `reply` once `exec_id` has exited (now, if it has).
-    pub fn wait(&mut self, exec_id: &str, reply: mpsc::Sender<Response>) {
+    pub fn wait(&mut self, exec_id: &str, reply: Reply) {
         match self.records.get_mut(exec_id) {
             None => {
-                let _ = reply.send(Response::Error {
+                reply.send(&Response::Error {
                     message: format!("no exec {exec_id}"),
                 });
             }
             Some(record) => match record.exit_code {
                 Some(exit_code) => {
-                    let _ = reply.send(Response::Exited { exit_code });
+                    reply.send(&Response::Exited { exit_code });
                 }
                 None => record.waiters.push(reply),
             },

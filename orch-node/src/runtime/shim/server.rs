@@ -26,9 +26,10 @@ use nix::unistd::Pid;
 use super::client::socket_path;
 use super::protocol::{ContainerState, Request, Response, RuntimeCall, Status};
 use super::runtime_process::{RuntimeBinary, RuntimeProcess};
+use super::wire::Reply;
 
 enum Event {
-    Request(Request, Vec<OwnedFd>, mpsc::Sender<Response>),
+    Request(Request, Vec<OwnedFd>, Reply),
     ChildExited,
 }
 
@@ -39,7 +40,7 @@ struct Held {
     /// its start (or delete).
     creator: Option<RuntimeProcess>,
     /// `Wait` requests answered when the container exits.
-    waiters: Vec<mpsc::Sender<Response>>,
+    waiters: Vec<Reply>,
 }
 
 fn now() -> f64 {
@@ -93,8 +94,9 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
     let requests = events.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let requests = requests.clone();
-            std::thread::spawn(move || serve_connection(stream, requests));
+            if !read_request(stream, &requests) {
+                return;
+            }
         }
     });
 
@@ -107,7 +109,7 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
             Event::Request(request, fds, reply) => match request {
                 Request::Shutdown => {
                     shutting_down = true;
-                    let _ = reply.send(Response::Ok);
+                    reply.send(&Response::Ok);
                 }
                 Request::Exec {
                     id,
@@ -134,19 +136,18 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
                         Some(_) => Err(format!("container {id} is not running")),
                         None => Err(format!("no container {id}")),
                     };
-                    let _ =
-                        reply.send(response.unwrap_or_else(|message| Response::Error { message }));
+                    reply.send(&response.unwrap_or_else(|message| Response::Error { message }));
                 }
                 Request::Wait { id } => {
                     reap(&mut held, &mut execs);
                     match held.get_mut(&id) {
                         None => {
-                            let _ = reply.send(Response::Error {
+                            reply.send(&Response::Error {
                                 message: format!("no container {id}"),
                             });
                         }
                         Some(entry) if entry.state.status == Status::Exited => {
-                            let _ = reply.send(Response::State {
+                            reply.send(&Response::State {
                                 containers: vec![entry.state.clone()],
                             });
                         }
@@ -162,12 +163,12 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
                     let response = execs
                         .kill(&exec_id, signal)
                         .map_or_else(|message| Response::Error { message }, |()| Response::Ok);
-                    let _ = reply.send(response);
+                    reply.send(&response);
                 }
                 request => {
                     let response = handle(&mut held, &mut execs, &runtime, &state_root, request)
                         .unwrap_or_else(|message| Response::Error { message });
-                    let _ = reply.send(response);
+                    reply.send(&response);
                 }
             },
         }
@@ -179,30 +180,30 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
     Ok(())
 }
 
-fn serve_connection(stream: UnixStream, requests: mpsc::Sender<Event>) {
+/// Reads the one request of a connection and queues it for the main
+/// loop, which answers on the connection. Read here, by the thread that
+/// accepts, rather than by a thread per connection: the only client is
+/// the agent (the socket is root's), which writes its request as it
+/// connects, and a thread's start was a third of a call's time. A client
+/// that connects and says nothing holds the next ones up for at most
+/// `REQUEST_LIMIT`. False once the main loop is gone.
+fn read_request(stream: UnixStream, requests: &mpsc::Sender<Event>) -> bool {
+    const REQUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+    if stream.set_read_timeout(Some(REQUEST_LIMIT)).is_err() {
+        return true;
+    }
     let mut reader = super::wire::LineReader::new();
-    let mut writer = &stream;
-    while let Ok(Some((line, fds))) = reader.next(&stream) {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let (reply, answer) = mpsc::channel();
-                if requests.send(Event::Request(request, fds, reply)).is_err() {
-                    return;
-                }
-                answer.recv().unwrap_or(Response::Error {
-                    message: "the shim is stopping".into(),
-                })
-            }
-            Err(error) => Response::Error {
+    let Ok(Some((line, fds))) = reader.next(&stream) else {
+        return true;
+    };
+    let reply = Reply::new(stream);
+    match serde_json::from_str::<Request>(&line) {
+        Ok(request) => requests.send(Event::Request(request, fds, reply)).is_ok(),
+        Err(error) => {
+            reply.send(&Response::Error {
                 message: format!("unreadable request: {error}"),
-            },
-        };
-        let Ok(mut text) = serde_json::to_string(&response) else {
-            return;
-        };
-        text.push('\n');
-        if writer.write_all(text.as_bytes()).is_err() {
-            return;
+            });
+            true
         }
     }
 }
@@ -348,7 +349,7 @@ fn handle(
                 return Err(message);
             }
             for waiter in entry.waiters.drain(..) {
-                let _ = waiter.send(Response::Error {
+                waiter.send(&Response::Error {
                     message: format!("container {id} was deleted before it exited"),
                 });
             }
@@ -497,7 +498,7 @@ fn reap(held: &mut HashMap<String, Held>, execs: &mut super::exec::Execs) {
             entry.state.finished_at = Some(now());
             entry.state.oom_killed = oom_kills(&entry.cgroups_path) > 0;
             for waiter in entry.waiters.drain(..) {
-                let _ = waiter.send(Response::State {
+                waiter.send(&Response::State {
                     containers: vec![entry.state.clone()],
                 });
             }

@@ -39,6 +39,54 @@ pub fn send_line(stream: &UnixStream, line: &str, fds: &[BorrowedFd<'_>]) -> std
     Ok(())
 }
 
+/// Where the answer to one request goes: the connection it came on (one
+/// request per connection). Written by the shim's main loop itself, at
+/// once or, for a wait, when the container or process exits. Dropped
+/// unanswered (the shim stopping), it answers that.
+pub struct Reply {
+    stream: Option<UnixStream>,
+}
+
+impl Reply {
+    /// A client that stops reading must not hold up the shim: answers are
+    /// a line, which a socket buffers whole, and a write gives up after
+    /// this.
+    const WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(stream: UnixStream) -> Self {
+        let _ = stream.set_write_timeout(Some(Self::WRITE_LIMIT));
+        Self {
+            stream: Some(stream),
+        }
+    }
+
+    /// Answers; a client that has gone away is no error of the shim's.
+    pub fn send(mut self, response: &super::protocol::Response) {
+        if let Some(stream) = self.stream.take() {
+            write_response(&stream, response);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            write_response(
+                &stream,
+                &super::protocol::Response::Error {
+                    message: "the shim is stopping".into(),
+                },
+            );
+        }
+    }
+}
+
+fn write_response(stream: &UnixStream, response: &super::protocol::Response) {
+    if let Ok(line) = serde_json::to_string(response) {
+        let _ = send_line(stream, &line, &[]);
+    }
+}
+
 /// Reads lines and the descriptors that came with them.
 pub struct LineReader {
     pending: Vec<u8>,

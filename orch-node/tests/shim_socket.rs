@@ -1,0 +1,121 @@
+//! The shim's socket: one request per connection, read by the thread that
+//! accepts and answered by the shim's main loop. A client that connects
+//! and says nothing, or sends something unreadable, must not stop the
+//! shim answering the next one; a wait for a running container must not
+//! hold up other calls, and is answered when the container exits. Needs
+//! root.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::shim::{Pod, busybox_layers, container_spec, start_shim};
+use orch_node::runtime::shim::client::socket_path;
+use orch_node::runtime::shim::protocol::{Request, Status};
+use orch_node::runtime::{bundle, rootfs, spec};
+
+#[test]
+fn silent_and_unreadable_clients_do_not_stop_the_shim() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pod_dir = dir.path().join("pod");
+    let pod = Pod::create(pod_dir.clone(), "pod-socket");
+    let shim = start_shim(&pod_dir, &[]);
+
+    // Connected, never writing: the shim gives up on it and answers the
+    // next caller.
+    let silent = UnixStream::connect(socket_path(&pod_dir)).expect("connect");
+    let asked = Instant::now();
+    let containers = shim.client.state().expect("state past a silent client");
+    assert!(containers.is_empty(), "{containers:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    drop(silent);
+
+    // Not a request: an error that says so, on the same connection.
+    let mut garbled = UnixStream::connect(socket_path(&pod_dir)).expect("connect");
+    garbled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    garbled
+        .write_all(b"{\"op\":\"nonsense\"}\n")
+        .expect("write");
+    let mut answer = String::new();
+    BufReader::new(&garbled)
+        .read_line(&mut answer)
+        .expect("an answer");
+    assert!(
+        answer.contains("unreadable request") && answer.contains("nonsense"),
+        "{answer}"
+    );
+    assert!(shim.client.alive(), "the shim stopped answering");
+    drop(shim);
+    drop(pod);
+}
+
+#[test]
+fn a_pending_wait_holds_up_no_other_call_and_is_answered_at_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layers = busybox_layers(dir.path());
+    let pod_dir = dir.path().join("pod");
+    let mut pod = Pod::create(pod_dir.clone(), "pod-wait");
+    let shim = start_shim(&pod_dir, &[]);
+    let container_dir = pod_dir.join("containers").join("c");
+    pod.containers.push(container_dir.clone());
+    let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
+    let config = container_spec(root, &pod_dir, "c", &["sleep", "600"]);
+    let runtime_spec = serde_json::to_value(spec::runtime_spec(&config)).expect("spec");
+    bundle::write(&container_dir, &runtime_spec).expect("bundle");
+    let client = &shim.client;
+    client
+        .call(&Request::Create {
+            id: "c-0".into(),
+            bundle: container_dir.clone(),
+            log: pod_dir.join("logs").join("c").join("0.log"),
+            log_rotation: None,
+        })
+        .expect("create");
+    client
+        .call(&Request::Start { id: "c-0".into() })
+        .expect("start");
+
+    let waiting = {
+        let pod_dir = pod_dir.clone();
+        std::thread::spawn(move || {
+            orch_node::runtime::shim::client::ShimClient::new(&pod_dir)
+                .wait("c-0", Some(Duration::from_secs(60)))
+        })
+    };
+    // The wait is queued in the shim; calls go on being answered.
+    for _ in 0..5 {
+        let states = client.state().expect("state while a wait is pending");
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert_eq!(states[0].status, Status::Running);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the wait was answered while the container ran"
+    );
+    client
+        .call(&Request::Kill {
+            id: "c-0".into(),
+            signal: 9,
+        })
+        .expect("kill");
+    let exited = waiting
+        .join()
+        .expect("wait thread")
+        .expect("the wait is answered at exit");
+    assert_eq!(exited.status, Status::Exited);
+    assert_eq!(exited.signal, Some(9), "{exited:?}");
+    client
+        .call(&Request::Delete { id: "c-0".into() })
+        .expect("delete");
+    drop(shim);
+    drop(pod);
+}

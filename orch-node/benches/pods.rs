@@ -97,6 +97,7 @@ impl Orch {
             .unwrap_or_else(|e| panic!("{e} (cargo build --release -p orch-node first)"));
         let shim = programs
             .shim_command(pod_dir)
+            .unwrap_or_else(|e| panic!("orch-shim's command: {e}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -2,8 +2,9 @@
 //! accepts and answered by the shim's main loop. A client that connects
 //! and says nothing, or sends something unreadable, must not stop the
 //! shim answering the next one; a wait for a running container must not
-//! hold up other calls, and is answered when the container exits. Needs
-//! root.
+//! hold up other calls, and is answered when the container exits. The
+//! shim starts in a session of its own with the sealed orch-runtime moved
+//! off its stdin. Needs root.
 
 mod common;
 
@@ -22,6 +23,45 @@ fn silent_and_unreadable_clients_do_not_stop_the_shim() {
     let pod_dir = dir.path().join("pod");
     let pod = Pod::create(pod_dir.clone(), "pod-socket");
     let shim = start_shim(&pod_dir, &[]);
+
+    // Started as the agent starts it: a session of its own (it outlives
+    // the agent), stdin /dev/null once the sealed orch-runtime it came on
+    // has moved to a close-on-exec descriptor.
+    let pid = shim.child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let session: u32 = after_name
+        .split(' ')
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .expect("session");
+    assert_eq!(session, pid, "{stat}");
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("stdin");
+    assert_eq!(stdin, std::path::Path::new("/dev/null"));
+    let sealed_runtime: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("/memfd:")
+                .then(|| fd.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    assert_eq!(sealed_runtime.len(), 1, "{sealed_runtime:?}");
+    let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", sealed_runtime[0]))
+        .expect("fdinfo");
+    let flags = flags
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .expect("flags");
+    assert_ne!(
+        flags & 0o2000000,
+        0,
+        "the sealed orch-runtime is not close-on-exec"
+    );
 
     // Connected, never writing: the shim gives up on it and answers the
     // next caller.

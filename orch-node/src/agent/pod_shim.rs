@@ -17,22 +17,13 @@ impl PodManager {
         }
         let log =
             std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
-        let mut command = self.shim_programs.shim_command(dir);
-        command
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log);
-        // Its own session: the shim outlives the agent and its signals.
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls setsid(2), which is async-signal-safe; it allocates nothing.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
+        let mut command = self
+            .shim_programs
+            .shim_command(dir)
+            .map_err(|e| format!("the sealed orch-runtime for the shim: {e}"))?;
+        // The shim puts itself in a session of its own (it outlives the
+        // agent and its signals).
+        command.stdout(std::process::Stdio::piped()).stderr(log);
         let mut child = command
             .spawn()
             .map_err(|e| format!("starting the shim: {e}"))?;

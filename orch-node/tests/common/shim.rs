@@ -80,6 +80,7 @@ pub fn start_shim(pod_dir: &Path, flags: &[&str]) -> Shim {
         .expect("sealed orch-shim and orch-runtime");
     let child = programs
         .shim_command(pod_dir)
+        .expect("the shim's command")
         .args(flags)
         .env_remove("RUST_BACKTRACE")
         // libcontainer's debug logs must reach the shim's log, never a

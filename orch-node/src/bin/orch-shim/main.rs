@@ -64,7 +64,13 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Str
 }
 
 fn main() -> ExitCode {
-    // First: a re-exec into a sealed copy keeps the inherited runtime
+    // A session of its own, so the shim outlives the agent and the
+    // agent's signals. Done here rather than between the agent's fork and
+    // exec, so that the agent can spawn it without a fork. Refused only to
+    // a process group leader (a shim started from a shell): it then stays
+    // where it is.
+    let _ = nix::unistd::setsid();
+    // Then: a re-exec into a sealed copy keeps the inherited runtime
     // descriptor only while nothing has made it close-on-exec yet.
     if let Err(error) = orch_node::runtime::shim::begin_sealed_with_log() {
         eprintln!("orch-shim: {error}");

@@ -30,22 +30,43 @@ pub struct RuntimeBinary {
 }
 
 impl RuntimeBinary {
-    /// Takes descriptor `fd` (inherited; made close-on-exec here, so no
-    /// container or runtime process inherits it in turn).
+    /// Takes descriptor `fd` (inherited), made close-on-exec here so no
+    /// container or runtime process inherits it in turn. On stdin (0, as
+    /// the agent hands it) it moves to a descriptor of its own and stdin
+    /// becomes /dev/null.
     pub fn inherited(fd: RawFd, call_limit: Duration) -> Result<Self, String> {
-        if fd < 3 {
-            return Err(format!("--runtime-fd {fd}: not a descriptor of its own"));
-        }
-        // SAFETY: fcntl on a number only inspects the descriptor table.
-        if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) } < 0 {
+        use nix::libc;
+        if fd == 1 || fd == 2 || fd < 0 {
             return Err(format!(
-                "--runtime-fd {fd}: {}",
-                std::io::Error::last_os_error()
+                "--runtime-fd {fd}: stdin or a descriptor above stderr"
             ));
         }
+        let failed = |what: &str| {
+            format!(
+                "--runtime-fd {fd}: {what}: {}",
+                std::io::Error::last_os_error()
+            )
+        };
+        let own = if fd == 0 {
+            // SAFETY: fcntl duplicates a descriptor number; nothing is
+            // dereferenced.
+            let moved = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+            if moved < 0 {
+                return Err(failed("moving it off stdin"));
+            }
+            let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            nix::unistd::dup2_stdin(&null).map_err(|e| format!("/dev/null as stdin: {e}"))?;
+            moved
+        } else {
+            // SAFETY: as above; only the descriptor's flags change.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+                return Err(failed("close-on-exec"));
+            }
+            fd
+        };
         // SAFETY: open (checked above) and passed for this use alone;
         // nothing else in the shim owns it.
-        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        let file = unsafe { OwnedFd::from_raw_fd(own) };
         Ok(Self { file, call_limit })
     }
 

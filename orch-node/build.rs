@@ -9,9 +9,9 @@ fn main() {
     // orch-runtime is started for every container create and exec. As a
     // position-independent executable the loader first applies ~22,000
     // relocations and copies the ~100 pages they write: ~0.3 ms of a
-    // ~1.2 ms start. It runs only calls from its shim (root) and is
-    // replaced by the container's process at exec, so it gives up little
-    // by having no address randomisation of its own.
+    // ~1.2 ms start. The cost is no address randomisation of its own
+    // code, which its clones run in a container's namespaces until the
+    // exec (docs/architecture.md weighs it); delete this line for PIE.
     println!("cargo::rustc-link-arg-bin=orch-runtime=-no-pie");
     println!("cargo::rustc-check-cfg=cfg(orch_ebpf_object)");
     println!("cargo::rerun-if-env-changed=ORCH_EBPF_OBJECT");

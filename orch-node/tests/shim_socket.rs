@@ -17,11 +17,15 @@ use orch_node::runtime::shim::client::socket_path;
 use orch_node::runtime::shim::protocol::{Request, Status};
 use orch_node::runtime::{bundle, rootfs, spec};
 
+/// One test, one pod and one shim: the container tests of a file share a
+/// cgroup parent, which a second pod's cleanup would remove under the
+/// first.
 #[test]
-fn silent_and_unreadable_clients_do_not_stop_the_shim() {
+fn the_shim_socket_serves_past_bad_clients_and_pending_waits() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let layers = busybox_layers(dir.path());
     let pod_dir = dir.path().join("pod");
-    let pod = Pod::create(pod_dir.clone(), "pod-socket");
+    let mut pod = Pod::create(pod_dir.clone(), "pod-socket");
     let shim = start_shim(&pod_dir, &[]);
 
     // Started as the agent starts it: a session of its own (it outlives
@@ -93,17 +97,30 @@ fn silent_and_unreadable_clients_do_not_stop_the_shim() {
         "{answer}"
     );
     assert!(shim.client.alive(), "the shim stopped answering");
-    drop(shim);
-    drop(pod);
-}
 
-#[test]
-fn a_pending_wait_holds_up_no_other_call_and_is_answered_at_exit() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let layers = busybox_layers(dir.path());
-    let pod_dir = dir.path().join("pod");
-    let mut pod = Pod::create(pod_dir.clone(), "pod-wait");
-    let shim = start_shim(&pod_dir, &[]);
+    // A client that sends a byte a second and never a whole line is
+    // dropped at the request limit (5 s), not served for as long as it
+    // dribbles.
+    let dribbling = UnixStream::connect(socket_path(&pod_dir)).expect("connect");
+    let dribbler = std::thread::spawn(move || {
+        let mut dribbling = dribbling;
+        for _ in 0..20 {
+            if dribbling.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    shim.client.state().expect("state past a dribbling client");
+    assert!(
+        asked.elapsed() < Duration::from_secs(12),
+        "answered after {:?}, behind a client dribbling for 20 s",
+        asked.elapsed()
+    );
+    dribbler.join().expect("dribbler");
+
     let container_dir = pod_dir.join("containers").join("c");
     pod.containers.push(container_dir.clone());
     let root = rootfs::mount(&container_dir, &layers).expect("rootfs");
@@ -123,6 +140,15 @@ fn a_pending_wait_holds_up_no_other_call_and_is_answered_at_exit() {
         .call(&Request::Start { id: "c-0".into() })
         .expect("start");
 
+    // The wait is queued in the shim (it holds the wait's connection)
+    // before the calls below.
+    let shim_pid = shim.child.id();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{shim_pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = open_fds();
     let waiting = {
         let pod_dir = pod_dir.clone();
         std::thread::spawn(move || {
@@ -130,7 +156,12 @@ fn a_pending_wait_holds_up_no_other_call_and_is_answered_at_exit() {
                 .wait("c-0", Some(Duration::from_secs(60)))
         })
     };
-    // The wait is queued in the shim; calls go on being answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds() <= before {
+        assert!(Instant::now() < deadline, "the wait never reached the shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Calls go on being answered while it is pending.
     for _ in 0..5 {
         let states = client.state().expect("state while a wait is pending");
         assert_eq!(states.len(), 1, "{states:?}");

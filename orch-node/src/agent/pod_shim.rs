@@ -1,6 +1,8 @@
-//! Each pod's shim: started by the agent in a session of its own (so it
-//! outlives the agent and its signals), moved into the service cgroup
-//! before it runs anything, and awaited until its socket listens.
+//! Each pod's shim: started by the agent (it puts itself in a session of
+//! its own, so it outlives the agent and its signals), moved into the
+//! service cgroup right after the spawn (before it is sent any request,
+//! so before it starts any container), and awaited until its socket
+//! listens.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,9 +26,10 @@ impl PodManager {
         // The shim puts itself in a session of its own (it outlives the
         // agent and its signals).
         command.stdout(std::process::Stdio::piped()).stderr(log);
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("starting the shim: {e}"))?;
+        let spawned = command.spawn();
+        // The command holds a copy of the sealed orch-runtime descriptor.
+        drop(command);
+        let mut child = spawned.map_err(|e| format!("starting the shim: {e}"))?;
         if let Err(error) = self.plumbing.place_shim(child.id()) {
             let _ = child.kill();
             let _ = child.wait();

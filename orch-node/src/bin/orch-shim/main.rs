@@ -1,7 +1,7 @@
 //! orch-shim: the shim of one pod, started by orch-node (not for people):
 //! `orch-shim --pod-dir DIR --runtime-fd N [--runtime-call-timeout SECONDS]`,
-//! where descriptor N is a sealed copy of orch-runtime for its libcontainer
-//! calls, and a call that has not answered within the timeout (default
+//! where descriptor N (0, stdin, as the agent starts it) is a sealed copy
+//! of orch-runtime for its libcontainer calls, and a call that has not answered within the timeout (default
 //! 20 s, under the agent's 30 s wait for the shim) is killed. It lives as long
 //! as its pod, so it is a program of its own and stays small: it links no
 //! libcontainer (see `orch_node::runtime::shim::server`).
@@ -67,14 +67,17 @@ fn main() -> ExitCode {
     // A session of its own, so the shim outlives the agent and the
     // agent's signals. Done here rather than between the agent's fork and
     // exec, so that the agent can spawn it without a fork. Refused only to
-    // a process group leader (a shim started from a shell): it then stays
-    // where it is.
-    let _ = nix::unistd::setsid();
+    // a process group leader (a shim started from a shell), which is said
+    // in its log below.
+    let session = nix::unistd::setsid();
     // Then: a re-exec into a sealed copy keeps the inherited runtime
     // descriptor only while nothing has made it close-on-exec yet.
     if let Err(error) = orch_node::runtime::shim::begin_sealed_with_log() {
         eprintln!("orch-shim: {error}");
         return ExitCode::FAILURE;
+    }
+    if let Err(error) = session {
+        tracing::warn!(%error, "orch-shim: no session of its own; it shares its starter's signals");
     }
     let args = match parse(std::env::args_os().skip(1)) {
         Ok(args) => args,

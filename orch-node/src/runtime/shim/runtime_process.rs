@@ -111,23 +111,10 @@ impl RuntimeProcess {
         })
     }
 
-    /// The next line from orch-runtime, within the call limit. A socket
-    /// with a receive timeout is never restarted after a signal (the
-    /// shim's SIGCHLD): such reads go on with the time left.
+    /// The next line from orch-runtime, within the call limit.
     fn answer(&mut self) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
         let deadline = std::time::Instant::now() + self.call_limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            // Setting a timeout on a socket we hold fails only for a zero
-            // one; either way the call is over.
-            if left.is_zero() || self.control.set_read_timeout(Some(left)).is_err() {
-                return Err(std::io::ErrorKind::TimedOut.into());
-            }
-            match self.reader.next(&self.control) {
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
+        self.reader.next_within(&self.control, deadline)
     }
 
     /// Sends `call` with `fds` and reads its answer; an `Error` answer is

@@ -1,5 +1,5 @@
 //! The shim: one small process per pod (`orch-shim --pod-dir DIR
-//! --runtime-fd N`).
+//! --runtime-fd N`; the agent hands orch-runtime on stdin, N = 0).
 //!
 //! libcontainer may not be called concurrently (it chdir()s the process)
 //! and makes its caller the parent of every container init, so the agent
@@ -184,16 +184,15 @@ pub fn run(pod_dir: &Path, runtime: RuntimeBinary) -> Result<(), String> {
 /// loop, which answers on the connection. Read here, by the thread that
 /// accepts, rather than by a thread per connection: the only client is
 /// the agent (the socket is root's), which writes its request as it
-/// connects, and a thread's start was a third of a call's time. A client
-/// that connects and says nothing holds the next ones up for at most
-/// `REQUEST_LIMIT`. False once the main loop is gone.
+/// connects, and a thread's start was a third of a call's time. A request
+/// not read whole within `REQUEST_LIMIT` (a client silent, or dribbling)
+/// is dropped, so such a client delays the calls behind it by that much
+/// at most. False once the main loop is gone.
 fn read_request(stream: UnixStream, requests: &mpsc::Sender<Event>) -> bool {
     const REQUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-    if stream.set_read_timeout(Some(REQUEST_LIMIT)).is_err() {
-        return true;
-    }
     let mut reader = super::wire::LineReader::new();
-    let Ok(Some((line, fds))) = reader.next(&stream) else {
+    let deadline = std::time::Instant::now() + REQUEST_LIMIT;
+    let Ok(Some((line, fds))) = reader.next_within(&stream, deadline) else {
         return true;
     };
     let reply = Reply::new(stream);

@@ -110,6 +110,34 @@ impl LineReader {
     /// The next line (without its newline) and every descriptor received
     /// since the previous one; None at the end of the stream.
     pub fn next(&mut self, stream: &UnixStream) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
+        self.next_before(stream, None)
+    }
+
+    /// As `next`, but a line not complete by `deadline` is a `TimedOut`
+    /// error, however the peer spreads its bytes. A read with a timeout is
+    /// never restarted after a signal (the shim's SIGCHLD), so an
+    /// interrupted one goes on with the time left.
+    pub fn next_within(
+        &mut self,
+        stream: &UnixStream,
+        deadline: std::time::Instant,
+    ) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
+        loop {
+            match self.next_before(stream, Some(deadline)) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn next_before(
+        &mut self,
+        stream: &UnixStream,
+        deadline: Option<std::time::Instant>,
+    ) -> std::io::Result<Option<(String, Vec<OwnedFd>)>> {
         loop {
             if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=end).collect();
@@ -121,6 +149,13 @@ impl LineReader {
                     std::io::ErrorKind::InvalidData,
                     "a line over 1 MiB",
                 ));
+            }
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                // Setting a timeout fails only for a zero one: time is up.
+                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
             }
             let mut buffer = [0u8; 8192];
             let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);

@@ -1,10 +1,11 @@
 //! orch-shim: the shim of one pod, started by orch-node (not for people):
 //! `orch-shim --pod-dir DIR --runtime-fd N [--runtime-call-timeout SECONDS]`,
 //! where descriptor N (0, stdin, as the agent starts it) is a sealed copy
-//! of orch-runtime for its libcontainer calls, and a call that has not answered within the timeout (default
-//! 20 s, under the agent's 30 s wait for the shim) is killed. It lives as long
-//! as its pod, so it is a program of its own and stays small: it links no
-//! libcontainer (see `orch_node::runtime::shim::server`).
+//! of orch-runtime for its libcontainer calls, and a call that has not
+//! answered within the timeout (default 20 s, under the agent's 30 s wait
+//! for the shim) is killed. It lives as long as its pod, so it is a
+//! program of its own and stays small: it links no libcontainer (see
+//! `orch_node::runtime::shim::server`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,11 +6,16 @@
 //! beside the targets for this 2-core machine (Kubernetes' own SLO is p99
 //! <= 1 s for mutating calls and single-object reads).
 //!
+//! The anchor, measured in the same run by the same clients: the transport
+//! floor (`floor.rs`), a server on the same gRPC, TLS and authentication
+//! that does no work; `p99/floor` is each call's p99 against it.
+//!
 //! Arguments (after `--`): `--pods N` (default 10000), `--quick` (1,000).
 
 #[allow(dead_code)]
 #[path = "../store/clusters.rs"]
 mod clusters;
+mod floor;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +43,8 @@ struct Row {
     latencies: Vec<Duration>,
     /// The target on this machine, where there is one.
     target_p99: Option<Duration>,
+    /// The transport floor's row for the same call, where there is one.
+    floor: Option<usize>,
 }
 
 /// Runs `per_client` operations on each of the 64 clients at once;
@@ -99,6 +106,10 @@ async fn main() -> Result<()> {
                     .with_context(|| format!("--pods {value:?}: a number of at least {CLIENTS}"))?;
             }
             "--quick" => pods = 1_000,
+            "--floor-server" => {
+                let dir = args.next().context("--floor-server needs a directory")?;
+                return floor::serve(std::path::Path::new(&dir)).await;
+            }
             "--bench" => {}
             other => bail!("unknown argument {other:?} (known: --pods N, --quick)"),
         }
@@ -128,15 +139,18 @@ async fn main() -> Result<()> {
         }
     })
     .await?;
+    let create_row = rows.len();
     rows.push(Row {
         what: "create pod",
         ops: pods,
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(25)),
+        floor: None,
     });
 
     let updates = (2_000 / CLIENTS).max(1);
+    eprintln!("bench api: updating {} pods...", updates * CLIENTS);
     let (elapsed, latencies) = load(&clients, updates, move |mut client, c, i| async move {
         let name = format!("p-{c}-{}", i % per_client);
         let mut current = client.get(Kind::Pod, Some("default"), &name).await?;
@@ -150,15 +164,18 @@ async fn main() -> Result<()> {
         Ok((client, took))
     })
     .await?;
+    let update_row = rows.len();
     rows.push(Row {
         what: "update pod (after a get)",
         ops: updates * CLIENTS,
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(25)),
+        floor: None,
     });
 
     let gets = (5_000 / CLIENTS).max(1);
+    eprintln!("bench api: getting {} pods...", gets * CLIENTS);
     let (elapsed, latencies) = load(&clients, gets, move |mut client, c, i| async move {
         let name = format!("p-{c}-{}", i % per_client);
         let (found, took) = timed(client.get(Kind::Pod, Some("default"), &name)).await;
@@ -166,15 +183,18 @@ async fn main() -> Result<()> {
         Ok((client, took))
     })
     .await?;
+    let get_row = rows.len();
     rows.push(Row {
         what: "get pod",
         ops: gets * CLIENTS,
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(5)),
+        floor: None,
     });
 
     let lists = 4;
+    eprintln!("bench api: listing 500 pods {} times...", lists * CLIENTS);
     let (elapsed, latencies) = load(&clients, lists, |mut client, _, _| async move {
         let options = ListOptions {
             limit: 500,
@@ -194,9 +214,11 @@ async fn main() -> Result<()> {
         elapsed,
         latencies,
         target_p99: None,
+        floor: None,
     });
 
     // Watch delivery: written through replica 1, watched on replica 2.
+    eprintln!("bench api: watching 500 writes...");
     let mut watcher = ApiClient::new(&cluster.api_config(1)?, Duration::from_secs(30))?;
     let mut writer = ApiClient::new(&cluster.api_config(0)?, Duration::from_secs(30))?;
     let start = writer
@@ -246,6 +268,50 @@ async fn main() -> Result<()> {
         elapsed: watch_started.elapsed(),
         latencies: delivery,
         target_p99: Some(Duration::from_millis(10)),
+        floor: None,
+    });
+
+    eprintln!("bench api: the transport floor (a server that does no work)...");
+    let served = writer.get(Kind::Pod, Some("default"), "p-0-0").await?;
+    let served = serde_json::to_vec(&served).context("encoding a pod")?;
+    let floor_server = floor::FloorServer::start(&served)?;
+    let floor_clients = floor_server.clients(CLIENTS)?;
+    let template = Arc::new(pod("p")?);
+    let (elapsed, latencies) = load(&floor_clients, per_client, move |mut client, c, i| {
+        let mut pod = (*template).clone();
+        pod.metadata_mut().name = Some(format!("p-{c}-{i}"));
+        async move {
+            let (created, took) = timed(client.create(&pod, false)).await;
+            created?;
+            Ok((client, took))
+        }
+    })
+    .await?;
+    rows[create_row].floor = Some(rows.len());
+    rows[update_row].floor = Some(rows.len());
+    rows.push(Row {
+        what: "floor: create (the server echoes the object)",
+        ops: pods,
+        elapsed,
+        latencies,
+        target_p99: Some(Duration::from_millis(25)),
+        floor: None,
+    });
+    let (elapsed, latencies) = load(&floor_clients, gets, move |mut client, c, i| async move {
+        let name = format!("p-{c}-{}", i % per_client);
+        let (found, took) = timed(client.get(Kind::Pod, Some("default"), &name)).await;
+        found?;
+        Ok((client, took))
+    })
+    .await?;
+    rows[get_row].floor = Some(rows.len());
+    rows.push(Row {
+        what: "floor: get (the server answers from memory)",
+        ops: gets * CLIENTS,
+        elapsed,
+        latencies,
+        target_p99: Some(Duration::from_millis(5)),
+        floor: None,
     });
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -259,13 +325,17 @@ async fn main() -> Result<()> {
         "API benchmark: 3 replicas, {CLIENTS} clients over TLS spread across them, {pods} pods"
     );
     println!(
-        "{:<42} {:>8} {:>10} {:>9} {:>9} {:>11} {:>6}",
-        "operation", "ops", "ops/s", "p50 ms", "p99 ms", "target p99", "met"
+        "{:<46} {:>8} {:>10} {:>9} {:>9} {:>11} {:>6} {:>10}",
+        "operation", "ops", "ops/s", "p50 ms", "p99 ms", "target p99", "met", "p99/floor"
     );
-    for mut row in rows {
+    let p99s: Vec<Duration> = rows
+        .iter_mut()
+        .map(|row| percentile(&mut row.latencies, 99.0))
+        .collect();
+    for (index, row) in rows.iter_mut().enumerate() {
         let rate = row.ops as f64 / row.elapsed.as_secs_f64();
         let p50 = percentile(&mut row.latencies, 50.0);
-        let p99 = percentile(&mut row.latencies, 99.0);
+        let p99 = p99s[index];
         let (target, met) = match row.target_p99 {
             Some(target) => (
                 format!("{} ms", target.as_millis()),
@@ -273,15 +343,20 @@ async fn main() -> Result<()> {
             ),
             None => ("-".to_string(), "-"),
         };
+        let versus_floor = match row.floor {
+            Some(floor) => format!("{:.2}x", p99.as_secs_f64() / p99s[floor].as_secs_f64()),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<42} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>11} {:>6}",
+            "{:<46} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>11} {:>6} {:>10}",
             row.what,
             row.ops,
             rate,
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             target,
-            met
+            met,
+            versus_floor
         );
     }
     let mib: Vec<String> = memory

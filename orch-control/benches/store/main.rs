@@ -174,6 +174,13 @@ async fn replicated(replicas: usize, sizes: &Sizes, rows: &mut Vec<Row>) -> Resu
                 [&etcd_target, &orch_target]
             };
             for target in order {
+                let who = match target {
+                    Target::Orch(..) => "orch",
+                    Target::Etcd(..) => "etcd",
+                };
+                eprintln!(
+                    "bench store: {replicas} replica(s), {clients} client(s) putting to {who}..."
+                );
                 let run = puts(target, clients, per_client, VALUE_BYTES, &prefix).await?;
                 match target {
                     Target::Orch(..) => orch_runs.push(run),

@@ -1,0 +1,199 @@
+//! The anchor of `bench api`: the same API served over the same transport
+//! (tonic, TLS with the cluster's certificates, the API's authenticator)
+//! by a server that does no work: a get answers a pod held in memory, a
+//! create answers the object it was sent. The same 64 clients load it in
+//! the same run, so each orch figure can be read against what the
+//! transport alone costs on this machine: latency below the floor's is
+//! out of any API server's reach here.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use orch_control::api::auth::Authenticator;
+use orch_control::pki::Pki;
+use orch_core::api::ApiClient;
+use orch_core::api::proto::api_server::{Api, ApiServer};
+use orch_core::api::proto::{
+    DeleteRequest, ExecInput, ExecOutput, GetRequest, ImageImportChunk, ImageImportReply,
+    ListReply, ListRequest, LogChunk, MonitorEvent, NodeDataplaneReply, NodeDataplaneRequest,
+    NodeMonitorRequest, ObjectReply, ObjectRequest, PatchRequest, PodLogsRequest, WatchEvent,
+    WatchRequest,
+};
+use tokio_stream::Stream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+struct Floor {
+    /// The JSON every get answers: a pod as orch serves it.
+    pod: Vec<u8>,
+}
+
+type Events<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn not_measured<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not part of the transport floor"))
+}
+
+#[tonic::async_trait]
+impl Api for Floor {
+    type WatchStream = Events<WatchEvent>;
+    type PodLogsStream = Events<LogChunk>;
+    type NodeMonitorStream = Events<MonitorEvent>;
+    type PodExecStream = Events<ExecOutput>;
+
+    async fn get(&self, _: Request<GetRequest>) -> Result<Response<ObjectReply>, Status> {
+        Ok(Response::new(ObjectReply {
+            object: self.pod.clone(),
+            warnings: Vec::new(),
+        }))
+    }
+
+    async fn create(
+        &self,
+        request: Request<ObjectRequest>,
+    ) -> Result<Response<ObjectReply>, Status> {
+        Ok(Response::new(ObjectReply {
+            object: request.into_inner().object,
+            warnings: Vec::new(),
+        }))
+    }
+
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        not_measured()
+    }
+
+    async fn update(&self, _: Request<ObjectRequest>) -> Result<Response<ObjectReply>, Status> {
+        not_measured()
+    }
+
+    async fn update_status(
+        &self,
+        _: Request<ObjectRequest>,
+    ) -> Result<Response<ObjectReply>, Status> {
+        not_measured()
+    }
+
+    async fn patch(&self, _: Request<PatchRequest>) -> Result<Response<ObjectReply>, Status> {
+        not_measured()
+    }
+
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<ObjectReply>, Status> {
+        not_measured()
+    }
+
+    async fn bind(&self, _: Request<ObjectRequest>) -> Result<Response<ObjectReply>, Status> {
+        not_measured()
+    }
+
+    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        not_measured()
+    }
+
+    async fn pod_logs(
+        &self,
+        _: Request<PodLogsRequest>,
+    ) -> Result<Response<Self::PodLogsStream>, Status> {
+        not_measured()
+    }
+
+    async fn pod_exec(
+        &self,
+        _: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<Self::PodExecStream>, Status> {
+        not_measured()
+    }
+
+    async fn import_image(
+        &self,
+        _: Request<tonic::Streaming<ImageImportChunk>>,
+    ) -> Result<Response<ImageImportReply>, Status> {
+        not_measured()
+    }
+
+    async fn node_dataplane(
+        &self,
+        _: Request<NodeDataplaneRequest>,
+    ) -> Result<Response<NodeDataplaneReply>, Status> {
+        not_measured()
+    }
+
+    async fn node_monitor(
+        &self,
+        _: Request<NodeMonitorRequest>,
+    ) -> Result<Response<Self::NodeMonitorStream>, Status> {
+        not_measured()
+    }
+}
+
+/// Serves the floor from this process (the bench started with
+/// `--floor-server DIR`): certificates of its own under DIR, its address
+/// printed as `floor on ADDR`, until killed.
+pub async fn serve(dir: &std::path::Path) -> Result<()> {
+    let pki = Pki::new(dir);
+    pki.create_ca()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    pki.ensure_server_certificate(&["127.0.0.1".to_string()])?;
+    pki.write_admin_config(&[addr.to_string()])?;
+    let pod = std::fs::read(dir.join(POD_FILE)).context("the pod to serve")?;
+    println!("floor on {addr}");
+    tonic::transport::Server::builder()
+        .tls_config(pki.server_tls()?)?
+        .add_service(InterceptedService::new(
+            ApiServer::new(Floor { pod }),
+            Authenticator::new(Default::default()),
+        ))
+        .serve_with_incoming(orch_control::store::raft::transport::incoming(listener))
+        .await?;
+    Ok(())
+}
+
+/// Where the floor server finds the pod its gets answer.
+const POD_FILE: &str = "pod.json";
+
+/// A floor server in a process of its own, as each replica is; killed
+/// when dropped.
+pub struct FloorServer {
+    process: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl FloorServer {
+    pub fn start(pod: &[u8]) -> Result<Self> {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(POD_FILE), pod)?;
+        let mut process = std::process::Command::new(std::env::current_exe()?)
+            .arg("--floor-server")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the floor server")?;
+        let stdout = process.stdout.take().context("the floor server's stdout")?;
+        let server = Self { process, dir };
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if !line.starts_with("floor on ") {
+            anyhow::bail!("the floor server did not start: {line:?}");
+        }
+        Ok(server)
+    }
+
+    /// `count` clients of it, configured as orch's are.
+    pub fn clients(&self, count: usize) -> Result<Vec<ApiClient>> {
+        let path = Pki::new(self.dir.path()).path(orch_control::pki::ADMIN_CONFIG);
+        let config = orch_core::api::config::ClientConfig::load(&path)
+            .with_context(|| path.display().to_string())?;
+        (0..count)
+            .map(|_| Ok(ApiClient::new(&config, Duration::from_secs(30))?))
+            .collect()
+    }
+}

@@ -1,10 +1,11 @@
 //! The anchor of `bench api`: the same API served over the same transport
-//! (tonic, TLS with the cluster's certificates, the API's authenticator)
-//! by a server that does no work: a get answers a pod held in memory, a
-//! create answers the object it was sent. The same 64 clients load it in
-//! the same run, so each orch figure can be read against what the
-//! transport alone costs on this machine: latency below the floor's is
-//! out of any API server's reach here.
+//! (tonic, TLS with certificates from orch's PKI, the API's authenticator)
+//! by three processes, as many as the replicas, that do no work: a get
+//! answers a pod held in memory, a create answers the object it was sent.
+//! As many clients, configured alike and spread alike, load them in the
+//! same run, so orch's figures can be read against what the transport
+//! alone costs on this machine: latency below the floor's is out of reach
+//! of any server on this transport here.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -127,35 +128,43 @@ impl Api for Floor {
 }
 
 /// Serves the floor from this process (the bench started with
-/// `--floor-server DIR`): certificates of its own under DIR, its address
-/// printed as `floor on ADDR`, until killed.
+/// `--floor-server DIR`): certificates of its own under `DIR/pki`, its
+/// address printed as `floor on ADDR`, until killed.
 pub async fn serve(dir: &std::path::Path) -> Result<()> {
     let pki = Pki::new(dir);
-    pki.create_ca()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    pki.create_ca().context("the floor's CA")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("the floor's listener")?;
     let addr = listener.local_addr()?;
-    pki.ensure_server_certificate(&["127.0.0.1".to_string()])?;
-    pki.write_admin_config(&[addr.to_string()])?;
+    pki.ensure_server_certificate(&["127.0.0.1".to_string()])
+        .context("the floor's serving certificate")?;
+    pki.write_admin_config(&[addr.to_string()])
+        .context("the floor's client config")?;
     let pod = std::fs::read(dir.join(POD_FILE)).context("the pod to serve")?;
     println!("floor on {addr}");
     tonic::transport::Server::builder()
-        .tls_config(pki.server_tls()?)?
+        .tls_config(pki.server_tls()?)
+        .context("the floor's TLS")?
         .add_service(InterceptedService::new(
             ApiServer::new(Floor { pod }),
             Authenticator::new(Default::default()),
         ))
         .serve_with_incoming(orch_control::store::raft::transport::incoming(listener))
-        .await?;
+        .await
+        .context("serving the floor")?;
     Ok(())
 }
 
-/// Where the floor server finds the pod its gets answer.
+/// Where a floor server finds the pod its gets answer.
 const POD_FILE: &str = "pod.json";
 
 /// A floor server in a process of its own, as each replica is; killed
 /// when dropped.
 pub struct FloorServer {
     process: std::process::Child,
+    /// Held open so the server never writes to a closed pipe.
+    stdout: std::io::BufReader<std::process::ChildStdout>,
     dir: tempfile::TempDir,
 }
 
@@ -167,6 +176,7 @@ impl Drop for FloorServer {
 }
 
 impl FloorServer {
+    /// Starts one, serving `pod` (JSON) to every get.
     pub fn start(pod: &[u8]) -> Result<Self> {
         use std::io::BufRead as _;
         let dir = tempfile::tempdir()?;
@@ -176,24 +186,49 @@ impl FloorServer {
             .arg(dir.path())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .context("starting the floor server")?;
-        let stdout = process.stdout.take().context("the floor server's stdout")?;
-        let server = Self { process, dir };
+            .context("starting a floor server")?;
+        let Some(stdout) = process.stdout.take() else {
+            let _ = process.kill();
+            let _ = process.wait();
+            anyhow::bail!("a floor server without its stdout");
+        };
+        let mut server = Self {
+            process,
+            stdout: std::io::BufReader::new(stdout),
+            dir,
+        };
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        server
+            .stdout
+            .read_line(&mut line)
+            .context("reading a floor server's address")?;
         if !line.starts_with("floor on ") {
-            anyhow::bail!("the floor server did not start: {line:?}");
+            anyhow::bail!("a floor server did not start: {line:?}");
         }
         Ok(server)
     }
 
-    /// `count` clients of it, configured as orch's are.
-    pub fn clients(&self, count: usize) -> Result<Vec<ApiClient>> {
+    /// The client config of this server, configured as orch's admin's is.
+    pub fn config(&self) -> Result<orch_core::api::config::ClientConfig> {
         let path = Pki::new(self.dir.path()).path(orch_control::pki::ADMIN_CONFIG);
-        let config = orch_core::api::config::ClientConfig::load(&path)
-            .with_context(|| path.display().to_string())?;
-        (0..count)
-            .map(|_| Ok(ApiClient::new(&config, Duration::from_secs(30))?))
-            .collect()
+        orch_core::api::config::ClientConfig::load(&path)
+            .with_context(|| path.display().to_string())
     }
+}
+
+/// `count` clients spread over `servers` in turn, as the bench's clients
+/// are over the replicas.
+pub fn clients(servers: &[FloorServer], count: usize) -> Result<Vec<ApiClient>> {
+    let configs = servers
+        .iter()
+        .map(FloorServer::config)
+        .collect::<Result<Vec<_>>>()?;
+    (0..count)
+        .map(|index| {
+            Ok(ApiClient::new(
+                &configs[index % configs.len()],
+                Duration::from_secs(30),
+            )?)
+        })
+        .collect()
 }

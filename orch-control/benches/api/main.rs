@@ -6,9 +6,12 @@
 //! beside the targets for this 2-core machine (Kubernetes' own SLO is p99
 //! <= 1 s for mutating calls and single-object reads).
 //!
-//! The anchor, measured in the same run by the same clients: the transport
-//! floor (`floor.rs`), a server on the same gRPC, TLS and authentication
-//! that does no work; `p99/floor` is each call's p99 against it.
+//! The anchor, measured in the same run once the replicas are stopped: the
+//! transport floor (`floor.rs`), three servers on the same gRPC, TLS and
+//! authentication that do no work, loaded by as many clients configured
+//! alike. `p99/floor` reads create and update against the floor's create,
+//! get against its get. The floor's rows carry the targets too: a target
+//! the floor misses is out of reach of any server on this transport here.
 //!
 //! Arguments (after `--`): `--pods N` (default 10000), `--quick` (1,000).
 
@@ -43,8 +46,10 @@ struct Row {
     latencies: Vec<Duration>,
     /// The target on this machine, where there is one.
     target_p99: Option<Duration>,
-    /// The transport floor's row for the same call, where there is one.
-    floor: Option<usize>,
+    /// The row of the transport floor's call this one is read against:
+    /// its create for creates and updates (an object in, an object out),
+    /// its get for gets.
+    floor_row: Option<usize>,
 }
 
 /// Runs `per_client` operations on each of the 64 clients at once;
@@ -91,27 +96,42 @@ async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
     (result, sent.elapsed())
 }
 
+/// One untimed get on every client, so that no measured call carries its
+/// connection's TCP and TLS handshake.
+async fn connect(
+    clients: &[ApiClient],
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<()> {
+    for client in clients {
+        client.clone().get(kind, namespace, name).await?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut pods = 10_000usize;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--pods" => {
+        match arg.to_str() {
+            Some("--pods") => {
                 let value = args.next().context("--pods needs a number")?;
                 pods = value
-                    .parse()
-                    .ok()
+                    .to_str()
+                    .and_then(|v| v.parse().ok())
                     .filter(|n| *n >= CLIENTS)
                     .with_context(|| format!("--pods {value:?}: a number of at least {CLIENTS}"))?;
             }
-            "--quick" => pods = 1_000,
-            "--floor-server" => {
+            Some("--quick") => pods = 1_000,
+            // Internal: the bench starting its transport floor (floor.rs).
+            Some("--floor-server") => {
                 let dir = args.next().context("--floor-server needs a directory")?;
                 return floor::serve(std::path::Path::new(&dir)).await;
             }
-            "--bench" => {}
-            other => bail!("unknown argument {other:?} (known: --pods N, --quick)"),
+            Some("--bench") => {}
+            _ => bail!("unknown argument {arg:?} (known: --pods N, --quick)"),
         }
     }
     let per_client = pods / CLIENTS;
@@ -123,6 +143,7 @@ async fn main() -> Result<()> {
     let clients = cluster
         .api_clients(CLIENTS, Duration::from_secs(30))
         .await?;
+    connect(&clients, Kind::Namespace, None, "default").await?;
     let mut rows = Vec::new();
 
     eprintln!("bench api: creating {pods} pods...");
@@ -146,7 +167,7 @@ async fn main() -> Result<()> {
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(25)),
-        floor: None,
+        floor_row: None,
     });
 
     let updates = (2_000 / CLIENTS).max(1);
@@ -171,7 +192,7 @@ async fn main() -> Result<()> {
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(25)),
-        floor: None,
+        floor_row: None,
     });
 
     let gets = (5_000 / CLIENTS).max(1);
@@ -190,7 +211,7 @@ async fn main() -> Result<()> {
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(5)),
-        floor: None,
+        floor_row: None,
     });
 
     let lists = 4;
@@ -214,7 +235,7 @@ async fn main() -> Result<()> {
         elapsed,
         latencies,
         target_p99: None,
-        floor: None,
+        floor_row: None,
     });
 
     // Watch delivery: written through replica 1, watched on replica 2.
@@ -268,14 +289,26 @@ async fn main() -> Result<()> {
         elapsed: watch_started.elapsed(),
         latencies: delivery,
         target_p99: Some(Duration::from_millis(10)),
-        floor: None,
+        floor_row: None,
     });
 
-    eprintln!("bench api: the transport floor (a server that does no work)...");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let memory: Vec<u64> = (0..3)
+        .filter_map(|i| cluster.pid(i))
+        .map(resident_bytes)
+        .collect::<Result<_>>()?;
+
+    eprintln!("bench api: the transport floor (three servers that do no work)...");
     let served = writer.get(Kind::Pod, Some("default"), "p-0-0").await?;
-    let served = serde_json::to_vec(&served).context("encoding a pod")?;
-    let floor_server = floor::FloorServer::start(&served)?;
-    let floor_clients = floor_server.clients(CLIENTS)?;
+    let pod_json = serde_json::to_vec(&served).context("encoding a pod")?;
+    // The replicas are stopped first: their heartbeats and controllers
+    // would take the floor's CPU.
+    drop(cluster);
+    let floor_servers = (0..3)
+        .map(|_| floor::FloorServer::start(&pod_json))
+        .collect::<Result<Vec<_>>>()?;
+    let floor_clients = floor::clients(&floor_servers, CLIENTS)?;
+    connect(&floor_clients, Kind::Pod, Some("default"), "p-0-0").await?;
     let template = Arc::new(pod("p")?);
     let (elapsed, latencies) = load(&floor_clients, per_client, move |mut client, c, i| {
         let mut pod = (*template).clone();
@@ -287,15 +320,15 @@ async fn main() -> Result<()> {
         }
     })
     .await?;
-    rows[create_row].floor = Some(rows.len());
-    rows[update_row].floor = Some(rows.len());
+    rows[create_row].floor_row = Some(rows.len());
+    rows[update_row].floor_row = Some(rows.len());
     rows.push(Row {
         what: "floor: create (the server echoes the object)",
         ops: pods,
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(25)),
-        floor: None,
+        floor_row: None,
     });
     let (elapsed, latencies) = load(&floor_clients, gets, move |mut client, c, i| async move {
         let name = format!("p-{c}-{}", i % per_client);
@@ -304,21 +337,15 @@ async fn main() -> Result<()> {
         Ok((client, took))
     })
     .await?;
-    rows[get_row].floor = Some(rows.len());
+    rows[get_row].floor_row = Some(rows.len());
     rows.push(Row {
         what: "floor: get (the server answers from memory)",
         ops: gets * CLIENTS,
         elapsed,
         latencies,
         target_p99: Some(Duration::from_millis(5)),
-        floor: None,
+        floor_row: None,
     });
-
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let memory: Vec<u64> = (0..3)
-        .filter_map(|i| cluster.pid(i))
-        .map(resident_bytes)
-        .collect::<Result<_>>()?;
 
     println!();
     println!(
@@ -343,7 +370,7 @@ async fn main() -> Result<()> {
             ),
             None => ("-".to_string(), "-"),
         };
-        let versus_floor = match row.floor {
+        let versus_floor = match row.floor_row {
             Some(floor) => format!("{:.2}x", p99.as_secs_f64() / p99s[floor].as_secs_f64()),
             None => "-".to_string(),
         };

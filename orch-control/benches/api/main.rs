@@ -96,6 +96,41 @@ async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
     (result, sent.elapsed())
 }
 
+/// `per_client` creates of pods `p-<client>-<i>` on each client at once.
+async fn create_pods(
+    clients: &[ApiClient],
+    per_client: usize,
+) -> Result<(Duration, Vec<Duration>)> {
+    // Parsed once: a YAML parse per create would be the client's CPU,
+    // taken from the same two cores as the servers'.
+    let template = Arc::new(pod("p")?);
+    load(clients, per_client, move |mut client, c, i| {
+        let mut pod = (*template).clone();
+        pod.metadata_mut().name = Some(format!("p-{c}-{i}"));
+        async move {
+            let (created, took) = timed(client.create(&pod, false)).await;
+            created?;
+            Ok((client, took))
+        }
+    })
+    .await
+}
+
+/// `gets` gets on each client at once, of the pods `create_pods` made.
+async fn get_pods(
+    clients: &[ApiClient],
+    gets: usize,
+    per_client: usize,
+) -> Result<(Duration, Vec<Duration>)> {
+    load(clients, gets, move |mut client, c, i| async move {
+        let name = format!("p-{c}-{}", i % per_client);
+        let (found, took) = timed(client.get(Kind::Pod, Some("default"), &name)).await;
+        found?;
+        Ok((client, took))
+    })
+    .await
+}
+
 /// One untimed get on every client, so that no measured call carries its
 /// connection's TCP and TLS handshake.
 async fn connect(
@@ -147,19 +182,7 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
 
     eprintln!("bench api: creating {pods} pods...");
-    // Parsed once: a YAML parse per create would be the client's CPU,
-    // taken from the same two cores as the replicas'.
-    let template = Arc::new(pod("p")?);
-    let (elapsed, latencies) = load(&clients, per_client, move |mut client, c, i| {
-        let mut pod = (*template).clone();
-        pod.metadata_mut().name = Some(format!("p-{c}-{i}"));
-        async move {
-            let (created, took) = timed(client.create(&pod, false)).await;
-            created?;
-            Ok((client, took))
-        }
-    })
-    .await?;
+    let (elapsed, latencies) = create_pods(&clients, per_client).await?;
     let create_row = rows.len();
     rows.push(Row {
         what: "create pod",
@@ -197,13 +220,7 @@ async fn main() -> Result<()> {
 
     let gets = (5_000 / CLIENTS).max(1);
     eprintln!("bench api: getting {} pods...", gets * CLIENTS);
-    let (elapsed, latencies) = load(&clients, gets, move |mut client, c, i| async move {
-        let name = format!("p-{c}-{}", i % per_client);
-        let (found, took) = timed(client.get(Kind::Pod, Some("default"), &name)).await;
-        found?;
-        Ok((client, took))
-    })
-    .await?;
+    let (elapsed, latencies) = get_pods(&clients, gets, per_client).await?;
     let get_row = rows.len();
     rows.push(Row {
         what: "get pod",
@@ -309,17 +326,7 @@ async fn main() -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let floor_clients = floor::clients(&floor_servers, CLIENTS)?;
     connect(&floor_clients, Kind::Pod, Some("default"), "p-0-0").await?;
-    let template = Arc::new(pod("p")?);
-    let (elapsed, latencies) = load(&floor_clients, per_client, move |mut client, c, i| {
-        let mut pod = (*template).clone();
-        pod.metadata_mut().name = Some(format!("p-{c}-{i}"));
-        async move {
-            let (created, took) = timed(client.create(&pod, false)).await;
-            created?;
-            Ok((client, took))
-        }
-    })
-    .await?;
+    let (elapsed, latencies) = create_pods(&floor_clients, per_client).await?;
     rows[create_row].floor_row = Some(rows.len());
     rows[update_row].floor_row = Some(rows.len());
     rows.push(Row {
@@ -330,13 +337,7 @@ async fn main() -> Result<()> {
         target_p99: Some(Duration::from_millis(25)),
         floor_row: None,
     });
-    let (elapsed, latencies) = load(&floor_clients, gets, move |mut client, c, i| async move {
-        let name = format!("p-{c}-{}", i % per_client);
-        let (found, took) = timed(client.get(Kind::Pod, Some("default"), &name)).await;
-        found?;
-        Ok((client, took))
-    })
-    .await?;
+    let (elapsed, latencies) = get_pods(&floor_clients, gets, per_client).await?;
     rows[get_row].floor_row = Some(rows.len());
     rows.push(Row {
         what: "floor: get (the server answers from memory)",

@@ -25,6 +25,8 @@ use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::clusters::Process;
+
 struct Floor {
     /// The JSON every get answers: a pod as orch serves it.
     pod: Vec<u8>,
@@ -160,52 +162,34 @@ pub async fn serve(dir: &std::path::Path) -> Result<()> {
 const POD_FILE: &str = "pod.json";
 
 /// A floor server in a process of its own, as each replica is; killed
-/// when dropped.
+/// when dropped (before its directory goes).
 pub struct FloorServer {
-    process: std::process::Child,
-    /// Held open so the server never writes to a closed pipe.
-    stdout: std::io::BufReader<std::process::ChildStdout>,
+    _process: Process,
     dir: tempfile::TempDir,
-}
-
-impl Drop for FloorServer {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
 }
 
 impl FloorServer {
     /// Starts one, serving `pod` (JSON) to every get.
     pub fn start(pod: &[u8]) -> Result<Self> {
-        use std::io::BufRead as _;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join(POD_FILE), pod)?;
-        let mut process = std::process::Command::new(std::env::current_exe()?)
+        let child = std::process::Command::new(std::env::current_exe()?)
             .arg("--floor-server")
             .arg(dir.path())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting a floor server")?;
-        let Some(stdout) = process.stdout.take() else {
-            let _ = process.kill();
-            let _ = process.wait();
-            anyhow::bail!("a floor server without its stdout");
-        };
-        let mut server = Self {
-            process,
-            stdout: std::io::BufReader::new(stdout),
-            dir,
-        };
-        let mut line = String::new();
-        server
-            .stdout
-            .read_line(&mut line)
+        let mut process = Process::new(child);
+        let line = process
+            .read_line()
             .context("reading a floor server's address")?;
         if !line.starts_with("floor on ") {
             anyhow::bail!("a floor server did not start: {line:?}");
         }
-        Ok(server)
+        Ok(Self {
+            _process: process,
+            dir,
+        })
     }
 
     /// The client config of this server, configured as orch's admin's is.

@@ -21,10 +21,30 @@ pub const HEARTBEAT_MS: u64 = 100;
 pub const ELECTION_MS: u64 = 500;
 
 /// A running process, killed (SIGKILL) when dropped.
-struct Process {
+pub struct Process {
     child: Child,
     /// Held open so the process never writes to a closed pipe.
-    _stdout: Option<BufReader<ChildStdout>>,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Process {
+    /// Takes `child`, and its stdout when that is a pipe: from here on an
+    /// error that drops it kills the process.
+    pub fn new(mut child: Child) -> Self {
+        let stdout = child.stdout.take().map(BufReader::new);
+        Self { child, stdout }
+    }
+
+    /// The next line the process writes on its stdout.
+    pub fn read_line(&mut self) -> Result<String> {
+        let stdout = self
+            .stdout
+            .as_mut()
+            .context("the process's stdout is not a pipe")?;
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        Ok(line)
+    }
 }
 
 impl Drop for Process {
@@ -126,7 +146,7 @@ impl OrchCluster {
     fn spawn(&mut self, index: usize, extra: &[&str]) -> Result<()> {
         let dir = self.root.path().join(format!("replica-{}", index + 1));
         let log = std::fs::File::create(dir.with_extension("log"))?;
-        let mut child = Command::new(ORCH_CONTROL)
+        let child = Command::new(ORCH_CONTROL)
             .args(["--data-dir", &dir.to_string_lossy()])
             .args(["--node-id", &(index + 1).to_string()])
             .args(["--listen", &self.addrs[index]])
@@ -140,9 +160,8 @@ impl OrchCluster {
             .stderr(log)
             .spawn()
             .context("starting orch-control")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
+        let mut process = Process::new(child);
+        let line = process.read_line()?;
         let Some(addr) = line.trim().strip_prefix("orch-control listening on ") else {
             bail!(
                 "orch-control did not start: {}",
@@ -150,17 +169,13 @@ impl OrchCluster {
             );
         };
         self.addrs[index] = addr.to_string();
-        line.clear();
-        stdout.read_line(&mut line)?;
-        self.api_addrs[index] = line
+        self.api_addrs[index] = process
+            .read_line()?
             .trim()
             .strip_prefix("orch-control API on ")
             .context("orch-control did not print its API address")?
             .to_string();
-        self.procs[index] = Some(Process {
-            child,
-            _stdout: Some(stdout),
-        });
+        self.procs[index] = Some(process);
         Ok(())
     }
 
@@ -408,10 +423,7 @@ impl EtcdCluster {
             .stderr(log)
             .spawn()
             .context("starting etcd (Debian's etcd-server; `cargo xtask setup` installs it)")?;
-        self.procs[index] = Some(Process {
-            child,
-            _stdout: None,
-        });
+        self.procs[index] = Some(Process::new(child));
         Ok(())
     }
 

@@ -140,15 +140,21 @@ fn the_shim_socket_serves_past_bad_clients_and_pending_waits() {
         .call(&Request::Start { id: "c-0".into() })
         .expect("start");
 
-    // The wait is queued in the shim (it holds the wait's connection)
-    // before the calls below.
+    // The wait is queued in the shim (it holds the wait's connection: a
+    // socket it did not have before) before the calls below. Sockets, not
+    // a count of descriptors: the start's connection may still be open
+    // here, and be closed as the wait's is accepted.
     let shim_pid = shim.child.id();
-    let open_fds = || {
+    let sockets = || -> std::collections::HashSet<String> {
         std::fs::read_dir(format!("/proc/{shim_pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+            .expect("the shim's descriptors")
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .filter(|target| target.starts_with("socket:"))
+            .collect()
     };
-    let before = open_fds();
+    let before = sockets();
     let waiting = {
         let pod_dir = pod_dir.clone();
         std::thread::spawn(move || {
@@ -157,7 +163,7 @@ fn the_shim_socket_serves_past_bad_clients_and_pending_waits() {
         })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while open_fds() <= before {
+    while sockets().is_subset(&before) {
         assert!(Instant::now() < deadline, "the wait never reached the shim");
         std::thread::sleep(Duration::from_millis(20));
     }

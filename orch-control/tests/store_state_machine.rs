@@ -32,13 +32,22 @@ impl Fixture {
     }
 
     fn apply(&mut self, command: Command) -> Response {
+        let request = self.request(command);
+        self.apply_request(&request)
+    }
+
+    /// `command` with a new id.
+    fn request(&mut self, command: Command) -> Request {
         self.next_id += 1;
-        let request = Request {
+        Request {
             id: RequestId(self.next_id),
             command,
-        };
+        }
+    }
+
+    fn apply_request(&self, request: &Request) -> Response {
         self.store
-            .apply(&[request], None)
+            .apply(std::slice::from_ref(request), None)
             .expect("apply")
             .pop()
             .expect("one response")
@@ -507,6 +516,31 @@ fn state_survives_reopening_and_corrupt_files_are_refused() {
         bytes,
         "refused file was modified"
     );
+
+    // A state file of the layout before rows (a key table and a history).
+    let former = dir.path().join("former.redb");
+    {
+        let db = redb::Database::create(&former).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("kv"))
+            .expect("kv table")
+            .insert(&b"/registry/pods/default/a"[..], &b"{}"[..])
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let bytes = std::fs::read(&former).expect("read");
+    let error = MvccStore::open(&former)
+        .err()
+        .expect("the former layout must be refused");
+    assert!(
+        error.to_string().contains("former.redb") && error.to_string().contains("layout"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(&former).expect("read back"),
+        bytes,
+        "refused file was modified"
+    );
 }
 
 /// A random write against a model map.
@@ -531,23 +565,58 @@ fn key(k: u8) -> String {
     format!("/p/{}/{k}", k % 2)
 }
 
+/// Each key's value and mod revision.
+type Model = BTreeMap<String, (Vec<u8>, u64)>;
+
+fn stored(store: &MvccStore) -> Model {
+    store
+        .range(b"/p/", None, 0)
+        .expect("range")
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                (kv.value, kv.mod_revision),
+            )
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Revisions strictly increase, CAS behaves like the model, and
-    /// replaying the history from any kept revision rebuilds the state.
+    /// Revisions strictly increase and CAS behaves like the model; every
+    /// kept event shows its key as the model had it just before and just
+    /// after its revision, across any number of compactions; retries are
+    /// answered as first applied (previous values included); and a reopened
+    /// store, its key index rebuilt from the rows, holds the same state and
+    /// history.
     #[test]
-    fn state_matches_model_and_history_replays_it(steps in prop::collection::vec(step(), 1..40), compact_at in 0usize..40) {
+    fn state_matches_model_and_history_replays_it(
+        steps in prop::collection::vec(step(), 1..40),
+        compact_after in prop::collection::btree_set(0usize..40, 0..4),
+    ) {
         let mut f = Fixture::new();
-        let mut model: BTreeMap<String, (Vec<u8>, u64)> = BTreeMap::new();
+        let mut model = Model::new();
+        // The model after each revision, from revision 0.
+        let mut states = vec![Model::new()];
+        // Requests applied since the last compaction, to retry.
+        let mut applied: Vec<(Request, Response)> = Vec::new();
         let mut last_revision = 0;
         for (i, step) in steps.iter().enumerate() {
-            let response = match step {
-                Step::Put(k, v) => f.put(&key(*k), &v.to_string()),
-                Step::Delete(k) => f.txn(Vec::new(), vec![delete(&key(*k))]),
-                Step::CasPut(k, v, r) => f.txn(vec![mod_rev(&key(*k), CompareOp::Equal, *r)], vec![put(&key(*k), &v.to_string())]),
-                Step::DeletePrefix => f.txn(Vec::new(), vec![Op::DeletePrefix { prefix: b"/p/1/".to_vec() }]),
+            let txn = match step {
+                Step::Put(k, v) => Txn { success: vec![put(&key(*k), &v.to_string())], ..Txn::default() },
+                Step::Delete(k) => Txn { success: vec![delete(&key(*k))], ..Txn::default() },
+                Step::CasPut(k, v, r) => Txn {
+                    compares: vec![mod_rev(&key(*k), CompareOp::Equal, *r)],
+                    success: vec![put(&key(*k), &v.to_string())],
+                    ..Txn::default()
+                },
+                Step::DeletePrefix => Txn { success: vec![Op::DeletePrefix { prefix: b"/p/1/".to_vec() }], ..Txn::default() },
             };
+            let request = f.request(Command::Txn(txn));
+            let response = f.apply_request(&request);
             let changed = match step {
                 Step::Put(k, v) => { model.insert(key(*k), (v.to_string().into_bytes(), last_revision + 1)); true }
                 Step::Delete(k) => model.remove(&key(*k)).is_some(),
@@ -563,40 +632,50 @@ proptest! {
             };
             let expected_revision = if changed { last_revision + 1 } else { last_revision };
             prop_assert_eq!(response.revision, expected_revision, "step {} {:?}", i, step);
-            prop_assert!(response.revision >= last_revision);
+            if changed {
+                states.push(model.clone());
+            }
             last_revision = response.revision;
-            if i == compact_at && last_revision > 0 {
+            applied.push((request, response));
+            let compacted = f.store.compact_revision().expect("compact revision");
+            if compact_after.contains(&i) && last_revision > compacted {
                 prop_assert_eq!(f.apply(Command::Compact { revision: last_revision }).outcome, Outcome::Compacted);
+                // Records of requests before the compaction are forgotten.
+                applied.retain(|(_, response)| response.revision >= last_revision);
             }
         }
-        let stored: BTreeMap<String, (Vec<u8>, u64)> = f.store.range(b"/p/", None, 0).expect("range").kvs
-            .into_iter()
-            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), (kv.value, kv.mod_revision)))
-            .collect();
-        prop_assert_eq!(&stored, &model);
+        prop_assert_eq!(&stored(&f.store), &model);
 
-        // Replaying from the oldest kept revision onto the state just before
-        // it (rebuilt from the events' prev_kv) gives the current state.
         let from = f.store.compact_revision().expect("compact revision").max(1);
         let events: Vec<Event> = f.store.events_since(b"/p/", from).expect("replay");
         let revisions: Vec<u64> = events.iter().map(|e| e.kv.mod_revision).collect();
         prop_assert!(revisions.windows(2).all(|w| w[0] <= w[1]), "history out of order: {:?}", revisions);
-        prop_assert!(revisions.iter().all(|r| *r >= from && *r <= last_revision));
-        let mut replayed = stored.clone();
-        for event in events.iter().rev() {
-            let k = String::from_utf8_lossy(&event.kv.key).into_owned();
-            match &event.prev_kv {
-                Some(prev) => { replayed.insert(k, (prev.value.clone(), prev.mod_revision)); }
-                None => { replayed.remove(&k); }
-            }
-        }
+        prop_assert_eq!(revisions.first().copied(), (from <= last_revision).then_some(from));
+        prop_assert_eq!(revisions.last().copied(), (from <= last_revision).then_some(last_revision));
         for event in &events {
             let k = String::from_utf8_lossy(&event.kv.key).into_owned();
-            match event.kind {
-                EventKind::Put => { replayed.insert(k, (event.kv.value.clone(), event.kv.mod_revision)); }
-                EventKind::Delete => { replayed.remove(&k); }
-            }
+            let revision = event.kv.mod_revision as usize;
+            let before = event.prev_kv.as_ref().map(|kv| (kv.value.clone(), kv.mod_revision));
+            prop_assert_eq!(before.as_ref(), states[revision - 1].get(&k), "prev_kv of {} at {}", k, revision);
+            let after = match event.kind {
+                EventKind::Put => Some((event.kv.value.clone(), event.kv.mod_revision)),
+                EventKind::Delete => None,
+            };
+            prop_assert_eq!(after.as_ref(), states[revision].get(&k), "{} at {}", k, revision);
         }
-        prop_assert_eq!(replayed, stored);
+
+        for (request, response) in &applied {
+            prop_assert_eq!(&f.apply_request(request), response, "retry of {:?}", request);
+        }
+        prop_assert_eq!(f.store.revision().expect("revision"), last_revision);
+
+        let Fixture { _dir, path, store, .. } = f;
+        let compacted = store.compact_revision().expect("compact revision");
+        drop(store);
+        let reopened = MvccStore::open(&path).expect("reopen");
+        prop_assert_eq!(&stored(&reopened), &model);
+        prop_assert_eq!(reopened.revision().expect("revision"), last_revision);
+        prop_assert_eq!(reopened.compact_revision().expect("compact revision"), compacted);
+        prop_assert_eq!(reopened.events_since(b"/p/", from).expect("replay"), events);
     }
 }

@@ -18,15 +18,12 @@ use redb::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::mvcc::{
-    COMPACT_REVISION, HISTORY, KV, LEASE_KEYS, LEASES, META, META_BYTES, RAFT_STATE, REQUESTS,
-    REQUESTS_BY_REVISION, REVISION,
-};
-use super::types::Revision;
+use super::mvcc::rows::{LEASE_KEYS, LEASES, META, META_BYTES, RAFT_STATE, REQUESTS, REVISIONS};
 use super::{MvccStore, StoreError};
 
 const MAGIC: &[u8; 8] = b"ORCHSNAP";
-const VERSION: u32 = 1;
+/// 2: rows keyed by revision (1 held a key table and a history).
+const VERSION: u32 = 2;
 const END: u8 = 0;
 
 #[derive(Debug, Error)]
@@ -128,14 +125,12 @@ fn load<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// The table tags of the format; adding a table means a new tag here and in
 /// `load_record`.
 fn dump_all(txn: &ReadTransaction, out: &mut impl Write) -> Result<(), SnapshotError> {
-    dump(txn, KV, 1, out)?;
-    dump(txn, HISTORY, 2, out)?;
-    dump(txn, META, 3, out)?;
-    dump(txn, META_BYTES, 4, out)?;
-    dump(txn, LEASES, 5, out)?;
-    dump(txn, LEASE_KEYS, 6, out)?;
-    dump(txn, REQUESTS, 7, out)?;
-    dump(txn, REQUESTS_BY_REVISION, 8, out)?;
+    dump(txn, REVISIONS, 1, out)?;
+    dump(txn, META, 2, out)?;
+    dump(txn, META_BYTES, 3, out)?;
+    dump(txn, LEASES, 4, out)?;
+    dump(txn, LEASE_KEYS, 5, out)?;
+    dump(txn, REQUESTS, 6, out)?;
     Ok(())
 }
 
@@ -146,14 +141,12 @@ fn load_record(
     value: &[u8],
 ) -> Result<bool, StoreError> {
     match tag {
-        1 => load(txn, KV, key, value)?,
-        2 => load(txn, HISTORY, key, value)?,
-        3 => load(txn, META, key, value)?,
-        4 => load(txn, META_BYTES, key, value)?,
-        5 => load(txn, LEASES, key, value)?,
-        6 => load(txn, LEASE_KEYS, key, value)?,
-        7 => load(txn, REQUESTS, key, value)?,
-        8 => load(txn, REQUESTS_BY_REVISION, key, value)?,
+        1 => load(txn, REVISIONS, key, value)?,
+        2 => load(txn, META, key, value)?,
+        3 => load(txn, META_BYTES, key, value)?,
+        4 => load(txn, LEASES, key, value)?,
+        5 => load(txn, LEASE_KEYS, key, value)?,
+        6 => load(txn, REQUESTS, key, value)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -192,31 +185,6 @@ impl MvccStore {
         file.sync_all().map_err(io)?;
         std::fs::rename(&partial, path).map_err(io)?;
         Ok(raft_state)
-    }
-
-    /// Moves the revision `by` ahead and marks everything before the new
-    /// one compacted, as `etcdutl snapshot restore --bump-revision
-    /// --mark-compacted` does. A restored store would otherwise hand out
-    /// again revisions the old cluster already gave to changes made after
-    /// the snapshot, and a watcher resuming from one of them would miss
-    /// events without knowing; this way every watcher from before the
-    /// restore is told to relist. Returns the new revision.
-    pub fn bump_revision(&self, by: Revision) -> Result<Revision, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let bumped = {
-            let mut meta = txn.open_table(META)?;
-            let current = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
-            let bumped = current.saturating_add(by);
-            meta.insert(REVISION, bumped)?;
-            meta.insert(COMPACT_REVISION, bumped)?;
-            bumped
-        };
-        txn.open_table(HISTORY)?.retain(|_, _| false)?;
-        txn.open_table(REQUESTS_BY_REVISION)?.retain(|_, _| false)?;
-        txn.open_table(REQUESTS)?.retain(|_, _| false)?;
-        txn.commit()?;
-        Ok(bumped)
     }
 
     /// Builds a new store at `target` from the snapshot file `source`. The

@@ -2,8 +2,8 @@
 //! the history and then live, in revision order, with no gap and no
 //! duplicate.
 //!
-//! The history table is the only source: the state machine announces each
-//! new revision, and a watcher reads the history from where it stopped up to
+//! The store's rows are the only source: the state machine announces each
+//! new revision, and a watcher reads the rows from where it stopped up to
 //! the store's revision at that read. Replay and live delivery are the same
 //! read, so they cannot overlap or leave a hole between them.
 

@@ -17,7 +17,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// The revision to compact to, if the history has outgrown the window by a
 /// tenth of it: compacting in steps keeps compactions (each a Raft entry
-/// and a sweep of the history table) rare under steady writes.
+/// and a sweep of the rows made since the last one) rare under steady writes.
 pub fn compaction_target(
     current: Revision,
     compacted: Revision,

@@ -60,6 +60,16 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+/// What one applied batch changed: every event of the revisions
+/// `from..=to`, in order. Watchers are sent it as it is applied, so they
+/// need not read it back from the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub from: Revision,
+    pub to: Revision,
+    pub events: Vec<Event>,
+}
+
 /// How a [`Compare`] tests a key's mod revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareOp {

@@ -1,43 +1,60 @@
 //! Watches: every change under a prefix from a revision on, replayed from
-//! the history and then live, in revision order, with no gap and no
+//! the store's rows and then live, in revision order, with no gap and no
 //! duplicate.
 //!
-//! The store's rows are the only source: the state machine announces each
-//! new revision, and a watcher reads the rows from where it stopped up to
-//! the store's revision at that read. Replay and live delivery are the same
-//! read, so they cannot overlap or leave a hole between them.
+//! The state machine announces each applied batch with its changes (one
+//! broadcast for every watcher, as etcd's watchable store notifies its
+//! synced watchers), so a watcher that keeps up never reads the store. A
+//! watcher reads the rows instead when it starts from a past revision, when
+//! it fell too far behind the announcements, when a batch was too large to
+//! announce, and when the store was replaced by a snapshot. It subscribes
+//! before its first read, and every read ends at a batch boundary, so
+//! announcements up to the read are skipped and the next one starts where
+//! the read ended.
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 use super::raft::state_machine::SharedStore;
-use super::types::{Event, Revision};
+use super::types::{Changes, Event, Revision};
 use super::{MvccStore, StoreError};
+
+/// What a replica tells its watchers after applying.
+#[derive(Clone, Debug)]
+pub enum Announcement {
+    /// A batch's changes.
+    Changes(Arc<Changes>),
+    /// Something changed that watchers must read from the store.
+    ReadStore,
+}
 
 pub struct Watcher {
     store: SharedStore,
-    revisions: watch::Receiver<Revision>,
+    announcements: broadcast::Receiver<Announcement>,
     prefix: Vec<u8>,
     /// The first revision not yet delivered.
     next: Revision,
+    /// The next batch comes from the store's rows, not the announcements.
+    read_store: bool,
 }
 
 impl Watcher {
     /// Watches `prefix` from `start` (inclusive). `start` 0 means "from now":
     /// the store's current revision + 1.
     pub fn new(store: SharedStore, prefix: Vec<u8>, start: Revision) -> Result<Self, StoreError> {
-        let revisions = store.subscribe();
-        let next = if start == 0 {
-            store.current().revision()? + 1
+        let announcements = store.subscribe();
+        let (next, read_store) = if start == 0 {
+            (store.current().revision()? + 1, false)
         } else {
-            start
+            (start, true)
         };
         Ok(Self {
             store,
-            revisions,
+            announcements,
             prefix,
             next,
+            read_store,
         })
     }
 
@@ -49,30 +66,177 @@ impl Watcher {
 
     /// The next non-empty batch of events, waiting for new revisions as
     /// needed. Fails with [`StoreError::Compacted`] when the watcher asks
-    /// for history that was compacted away: the client relists.
+    /// for history that was compacted away: the client relists. Cancelling
+    /// it (a timeout) loses nothing: the watcher moves on only once a batch
+    /// is in hand.
     pub async fn next_batch(&mut self) -> Result<Vec<Event>, StoreError> {
         loop {
-            // Mark the current announcement seen before reading, so a
-            // revision committed during the read wakes us again.
-            self.revisions.borrow_and_update();
-            let store: Arc<MvccStore> = self.store.current();
-            let prefix = self.prefix.clone();
-            let start = self.next;
-            let (events, revision) =
-                tokio::task::spawn_blocking(move || store.read_events(&prefix, start))
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        path: "watch".into(),
-                        source: std::io::Error::other(e),
-                    })??;
-            self.next = self.next.max(revision + 1);
-            if !events.is_empty() {
-                return Ok(events);
+            if self.read_store {
+                let events = self.read_rows().await?;
+                self.read_store = false;
+                if !events.is_empty() {
+                    return Ok(events);
+                }
             }
-            if self.revisions.changed().await.is_err() {
+            match self.announcements.recv().await {
+                Ok(Announcement::Changes(changes)) => {
+                    if changes.to < self.next {
+                        continue; // already read from the rows
+                    }
+                    if changes.from > self.next {
+                        self.read_store = true; // a gap: never expected
+                        continue;
+                    }
+                    let events: Vec<Event> = changes
+                        .events
+                        .iter()
+                        .filter(|event| {
+                            event.kv.mod_revision >= self.next
+                                && event.kv.key.starts_with(&self.prefix)
+                        })
+                        .cloned()
+                        .collect();
+                    self.next = changes.to + 1;
+                    if !events.is_empty() {
+                        return Ok(events);
+                    }
+                }
+                Ok(Announcement::ReadStore) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.read_store = true;
+                }
                 // The store is gone (replica shutting down).
-                return Ok(Vec::new());
+                Err(broadcast::error::RecvError::Closed) => return Ok(Vec::new()),
             }
         }
+    }
+
+    /// The events from `next` on, read from the rows; `next` moves past
+    /// the revision the read saw.
+    async fn read_rows(&mut self) -> Result<Vec<Event>, StoreError> {
+        let store: Arc<MvccStore> = self.store.current();
+        let prefix = self.prefix.clone();
+        let start = self.next;
+        let (events, revision) =
+            tokio::task::spawn_blocking(move || store.read_events(&prefix, start))
+                .await
+                .map_err(|e| StoreError::Io {
+                    path: "watch".into(),
+                    source: std::io::Error::other(e),
+                })??;
+        self.next = self.next.max(revision + 1);
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Watcher;
+    use crate::store::MvccStore;
+    use crate::store::raft::state_machine::SharedStore;
+    use crate::store::types::{Command, Event, Op, Request, RequestId, Txn};
+
+    fn txn(id: u128, ops: Vec<Op>) -> Request {
+        Request {
+            id: RequestId(id),
+            command: Command::Txn(Txn {
+                success: ops,
+                ..Txn::default()
+            }),
+        }
+    }
+
+    fn put(key: &str, value: Vec<u8>) -> Op {
+        Op::Put {
+            key: key.as_bytes().to_vec(),
+            value,
+            lease: None,
+        }
+    }
+
+    /// Applies and announces, as the state machine does.
+    fn apply(shared: &SharedStore, requests: &[Request]) {
+        let (_, changes) = shared.current().apply_batch(requests, None).expect("apply");
+        shared.announce(changes);
+    }
+
+    /// Events until none comes for `quiet`.
+    async fn drain(watcher: &mut Watcher, into: &mut Vec<Event>, quiet: Duration) {
+        while let Ok(batch) = tokio::time::timeout(quiet, watcher.next_batch()).await {
+            into.extend(batch.expect("watch"));
+        }
+    }
+
+    /// Watchers that keep up (announced changes), that fall far behind
+    /// (lagged: rows), that start in the past (rows, then announcements),
+    /// and a batch too large to announce all see exactly what the rows
+    /// replay: the same events, previous values included, in order.
+    #[tokio::test]
+    async fn announced_and_replayed_changes_are_the_same() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = MvccStore::open(&dir.path().join("state.redb")).expect("open");
+        let shared = SharedStore::new(store);
+        let mut live = Watcher::new(shared.clone(), b"/w/".to_vec(), 0).expect("watch");
+        let mut lagging = Watcher::new(shared.clone(), b"/w/".to_vec(), 1).expect("watch");
+        let (mut seen_live, mut seen_lagging, mut seen_late) = (Vec::new(), Vec::new(), Vec::new());
+        let mut late = None;
+        let mut id = 0;
+        for round in 0..200u32 {
+            id += 2;
+            let key = format!("/w/{}", round % 7);
+            let mut ops = vec![
+                put(&key, round.to_le_bytes().to_vec()),
+                put("/other", vec![1]),
+            ];
+            if round % 5 == 4 {
+                ops = vec![Op::Delete {
+                    key: key.into_bytes(),
+                }];
+            }
+            let mut batch = vec![txn(id, ops)];
+            if round == 199 {
+                // Over the announcement limit: watchers read it from rows
+                // (last, so no later batch reveals it as a gap).
+                batch.push(txn(id + 1, vec![put("/w/big", vec![7; 1_200_000])]));
+            }
+            apply(&shared, &batch);
+            drain(&mut live, &mut seen_live, Duration::from_millis(2)).await;
+            if round == 5 {
+                // Then not again until far more batches than are kept.
+                drain(&mut lagging, &mut seen_lagging, Duration::from_millis(2)).await;
+            }
+            if round == 90 {
+                let start = shared.current().revision().expect("revision") - 20;
+                late = Some((
+                    start,
+                    Watcher::new(shared.clone(), b"/w/".to_vec(), start).expect("watch"),
+                ));
+            }
+            if let Some((_, watcher)) = late.as_mut() {
+                drain(watcher, &mut seen_late, Duration::from_millis(2)).await;
+            }
+        }
+        // Whatever a short wait cut off is still there, in order.
+        let quiet = Duration::from_millis(500);
+        drain(&mut live, &mut seen_live, quiet).await;
+        drain(&mut lagging, &mut seen_lagging, quiet).await;
+        let (start, mut watcher) = late.expect("late watcher");
+        drain(&mut watcher, &mut seen_late, quiet).await;
+        let rows = shared.current().events_since(b"/w/", 1).expect("replay");
+        // 160 puts, the 1.2 MB one, and the deletes of keys that existed.
+        assert!(rows.len() > 190, "{} events", rows.len());
+        assert!(rows.iter().any(|e| e.prev_kv.is_some()));
+        assert_eq!(seen_live, rows, "the watcher that kept up");
+        assert_eq!(seen_lagging, rows, "the watcher that fell behind");
+        let from_start: Vec<Event> = rows
+            .into_iter()
+            .filter(|e| e.kv.mod_revision >= start)
+            .collect();
+        assert_eq!(seen_late, from_start, "the watcher from a past revision");
+        assert_eq!(
+            watcher.position(),
+            shared.current().revision().expect("revision")
+        );
     }
 }

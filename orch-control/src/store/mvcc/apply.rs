@@ -12,8 +12,8 @@ use super::rows::{
 };
 use super::{StoreError, decode, encode};
 use crate::store::types::{
-    Command, Compare, CompareOp, KeyValue, Lease, LeaseId, Op, Outcome, Request, Response,
-    Revision, Txn, oversized,
+    Changes, Command, Compare, CompareOp, Event, EventKind, KeyValue, Lease, LeaseId, Op, Outcome,
+    Request, Response, Revision, Txn, oversized,
 };
 
 /// The tables of one write transaction, and the key index as the batch
@@ -26,6 +26,8 @@ pub(super) struct Tables<'txn, 'index> {
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     requests: Table<'txn, u128, &'static [u8]>,
     index: BatchIndex<'index>,
+    /// The batch's events, for watchers.
+    events: Vec<Event>,
     /// The store's revision as of the last applied request: read once per
     /// batch and written once at its end (`finish`), not per request.
     revision: Revision,
@@ -33,14 +35,14 @@ pub(super) struct Tables<'txn, 'index> {
     compact_revision: Revision,
 }
 
-/// The changes one transaction made so far at its revision.
-struct Changes {
+/// The rows one request has written so far at its revision.
+struct RevisionRows {
     revision: Revision,
     /// The next row's place in the revision.
     sub: u32,
 }
 
-impl Changes {
+impl RevisionRows {
     fn next_row(&mut self) -> RowId {
         let id = RowId {
             revision: self.revision,
@@ -70,6 +72,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
             lease_keys: txn.open_table(LEASE_KEYS)?,
             requests: txn.open_table(REQUESTS)?,
             index,
+            events: Vec::new(),
         })
     }
 
@@ -117,12 +120,20 @@ impl<'txn, 'index> Tables<'txn, 'index> {
     }
 
     /// Stores the revision the batch ended at (once) and hands back the
-    /// batch's index changes, to publish after the commit.
-    pub fn finish(mut self) -> Result<BatchChanges, StoreError> {
+    /// batch's index changes, to publish after the commit, and its events.
+    pub fn finish(mut self) -> Result<(BatchChanges, Changes), StoreError> {
         if self.revision != self.recorded_revision {
             self.meta.insert(REVISION, self.revision)?;
         }
-        Ok(self.index.finish(self.revision, self.compact_revision))
+        let changes = Changes {
+            from: self.recorded_revision + 1,
+            to: self.revision,
+            events: self.events,
+        };
+        Ok((
+            self.index.finish(self.revision, self.compact_revision),
+            changes,
+        ))
     }
 
     fn row(&self, id: RowId) -> Result<KeyValue, StoreError> {
@@ -181,19 +192,19 @@ impl<'txn, 'index> Tables<'txn, 'index> {
             let outcome = Outcome::Rejected { reason };
             return Ok((outcome.clone(), RecordedOutcome::Other(outcome)));
         }
-        let mut changes = Changes { revision, sub: 0 };
+        let mut rows = RevisionRows { revision, sub: 0 };
         let mut prev_kvs = Vec::with_capacity(ops.len());
         let mut prev_rows = Vec::with_capacity(ops.len());
         for op in ops {
             let mut prevs = Vec::new();
             match op {
                 Op::Put { key, value, lease } => {
-                    prevs.extend(self.put(key, value, *lease, &mut changes)?)
+                    prevs.extend(self.put(key, value, *lease, &mut rows)?)
                 }
-                Op::Delete { key } => prevs.extend(self.delete(key, &mut changes)?),
+                Op::Delete { key } => prevs.extend(self.delete(key, &mut rows)?),
                 Op::DeletePrefix { prefix } => {
                     for key in self.index.keys_with_prefix(prefix) {
-                        prevs.extend(self.delete(&key, &mut changes)?);
+                        prevs.extend(self.delete(&key, &mut rows)?);
                     }
                 }
             }
@@ -201,7 +212,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
             prev_rows.push(rows);
             prev_kvs.push(kvs);
         }
-        self.took(&changes);
+        self.took(&rows);
         Ok((
             Outcome::Txn {
                 succeeded,
@@ -215,9 +226,9 @@ impl<'txn, 'index> Tables<'txn, 'index> {
     }
 
     /// A request that changed nothing takes no revision.
-    fn took(&mut self, changes: &Changes) {
-        if changes.sub > 0 {
-            self.revision = changes.revision;
+    fn took(&mut self, rows: &RevisionRows) {
+        if rows.sub > 0 {
+            self.revision = rows.revision;
         }
     }
 
@@ -266,11 +277,11 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         key: &[u8],
         value: &[u8],
         lease: Option<LeaseId>,
-        changes: &mut Changes,
+        rows: &mut RevisionRows,
     ) -> Result<Option<(RowId, KeyValue)>, StoreError> {
         let prev_id = self.index.get(key);
         let prev = prev_id.map(|id| self.row(id)).transpose()?;
-        let id = changes.next_row();
+        let id = rows.next_row();
         let row = Row {
             prev: prev_id,
             deleted: false,
@@ -290,6 +301,11 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         }
         self.revisions.insert(id.key(), encode(&row).as_slice())?;
         self.index.set(key, Some(id));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv: row.key_value(id),
+            prev_kv: prev.clone(),
+        });
         Ok(prev_id.zip(prev))
     }
 
@@ -297,7 +313,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
     fn delete(
         &mut self,
         key: &[u8],
-        changes: &mut Changes,
+        rows: &mut RevisionRows,
     ) -> Result<Option<(RowId, KeyValue)>, StoreError> {
         let Some(prev_id) = self.index.get(key) else {
             return Ok(None);
@@ -306,7 +322,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         if let Some(lease) = prev.lease {
             self.lease_keys.remove((lease, key))?;
         }
-        let id = changes.next_row();
+        let id = rows.next_row();
         let tombstone = Row {
             prev: Some(prev_id),
             deleted: true,
@@ -319,6 +335,11 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         self.revisions
             .insert(id.key(), encode(&tombstone).as_slice())?;
         self.index.set(key, None);
+        self.events.push(Event {
+            kind: EventKind::Delete,
+            kv: tombstone.key_value(id),
+            prev_kv: Some(prev.clone()),
+        });
         Ok(Some((prev_id, prev)))
     }
 
@@ -362,13 +383,13 @@ impl<'txn, 'index> Tables<'txn, 'index> {
             }
             keys.push(key.to_vec());
         }
-        let mut changes = Changes { revision, sub: 0 };
+        let mut rows = RevisionRows { revision, sub: 0 };
         for key in &keys {
-            self.delete(key, &mut changes)?;
+            self.delete(key, &mut rows)?;
         }
-        self.took(&changes);
+        self.took(&rows);
         Ok(Outcome::LeaseRevoked {
-            deleted: u64::from(changes.sub),
+            deleted: u64::from(rows.sub),
         })
     }
 

@@ -25,7 +25,7 @@ use self::rows::{
     COMPACT_REVISION, FORMER_LAYOUT_TABLES, LEASES, META, META_BYTES, RAFT_STATE, REQUESTS,
     REVISION, REVISIONS, Row, RowHead, RowId, read_key_value,
 };
-use super::types::{Event, KeyValue, Lease, RangeResult, Request, Response, Revision};
+use super::types::{Changes, Event, KeyValue, Lease, RangeResult, Request, Response, Revision};
 
 /// Errors of the store's storage. Deterministic refusals of a request are
 /// not errors: they are [`super::types::Outcome::Rejected`].
@@ -218,6 +218,15 @@ impl MvccStore {
         requests: &[Request],
         raft_state: Option<&[u8]>,
     ) -> Result<Vec<Response>, StoreError> {
+        Ok(self.apply_batch(requests, raft_state)?.0)
+    }
+
+    /// [`Self::apply`], also returning the batch's changes for watchers.
+    pub fn apply_batch(
+        &self,
+        requests: &[Request],
+        raft_state: Option<&[u8]>,
+    ) -> Result<(Vec<Response>, Changes), StoreError> {
         let _writer = lock(&self.writer);
         let mut txn = self.db.begin_write()?;
         let durable = self.durable_due();
@@ -239,13 +248,14 @@ impl MvccStore {
             (responses, tables.finish()?)
         };
         txn.commit()?;
+        let (index_changes, changes) = changes;
         // Published only once committed: a reader that finds a row here
         // finds it in every read transaction it begins afterwards.
-        self.index_mut().publish(changes);
+        self.index_mut().publish(index_changes);
         if durable {
             self.mark_durable();
         }
-        Ok(responses)
+        Ok((responses, changes))
     }
 
     fn durable_due(&self) -> bool {

@@ -13,7 +13,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, RaftStorageError, TypeConfig, any_error, blocking};
-use crate::store::types::{Request, Response};
+use crate::store::types::{Changes, Request, Response};
+use crate::store::watch::Announcement;
 use crate::store::{MvccStore, StoreError};
 
 const STATE_FILE: &str = "state.redb";
@@ -28,31 +29,61 @@ struct AppliedState {
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
+/// How many announcements a watcher may fall behind before it reads the
+/// rows instead.
+const ANNOUNCEMENTS_KEPT: usize = 64;
+/// A batch whose changes hold more bytes than this is announced without
+/// them (watchers read the rows): the kept announcements stay within
+/// `ANNOUNCEMENTS_KEPT` MiB.
+const ANNOUNCED_BYTES: usize = 1 << 20;
+
 /// The replica's current store. Replaced whole when a snapshot is
-/// installed; readers take the `Arc` they need. Announces each new revision
-/// to watchers.
+/// installed; readers take the `Arc` they need. Announces each applied
+/// batch's changes to watchers.
 #[derive(Clone)]
 pub struct SharedStore {
     store: Arc<RwLock<Arc<MvccStore>>>,
-    revision: Arc<tokio::sync::watch::Sender<u64>>,
+    announcements: tokio::sync::broadcast::Sender<Announcement>,
 }
 
 impl SharedStore {
-    fn new(store: MvccStore) -> Result<Self, StoreError> {
-        let revision = store.revision()?;
-        Ok(Self {
+    pub(crate) fn new(store: MvccStore) -> Self {
+        Self {
             store: Arc::new(RwLock::new(Arc::new(store))),
-            revision: Arc::new(tokio::sync::watch::Sender::new(revision)),
-        })
+            announcements: tokio::sync::broadcast::Sender::new(ANNOUNCEMENTS_KEPT),
+        }
     }
 
-    /// Revision announcements, for watchers.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.revision.subscribe()
+    /// What is applied from now on, for watchers.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Announcement> {
+        self.announcements.subscribe()
     }
 
-    fn announce(&self, revision: u64) {
-        self.revision.send_replace(revision);
+    pub(crate) fn announce(&self, changes: Changes) {
+        if changes.events.is_empty() {
+            return;
+        }
+        let bytes: usize = changes
+            .events
+            .iter()
+            .map(|event| {
+                event.kv.key.len()
+                    + event.kv.value.len()
+                    + event.prev_kv.as_ref().map_or(0, |prev| prev.value.len())
+            })
+            .sum();
+        let announcement = if bytes > ANNOUNCED_BYTES {
+            Announcement::ReadStore
+        } else {
+            Announcement::Changes(Arc::new(changes))
+        };
+        // No receiver: nobody watches.
+        let _ = self.announcements.send(announcement);
+    }
+
+    /// The store was replaced: watchers read the new one.
+    fn announce_replaced(&self) {
+        let _ = self.announcements.send(Announcement::ReadStore);
     }
 
     pub fn current(&self) -> Arc<MvccStore> {
@@ -100,7 +131,7 @@ impl StateMachine {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
-            store: SharedStore::new(store)?,
+            store: SharedStore::new(store),
             applied,
             snapshots_built: 0,
         })
@@ -219,14 +250,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = postcard::to_stdvec(&applied)
             .map_err(|e| StorageIOError::write_state_machine(any_error(e)))?;
         let store = self.store.current();
-        let responses = blocking(StorageIOError::write_state_machine, move || {
-            store.apply(&requests, Some(&state)).map_err(any_error)
+        let (responses, changes) = blocking(StorageIOError::write_state_machine, move || {
+            store
+                .apply_batch(&requests, Some(&state))
+                .map_err(any_error)
         })
         .await?;
         self.applied = applied;
-        if let Some(last) = responses.last() {
-            self.store.announce(last.revision);
-        }
+        self.store.announce(changes);
         let mut responses = responses.into_iter();
         Ok(counts
             .into_iter()
@@ -289,11 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(restored)
         })
         .await?;
-        let revision = store
-            .revision()
-            .map_err(|e| StorageIOError::read_state_machine(any_error(e)))?;
         self.store.replace(store);
-        self.store.announce(revision);
+        self.store.announce_replaced();
         self.applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),

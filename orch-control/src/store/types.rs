@@ -60,14 +60,15 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
-/// What one applied batch changed: every event of the revisions
-/// `from..=to`, in order. Watchers are sent it as it is applied, so they
-/// need not read it back from the store.
+/// What one applied batch changed: the revisions `from..=to` (none when
+/// `to < from`) and, when they were collected, every event of them in
+/// order. Watchers are sent it as it is applied, so they need not read it
+/// back from the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub from: Revision,
     pub to: Revision,
-    pub events: Vec<Event>,
+    pub events: Option<Vec<Event>>,
 }
 
 /// How a [`Compare`] tests a key's mod revision.

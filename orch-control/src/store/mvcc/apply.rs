@@ -26,8 +26,8 @@ pub(super) struct Tables<'txn, 'index> {
     lease_keys: Table<'txn, (i64, &'static [u8]), ()>,
     requests: Table<'txn, u128, &'static [u8]>,
     index: BatchIndex<'index>,
-    /// The batch's events, for watchers.
-    events: Vec<Event>,
+    /// The batch's events, for watchers, when anyone watches.
+    events: Option<Vec<Event>>,
     /// The store's revision as of the last applied request: read once per
     /// batch and written once at its end (`finish`), not per request.
     revision: Revision,
@@ -57,6 +57,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
     pub fn open(
         txn: &'txn redb::WriteTransaction,
         index: BatchIndex<'index>,
+        collect_events: bool,
     ) -> Result<Self, StoreError> {
         let meta = txn.open_table(META)?;
         let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
@@ -72,7 +73,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
             lease_keys: txn.open_table(LEASE_KEYS)?,
             requests: txn.open_table(REQUESTS)?,
             index,
-            events: Vec::new(),
+            events: collect_events.then(Vec::new),
         })
     }
 
@@ -301,11 +302,13 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         }
         self.revisions.insert(id.key(), encode(&row).as_slice())?;
         self.index.set(key, Some(id));
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv: row.key_value(id),
-            prev_kv: prev.clone(),
-        });
+        if let Some(events) = self.events.as_mut() {
+            events.push(Event {
+                kind: EventKind::Put,
+                kv: row.key_value(id),
+                prev_kv: prev.clone(),
+            });
+        }
         Ok(prev_id.zip(prev))
     }
 
@@ -335,11 +338,13 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         self.revisions
             .insert(id.key(), encode(&tombstone).as_slice())?;
         self.index.set(key, None);
-        self.events.push(Event {
-            kind: EventKind::Delete,
-            kv: tombstone.key_value(id),
-            prev_kv: Some(prev.clone()),
-        });
+        if let Some(events) = self.events.as_mut() {
+            events.push(Event {
+                kind: EventKind::Delete,
+                kv: tombstone.key_value(id),
+                prev_kv: Some(prev.clone()),
+            });
+        }
         Ok(Some((prev_id, prev)))
     }
 

@@ -176,7 +176,7 @@ impl MvccStore {
         txn.set_durability(Durability::Immediate)?;
         {
             let index = KeyIndex::default();
-            Tables::open(&txn, BatchIndex::new(&index))?;
+            Tables::open(&txn, BatchIndex::new(&index), false)?;
         }
         txn.commit()?;
         *store.index_mut() = store.build_index()?;
@@ -218,14 +218,16 @@ impl MvccStore {
         requests: &[Request],
         raft_state: Option<&[u8]>,
     ) -> Result<Vec<Response>, StoreError> {
-        Ok(self.apply_batch(requests, raft_state)?.0)
+        Ok(self.apply_batch(requests, raft_state, false)?.0)
     }
 
-    /// [`Self::apply`], also returning the batch's changes for watchers.
+    /// [`Self::apply`], also returning the batch's changes for watchers,
+    /// with its events if `collect_events`.
     pub fn apply_batch(
         &self,
         requests: &[Request],
         raft_state: Option<&[u8]>,
+        collect_events: bool,
     ) -> Result<(Vec<Response>, Changes), StoreError> {
         let _writer = lock(&self.writer);
         let mut txn = self.db.begin_write()?;
@@ -237,7 +239,7 @@ impl MvccStore {
         })?;
         let (responses, changes) = {
             let published = self.index();
-            let mut tables = Tables::open(&txn, BatchIndex::new(&published))?;
+            let mut tables = Tables::open(&txn, BatchIndex::new(&published), collect_events)?;
             let mut responses = Vec::with_capacity(requests.len());
             for request in requests {
                 responses.push(tables.apply_request(request)?);

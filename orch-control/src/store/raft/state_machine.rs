@@ -13,7 +13,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, RaftStorageError, TypeConfig, any_error, blocking};
-use crate::store::types::{Changes, Request, Response};
+use crate::store::types::{Changes, Event, Request, Response};
 use crate::store::watch::Announcement;
 use crate::store::{MvccStore, StoreError};
 
@@ -37,6 +37,17 @@ const ANNOUNCEMENTS_KEPT: usize = 64;
 /// `ANNOUNCEMENTS_KEPT` MiB.
 const ANNOUNCED_BYTES: usize = 1 << 20;
 
+fn announced_bytes(events: &[Event]) -> usize {
+    events
+        .iter()
+        .map(|event| {
+            event.kv.key.len()
+                + event.kv.value.len()
+                + event.prev_kv.as_ref().map_or(0, |prev| prev.value.len())
+        })
+        .sum()
+}
+
 /// The replica's current store. Replaced whole when a snapshot is
 /// installed; readers take the `Arc` they need. Announces each applied
 /// batch's changes to watchers.
@@ -59,23 +70,23 @@ impl SharedStore {
         self.announcements.subscribe()
     }
 
+    /// Whether anyone watches: the next batch's events are collected only
+    /// then.
+    pub(crate) fn watched(&self) -> bool {
+        self.announcements.receiver_count() > 0
+    }
+
     pub(crate) fn announce(&self, changes: Changes) {
-        if changes.events.is_empty() {
-            return;
+        if changes.to < changes.from {
+            return; // nothing changed
         }
-        let bytes: usize = changes
-            .events
-            .iter()
-            .map(|event| {
-                event.kv.key.len()
-                    + event.kv.value.len()
-                    + event.prev_kv.as_ref().map_or(0, |prev| prev.value.len())
-            })
-            .sum();
-        let announcement = if bytes > ANNOUNCED_BYTES {
-            Announcement::ReadStore
-        } else {
-            Announcement::Changes(Arc::new(changes))
+        let announcement = match changes.events.as_deref() {
+            Some(events) if announced_bytes(events) <= ANNOUNCED_BYTES => {
+                Announcement::Changes(Arc::new(changes))
+            }
+            // Too large to keep, or not collected because nobody watched
+            // when the batch began (a watcher that joined since reads it).
+            _ => Announcement::ReadStore,
         };
         // No receiver: nobody watches.
         let _ = self.announcements.send(announcement);
@@ -250,9 +261,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = postcard::to_stdvec(&applied)
             .map_err(|e| StorageIOError::write_state_machine(any_error(e)))?;
         let store = self.store.current();
+        let watched = self.store.watched();
         let (responses, changes) = blocking(StorageIOError::write_state_machine, move || {
             store
-                .apply_batch(&requests, Some(&state))
+                .apply_batch(&requests, Some(&state), watched)
                 .map_err(any_error)
         })
         .await?;

@@ -595,7 +595,7 @@ proptest! {
     #[test]
     fn state_matches_model_and_history_replays_it(
         steps in prop::collection::vec(step(), 1..40),
-        compact_after in prop::collection::btree_set(0usize..40, 0..4),
+        compactions in prop::collection::btree_map(0usize..40, any::<u64>(), 0..4),
     ) {
         let mut f = Fixture::new();
         let mut model = Model::new();
@@ -638,10 +638,14 @@ proptest! {
             last_revision = response.revision;
             applied.push((request, response));
             let compacted = f.store.compact_revision().expect("compact revision");
-            if compact_after.contains(&i) && last_revision > compacted {
-                prop_assert_eq!(f.apply(Command::Compact { revision: last_revision }).outcome, Outcome::Compacted);
+            if let Some(pick) = compactions.get(&i)
+                && last_revision > compacted
+            {
+                // Anywhere in (compacted, current].
+                let target = compacted + 1 + pick % (last_revision - compacted);
+                prop_assert_eq!(f.apply(Command::Compact { revision: target }).outcome, Outcome::Compacted);
                 // Records of requests before the compaction are forgotten.
-                applied.retain(|(_, response)| response.revision >= last_revision);
+                applied.retain(|(_, response)| response.revision >= target);
             }
         }
         prop_assert_eq!(&stored(&f.store), &model);

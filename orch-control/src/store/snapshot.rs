@@ -199,6 +199,9 @@ impl MvccStore {
             path: source.to_path_buf(),
             reason: reason.to_string(),
         };
+        // The whole file first: a damaged record must never reach the
+        // loading below, whose decoding trusts the record lengths.
+        verify_file(source)?;
         let file = File::open(source).map_err(io)?;
         let total = file.metadata().map_err(io)?.len();
         if total < (MAGIC.len() + 4 + 1 + 32) as u64 {
@@ -215,7 +218,7 @@ impl MvccStore {
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if version != VERSION {
-            return Err(format(&format!("unsupported version {version}")));
+            return Err(unsupported(source, version));
         }
         let building = target.with_extension("restoring");
         let _ = std::fs::remove_file(&building);
@@ -264,6 +267,15 @@ impl MvccStore {
     }
 }
 
+fn unsupported(path: &Path, version: u32) -> SnapshotError {
+    SnapshotError::Format {
+        path: path.to_path_buf(),
+        reason: format!(
+            "format version {version}; this orch reads version {VERSION} (version 1 was written before the store's row layout and cannot be read)"
+        ),
+    }
+}
+
 /// Checks a snapshot file's header and checksum without loading it.
 pub fn verify_file(path: &Path) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io {
@@ -282,13 +294,17 @@ pub fn verify_file(path: &Path) -> Result<(), SnapshotError> {
         inner: BufReader::new(file).take(total - 32),
         hash: Sha256::new(),
     };
-    let mut magic = [0u8; 8];
-    input.read_exact(&mut magic).map_err(io)?;
-    if &magic != MAGIC {
+    let mut header = [0u8; 12];
+    input.read_exact(&mut header).map_err(io)?;
+    if &header[..8] != MAGIC {
         return Err(SnapshotError::Format {
             path: path.to_path_buf(),
             reason: "bad magic".into(),
         });
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version != VERSION {
+        return Err(unsupported(path, version));
     }
     std::io::copy(&mut input, &mut std::io::sink()).map_err(io)?;
     let digest = input.hash.finalize();

@@ -64,7 +64,7 @@ pub struct Event {
 /// `to < from`) and, when they were collected, every event of them in
 /// order. Watchers are sent it as it is applied, so they need not read it
 /// back from the store.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Changes {
     pub from: Revision,
     pub to: Revision,

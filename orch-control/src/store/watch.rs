@@ -7,7 +7,8 @@
 //! synced watchers), so a watcher that keeps up never reads the store. A
 //! watcher reads the rows instead when it starts from a past revision, when
 //! it fell too far behind the announcements, when a batch was too large to
-//! announce, and when the store was replaced by a snapshot. It subscribes
+//! announce or was applied while nobody watched (its events not collected),
+//! and when the store was replaced by a snapshot. It subscribes
 //! before its first read, and every read ends at a batch boundary, so
 //! announcements up to the read are skipped and the next one starts where
 //! the read ended.
@@ -87,10 +88,12 @@ impl Watcher {
                         self.read_store = true; // a gap: never expected
                         continue;
                     }
-                    let events: Vec<Event> = changes
-                        .events
+                    let Some(events) = changes.events.as_ref() else {
+                        self.read_store = true; // announced without them
+                        continue;
+                    };
+                    let events: Vec<Event> = events
                         .iter()
-                        .flatten()
                         .filter(|event| {
                             event.kv.mod_revision >= self.next
                                 && event.kv.key.starts_with(&self.prefix)

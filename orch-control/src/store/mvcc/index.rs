@@ -2,7 +2,7 @@
 //! It is derived data: rebuilt from the rows when the store opens, and
 //! changed only by the apply path, once its batch is committed, so a reader
 //! that looks rows up here finds them in any redb read begun afterwards
-//! (unless a compaction removed them in between: see `MvccStore::range`).
+//! (unless a compaction removed them in between: see `MvccStore::read_page`).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -38,7 +38,7 @@ pub enum StoreError {
         source: redb::DatabaseError,
     },
     #[error(
-        "{}: written by an earlier orch, whose store layout this one does not read (tables {:?}); rebuild the replica from a member of its cluster, or start a new cluster",
+        "{}: written by an earlier orch, whose store layout this one does not read (tables {:?}); there is no upgrade in place: start a new cluster with this version and apply the manifests again",
         path.display(),
         FORMER_LAYOUT_TABLES
     )]
@@ -469,5 +469,93 @@ impl MvccStore {
             all.push(decode_owned("lease", value.value())?);
         }
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use super::MvccStore;
+    use super::rows::{REQUESTS, REVISIONS};
+    use crate::store::types::{Command, Op, Request, RequestId, Txn};
+
+    /// (rows, request records) the store holds.
+    fn counts(store: &MvccStore) -> (u64, u64) {
+        let txn = store.db.begin_read().expect("read");
+        let rows = txn.open_table(REVISIONS).expect("rows");
+        let requests = txn.open_table(REQUESTS).expect("requests");
+        (rows.len().expect("rows"), requests.len().expect("requests"))
+    }
+
+    struct Requests(u128);
+
+    impl Requests {
+        fn command(&mut self, command: Command) -> Request {
+            self.0 += 1;
+            Request {
+                id: RequestId(self.0),
+                command,
+            }
+        }
+
+        fn txn(&mut self, op: Op) -> Request {
+            self.command(Command::Txn(Txn {
+                success: vec![op],
+                ..Txn::default()
+            }))
+        }
+    }
+
+    fn put(k: u8, value: u8) -> Op {
+        Op::Put {
+            key: format!("/k/{k}").into_bytes(),
+            value: vec![value],
+            lease: None,
+        }
+    }
+
+    /// Compaction to C forgets every row replaced before C and every
+    /// tombstone before C, and the records of requests applied before C;
+    /// it keeps the live keys' rows and the rows changes at or after C
+    /// replaced.
+    #[test]
+    fn compaction_forgets_replaced_rows_tombstones_and_old_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = MvccStore::open(&dir.path().join("state.redb")).expect("open");
+        let mut ids = Requests(0);
+        let mut batch = Vec::new();
+        for round in 0..3 {
+            for k in 0..10 {
+                batch.push(ids.txn(put(k, round)));
+            }
+        }
+        for k in 0..4 {
+            batch.push(ids.txn(Op::Delete {
+                key: format!("/k/{k}").into_bytes(),
+            }));
+        }
+        store.apply(&batch, None).expect("apply");
+        assert_eq!(counts(&store), (34, 34));
+
+        // To 34, the delete of /k/3: its tombstone and the row it replaced
+        // stay, with the six live keys' rows; of the records, the delete's
+        // and the compaction's own (both at 34).
+        let compact = ids.command(Command::Compact { revision: 34 });
+        store.apply(&[compact], None).expect("compact");
+        assert_eq!(counts(&store), (6 + 2, 2));
+
+        // To 35, a put to /k/9: the tombstone and its row go; /k/9's
+        // replaced row stays as that put's previous value.
+        store.apply(&[ids.txn(put(9, 9))], None).expect("put");
+        let compact = ids.command(Command::Compact { revision: 35 });
+        store.apply(&[compact], None).expect("compact");
+        assert_eq!(counts(&store), (6 + 1, 2));
+        let events = store.events_since(b"/k/", 35).expect("replay");
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].prev_kv.as_ref().map(|kv| kv.value.clone()),
+            Some(vec![2])
+        );
     }
 }

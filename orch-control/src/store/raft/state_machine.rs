@@ -32,9 +32,9 @@ struct AppliedState {
 /// How many announcements a watcher may fall behind before it reads the
 /// rows instead.
 const ANNOUNCEMENTS_KEPT: usize = 64;
-/// A batch whose changes hold more bytes than this is announced without
-/// them (watchers read the rows): the kept announcements stay within
-/// `ANNOUNCEMENTS_KEPT` MiB.
+/// A batch whose keys and values hold more bytes than this is announced
+/// without them (watchers read the rows), so the kept announcements hold
+/// about `ANNOUNCEMENTS_KEPT` MiB at most.
 const ANNOUNCED_BYTES: usize = 1 << 20;
 
 fn announced_bytes(events: &[Event]) -> usize {
@@ -43,7 +43,10 @@ fn announced_bytes(events: &[Event]) -> usize {
         .map(|event| {
             event.kv.key.len()
                 + event.kv.value.len()
-                + event.prev_kv.as_ref().map_or(0, |prev| prev.value.len())
+                + event
+                    .prev_kv
+                    .as_ref()
+                    .map_or(0, |prev| prev.key.len() + prev.value.len())
         })
         .sum()
 }

@@ -202,24 +202,7 @@ impl MvccStore {
         // The whole file first: a damaged record must never reach the
         // loading below, whose decoding trusts the record lengths.
         verify_file(source)?;
-        let file = File::open(source).map_err(io)?;
-        let total = file.metadata().map_err(io)?.len();
-        if total < (MAGIC.len() + 4 + 1 + 32) as u64 {
-            return Err(format("too short"));
-        }
-        let mut input = HashingReader {
-            inner: BufReader::new(file).take(total - 32),
-            hash: Sha256::new(),
-        };
-        let mut header = [0u8; 12];
-        input.read_exact(&mut header).map_err(io)?;
-        if &header[..8] != MAGIC {
-            return Err(format("bad magic"));
-        }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if version != VERSION {
-            return Err(unsupported(source, version));
-        }
+        let SnapshotRecords { mut input, total } = SnapshotRecords::open(source)?;
         let building = target.with_extension("restoring");
         let _ = std::fs::remove_file(&building);
         let result = (|| {
@@ -242,15 +225,8 @@ impl MvccStore {
                     return Err(format(&format!("unknown table tag {}", tag[0])));
                 }
             }
-            let digest = input.hash.finalize_reset();
-            let mut expected = [0u8; 32];
-            let mut file = input.inner.into_inner();
-            file.read_exact(&mut expected).map_err(io)?;
-            if digest.as_slice() != expected {
-                return Err(SnapshotError::Checksum {
-                    path: source.to_path_buf(),
-                });
-            }
+            // Again: the file may have changed since it was verified.
+            check_digest(input, source)?;
             txn.commit().map_err(StoreError::from)?;
             drop(db);
             Ok(())
@@ -278,42 +254,70 @@ fn unsupported(path: &Path, version: u32) -> SnapshotError {
 
 /// Checks a snapshot file's header and checksum without loading it.
 pub fn verify_file(path: &Path) -> Result<(), SnapshotError> {
-    let io = |source| SnapshotError::Io {
+    let SnapshotRecords { mut input, .. } = SnapshotRecords::open(path)?;
+    std::io::copy(&mut input, &mut std::io::sink()).map_err(|source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let total = file.metadata().map_err(io)?.len();
-    if total < (MAGIC.len() + 4 + 1 + 32) as u64 {
-        return Err(SnapshotError::Format {
+    })?;
+    check_digest(input, path)
+}
+
+/// A snapshot file past its checked header: the records, read through a
+/// hash, up to the trailing SHA-256.
+struct SnapshotRecords {
+    input: HashingReader<std::io::Take<BufReader<File>>>,
+    /// The file's length.
+    total: u64,
+}
+
+impl SnapshotRecords {
+    fn open(path: &Path) -> Result<Self, SnapshotError> {
+        let io = |source| SnapshotError::Io {
             path: path.to_path_buf(),
-            reason: "too short".into(),
-        });
-    }
-    let mut input = HashingReader {
-        inner: BufReader::new(file).take(total - 32),
-        hash: Sha256::new(),
-    };
-    let mut header = [0u8; 12];
-    input.read_exact(&mut header).map_err(io)?;
-    if &header[..8] != MAGIC {
-        return Err(SnapshotError::Format {
+            source,
+        };
+        let format = |reason: &str| SnapshotError::Format {
             path: path.to_path_buf(),
-            reason: "bad magic".into(),
-        });
+            reason: reason.to_string(),
+        };
+        let file = File::open(path).map_err(io)?;
+        let total = file.metadata().map_err(io)?.len();
+        if total < (MAGIC.len() + 4 + 1 + 32) as u64 {
+            return Err(format("too short"));
+        }
+        let mut input = HashingReader {
+            inner: BufReader::new(file).take(total - 32),
+            hash: Sha256::new(),
+        };
+        let mut header = [0u8; 12];
+        input.read_exact(&mut header).map_err(io)?;
+        if &header[..8] != MAGIC {
+            return Err(format("bad magic"));
+        }
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        if version != VERSION {
+            return Err(unsupported(path, version));
+        }
+        Ok(Self { input, total })
     }
-    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if version != VERSION {
-        return Err(unsupported(path, version));
-    }
-    std::io::copy(&mut input, &mut std::io::sink()).map_err(io)?;
+}
+
+/// Compares the hash of everything read from `input` (all of the records)
+/// with the file's trailing SHA-256.
+fn check_digest(
+    input: HashingReader<std::io::Take<BufReader<File>>>,
+    path: &Path,
+) -> Result<(), SnapshotError> {
     let digest = input.hash.finalize();
     let mut expected = [0u8; 32];
     input
         .inner
         .into_inner()
         .read_exact(&mut expected)
-        .map_err(io)?;
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if digest.as_slice() != expected {
         return Err(SnapshotError::Checksum {
             path: path.to_path_buf(),

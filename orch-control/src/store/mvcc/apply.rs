@@ -8,7 +8,7 @@ use redb::{ReadableTable, Table};
 use super::index::{BatchChanges, BatchIndex};
 use super::rows::{
     COMPACT_REVISION, LEASE_KEYS, LEASES, META, META_BYTES, REQUESTS, REVISION, REVISIONS,
-    Recorded, RecordedOutcome, Row, RowHead, RowId, read_key_value, recorded_revision,
+    Recorded, RecordedOutcome, Row, RowHead, RowId, named_key_value, read_meta, recorded_revision,
 };
 use super::{StoreError, decode, encode};
 use crate::store::types::{
@@ -60,8 +60,8 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         collect_events: bool,
     ) -> Result<Self, StoreError> {
         let meta = txn.open_table(META)?;
-        let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
-        let compact_revision = meta.get(COMPACT_REVISION)?.map(|v| v.value()).unwrap_or(0);
+        let revision = read_meta(&meta, REVISION)?;
+        let compact_revision = read_meta(&meta, COMPACT_REVISION)?;
         Ok(Self {
             revision,
             recorded_revision: revision,
@@ -138,10 +138,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
     }
 
     fn row(&self, id: RowId) -> Result<KeyValue, StoreError> {
-        read_key_value(&self.revisions, id)?.ok_or(StoreError::MissingRow {
-            revision: id.revision,
-            sub: id.sub,
-        })
+        named_key_value(&self.revisions, id)
     }
 
     fn apply_command(&mut self, command: &Command) -> Result<(Response, Recorded), StoreError> {
@@ -149,17 +146,10 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         let (outcome, recorded) = match command {
             Command::Txn(txn) => self.apply_txn(txn, current + 1)?,
             Command::LeaseGrant { id, ttl_seconds } => {
-                let outcome = self.lease_grant(*id, *ttl_seconds, current)?;
-                (outcome.clone(), RecordedOutcome::Other(outcome))
+                without_values(self.lease_grant(*id, *ttl_seconds, current)?)
             }
-            Command::LeaseRevoke { id } => {
-                let outcome = self.lease_revoke(*id, current + 1)?;
-                (outcome.clone(), RecordedOutcome::Other(outcome))
-            }
-            Command::Compact { revision } => {
-                let outcome = self.compact(*revision, current)?;
-                (outcome.clone(), RecordedOutcome::Other(outcome))
-            }
+            Command::LeaseRevoke { id } => without_values(self.lease_revoke(*id, current + 1)?),
+            Command::Compact { revision } => without_values(self.compact(*revision, current)?),
         };
         let response = Response {
             revision: self.revision,
@@ -190,8 +180,7 @@ impl<'txn, 'index> Tables<'txn, 'index> {
             &txn.failure
         };
         if let Some(reason) = self.refuse(ops)? {
-            let outcome = Outcome::Rejected { reason };
-            return Ok((outcome.clone(), RecordedOutcome::Other(outcome)));
+            return Ok(without_values(Outcome::Rejected { reason }));
         }
         let mut rows = RevisionRows { revision, sub: 0 };
         let mut prev_kvs = Vec::with_capacity(ops.len());
@@ -418,6 +407,11 @@ impl<'txn, 'index> Tables<'txn, 'index> {
         self.compact_revision = revision;
         Ok(Outcome::Compacted)
     }
+}
+
+/// An outcome that names no row, and its record.
+fn without_values(outcome: Outcome) -> (Outcome, RecordedOutcome) {
+    (outcome.clone(), RecordedOutcome::Other(outcome))
 }
 
 /// Forgets the rows no watch from `to` on can need, given that the rows

@@ -16,14 +16,13 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use self::apply::Tables;
 use self::index::{BatchIndex, KeyIndex};
 use self::rows::{
     COMPACT_REVISION, FORMER_LAYOUT_TABLES, LEASES, META, META_BYTES, RAFT_STATE, REQUESTS,
-    REVISION, REVISIONS, Row, RowHead, RowId, read_key_value,
+    REVISION, REVISIONS, Row, RowHead, RowId, named_key_value, read_key_value, read_meta,
 };
 use super::types::{Changes, Event, KeyValue, Lease, RangeResult, Request, Response, Revision};
 
@@ -95,10 +94,6 @@ fn decode<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],
 ) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
-}
-
-fn decode_owned<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    decode(what, bytes)
 }
 
 /// How long applied batches may stay in memory-only (non-durable) redb
@@ -188,8 +183,8 @@ impl MvccStore {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let mut index = KeyIndex::default();
-        index.revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
-        index.compact_revision = meta.get(COMPACT_REVISION)?.map(|v| v.value()).unwrap_or(0);
+        index.revision = read_meta(&meta, REVISION)?;
+        index.compact_revision = read_meta(&meta, COMPACT_REVISION)?;
         for entry in txn.open_table(REVISIONS)?.iter()? {
             let (id, bytes) = entry?;
             let head = RowHead::decode(bytes.value())?;
@@ -392,8 +387,8 @@ impl MvccStore {
     ) -> Result<(Vec<Event>, Revision), StoreError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let compacted = meta.get(COMPACT_REVISION)?.map(|v| v.value()).unwrap_or(0);
-        let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
+        let compacted = read_meta(&meta, COMPACT_REVISION)?;
+        let revision = read_meta(&meta, REVISION)?;
         if start < compacted {
             return Err(StoreError::Compacted {
                 requested: start,
@@ -411,12 +406,7 @@ impl MvccStore {
             let id = RowId::from_key(id.value());
             let row = Row::decode(bytes.value())?;
             let prev_kv = match row.prev {
-                Some(prev) => {
-                    Some(read_key_value(&table, prev)?.ok_or(StoreError::MissingRow {
-                        revision: prev.revision,
-                        sub: prev.sub,
-                    })?)
-                }
+                Some(prev) => Some(named_key_value(&table, prev)?),
                 None => None,
             };
             events.push(Event {
@@ -441,8 +431,8 @@ impl MvccStore {
         txn.set_durability(Durability::Immediate)?;
         let bumped = {
             let mut meta = txn.open_table(META)?;
-            let current = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
-            let compacted = meta.get(COMPACT_REVISION)?.map(|v| v.value()).unwrap_or(0);
+            let current = read_meta(&meta, REVISION)?;
+            let compacted = read_meta(&meta, COMPACT_REVISION)?;
             let bumped = current.saturating_add(by);
             meta.insert(REVISION, bumped)?;
             meta.insert(COMPACT_REVISION, bumped)?;
@@ -466,7 +456,7 @@ impl MvccStore {
         let mut all = Vec::new();
         for entry in leases.iter()? {
             let (_, value) = entry?;
-            all.push(decode_owned("lease", value.value())?);
+            all.push(decode("lease", value.value())?);
         }
         Ok(all)
     }

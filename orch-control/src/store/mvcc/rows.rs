@@ -114,6 +114,26 @@ impl<'a> RowHead<'a> {
     }
 }
 
+/// A revision counter of the `META` table; 0 until first stored.
+pub(crate) fn read_meta(
+    meta: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, StoreError> {
+    Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// The key as the row `id` left it, which must exist: a key's current row
+/// or a row a kept change or request record names.
+pub(crate) fn named_key_value(
+    table: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    id: RowId,
+) -> Result<KeyValue, StoreError> {
+    read_key_value(table, id)?.ok_or(StoreError::MissingRow {
+        revision: id.revision,
+        sub: id.sub,
+    })
+}
+
 /// The key as the row `id` left it; `None` when the row is gone (compacted
 /// since its id was looked up).
 pub(crate) fn read_key_value(

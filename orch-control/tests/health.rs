@@ -85,12 +85,20 @@ async fn health_readiness_and_metrics() {
         .iter()
         .position(|r| r.id != leader)
         .expect("a follower");
+    // Every replica creates the system namespaces itself (retrying until
+    // they exist): the follower must be ready first, or its 503 below could
+    // be for the namespaces, not for the lost majority.
+    let health = replicas[survivor].health_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::http_get(&health, "/readyz").0 != "HTTP/1.1 200 OK" {
+        assert!(Instant::now() < deadline, "the follower never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (index, replica) in replicas.iter_mut().enumerate() {
         if index != survivor {
             replica.kill();
         }
     }
-    let health = replicas[survivor].health_addr.clone();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, body) = common::http_get(&health, "/readyz");

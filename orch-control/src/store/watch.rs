@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 
 use super::raft::state_machine::SharedStore;
 use super::types::{Changes, Event, Revision};
@@ -30,6 +31,9 @@ pub enum Announcement {
     ReadStore,
 }
 
+/// A read of the rows: the events and the revision the read saw.
+type RowsRead = JoinHandle<Result<(Vec<Event>, Revision), StoreError>>;
+
 pub struct Watcher {
     store: SharedStore,
     announcements: broadcast::Receiver<Announcement>,
@@ -38,6 +42,10 @@ pub struct Watcher {
     next: Revision,
     /// The next batch comes from the store's rows, not the announcements.
     read_store: bool,
+    /// A read of the rows under way. Kept when `next_batch` is cancelled
+    /// (a bookmark timeout), so a replay slower than the timeout finishes
+    /// on a later call instead of starting over at every one.
+    reading: Option<RowsRead>,
 }
 
 impl Watcher {
@@ -56,6 +64,7 @@ impl Watcher {
             prefix,
             next,
             read_store,
+            reading: None,
         })
     }
 
@@ -108,7 +117,8 @@ impl Watcher {
                 Ok(Announcement::ReadStore) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.read_store = true;
                 }
-                // The store is gone (replica shutting down).
+                // No sender left. The watcher holds one through its store
+                // handle, so this is defensive: streams end with the process.
                 Err(broadcast::error::RecvError::Closed) => return Ok(Vec::new()),
             }
         }
@@ -117,16 +127,18 @@ impl Watcher {
     /// The events from `next` on, read from the rows; `next` moves past
     /// the revision the read saw.
     async fn read_rows(&mut self) -> Result<Vec<Event>, StoreError> {
-        let store: Arc<MvccStore> = self.store.current();
-        let prefix = self.prefix.clone();
-        let start = self.next;
-        let (events, revision) =
+        let reading = self.reading.get_or_insert_with(|| {
+            let store: Arc<MvccStore> = self.store.current();
+            let prefix = self.prefix.clone();
+            let start = self.next;
             tokio::task::spawn_blocking(move || store.read_events(&prefix, start))
-                .await
-                .map_err(|e| StoreError::Io {
-                    path: "watch".into(),
-                    source: std::io::Error::other(e),
-                })??;
+        });
+        let read = reading.await;
+        self.reading = None;
+        let (events, revision) = read.map_err(|e| StoreError::Io {
+            path: "watch".into(),
+            source: std::io::Error::other(e),
+        })??;
         self.next = self.next.max(revision + 1);
         Ok(events)
     }
@@ -257,5 +269,47 @@ mod tests {
             watcher.position(),
             shared.current().revision().expect("revision")
         );
+    }
+
+    /// A replay slower than the caller's timeout (the API's bookmark
+    /// interval) still arrives: the read under way is kept across
+    /// cancelled calls instead of starting over at each.
+    #[tokio::test]
+    async fn a_replay_cancelled_again_and_again_still_arrives() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = MvccStore::open(&dir.path().join("state.redb")).expect("open");
+        let shared = SharedStore::new(store);
+        let mut id = 0;
+        let mut read_takes = Duration::ZERO;
+        // Rows until one replay takes many timer ticks (1 ms each).
+        while read_takes < Duration::from_millis(30) {
+            assert!(id < 2_000_000, "replays stay under 30 ms; cannot test");
+            let batch: Vec<Request> = (0..1_000)
+                .map(|_| {
+                    id += 1;
+                    txn(id, vec![put(&format!("/w/{}", id % 5_000), vec![3; 512])])
+                })
+                .collect();
+            apply(&shared, &batch, false);
+            let started = std::time::Instant::now();
+            shared.current().events_since(b"/w/", 1).expect("replay");
+            read_takes = started.elapsed();
+        }
+        let rows = shared.current().events_since(b"/w/", 1).expect("replay");
+        let mut watcher = Watcher::new(shared.clone(), b"/w/".to_vec(), 1).expect("watch");
+        let deadline = std::time::Instant::now() + read_takes * 20 + Duration::from_secs(5);
+        let mut cancelled = 0;
+        let events = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no replay after {cancelled} cancelled calls: each started the read over"
+            );
+            match tokio::time::timeout(Duration::from_millis(1), watcher.next_batch()).await {
+                Ok(events) => break events.expect("watch"),
+                Err(_) => cancelled += 1,
+            }
+        };
+        assert!(cancelled > 0, "the replay was never cancelled");
+        assert_eq!(events, rows);
     }
 }

@@ -146,6 +146,7 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::Watcher;
@@ -311,5 +312,118 @@ mod tests {
         };
         assert!(cancelled > 0, "the replay was never cancelled");
         assert_eq!(events, rows);
+    }
+
+    /// Collects what `watcher` delivers until it has passed `last` (known
+    /// once the writer is done), `pause` between batches.
+    async fn collect_until(
+        mut watcher: Watcher,
+        last: Arc<std::sync::atomic::AtomicU64>,
+        pause: Duration,
+    ) -> Vec<Event> {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let done = last.load(Ordering::Acquire);
+            if done > 0 && watcher.position() >= done {
+                return seen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watcher stuck at {} (last {done})",
+                watcher.position()
+            );
+            if let Ok(batch) =
+                tokio::time::timeout(pause.max(Duration::from_millis(20)), watcher.next_batch())
+                    .await
+            {
+                seen.extend(batch.expect("watch"));
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// The same as above with the races the design reasons about: batches
+    /// applied on another thread while watchers on a multi-threaded
+    /// runtime keep up, dawdle until they lag, start in the past or from
+    /// now midway. Each sees exactly the rows' replay from its start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_racing_the_applier_see_the_replay() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = MvccStore::open(&dir.path().join("state.redb")).expect("open");
+        let shared = SharedStore::new(store);
+        let last = Arc::new(AtomicU64::new(0));
+        let prefix = b"/w/".to_vec();
+        let live = Watcher::new(shared.clone(), prefix.clone(), 0).expect("watch");
+        let live = tokio::spawn(collect_until(live, last.clone(), Duration::ZERO));
+        let slow = Watcher::new(shared.clone(), prefix.clone(), 0).expect("watch");
+        let slow = tokio::spawn(collect_until(
+            slow,
+            last.clone(),
+            Duration::from_millis(150),
+        ));
+        let writer = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                for round in 0..600u32 {
+                    let id = u128::from(round) * 4;
+                    let key = format!("/w/{}", round % 11);
+                    let mut batch = vec![txn(id, vec![put(&key, round.to_le_bytes().to_vec())])];
+                    if round % 3 == 0 {
+                        batch.push(txn(
+                            id + 1,
+                            vec![Op::Delete {
+                                key: format!("/w/{}", round % 7).into_bytes(),
+                            }],
+                        ));
+                    }
+                    if round % 200 == 100 {
+                        batch.push(txn(id + 2, vec![put("/w/big", vec![5; 1_100_000])]));
+                    }
+                    apply(&shared, &batch, round % 50 != 25);
+                    if round % 40 == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        };
+        // Midway: one from a past revision, one from now.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let now = shared.current().revision().expect("revision");
+        let past = now.saturating_sub(40).max(1);
+        let late = Watcher::new(shared.clone(), prefix.clone(), past).expect("watch");
+        let late = tokio::spawn(collect_until(late, last.clone(), Duration::ZERO));
+        let fresh = Watcher::new(shared.clone(), prefix.clone(), 0).expect("watch");
+        let fresh_after = fresh.position();
+        let fresh = tokio::spawn(collect_until(fresh, last.clone(), Duration::ZERO));
+        tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+            .await
+            .expect("join");
+        last.store(
+            shared.current().revision().expect("revision"),
+            Ordering::Release,
+        );
+        let rows = shared.current().events_since(&prefix, 1).expect("replay");
+        assert!(rows.len() > 800, "{} events", rows.len());
+        let from = |start: u64| -> Vec<Event> {
+            rows.iter()
+                .filter(|e| e.kv.mod_revision >= start)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(live.await.expect("live"), rows, "the watcher that kept up");
+        assert_eq!(slow.await.expect("slow"), rows, "the watcher that lagged");
+        assert_eq!(
+            late.await.expect("late"),
+            from(past),
+            "the watcher from the past"
+        );
+        assert_eq!(
+            fresh.await.expect("fresh"),
+            from(fresh_after + 1),
+            "the watcher from now"
+        );
     }
 }

@@ -3,11 +3,13 @@
 //! once it is fsync'd, which is what makes an acknowledged write survive.
 //!
 //! Writes go through one writer thread that commits whatever has queued
-//! up in one transaction (group commit): openraft's core hands over an
-//! append and goes on at once (storage v2's `LogFlushed` callback fires
-//! after the fsync), so the core never waits on the disk and appends that
-//! arrive during an fsync share the next one. Appended entries are
-//! readable at once, from memory until their commit lands.
+//! up in one transaction (group commit), and storage v2's `LogFlushed`
+//! callback fires after the fsync. openraft 0.9's core still awaits that
+//! callback before its next command (`RaftCore::append_to_log`), so the
+//! leader starts replicating an entry only once its own fsync is done:
+//! the two fsyncs of a commit run one after the other, not side by side
+//! as in etcd (openraft 0.10 makes log IO non-blocking). Appended entries
+//! are readable at once, from memory until their commit lands.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -282,7 +282,9 @@ mod tests {
         let shared = SharedStore::new(store);
         let mut id = 0;
         let mut read_takes = Duration::ZERO;
-        // Rows until one replay takes many timer ticks (1 ms each).
+        // Rows until a replay takes many timer ticks (1 ms each): the
+        // fastest of three reads, so one preempted read does not stop the
+        // growth early.
         while read_takes < Duration::from_millis(30) {
             assert!(id < 2_000_000, "replays stay under 30 ms; cannot test");
             let batch: Vec<Request> = (0..1_000)
@@ -292,23 +294,32 @@ mod tests {
                 })
                 .collect();
             apply(&shared, &batch, false);
-            let started = std::time::Instant::now();
-            shared.current().events_since(b"/w/", 1).expect("replay");
-            read_takes = started.elapsed();
+            read_takes = (0..3)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    shared.current().events_since(b"/w/", 1).expect("replay");
+                    started.elapsed()
+                })
+                .min()
+                .unwrap_or_default();
         }
         let rows = shared.current().events_since(b"/w/", 1).expect("replay");
         let mut watcher = Watcher::new(shared.clone(), b"/w/".to_vec(), 1).expect("watch");
-        let deadline = std::time::Instant::now() + read_takes * 20 + Duration::from_secs(5);
+        // Each call is cut off after 1 ms; calls are a quarter of a read
+        // apart, so a watcher that starts its read over at every call
+        // keeps a handful of reads going, not hundreds.
+        let deadline = std::time::Instant::now() + read_takes * 20 + Duration::from_secs(2);
         let mut cancelled = 0;
         let events = loop {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no replay after {cancelled} cancelled calls: each started the read over"
+                "no replay after {cancelled} cancelled calls (a read takes {read_takes:?})"
             );
             match tokio::time::timeout(Duration::from_millis(1), watcher.next_batch()).await {
                 Ok(events) => break events.expect("watch"),
                 Err(_) => cancelled += 1,
             }
+            tokio::time::sleep(read_takes / 4).await;
         };
         assert!(cancelled > 0, "the replay was never cancelled");
         assert_eq!(events, rows);
@@ -364,10 +375,18 @@ mod tests {
             last.clone(),
             Duration::from_millis(150),
         ));
+        // The writer stops at round 300 until the midway watchers exist, so
+        // they start while batches are still coming.
+        let (midway, reached) = std::sync::mpsc::channel::<()>();
+        let (go, resume) = std::sync::mpsc::channel::<()>();
         let writer = {
             let shared = shared.clone();
             std::thread::spawn(move || {
                 for round in 0..600u32 {
+                    if round == 300 {
+                        midway.send(()).expect("test waits");
+                        resume.recv().expect("test resumes");
+                    }
                     let id = u128::from(round) * 4;
                     let key = format!("/w/{}", round % 11);
                     let mut batch = vec![txn(id, vec![put(&key, round.to_le_bytes().to_vec())])];
@@ -390,7 +409,9 @@ mod tests {
             })
         };
         // Midway: one from a past revision, one from now.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::task::spawn_blocking(move || reached.recv().expect("writer midway"))
+            .await
+            .expect("join");
         let now = shared.current().revision().expect("revision");
         let past = now.saturating_sub(40).max(1);
         let late = Watcher::new(shared.clone(), prefix.clone(), past).expect("watch");
@@ -398,6 +419,7 @@ mod tests {
         let fresh = Watcher::new(shared.clone(), prefix.clone(), 0).expect("watch");
         let fresh_after = fresh.position();
         let fresh = tokio::spawn(collect_until(fresh, last.clone(), Duration::ZERO));
+        go.send(()).expect("writer waits");
         tokio::task::spawn_blocking(move || writer.join().expect("writer"))
             .await
             .expect("join");
@@ -406,7 +428,12 @@ mod tests {
             Ordering::Release,
         );
         let rows = shared.current().events_since(&prefix, 1).expect("replay");
+        // 600 puts, 3 big ones, and the deletes that found their key.
         assert!(rows.len() > 800, "{} events", rows.len());
+        assert!(
+            past > 1 && past < fresh_after,
+            "midway: {past}, {fresh_after}"
+        );
         let from = |start: u64| -> Vec<Event> {
             rows.iter()
                 .filter(|e| e.kv.mod_revision >= start)

@@ -3,13 +3,16 @@
 //! once it is fsync'd, which is what makes an acknowledged write survive.
 //!
 //! Writes go through one writer thread that commits whatever has queued
-//! up in one transaction (group commit), and storage v2's `LogFlushed`
-//! callback fires after the fsync. openraft 0.9's core still awaits that
-//! callback before its next command (`RaftCore::append_to_log`), so the
-//! leader starts replicating an entry only once its own fsync is done:
-//! the two fsyncs of a commit run one after the other, not side by side
-//! as in etcd (openraft 0.10 makes log IO non-blocking). Appended entries
-//! are readable at once, from memory until their commit lands.
+//! up in one transaction, and storage v2's `LogFlushed` callback fires
+//! after the fsync. openraft 0.9's core awaits that callback before its
+//! next command (`RaftCore::append_to_log`), so at most one append is
+//! queued at a time (with the committed marker or a purge beside it):
+//! concurrent client writes share an fsync because the node's batcher
+//! puts them in one entry, not here. It also means the leader starts
+//! replicating an entry only once its own fsync is done, not side by side
+//! with the followers' as in etcd (openraft 0.10, still alpha, makes log IO
+//! non-blocking). Appended entries are readable at once, from memory until
+//! their commit lands.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -198,8 +198,8 @@ impl<'txn, 'index> Tables<'txn, 'index> {
                     }
                 }
             }
-            let (rows, kvs) = prevs.into_iter().unzip();
-            prev_rows.push(rows);
+            let (ids, kvs) = prevs.into_iter().unzip();
+            prev_rows.push(ids);
             prev_kvs.push(kvs);
         }
         self.took(&rows);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, Config};
 use orch_control::store::identity::{ClusterId, Identity};
 use orch_control::store::raft::NodeId;
+use orch_control::store::raft::log_store::RECENT_ENTRIES;
 use orch_control::store::raft::node::{NodeOptions, RaftNode, WriteError};
 use orch_control::store::raft::transport::TransportService;
 use orch_control::store::types::{Command, Op, Outcome, Request, RequestId, Txn};
@@ -314,6 +315,55 @@ async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot()
         "the newcomer was not caught up by a snapshot"
     );
 
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// A learner added once the log is longer than the leader keeps in memory
+/// is sent the log itself (no snapshot yet): its start from redb, its end
+/// from memory, in one run without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_member_is_sent_the_log_from_disk_and_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(Replica::start(id, dir.path()).await);
+    }
+    let members: BTreeMap<NodeId, BasicNode> =
+        replicas.iter().map(|r| (r.node.id, r.member())).collect();
+    replicas[0]
+        .node
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+    let all: Vec<&Replica> = replicas.iter().collect();
+    // One entry per write; fewer than the 200 that trigger a snapshot.
+    let writes = 2 * RECENT_ENTRIES as u128 + 20;
+    for i in 0..writes {
+        write(&all, put(i, format!("/registry/log/{i}"), format!("v{i}"))).await;
+    }
+    let newcomer = Replica::start(4, dir.path()).await;
+    let leader = leader_of(&all).await;
+    replicas
+        .iter()
+        .find(|r| r.node.id == leader)
+        .expect("leader")
+        .node
+        .raft
+        .add_learner(4, newcomer.member(), true)
+        .await
+        .expect("add learner");
+    replicas.push(newcomer);
+    let everyone: Vec<&Replica> = replicas.iter().collect();
+    let (revision, state) = converged(&everyone).await;
+    assert_eq!(u128::from(revision), writes);
+    assert_eq!(state.len() as u128, writes);
+    assert!(
+        !dir.path().join("node-4/state/snapshot.snap").exists(),
+        "the newcomer was caught up by a snapshot, not the log"
+    );
     for replica in replicas {
         replica.stop().await;
     }

@@ -12,7 +12,10 @@
 //! replicating an entry only once its own fsync is done, not side by side
 //! with the followers' as in etcd (openraft 0.10, still alpha, makes log IO
 //! non-blocking). Appended entries are readable at once, from memory until
-//! their commit lands.
+//! their commit lands, and the latest committed ones stay in memory after
+//! it: the replication tasks read an entry just after its fsync and the
+//! state machine just after its commit, and reading those from redb cost
+//! a blocking-pool round trip and a decode on the commit path each.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -79,15 +82,53 @@ struct CommittedMarker {
     flush_scheduled: bool,
 }
 
-/// Entries appended but not yet committed to redb, by index.
-type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+/// Most committed entries kept in memory, and most bytes (encoded) they
+/// may take; older ones are read from redb. Replication and the state
+/// machine read entries a few behind the last append; a follower further
+/// behind reads redb. (Public so tests can outgrow it.)
+pub const RECENT_ENTRIES: usize = 64;
+const RECENT_BYTES: usize = 8 << 20;
+
+/// An entry in memory: appended and maybe not yet committed to redb.
+struct Held {
+    entry: Entry<TypeConfig>,
+    /// Its encoded size.
+    bytes: usize,
+    /// Whether its redb commit has landed (then it may leave memory).
+    committed: bool,
+}
+
+/// The latest entries, by index: every entry appended and not yet
+/// committed to redb, then the last committed ones. Always a contiguous run
+/// of indexes: appends extend it, truncation cuts its end, purges and
+/// trimming its start.
+type Recent = Arc<Mutex<BTreeMap<u64, Held>>>;
+
+/// Drops committed entries from the start of `recent` beyond the bounds;
+/// entries not yet committed stay whatever their size.
+fn trim(recent: &mut BTreeMap<u64, Held>) {
+    let committed: Vec<usize> = recent
+        .values()
+        .take_while(|held| held.committed)
+        .map(|held| held.bytes)
+        .collect();
+    let (mut count, mut bytes) = (committed.len(), committed.iter().sum::<usize>());
+    for oldest in committed {
+        if count <= RECENT_ENTRIES && bytes <= RECENT_BYTES {
+            break;
+        }
+        recent.pop_first();
+        count -= 1;
+        bytes -= oldest;
+    }
+}
 
 /// The log of one replica. Cheap to clone: clones share the database, and
 /// serve as the log readers openraft's replication tasks use.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    pending: Pending,
+    recent: Recent,
     writes: mpsc::UnboundedSender<LogWrite>,
     committed: Arc<Mutex<CommittedMarker>>,
 }
@@ -119,7 +160,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The writer thread: takes the first queued write and everything queued
 /// behind it, commits them in one durable transaction, then reports each.
-fn run_writer(db: Arc<Database>, pending: Pending, mut queue: mpsc::UnboundedReceiver<LogWrite>) {
+fn run_writer(db: Arc<Database>, recent: Recent, mut queue: mpsc::UnboundedReceiver<LogWrite>) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -130,18 +171,21 @@ fn run_writer(db: Arc<Database>, pending: Pending, mut queue: mpsc::UnboundedRec
         }
         let result = commit_group(&db, &group).map_err(|e| e.to_string());
         if result.is_ok() {
-            // Committed entries are read from redb from now on, unless a
-            // later append replaced them in memory.
-            let mut pending = lock(&pending);
+            // Committed entries may leave memory now, unless a later
+            // append replaced them there.
+            let mut recent = lock(&recent);
             for write in &group {
                 if let LogWrite::Append { entries, .. } = write {
                     for (log_id, _) in entries {
-                        if pending.get(&log_id.index).map(|e| e.log_id) == Some(*log_id) {
-                            pending.remove(&log_id.index);
+                        if let Some(held) = recent.get_mut(&log_id.index)
+                            && held.entry.log_id == *log_id
+                        {
+                            held.committed = true;
                         }
                     }
                 }
             }
+            trim(&mut recent);
         }
         for write in group {
             match write {
@@ -200,20 +244,20 @@ impl LogStore {
         txn.open_table(LOG_META)?;
         txn.commit()?;
         let db = Arc::new(db);
-        let pending = Pending::default();
+        let recent = Recent::default();
         let (writes, queue) = mpsc::unbounded_channel();
         let writer_db = db.clone();
-        let writer_pending = pending.clone();
+        let writer_recent = recent.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(writer_db, writer_pending, queue))
+            .spawn(move || run_writer(writer_db, writer_recent, queue))
             .map_err(|source| StoreError::Io {
                 path: path.to_path_buf(),
                 source,
             })?;
         Ok(Self {
             db,
-            pending,
+            recent,
             writes,
             committed: Arc::default(),
         })
@@ -282,9 +326,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Memory first, then redb: an entry leaves memory only after its
         // commit, so it is always in one of the two.
         let range = bounds(&range);
-        let in_memory: Vec<Entry<TypeConfig>> = lock(&self.pending)
+        let in_memory: Vec<Entry<TypeConfig>> = lock(&self.recent)
             .range(range)
-            .map(|(_, entry)| entry.clone())
+            .map(|(_, held)| held.entry.clone())
             .collect();
         if let Some(first) = in_memory.first()
             && range.0 == Bound::Included(first.log_id.index)
@@ -331,9 +375,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         })
         .await?;
-        let last_in_memory = lock(&self.pending)
+        let last_in_memory = lock(&self.recent)
             .last_key_value()
-            .map(|(_, entry)| entry.log_id);
+            .map(|(_, held)| held.entry.log_id);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last_in_memory.or(last_in_log).or(last_purged),
@@ -413,7 +457,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable before this returns (openraft may read them at once);
         // the callback fires only after the commit: fsync'd, not merely
         // handed to the OS.
-        lock(&self.pending).extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        lock(&self.recent).extend(
+            entries
+                .into_iter()
+                .zip(&encoded)
+                .map(|(entry, (_, bytes))| {
+                    let held = Held {
+                        bytes: bytes.len(),
+                        entry,
+                        committed: false,
+                    };
+                    (held.entry.log_id.index, held)
+                }),
+        );
         self.writes
             .send(LogWrite::Append {
                 entries: encoded,
@@ -426,7 +482,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {
-        lock(&self.pending).retain(|index, _| *index < log_id.index);
+        lock(&self.recent).retain(|index, _| *index < log_id.index);
         self.write(
             |done| LogWrite::Truncate {
                 index: log_id.index,
@@ -438,11 +494,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {
-        lock(&self.pending).retain(|index, _| *index > log_id.index);
+        lock(&self.recent).retain(|index, _| *index > log_id.index);
         self.write(
             |done| LogWrite::Purge { log_id, done },
             StorageIOError::write_logs,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn held(index: u64, bytes: usize, committed: bool) -> (u64, Held) {
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        (
+            index,
+            Held {
+                entry,
+                bytes,
+                committed,
+            },
+        )
+    }
+
+    fn indexes(recent: &BTreeMap<u64, Held>) -> Vec<u64> {
+        recent.keys().copied().collect()
+    }
+
+    #[test]
+    fn trimming_keeps_the_latest_committed_entries_within_both_bounds() {
+        let last = RECENT_ENTRIES as u64 + 10;
+        let mut recent: BTreeMap<u64, Held> = (1..=last).map(|i| held(i, 100, true)).collect();
+        trim(&mut recent);
+        assert_eq!(indexes(&recent), (11..=last).collect::<Vec<_>>());
+
+        // Three large entries: only the latest two fit in the byte bound.
+        let mut recent: BTreeMap<u64, Held> =
+            (1..=3).map(|i| held(i, RECENT_BYTES / 2, true)).collect();
+        trim(&mut recent);
+        assert_eq!(indexes(&recent), vec![2, 3]);
+    }
+
+    #[test]
+    fn trimming_never_drops_an_entry_not_yet_committed() {
+        // Uncommitted entries stay whatever their number or size, and so
+        // does everything after the first of them.
+        let mut recent: BTreeMap<u64, Held> =
+            (1..=200).map(|i| held(i, RECENT_BYTES, i > 150)).collect();
+        trim(&mut recent);
+        assert_eq!(indexes(&recent), (1..=200).collect::<Vec<_>>());
+
+        let mut recent: BTreeMap<u64, Held> = (1..=200).map(|i| held(i, 10, i <= 100)).collect();
+        trim(&mut recent);
+        let kept = indexes(&recent);
+        assert_eq!(kept.first(), Some(&(101 - RECENT_ENTRIES as u64)));
+        assert_eq!(kept.last(), Some(&200));
     }
 }

@@ -13,9 +13,7 @@
 //! with the followers' as in etcd (openraft 0.10, still alpha, makes log IO
 //! non-blocking). Appended entries are readable at once, from memory until
 //! their commit lands, and the latest committed ones stay in memory after
-//! it: the replication tasks read an entry just after its fsync and the
-//! state machine just after its commit, and reading those from redb cost
-//! a blocking-pool round trip and a decode on the commit path each.
+//! it ([`super::recent_log`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -31,6 +29,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::recent_log::{Held, RECENT_ENTRIES, Recent, settle};
 use super::{NodeId, RaftStorageError, TypeConfig, any_error, blocking};
 use crate::store::StoreError;
 
@@ -82,47 +81,6 @@ struct CommittedMarker {
     flush_scheduled: bool,
 }
 
-/// Most committed entries kept in memory, and most bytes (encoded) they
-/// may take; older ones are read from redb. Replication and the state
-/// machine read entries a few behind the last append; a follower further
-/// behind reads redb. (Public so tests can outgrow it.)
-pub const RECENT_ENTRIES: usize = 64;
-const RECENT_BYTES: usize = 8 << 20;
-
-/// An entry in memory: appended and maybe not yet committed to redb.
-struct Held {
-    entry: Entry<TypeConfig>,
-    /// Its encoded size.
-    bytes: usize,
-    /// Whether its redb commit has landed (then it may leave memory).
-    committed: bool,
-}
-
-/// The latest entries, by index: every entry appended and not yet
-/// committed to redb, then the last committed ones. Always a contiguous run
-/// of indexes: appends extend it, truncation cuts its end, purges and
-/// trimming its start.
-type Recent = Arc<Mutex<BTreeMap<u64, Held>>>;
-
-/// Drops committed entries from the start of `recent` beyond the bounds;
-/// entries not yet committed stay whatever their size.
-fn trim(recent: &mut BTreeMap<u64, Held>) {
-    let committed: Vec<usize> = recent
-        .values()
-        .take_while(|held| held.committed)
-        .map(|held| held.bytes)
-        .collect();
-    let (mut count, mut bytes) = (committed.len(), committed.iter().sum::<usize>());
-    for oldest in committed {
-        if count <= RECENT_ENTRIES && bytes <= RECENT_BYTES {
-            break;
-        }
-        recent.pop_first();
-        count -= 1;
-        bytes -= oldest;
-    }
-}
-
 /// The log of one replica. Cheap to clone: clones share the database, and
 /// serve as the log readers openraft's replication tasks use.
 #[derive(Clone)]
@@ -150,7 +108,7 @@ fn queue_committed(
 }
 
 /// Locks `mutex`, poisoned or not (a panicked holder left consistent data:
-/// every change under these locks is one call).
+/// every change under these locks keeps them valid at each step).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
@@ -160,7 +118,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The writer thread: takes the first queued write and everything queued
 /// behind it, commits them in one durable transaction, then reports each.
-fn run_writer(db: Arc<Database>, recent: Recent, mut queue: mpsc::UnboundedReceiver<LogWrite>) {
+fn run_writer(
+    db: Arc<Database>,
+    recent: Recent,
+    keep: usize,
+    mut queue: mpsc::UnboundedReceiver<LogWrite>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -171,21 +134,11 @@ fn run_writer(db: Arc<Database>, recent: Recent, mut queue: mpsc::UnboundedRecei
         }
         let result = commit_group(&db, &group).map_err(|e| e.to_string());
         if result.is_ok() {
-            // Committed entries may leave memory now, unless a later
-            // append replaced them there.
-            let mut recent = lock(&recent);
-            for write in &group {
-                if let LogWrite::Append { entries, .. } = write {
-                    for (log_id, _) in entries {
-                        if let Some(held) = recent.get_mut(&log_id.index)
-                            && held.entry.log_id == *log_id
-                        {
-                            held.committed = true;
-                        }
-                    }
-                }
-            }
-            trim(&mut recent);
+            let appended = group.iter().flat_map(|write| match write {
+                LogWrite::Append { entries, .. } => entries.as_slice(),
+                _ => &[],
+            });
+            settle(&mut lock(&recent), appended.map(|(log_id, _)| log_id), keep);
         }
         for write in group {
             match write {
@@ -238,6 +191,12 @@ fn commit_group(db: &Database, group: &[LogWrite]) -> Result<(), AnyError> {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_keeping(path, RECENT_ENTRIES)
+    }
+
+    /// [`Self::open`], keeping at most `keep` committed entries in memory
+    /// (tests use 0 so every read of a committed entry goes to redb).
+    pub fn open_keeping(path: &Path, keep: usize) -> Result<Self, StoreError> {
         let db = crate::store::files::open_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
@@ -250,7 +209,7 @@ impl LogStore {
         let writer_recent = recent.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(writer_db, writer_recent, queue))
+            .spawn(move || run_writer(writer_db, writer_recent, keep, queue))
             .map_err(|source| StoreError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -500,61 +459,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             StorageIOError::write_logs,
         )
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-
-    fn held(index: u64, bytes: usize, committed: bool) -> (u64, Held) {
-        let entry = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Blank,
-        };
-        (
-            index,
-            Held {
-                entry,
-                bytes,
-                committed,
-            },
-        )
-    }
-
-    fn indexes(recent: &BTreeMap<u64, Held>) -> Vec<u64> {
-        recent.keys().copied().collect()
-    }
-
-    #[test]
-    fn trimming_keeps_the_latest_committed_entries_within_both_bounds() {
-        let last = RECENT_ENTRIES as u64 + 10;
-        let mut recent: BTreeMap<u64, Held> = (1..=last).map(|i| held(i, 100, true)).collect();
-        trim(&mut recent);
-        assert_eq!(indexes(&recent), (11..=last).collect::<Vec<_>>());
-
-        // Three large entries: only the latest two fit in the byte bound.
-        let mut recent: BTreeMap<u64, Held> =
-            (1..=3).map(|i| held(i, RECENT_BYTES / 2, true)).collect();
-        trim(&mut recent);
-        assert_eq!(indexes(&recent), vec![2, 3]);
-    }
-
-    #[test]
-    fn trimming_never_drops_an_entry_not_yet_committed() {
-        // Uncommitted entries stay whatever their number or size, and so
-        // does everything after the first of them.
-        let mut recent: BTreeMap<u64, Held> =
-            (1..=200).map(|i| held(i, RECENT_BYTES, i > 150)).collect();
-        trim(&mut recent);
-        assert_eq!(indexes(&recent), (1..=200).collect::<Vec<_>>());
-
-        let mut recent: BTreeMap<u64, Held> = (1..=200).map(|i| held(i, 10, i <= 100)).collect();
-        trim(&mut recent);
-        let kept = indexes(&recent);
-        assert_eq!(kept.first(), Some(&(101 - RECENT_ENTRIES as u64)));
-        assert_eq!(kept.last(), Some(&200));
     }
 }

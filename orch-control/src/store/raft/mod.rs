@@ -9,6 +9,7 @@ pub mod log_store;
 pub mod node;
 pub mod peer_auth;
 pub mod peer_tls;
+pub mod recent_log;
 pub mod service;
 pub mod state_machine;
 pub mod transport;

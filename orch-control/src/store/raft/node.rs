@@ -332,7 +332,7 @@ fn check_size(request: &Request) -> Result<(), WriteError> {
 /// and fewer, larger entries mean fewer state-machine commits (each
 /// rewrites every B-tree page it touches). `cargo xtask bench store`, 64
 /// clients, one replica, on the 2-core dev machine: one entry at a time
-/// ~16k puts/s, four ~11k.
+/// ~16k puts/s, four entries in flight ~11k.
 async fn run_batcher(
     raft: Raft<TypeConfig>,
     mut queue: mpsc::Receiver<Pending>,

@@ -178,12 +178,11 @@ async fn converged(replicas: &[&Replica]) -> Contents {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Replicas 1, 2 and 3 in `dir`, initialized as one cluster.
+async fn three_replicas(dir: &std::path::Path) -> Vec<Replica> {
     let mut replicas = Vec::new();
     for id in 1..=3 {
-        replicas.push(Replica::start(id, dir.path()).await);
+        replicas.push(Replica::start(id, dir).await);
     }
     let members: BTreeMap<NodeId, BasicNode> =
         replicas.iter().map(|r| (r.node.id, r.member())).collect();
@@ -193,6 +192,13 @@ async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot()
         .initialize(members)
         .await
         .expect("initialize");
+    replicas
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = three_replicas(dir.path()).await;
 
     // 64 concurrent clients, 8 writes each: batched, all acknowledged, no
     // revision given twice.
@@ -326,18 +332,7 @@ async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_member_is_sent_the_log_from_disk_and_memory() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        replicas.push(Replica::start(id, dir.path()).await);
-    }
-    let members: BTreeMap<NodeId, BasicNode> =
-        replicas.iter().map(|r| (r.node.id, r.member())).collect();
-    replicas[0]
-        .node
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    let mut replicas = three_replicas(dir.path()).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     // One entry per write; fewer than the 200 that trigger a snapshot.
     let writes = 2 * RECENT_ENTRIES as u128 + 20;

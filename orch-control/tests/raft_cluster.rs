@@ -15,7 +15,7 @@ use orch_control::store::raft::NodeId;
 use orch_control::store::raft::node::{NodeOptions, RaftNode, WriteError};
 use orch_control::store::raft::recent_log::RECENT_ENTRIES;
 use orch_control::store::raft::transport::TransportService;
-use orch_control::store::types::{Command, Op, Outcome, Request, RequestId, Txn};
+use orch_control::store::types::{Command, MAX_VALUE_BYTES, Op, Outcome, Request, RequestId, Txn};
 use tokio::task::JoinHandle;
 
 const CLUSTER: ClusterId = ClusterId(0x0c1);
@@ -109,12 +109,29 @@ fn put(id: u128, key: String, value: String) -> Request {
     }
 }
 
-async fn leader_of(replicas: &[&Replica]) -> NodeId {
+/// A replica, or its node alone (what a spawned client task can own).
+trait HasNode {
+    fn node(&self) -> &RaftNode;
+}
+
+impl HasNode for &Replica {
+    fn node(&self) -> &RaftNode {
+        &self.node
+    }
+}
+
+impl HasNode for Arc<RaftNode> {
+    fn node(&self) -> &RaftNode {
+        self
+    }
+}
+
+async fn leader_of(replicas: &[impl HasNode]) -> NodeId {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         for replica in replicas {
-            if let Some(leader) = replica.node.raft.current_leader().await
-                && replicas.iter().any(|r| r.node.id == leader)
+            if let Some(leader) = replica.node().raft.current_leader().await
+                && replicas.iter().any(|r| r.node().id == leader)
             {
                 return leader;
             }
@@ -126,15 +143,18 @@ async fn leader_of(replicas: &[&Replica]) -> NodeId {
 
 /// Writes through whichever replica leads, retrying (same id) across an
 /// election, as a client would.
-async fn write(replicas: &[&Replica], request: Request) -> orch_control::store::types::Response {
+async fn write(
+    replicas: &[impl HasNode],
+    request: Request,
+) -> orch_control::store::types::Response {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let leader = leader_of(replicas).await;
         let replica = replicas
             .iter()
-            .find(|r| r.node.id == leader)
+            .find(|r| r.node().id == leader)
             .expect("leader is a replica");
-        match replica.node.write(request.clone()).await {
+        match replica.node().write(request.clone()).await {
             Ok(response) => return response,
             Err(
                 WriteError::NotLeader { .. } | WriteError::NoQuorum(_) | WriteError::Stopped(_),
@@ -338,6 +358,86 @@ async fn a_late_member_is_sent_the_log_from_disk_and_memory() {
     let writes = 2 * RECENT_ENTRIES as u128 + 20;
     for i in 0..writes {
         write(&all, put(i, format!("/registry/log/{i}"), format!("v{i}"))).await;
+    }
+    let newcomer = Replica::start(4, dir.path()).await;
+    let leader = leader_of(&all).await;
+    replicas
+        .iter()
+        .find(|r| r.node.id == leader)
+        .expect("leader")
+        .node
+        .raft
+        .add_learner(4, newcomer.member(), true)
+        .await
+        .expect("add learner");
+    replicas.push(newcomer);
+    let everyone: Vec<&Replica> = replicas.iter().collect();
+    let (revision, state) = converged(&everyone).await;
+    assert_eq!(u128::from(revision), writes);
+    assert_eq!(state.len() as u128, writes);
+    assert!(
+        !dir.path().join("node-4/state/snapshot.snap").exists(),
+        "the newcomer was caught up by a snapshot, not the log"
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// Large values from many clients at once: the batcher caps an entry's
+/// size, so no entry outgrows a replication message (one ~95 MiB entry
+/// could never be sent, and every write behind it failed for want of a
+/// quorum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_at_the_limit_from_many_clients_replicate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let replicas = three_replicas(dir.path()).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let nodes: Arc<Vec<Arc<RaftNode>>> =
+        Arc::new(replicas.iter().map(|r| r.node.clone()).collect());
+    let value = "x".repeat(MAX_VALUE_BYTES);
+    let mut clients = Vec::new();
+    for client in 0..64u128 {
+        let (nodes, value) = (nodes.clone(), value.clone());
+        clients.push(tokio::spawn(async move {
+            // Retried across an election (replicas busy with 100 MiB may
+            // miss a heartbeat); a write that can never commit still
+            // fails after 15 s.
+            write(
+                &nodes,
+                put(client, format!("/registry/big/{client}"), value),
+            )
+            .await
+        }));
+    }
+    for client in clients {
+        client.await.expect("client acknowledged");
+    }
+    let (revision, state) = converged(&all).await;
+    assert_eq!(revision, 64);
+    assert!(
+        state
+            .values()
+            .all(|(stored, _)| stored.len() == MAX_VALUE_BYTES)
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// A member that joins after ~70 MiB of log is sent it in several
+/// messages (openraft asks for up to 300 entries at a time; they no longer
+/// all go in one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_member_is_sent_a_large_log_in_parts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = three_replicas(dir.path()).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let value = "y".repeat(MAX_VALUE_BYTES);
+    // One entry per write, fewer than the 200 that trigger a snapshot.
+    let writes = 48u128;
+    for i in 0..writes {
+        write(&all, put(i, format!("/registry/big/{i}"), value.clone())).await;
     }
     let newcomer = Replica::start(4, dir.path()).await;
     let leader = leader_of(&all).await;

@@ -27,6 +27,36 @@ pub fn oversized(value: &[u8]) -> Option<String> {
     })
 }
 
+/// Largest request the store accepts, encoded: an object at the value limit
+/// and the rest of its transaction. With the batcher's cap on an entry it
+/// keeps every log entry small enough for one replication message.
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+
+/// A request's size as the log stores it (postcard).
+pub fn encoded_bytes(request: &Request) -> usize {
+    // Only fails for types postcard cannot encode; none are in a Request.
+    postcard::experimental::serialized_size(request).unwrap_or(usize::MAX)
+}
+
+/// Why a request may not be proposed: its values or its whole are too big.
+/// The whole is a limit of the log and the replication messages, checked
+/// before Raft only; the state machine never sees a larger one.
+pub fn request_too_large(request: &Request) -> Option<String> {
+    if let Command::Txn(txn) = &request.command {
+        for op in txn.success.iter().chain(&txn.failure) {
+            if let Op::Put { value, .. } = op
+                && let Some(reason) = oversized(value)
+            {
+                return Some(reason);
+            }
+        }
+    }
+    let bytes = encoded_bytes(request);
+    (bytes > MAX_REQUEST_BYTES).then(|| {
+        format!("request of {bytes} bytes exceeds the limit of {MAX_REQUEST_BYTES} (all its operations together)")
+    })
+}
+
 /// A key as stored, with its revisions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {

@@ -23,11 +23,19 @@ use super::state_machine::{SharedStore, StateMachine};
 use super::transport::GrpcNetworkFactory;
 use super::{NodeId, TypeConfig};
 use crate::store::identity::{ClusterId, Identity};
-use crate::store::types::{Op, Request, Response, Revision, oversized};
+use crate::store::types::{
+    MAX_REQUEST_BYTES, Request, Response, Revision, encoded_bytes, request_too_large,
+};
 use crate::store::{MvccStore, StoreError};
 
 /// Most requests in one log entry.
 const MAX_BATCH: usize = 1024;
+/// Most encoded request bytes in one log entry. Without it, 64 clients
+/// writing objects near the value limit made one ~100 MiB entry, larger
+/// than a replication message may be: no follower could ever take it, and
+/// every write behind it failed for want of a quorum.
+pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+const _: () = assert!(MAX_REQUEST_BYTES <= MAX_ENTRY_BYTES);
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -83,7 +91,12 @@ struct ReadIndexes {
 
 type StoreGrpc = super::transport::proto::store_client::StoreClient<tonic::transport::Channel>;
 
-type Pending = (Request, oneshot::Sender<Result<Response, WriteError>>);
+/// A request waiting for the batcher, with its encoded size.
+struct Pending {
+    request: Request,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Response, WriteError>>,
+}
 
 /// A running replica.
 pub struct RaftNode {
@@ -300,12 +313,20 @@ impl RaftNode {
     }
 
     /// Submits one request; it is committed in a batch with whatever else is
-    /// waiting. Oversized values are refused here, before they reach Raft.
+    /// waiting. Oversized values and requests are refused here, before they
+    /// reach Raft.
     pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
-        check_size(&request)?;
+        if let Some(reason) = request_too_large(&request) {
+            return Err(WriteError::Rejected(reason));
+        }
+        let bytes = encoded_bytes(&request);
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send((request, reply))
+            .send(Pending {
+                request,
+                bytes,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped("write queue closed".into()))?;
         answer
@@ -314,20 +335,7 @@ impl RaftNode {
     }
 }
 
-fn check_size(request: &Request) -> Result<(), WriteError> {
-    if let crate::store::types::Command::Txn(txn) = &request.command {
-        for op in txn.success.iter().chain(&txn.failure) {
-            if let Op::Put { value, .. } = op
-                && let Some(reason) = oversized(value)
-            {
-                return Err(WriteError::Rejected(reason));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Takes whatever is queued (up to `MAX_BATCH`) as one log entry, and commits
+/// Takes whatever is queued (up to `MAX_BATCH`, `MAX_ENTRY_BYTES`) as one log entry, and commits
 /// one entry at a time: everything that arrives meanwhile joins the next,
 /// and fewer, larger entries mean fewer state-machine commits (each
 /// rewrites every B-tree page it touches). `cargo xtask bench store`, 64
@@ -339,15 +347,23 @@ async fn run_batcher(
     write_timeout: Duration,
 ) {
     let mut next: Option<Committing> = None;
+    // A request that did not fit in the last entry: the next one's first.
+    let mut held: Option<Pending> = None;
     loop {
         let committing = match next.take() {
             Some(committing) => committing,
-            None => match queue.recv().await {
-                Some(first) => {
-                    Committing::submit(&raft, take_batch(first, &mut queue), write_timeout).await
-                }
-                None => return,
-            },
+            None => {
+                let first = match held.take() {
+                    Some(first) => first,
+                    None => match queue.recv().await {
+                        Some(first) => first,
+                        None => return,
+                    },
+                };
+                let batch;
+                (batch, held) = take_batch(first, &mut queue);
+                Committing::submit(&raft, batch, write_timeout).await
+            }
         };
         let (outcome, replies) = committing.finish().await;
         // The next entry goes to Raft before these clients are answered:
@@ -355,24 +371,35 @@ async fn run_batcher(
         // waits until they have all run, while Raft sits idle (~0.7 ms of a
         // ~5 ms commit with 64 clients on 3 replicas, when the next entry
         // was started from a task woken after the answers).
-        if let Ok(first) = queue.try_recv() {
-            next =
-                Some(Committing::submit(&raft, take_batch(first, &mut queue), write_timeout).await);
+        if let Some(first) = held.take().or_else(|| queue.try_recv().ok()) {
+            let batch;
+            (batch, held) = take_batch(first, &mut queue);
+            next = Some(Committing::submit(&raft, batch, write_timeout).await);
         }
         answer(replies, outcome);
     }
 }
 
-/// `first` and whatever else is queued, up to `MAX_BATCH` requests.
-fn take_batch(first: Pending, queue: &mut mpsc::Receiver<Pending>) -> Vec<Pending> {
+/// `first` and whatever else is queued, up to `MAX_BATCH` requests and
+/// `MAX_ENTRY_BYTES`; also the request taken from the queue that did not
+/// fit, if one did not.
+fn take_batch(
+    first: Pending,
+    queue: &mut mpsc::Receiver<Pending>,
+) -> (Vec<Pending>, Option<Pending>) {
+    let mut bytes = first.bytes;
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
-        match queue.try_recv() {
-            Ok(pending) => batch.push(pending),
-            Err(_) => break,
+        let Ok(pending) = queue.try_recv() else {
+            break;
+        };
+        if bytes + pending.bytes > MAX_ENTRY_BYTES {
+            return (batch, Some(pending));
         }
+        bytes += pending.bytes;
+        batch.push(pending);
     }
-    batch
+    (batch, None)
 }
 
 type Replies = Vec<oneshot::Sender<Result<Response, WriteError>>>;
@@ -392,7 +419,10 @@ impl Committing {
     /// Hands the batch to the Raft core, which queues it at once; does not
     /// wait for its commit.
     async fn submit(raft: &Raft<TypeConfig>, batch: Vec<Pending>, timeout: Duration) -> Self {
-        let (requests, replies): (Vec<Request>, Replies) = batch.into_iter().unzip();
+        let (requests, replies): (Vec<Request>, Replies) = batch
+            .into_iter()
+            .map(|pending| (pending.request, pending.reply))
+            .unzip();
         let started = Instant::now();
         let submitted = raft
             .client_write_ff(requests)
@@ -444,5 +474,86 @@ fn answer(replies: Replies, outcome: Result<Vec<Response>, WriteError>) {
                 let _ = reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::{Command, Op, RequestId, Txn};
+
+    fn pending(id: u128, value_bytes: usize) -> Pending {
+        let request = Request {
+            id: RequestId(id),
+            command: Command::Txn(Txn {
+                success: vec![Op::Put {
+                    key: format!("/k/{id}").into_bytes(),
+                    value: vec![7; value_bytes],
+                    lease: None,
+                }],
+                ..Txn::default()
+            }),
+        };
+        Pending {
+            bytes: encoded_bytes(&request),
+            request,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn ids(batch: &[Pending]) -> Vec<u128> {
+        batch.iter().map(|p| p.request.id.0).collect()
+    }
+
+    #[test]
+    fn a_batch_stops_before_the_request_that_would_pass_the_entry_limit() {
+        let (send, mut queue) = mpsc::channel(MAX_BATCH);
+        let big = crate::store::types::MAX_VALUE_BYTES;
+        for id in 2..=4 {
+            send.try_send(pending(id, big)).expect("queued");
+        }
+        // Two values at the limit fit in 4 MiB, a third does not.
+        let (batch, held) = take_batch(pending(1, big), &mut queue);
+        assert_eq!(ids(&batch), [1, 2]);
+        let held = held.expect("the request that did not fit is kept");
+        assert_eq!(held.request.id.0, 3);
+        let (batch, held) = take_batch(held, &mut queue);
+        assert_eq!(ids(&batch), [3, 4]);
+        assert!(held.is_none());
+        assert!(batch.iter().map(|p| p.bytes).sum::<usize>() <= MAX_ENTRY_BYTES);
+    }
+
+    #[test]
+    fn a_batch_of_small_requests_stops_at_the_request_count() {
+        let (send, mut queue) = mpsc::channel(2 * MAX_BATCH);
+        for id in 1..=MAX_BATCH as u128 + 5 {
+            send.try_send(pending(id, 16)).expect("queued");
+        }
+        let first = queue.try_recv().expect("first");
+        let (batch, held) = take_batch(first, &mut queue);
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert!(held.is_none());
+        assert_eq!(queue.len(), 5);
+    }
+
+    #[test]
+    fn a_request_over_the_request_limit_is_refused_with_its_size() {
+        let many = Request {
+            id: RequestId(1),
+            command: Command::Txn(Txn {
+                success: (0..3)
+                    .map(|i| Op::Put {
+                        key: format!("/k/{i}").into_bytes(),
+                        value: vec![1; 1 << 20],
+                        lease: None,
+                    })
+                    .collect(),
+                ..Txn::default()
+            }),
+        };
+        let reason = request_too_large(&many).expect("3 MiB refused");
+        assert!(reason.contains("exceeds the limit of 2097152"), "{reason}");
+        let one = pending(2, crate::store::types::MAX_VALUE_BYTES).request;
+        assert_eq!(request_too_large(&one), None);
     }
 }

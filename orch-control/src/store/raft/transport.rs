@@ -39,6 +39,13 @@ use proto::{RaftMessage, SnapshotChunk};
 /// Snapshot chunk size on the wire.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// Largest Raft message either side sends or takes. An append carries at
+/// most `REPLICATION_BYTES` of entries, or one entry of at most
+/// `MAX_ENTRY_BYTES`, so every append fits.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+const _: () =
+    assert!(super::log_store::REPLICATION_BYTES + super::node::MAX_ENTRY_BYTES < MAX_MESSAGE_BYTES);
+
 /// The gRPC metadata key every Raft RPC carries the sender's cluster id in.
 const CLUSTER_HEADER: &str = "orch-cluster-id";
 
@@ -72,8 +79,8 @@ impl TransportService {
             cluster,
             last_mismatch_log: std::sync::Mutex::new(None),
         })
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         InterceptedService::new(server, super::peer_auth::replicas("Raft"))
     }
 
@@ -221,8 +228,8 @@ impl GrpcNetworkFactory {
 
 fn transport_client(channel: Channel) -> RaftTransportClient<Channel> {
     RaftTransportClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 pub struct GrpcNetwork {

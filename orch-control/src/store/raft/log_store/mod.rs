@@ -15,19 +15,20 @@
 //! their commit lands, and the latest committed ones stay in memory after
 //! it ([`super::recent_log`]).
 
-use std::collections::BTreeMap;
-use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
+use openraft::{AnyError, Entry, LogId, LogState, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+mod reader;
+
+pub use reader::REPLICATION_BYTES;
 
 use super::recent_log::{Held, RECENT_ENTRIES, Recent, settle};
 use super::{NodeId, RaftStorageError, TypeConfig, any_error, blocking};
@@ -270,57 +271,6 @@ impl LogStore {
         let bytes = postcard::to_stdvec(&value).map_err(|e| what(any_error(e)))?;
         self.write(|done| LogWrite::Meta { name, bytes, done }, what)
             .await
-    }
-}
-
-fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
-    (range.start_bound().cloned(), range.end_bound().cloned())
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, RaftStorageError> {
-        // Memory first, then redb: an entry leaves memory only after its
-        // commit, so it is always in one of the two.
-        let range = bounds(&range);
-        let in_memory: Vec<Entry<TypeConfig>> = lock(&self.recent)
-            .range(range)
-            .map(|(_, held)| held.entry.clone())
-            .collect();
-        if let Some(first) = in_memory.first()
-            && range.0 == Bound::Included(first.log_id.index)
-        {
-            return Ok(in_memory);
-        }
-        // Memory holds a run of indexes and wins over redb there: those
-        // rows are not decoded.
-        let held = in_memory.first().zip(in_memory.last());
-        let held = held.map(|(first, last)| first.log_id.index..=last.log_id.index);
-        let db = self.db.clone();
-        let mut entries: BTreeMap<u64, Entry<TypeConfig>> =
-            blocking(StorageIOError::read_logs, move || {
-                let txn = db.begin_read().map_err(any_error)?;
-                let table = txn.open_table(LOG).map_err(any_error)?;
-                let mut entries = BTreeMap::new();
-                for item in table.range::<u64>(range).map_err(any_error)? {
-                    let (index, value) = item.map_err(any_error)?;
-                    if held
-                        .as_ref()
-                        .is_some_and(|held| held.contains(&index.value()))
-                    {
-                        continue;
-                    }
-                    let entry: Entry<TypeConfig> =
-                        postcard::from_bytes(value.value()).map_err(any_error)?;
-                    entries.insert(index.value(), entry);
-                }
-                Ok(entries)
-            })
-            .await?;
-        entries.extend(in_memory.into_iter().map(|e| (e.log_id.index, e)));
-        Ok(entries.into_values().collect())
     }
 }
 

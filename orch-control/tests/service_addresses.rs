@@ -120,12 +120,19 @@ async fn cluster_ips_and_node_ports_never_collide_and_survive_restarts() {
     let after = client.update(&resent, false).await.expect("update");
     assert_eq!(addresses(&after), addresses(&before));
 
+    // Another Service's address, taken for good (`created` is in
+    // completion order: any index may be np-0, changed and deleted below).
+    let others_ip = created
+        .iter()
+        .find(|o| o.metadata().name.as_deref() != Some("np-0"))
+        .map(|o| addresses(o).0)
+        .expect("another service");
     // A ClusterIP is for life; a status write does not touch addresses.
     let mut moved = service("np-0", "  type: NodePort\n");
     if let Object::Service(svc) = &mut moved
         && let Some(spec) = svc.spec.as_mut()
     {
-        spec.cluster_ip = Some(addresses(&created[1]).0);
+        spec.cluster_ip = Some(others_ip.clone());
     }
     let refused = client
         .update(&moved, false)
@@ -166,10 +173,9 @@ async fn cluster_ips_and_node_ports_never_collide_and_survive_restarts() {
         Err(error) => assert!(error.to_string().contains("already allocated"), "{error}"),
     }
 
-    let taken_ip = addresses(&created[0]).0;
     let refused = client
         .create(
-            &service("wants-taken", &format!("  clusterIP: {taken_ip}\n")),
+            &service("wants-taken", &format!("  clusterIP: {others_ip}\n")),
             false,
         )
         .await

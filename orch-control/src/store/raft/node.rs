@@ -31,10 +31,12 @@ use crate::store::{MvccStore, StoreError};
 /// Most requests in one log entry.
 const MAX_BATCH: usize = 1024;
 /// Most encoded request bytes in one log entry. Without it, 64 clients
-/// writing objects near the value limit made one ~100 MiB entry, larger
+/// writing objects near the value limit made one ~96 MiB entry, larger
 /// than a replication message may be: no follower could ever take it, and
-/// every write behind it failed for want of a quorum.
-pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+/// every write behind it failed for want of a quorum. Small enough that an
+/// append carrying one entry finishes within the heartbeat interval (see
+/// `REPLICATION_BYTES`).
+pub const MAX_ENTRY_BYTES: usize = 2 << 20;
 const _: () = assert!(MAX_REQUEST_BYTES <= MAX_ENTRY_BYTES);
 
 #[derive(Debug, Error)]
@@ -512,13 +514,16 @@ mod tests {
         for id in 2..=4 {
             send.try_send(pending(id, big)).expect("queued");
         }
-        // Two values at the limit fit in 4 MiB, a third does not.
-        let (batch, held) = take_batch(pending(1, big), &mut queue);
+        // A small request and one value at the limit fit in 2 MiB, a
+        // second value at the limit does not.
+        let (batch, held) = take_batch(pending(1, 1024), &mut queue);
         assert_eq!(ids(&batch), [1, 2]);
         let held = held.expect("the request that did not fit is kept");
         assert_eq!(held.request.id.0, 3);
         let (batch, held) = take_batch(held, &mut queue);
-        assert_eq!(ids(&batch), [3, 4]);
+        assert_eq!(ids(&batch), [3]);
+        let (batch, held) = take_batch(held.expect("kept again"), &mut queue);
+        assert_eq!(ids(&batch), [4]);
         assert!(held.is_none());
         assert!(batch.iter().map(|p| p.bytes).sum::<usize>() <= MAX_ENTRY_BYTES);
     }

@@ -39,12 +39,14 @@ use proto::{RaftMessage, SnapshotChunk};
 /// Snapshot chunk size on the wire.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// Largest Raft message either side sends or takes. An append carries at
-/// most `REPLICATION_BYTES` of entries, or one entry of at most
-/// `MAX_ENTRY_BYTES`, so every append fits.
+/// Largest Raft message either side sends or takes. An append carries
+/// entries up to `REPLICATION_BYTES` in all, or a single larger one of at
+/// most `MAX_ENTRY_BYTES`, so every append fits with room to spare.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-const _: () =
-    assert!(super::log_store::REPLICATION_BYTES + super::node::MAX_ENTRY_BYTES < MAX_MESSAGE_BYTES);
+const _: () = assert!(
+    super::log_store::REPLICATION_BYTES < MAX_MESSAGE_BYTES
+        && super::node::MAX_ENTRY_BYTES < MAX_MESSAGE_BYTES
+);
 
 /// The gRPC metadata key every Raft RPC carries the sender's cluster id in.
 const CLUSTER_HEADER: &str = "orch-cluster-id";

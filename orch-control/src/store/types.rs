@@ -38,23 +38,27 @@ pub fn encoded_bytes(request: &Request) -> usize {
     postcard::experimental::serialized_size(request).unwrap_or(usize::MAX)
 }
 
-/// Why a request may not be proposed: its values or its whole are too big.
-/// The whole is a limit of the log and the replication messages, checked
-/// before Raft only; the state machine never sees a larger one.
-pub fn request_too_large(request: &Request) -> Option<String> {
+/// A request's encoded size, or why it may not be proposed: its values or
+/// its whole are too big. The whole is a limit of the log and the
+/// replication messages, checked before Raft only; the state machine never
+/// sees a larger one.
+pub fn proposable_size(request: &Request) -> Result<usize, String> {
     if let Command::Txn(txn) = &request.command {
         for op in txn.success.iter().chain(&txn.failure) {
             if let Op::Put { value, .. } = op
                 && let Some(reason) = oversized(value)
             {
-                return Some(reason);
+                return Err(reason);
             }
         }
     }
     let bytes = encoded_bytes(request);
-    (bytes > MAX_REQUEST_BYTES).then(|| {
-        format!("request of {bytes} bytes exceeds the limit of {MAX_REQUEST_BYTES} (all its operations together)")
-    })
+    if bytes > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request of {bytes} bytes exceeds the limit of {MAX_REQUEST_BYTES} (all its operations together)"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A key as stored, with its revisions.

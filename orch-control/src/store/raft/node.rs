@@ -23,9 +23,7 @@ use super::state_machine::{SharedStore, StateMachine};
 use super::transport::GrpcNetworkFactory;
 use super::{NodeId, TypeConfig};
 use crate::store::identity::{ClusterId, Identity};
-use crate::store::types::{
-    MAX_REQUEST_BYTES, Request, Response, Revision, encoded_bytes, request_too_large,
-};
+use crate::store::types::{MAX_REQUEST_BYTES, Request, Response, Revision, proposable_size};
 use crate::store::{MvccStore, StoreError};
 
 /// Most requests in one log entry.
@@ -318,10 +316,7 @@ impl RaftNode {
     /// waiting. Oversized values and requests are refused here, before they
     /// reach Raft.
     pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
-        if let Some(reason) = request_too_large(&request) {
-            return Err(WriteError::Rejected(reason));
-        }
-        let bytes = encoded_bytes(&request);
+        let bytes = proposable_size(&request).map_err(WriteError::Rejected)?;
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(Pending {
@@ -337,12 +332,12 @@ impl RaftNode {
     }
 }
 
-/// Takes whatever is queued (up to `MAX_BATCH`, `MAX_ENTRY_BYTES`) as one log entry, and commits
-/// one entry at a time: everything that arrives meanwhile joins the next,
-/// and fewer, larger entries mean fewer state-machine commits (each
-/// rewrites every B-tree page it touches). `cargo xtask bench store`, 64
-/// clients, one replica, on the 2-core dev machine: one entry at a time
-/// ~16k puts/s, four entries in flight ~11k.
+/// Takes whatever is queued (up to `MAX_BATCH` requests, `MAX_ENTRY_BYTES`)
+/// as one log entry, and commits one entry at a time: everything that
+/// arrives meanwhile joins the next, and fewer, larger entries mean fewer
+/// state-machine commits (each rewrites every B-tree page it touches).
+/// `cargo xtask bench store`, 64 clients, one replica, on the 2-core dev
+/// machine: one entry at a time ~16k puts/s, four entries in flight ~11k.
 async fn run_batcher(
     raft: Raft<TypeConfig>,
     mut queue: mpsc::Receiver<Pending>,
@@ -482,7 +477,7 @@ fn answer(replies: Replies, outcome: Result<Vec<Response>, WriteError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::types::{Command, Op, RequestId, Txn};
+    use crate::store::types::{Command, Op, RequestId, Txn, encoded_bytes};
 
     fn pending(id: u128, value_bytes: usize) -> Pending {
         let request = Request {
@@ -556,9 +551,9 @@ mod tests {
                 ..Txn::default()
             }),
         };
-        let reason = request_too_large(&many).expect("3 MiB refused");
+        let reason = proposable_size(&many).expect_err("3 MiB refused");
         assert!(reason.contains("exceeds the limit of 2097152"), "{reason}");
         let one = pending(2, crate::store::types::MAX_VALUE_BYTES).request;
-        assert_eq!(request_too_large(&one), None);
+        assert_eq!(proposable_size(&one), Ok(encoded_bytes(&one)));
     }
 }

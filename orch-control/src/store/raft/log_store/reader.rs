@@ -17,7 +17,8 @@ fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
 /// Log entries taken in index order until their encoded sizes would pass a
 /// budget; the first is taken whatever its size, so a read always moves on.
 struct Taken {
-    entries: Vec<Entry<TypeConfig>>,
+    /// With their encoded sizes.
+    entries: Vec<(Entry<TypeConfig>, usize)>,
     bytes: usize,
     budget: usize,
     full: bool,
@@ -42,7 +43,11 @@ impl Taken {
 
     fn push(&mut self, entry: Entry<TypeConfig>, bytes: usize) {
         self.bytes = self.bytes.saturating_add(bytes);
-        self.entries.push(entry);
+        self.entries.push((entry, bytes));
+    }
+
+    fn into_entries(self) -> Vec<Entry<TypeConfig>> {
+        self.entries.into_iter().map(|(entry, _)| entry).collect()
     }
 }
 
@@ -57,17 +62,15 @@ impl LogStore {
         // Memory first, then redb: an entry leaves memory only after its
         // commit, so it is always in one of the two.
         let mut from_memory = Taken::new(budget);
-        let mut sizes = Vec::new();
         for held in lock(&self.recent).range(range).map(|(_, held)| held) {
             if !from_memory.fits(held.bytes) {
                 break;
             }
             from_memory.push(held.entry.clone(), held.bytes);
-            sizes.push(held.bytes);
         }
-        let memory_from = from_memory.entries.first().map(|e| e.log_id.index);
+        let memory_from = from_memory.entries.first().map(|(e, _)| e.log_id.index);
         if memory_from.map(Bound::Included) == Some(range.0) {
-            return Ok(from_memory.entries);
+            return Ok(from_memory.into_entries());
         }
         // Memory holds the end of the range and wins over redb there: those
         // rows are not read.
@@ -91,13 +94,13 @@ impl LogStore {
             Ok(taken)
         })
         .await?;
-        for (entry, bytes) in from_memory.entries.into_iter().zip(sizes) {
+        for (entry, bytes) in from_memory.entries {
             if !taken.fits(bytes) {
                 break;
             }
             taken.push(entry, bytes);
         }
-        Ok(taken.entries)
+        Ok(taken.into_entries())
     }
 }
 

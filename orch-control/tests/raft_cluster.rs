@@ -89,6 +89,17 @@ impl Replica {
         }
     }
 
+    /// Adds `newcomer` as a learner through this (leading) replica, without
+    /// waiting for it to catch up: `converged` waits, with a deadline, and
+    /// openraft's own wait has none.
+    async fn add_learner(&self, newcomer: &Replica) {
+        self.node
+            .raft
+            .add_learner(newcomer.node.id, newcomer.member(), false)
+            .await
+            .expect("add learner");
+    }
+
     async fn stop(self) {
         self.server.abort();
         let _ = self.node.raft.shutdown().await;
@@ -126,14 +137,15 @@ impl HasNode for Arc<RaftNode> {
     }
 }
 
-async fn leader_of(replicas: &[impl HasNode]) -> NodeId {
+/// The one of `replicas` that leads, once one does.
+async fn leader_of<R: HasNode>(replicas: &[R]) -> &R {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         for replica in replicas {
             if let Some(leader) = replica.node().raft.current_leader().await
-                && replicas.iter().any(|r| r.node().id == leader)
+                && let Some(leading) = replicas.iter().find(|r| r.node().id == leader)
             {
-                return leader;
+                return leading;
             }
         }
         assert!(Instant::now() < deadline, "no leader elected within 10 s");
@@ -149,12 +161,12 @@ async fn write(
 ) -> orch_control::store::types::Response {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let leader = leader_of(replicas).await;
-        let replica = replicas
-            .iter()
-            .find(|r| r.node().id == leader)
-            .expect("leader is a replica");
-        match replica.node().write(request.clone()).await {
+        match leader_of(replicas)
+            .await
+            .node()
+            .write(request.clone())
+            .await
+        {
             Ok(response) => return response,
             Err(
                 WriteError::NotLeader { .. } | WriteError::NoQuorum(_) | WriteError::Stopped(_),
@@ -223,13 +235,8 @@ async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot()
     // 64 concurrent clients, 8 writes each: batched, all acknowledged, no
     // revision given twice.
     let all: Vec<&Replica> = replicas.iter().collect();
-    let leader = leader_of(&all).await;
-    let leading = replicas
-        .iter()
-        .find(|r| r.node.id == leader)
-        .expect("leader")
-        .node
-        .clone();
+    let leading = leader_of(&all).await.node.clone();
+    let leader = leading.id;
     let mut clients = Vec::new();
     for client in 0..64u128 {
         let node = leading.clone();
@@ -301,11 +308,7 @@ async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot()
     // A new member joins after the log was compacted into a snapshot: it is
     // caught up by snapshot transfer over gRPC, then replicates normally.
     let newcomer = Replica::start(4, dir.path()).await;
-    let leader = leader_of(&survivors).await;
-    let leading = replicas
-        .iter()
-        .find(|r| r.node.id == leader)
-        .expect("leader");
+    let leading = leader_of(&survivors).await;
     leading
         .node
         .raft
@@ -320,12 +323,7 @@ async fn three_replicas_replicate_survive_leader_loss_and_catch_up_by_snapshot()
         .purge_log(800)
         .await
         .expect("purge");
-    leading
-        .node
-        .raft
-        .add_learner(4, newcomer.member(), false)
-        .await
-        .expect("add learner");
+    leading.add_learner(&newcomer).await;
     replicas.push(newcomer);
     let everyone: Vec<&Replica> = replicas.iter().collect();
     write(
@@ -366,16 +364,7 @@ async fn a_late_member_catches_up_from_the_log(writes: u128, value: impl Fn(u128
         write(&all, put(i, format!("/registry/log/{i}"), value(i))).await;
     }
     let newcomer = Replica::start(4, dir.path()).await;
-    let leader = leader_of(&all).await;
-    replicas
-        .iter()
-        .find(|r| r.node.id == leader)
-        .expect("leader")
-        .node
-        .raft
-        .add_learner(4, newcomer.member(), false)
-        .await
-        .expect("add learner");
+    leader_of(&all).await.add_learner(&newcomer).await;
     replicas.push(newcomer);
     let everyone: Vec<&Replica> = replicas.iter().collect();
     let (revision, state) = converged(&everyone).await;
